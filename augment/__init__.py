@@ -1,0 +1,1 @@
+"""FAD augment stage (installed as fad.augment)."""

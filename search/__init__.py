@@ -1,0 +1,1 @@
+"""FAD search stage (installed as fad.search)."""

@@ -1,0 +1,48 @@
+"""Install `fad` (with the `search/` and `augment/` stages as `fad.search` / `fad.augment`).
+
+Set FAD_BUILD_OPS=1 to compile the C++/CUDA ops ahead of time; otherwise they are built
+just-in-time on first use (and the pure-PyTorch fallback is used where no compiler exists).
+"""
+import os
+
+from setuptools import find_packages, setup
+
+
+def _ext_modules():
+    if os.environ.get("FAD_BUILD_OPS", "0") != "1":
+        return [], {}
+    from fad_build import ext_modules_and_cmdclass  # noqa: E402  (build-time only)
+
+    return ext_modules_and_cmdclass()
+
+
+packages = [p for p in find_packages(include=["fad", "fad.*"])]
+packages += ["fad.search"] + ["fad.search." + p for p in find_packages("search")]
+packages += ["fad.augment"] + ["fad.augment." + p for p in find_packages("augment")]
+ext_modules, cmdclass = _ext_modules()
+
+setup(
+    name="fad",
+    version="0.1.0",
+    description="Find and train fast object detectors: FAD search, SparseResNet, DETR variants",
+    python_requires=">=3.9",
+    packages=packages,
+    package_dir={"fad.search": "search", "fad.augment": "augment"},
+    include_package_data=True,
+    package_data={"fad": ["../csrc/**/*"]},
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "yacs",
+        "tensorboardX",
+        "graphviz",
+        "pycocotools",
+        "ninja",
+        "scipy",
+        "tqdm",
+        "Pillow",
+    ],
+    extras_require={"test": ["pytest", "pytest-timeout"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
