@@ -1,0 +1,68 @@
+"""Optimizers (SGD with bias rules, AdamW, or model-defined groups) and warm-up multistep LR."""
+from __future__ import annotations
+
+from bisect import bisect_right
+from typing import Iterable
+
+import torch
+from torch import nn
+from yacs.config import CfgNode
+
+
+def _default_groups(cfg: CfgNode, named: Iterable[tuple[str, nn.Parameter]]) -> list[dict]:
+    s = cfg.SOLVER
+    groups = []
+    for name, p in named:
+        if not p.requires_grad:
+            continue
+        is_bias = name.endswith(".bias")
+        groups.append({
+            "params": [p],
+            "lr": s.BASE_LR * (s.BIAS_LR_FACTOR if is_bias else 1.0),
+            "weight_decay": s.WEIGHT_DECAY_BIAS if is_bias else s.WEIGHT_DECAY,
+        })
+    return groups
+
+
+def build_optimizer(cfg: CfgNode, model_or_named) -> torch.optim.Optimizer:
+    """Optimizer of `SOLVER.OPTIMIZER`.
+
+    `model_or_named` is a module (its `optimizer_param_groups(cfg)` is used when it defines one)
+    or an iterable of (name, parameter) pairs (e.g. the weights of a supernet without alphas).
+    """
+    if isinstance(model_or_named, nn.Module):
+        model = getattr(model_or_named, "module", model_or_named)
+        if hasattr(model, "optimizer_param_groups"):
+            groups = model.optimizer_param_groups(cfg)
+        else:
+            groups = _default_groups(cfg, model.named_parameters())
+    else:
+        groups = _default_groups(cfg, model_or_named)
+    s = cfg.SOLVER
+    for g in groups:
+        g.setdefault("lr", s.BASE_LR)
+        g["initial_lr"] = g["lr"]
+    if s.OPTIMIZER == "SGD":
+        return torch.optim.SGD(groups, lr=s.BASE_LR, momentum=s.MOMENTUM, weight_decay=s.WEIGHT_DECAY)
+    if s.OPTIMIZER == "AdamW":
+        return torch.optim.AdamW(groups, lr=s.BASE_LR, weight_decay=s.WEIGHT_DECAY)
+    raise ValueError(f"SOLVER.OPTIMIZER must be SGD or AdamW, got {s.OPTIMIZER!r}")
+
+
+def lr_factor(iteration: int, steps: tuple[int, ...], gamma: float, warmup_factor: float,
+              warmup_iters: int) -> float:
+    """Linear warm-up from `warmup_factor` to 1 over `warmup_iters`, times gamma^(steps passed)."""
+    factor = gamma ** bisect_right(sorted(steps), iteration)
+    if iteration < warmup_iters:
+        alpha = iteration / warmup_iters
+        factor *= warmup_factor * (1 - alpha) + alpha
+    return factor
+
+
+def build_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer
+                       ) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-iteration warm-up multistep schedule (call `.step()` once per iteration)."""
+    s = cfg.SOLVER
+    steps = tuple(s.STEPS)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: lr_factor(it, steps, s.GAMMA, s.WARMUP_FACTOR, s.WARMUP_ITERS))

@@ -1,0 +1,98 @@
+"""ResNet / ResNeXt bodies from torchvision, returning the C2-C5 feature maps."""
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet as tv_resnet
+from torchvision.ops import FrozenBatchNorm2d
+from yacs.config import CfgNode
+
+logger = logging.getLogger("fad")
+
+_LAYERS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+_WEIGHTS = {
+    18: "ResNet18_Weights", 34: "ResNet34_Weights", 50: "ResNet50_Weights",
+    101: "ResNet101_Weights", 152: "ResNet152_Weights",
+}
+
+
+class ResNetBody(nn.Module):
+    """Wraps a torchvision ResNet; `forward(x [N,3,H,W])` -> OrderedDict c2..c5 (strides 4..32)."""
+
+    def __init__(self, net: tv_resnet.ResNet):
+        super().__init__()
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        c2 = self.layer1(self.stem(x))
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return OrderedDict(c2=c2, c3=c3, c4=c4, c5=c5)
+
+
+def norm_layer(name: str):
+    """The backbone norm class for `MODEL.BACKBONE.NORM`."""
+    if name == "FrozenBN":
+        return FrozenBatchNorm2d
+    if name == "BN":
+        return nn.BatchNorm2d
+    raise ValueError(f"MODEL.BACKBONE.NORM must be FrozenBN or BN, got {name!r}")
+
+
+def load_pretrained(net: nn.Module, spec: str, depth: int) -> None:
+    """Load ImageNet weights into a torchvision-layout ResNet from a local file or torchvision.
+
+    Keys the file lacks (e.g. extra mask convs of a sparse ResNet) keep their initialisation;
+    the classifier (`fc.*`) is ignored.
+    """
+    if not spec:
+        return
+    if spec == "torchvision":
+        weights = getattr(tv_resnet, _WEIGHTS[depth]).IMAGENET1K_V1
+        state = weights.get_state_dict(progress=True)
+    else:
+        if not os.path.isfile(spec):
+            raise FileNotFoundError(
+                f"MODEL.BACKBONE.PRETRAINED {spec!r} does not exist; give a local .pth of a "
+                "torchvision ResNet state dict, 'torchvision' to download, or '' for random init")
+        try:
+            state = torch.load(spec, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+            raise ValueError(f"MODEL.BACKBONE.PRETRAINED {spec}: not a readable torch file ({exc})") from None
+        state = state.get("state_dict", state.get("model", state))
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    result = net.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"MODEL.BACKBONE.PRETRAINED {spec}: keys not in a ResNet-{depth}: "
+                         f"{result.unexpected_keys[:5]}")
+    missing = [k for k in result.missing_keys if not k.startswith("fc.")]
+    logger.info("loaded backbone weights from %s (%d keys kept their init)", spec, len(missing))
+
+
+def freeze_stages(body: nn.Module, freeze_at: int) -> None:
+    """Freeze the stem (freeze_at >= 1) and layer1..layer{freeze_at-1}."""
+    stages = [body.stem, body.layer1, body.layer2, body.layer3, body.layer4]
+    for stage in stages[:freeze_at]:
+        for p in stage.parameters():
+            p.requires_grad_(False)
+
+
+def build_resnet_body(cfg: CfgNode) -> tuple[nn.Module, dict[str, int]]:
+    """ResNet/ResNeXt body and its channels per output, from `MODEL.BACKBONE.*`."""
+    bb = cfg.MODEL.BACKBONE
+    if bb.DEPTH not in _LAYERS:
+        raise ValueError(f"MODEL.BACKBONE.DEPTH must be one of {sorted(_LAYERS)}, got {bb.DEPTH}")
+    block = tv_resnet.BasicBlock if bb.DEPTH < 50 else tv_resnet.Bottleneck
+    net = tv_resnet.ResNet(block, _LAYERS[bb.DEPTH], groups=bb.GROUPS,
+                           width_per_group=bb.WIDTH_PER_GROUP, norm_layer=norm_layer(bb.NORM))
+    load_pretrained(net, bb.PRETRAINED, bb.DEPTH)
+    body = ResNetBody(net)
+    freeze_stages(body, bb.FREEZE_AT)
+    e = block.expansion
+    return body, {"c2": 64 * e, "c3": 128 * e, "c4": 256 * e, "c5": 512 * e}

@@ -1,0 +1,23 @@
+"""Box helpers shared by the DETR heads, matcher and criterion."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_convert
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """log(x / (1 - x)) with x clamped to [0, 1] and both terms to >= eps (any shape)."""
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """[..., 4] (cx, cy, w, h) -> [..., 4] (x0, y0, x1, y1)."""
+    return box_convert(boxes, "cxcywh", "xyxy")
+
+
+def normalize_boxes(boxes_xyxy: Tensor, height: int, width: int) -> Tensor:
+    """[K, 4] xyxy pixels -> [K, 4] (cx, cy, w, h) as fractions of the image size."""
+    scale = boxes_xyxy.new_tensor([width, height, width, height])
+    return box_convert(boxes_xyxy, "xyxy", "cxcywh") / scale

@@ -1,0 +1,84 @@
+"""The plain FCOS-imprv head: two conv towers shared over FPN levels, per-level Scale.
+
+Head contract (also met by the FAD searched heads): `forward(features)` takes the P3-P7 maps
+`list[Tensor[N, C, H_l, W_l]]` and returns a dict of level-major, row-major flattened outputs
+`cls_logits` [N, sum_l H_l*W_l, num_classes], `bbox_regression` [N, sum HW, 4] (l, t, r, b
+divided by the level's stride, >= 0) and `bbox_ctrness` [N, sum HW, 1] (logits).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class Scale(nn.Module):
+    """A learnable scalar multiplier (one per FPN level)."""
+
+    def __init__(self, init: float = 1.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+def flatten_level_outputs(maps: list[Tensor]) -> Tensor:
+    """`list[Tensor[N, K, H_l, W_l]]` -> Tensor[N, sum_l H_l*W_l, K] (level-major, row-major)."""
+    return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], 1)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GN with 32 groups (fewer when the width is small, e.g. in tiny CPU configs)."""
+    return nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+def init_predictor(conv: nn.Conv2d, bias: float = 0.0) -> None:
+    """N(0, 0.01) weights and a constant bias, as for every FCOS predictor."""
+    nn.init.normal_(conv.weight, std=0.01)
+    nn.init.constant_(conv.bias, bias)
+
+
+def prior_bias(prior_prob: float) -> float:
+    """Classifier bias giving an initial foreground probability of `prior_prob`."""
+    return -math.log((1 - prior_prob) / prior_prob)
+
+
+def _tower(channels: int, num_convs: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for _ in range(num_convs):
+        conv = nn.Conv2d(channels, channels, 3, padding=1)
+        init_predictor(conv)
+        layers += [conv, group_norm(channels), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class FCOSHead(nn.Module):
+    """Classification tower + box tower (centerness on the box tower), shared over levels."""
+
+    def __init__(self, in_channels: int, num_classes: int, num_convs: int = 4,
+                 prior_prob: float = 0.01, num_levels: int = 5):
+        super().__init__()
+        self.cls_tower = _tower(in_channels, num_convs)
+        self.bbox_tower = _tower(in_channels, num_convs)
+        self.cls_logits = nn.Conv2d(in_channels, num_classes, 3, padding=1)
+        self.bbox_pred = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.centerness = nn.Conv2d(in_channels, 1, 3, padding=1)
+        init_predictor(self.cls_logits, prior_bias(prior_prob))
+        init_predictor(self.bbox_pred)
+        init_predictor(self.centerness)
+        self.scales = nn.ModuleList(Scale() for _ in range(num_levels))
+
+    def forward(self, features: list[Tensor]) -> dict[str, Tensor]:
+        logits, regs, ctrs = [], [], []
+        for feat, scale in zip(features, self.scales):
+            box_feat = self.bbox_tower(feat)
+            logits.append(self.cls_logits(self.cls_tower(feat)))
+            regs.append(torch.relu(scale(self.bbox_pred(box_feat))))
+            ctrs.append(self.centerness(box_feat))
+        return {
+            "cls_logits": flatten_level_outputs(logits),
+            "bbox_regression": flatten_level_outputs(regs),
+            "bbox_ctrness": flatten_level_outputs(ctrs),
+        }

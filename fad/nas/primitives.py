@@ -1,0 +1,78 @@
+"""FAD primitives: the std / sinSep / dilated-separable units, `none`, and the primitive list.
+
+Every unit maps Tensor[N, C, H, W] -> Tensor[N, C, H, W] (stride 1) and ends with GN + ReLU.
+GroupNorm uses 32 groups, or gcd(32, C) groups when C is not a multiple of 32 (tiny CPU configs).
+
+Names: a RepShare op of family A (`std` or `sinSep`) emits five candidates, in this order:
+`A_conv_3x3`, `A_conv_3x3+dil_conv_3x3`, `A_conv_3x3_x2`, `A_conv_3x3_x2+dil_conv_3x3`,
+`A_conv_3x3_x3`. The ten names plus `none` form `PRIMITIVES` (std first, then sinSep, then none),
+which is also the order of the 11 alphas of every edge.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import nn
+
+from fad.modeling.heads.fcos_head import group_norm
+
+FAMILIES = ("std", "sinSep")
+CANDIDATE_SUFFIXES = (
+    "conv_3x3",
+    "conv_3x3+dil_conv_3x3",
+    "conv_3x3_x2",
+    "conv_3x3_x2+dil_conv_3x3",
+    "conv_3x3_x3",
+)
+NONE = "none"
+PRIMITIVES: tuple[str, ...] = tuple(
+    f"{family}_{suffix}" for family in FAMILIES for suffix in CANDIDATE_SUFFIXES
+) + (NONE,)
+
+
+class OpSpec(NamedTuple):
+    """What a candidate name means: unit family, chain length (1-3), trailing dilated unit."""
+
+    family: str
+    depth: int
+    dilated: bool
+
+
+def op_spec(name: str) -> OpSpec:
+    """Decode a candidate name such as `sinSep_conv_3x3_x2+dil_conv_3x3` (not `none`)."""
+    if name == NONE or name not in PRIMITIVES:
+        raise ValueError(f"{name!r} is not a searchable operation; choose one of {PRIMITIVES[:-1]}")
+    family, suffix = name.split("_", 1)
+    index = CANDIDATE_SUFFIXES.index(suffix)
+    return OpSpec(family, depth=(index // 2) + 1, dilated=index % 2 == 1)
+
+
+def conv_unit(family: str, channels: int) -> nn.Sequential:
+    """`std`: conv3x3 (bias); `sinSep`: depthwise 3x3 (no bias) then 1x1 (bias); + GN + ReLU."""
+    if family == "std":
+        convs = [nn.Conv2d(channels, channels, 3, padding=1)]
+    elif family == "sinSep":
+        convs = [nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+                 nn.Conv2d(channels, channels, 1)]
+    else:
+        raise ValueError(f"unknown unit family {family!r}; choose one of {FAMILIES}")
+    return nn.Sequential(*convs, group_norm(channels), nn.ReLU(inplace=True))
+
+
+def dil_unit(channels: int) -> nn.Sequential:
+    """Dilated separable unit: depthwise 3x3 dilation 2 (no bias), 1x1 (bias), GN, ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 3, padding=2, dilation=2, groups=channels, bias=False),
+        nn.Conv2d(channels, channels, 1),
+        group_norm(channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def discrete_op(name: str, channels: int) -> nn.Sequential:
+    """The stand-alone op of a candidate name (augment stage): stacked units, no decouple 1x1s."""
+    spec = op_spec(name)
+    units = [conv_unit(spec.family, channels) for _ in range(spec.depth)]
+    if spec.dilated:
+        units.append(dil_unit(channels))
+    return nn.Sequential(*units)

@@ -1,0 +1,84 @@
+"""One FCOS training step: ours vs torchvision's fcos_resnet50_fpn, same backbone and input.
+
+Both models are ResNet-50 (FrozenBN, stem+res2 frozen) + FPN P3-P7 + 4-conv GN towers; both get
+the same already-resized batch (torchvision's internal resize is switched off). Steps are
+interleaved, medians reported; `time_ratio` = ours / torchvision (target <= 1.05).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torchvision.models.detection import fcos_resnet50_fpn
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from fad.config import get_cfg_defaults
+from fad.modeling import build_detector
+
+
+class _NoResize(GeneralizedRCNNTransform):
+    def resize(self, image, target=None):
+        return image, target
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--size", type=int, nargs=2, default=(384, 512), metavar=("H", "W"))
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--classes", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _batch(args, device):
+    g = torch.Generator().manual_seed(0)
+    h, w = args.size
+    images = [torch.rand(3, h, w, generator=g).to(device) for _ in range(args.batch)]
+    targets = []
+    for _ in range(args.batch):
+        xy = torch.rand(4, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+        wh = 16 + torch.rand(4, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4])
+        targets.append({"boxes": torch.cat([xy, xy + wh], 1).to(device),
+                        "labels": torch.randint(0, args.classes, (4,), generator=g).to(device)})
+    return images, targets
+
+
+def _step(model, opt, images, targets, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    loss = sum(model(images, targets).values())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    cfg = get_cfg_defaults()
+    cfg.merge_from_list(["MODEL.BACKBONE.DEPTH", 50, "MODEL.BACKBONE.FREEZE_AT", 2])
+    ours = build_detector(cfg, args.classes).to(device).train()
+    tv = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=args.classes)
+    tv = tv.to(device).train()
+    for name, p in tv.backbone.body.named_parameters():  # same frozen stem + res2 as ours
+        p.requires_grad_(name.startswith(("layer2", "layer3", "layer4")))
+    t = tv.transform
+    tv.transform = _NoResize(1, 1, t.image_mean, t.image_std, size_divisible=32)
+    images, targets = _batch(args, device)  # torchvision's FCOS also takes 0-based labels
+    opts = {n: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+            for n, m in (("ours", ours), ("torchvision", tv))}
+    times: dict[str, list[float]] = {"ours": [], "torchvision": []}
+    for i in range(args.repeats + 1):
+        for name, model in (("ours", ours), ("torchvision", tv)):
+            dt = _step(model, opts[name], images, targets, device)
+            if i > 0:
+                times[name].append(dt)
+    ours_s, tv_s = statistics.median(times["ours"]), statistics.median(times["torchvision"])
+    return {"device": str(device), "input": list(args.size), "batch": args.batch,
+            "ours_step_s": round(ours_s, 4), "torchvision_step_s": round(tv_s, 4),
+            "time_ratio": round(ours_s / tv_s, 4), "target": "<= 1.05"}

@@ -1,0 +1,38 @@
+"""Draw both towers of a genotype file: `python tools/visualize_genotype.py genotype.log --out DIR`.
+
+Writes DIR/box_tower.gv and DIR/cls_tower.gv (DOT source, always) and the rendered
+DIR/box_tower.<fmt>, DIR/cls_tower.<fmt> when graphviz's `dot` is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from fad.nas.draw import DOT_HINT, FORMATS, dot_available, draw_genotype
+from fad.nas.genotype import GenotypeError, read_genotype_file
+
+TOWERS = ("box", "cls")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("genotype_file", help="genotype.log: box tower line, then cls tower line")
+    parser.add_argument("--out", default=".", metavar="DIR", help="folder for the diagrams")
+    parser.add_argument("--format", default="png", choices=FORMATS, help="rendered image format")
+    args = parser.parse_args()
+    try:
+        genotypes = read_genotype_file(args.genotype_file)
+    except GenotypeError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    name = os.path.basename(args.genotype_file)
+    for tower, genotype in zip(TOWERS, genotypes):
+        stem = os.path.join(args.out, f"{tower}_tower")
+        for path in draw_genotype(genotype, stem, f"{tower} tower ({name})", args.format):
+            print(path)
+    if not dot_available():
+        print(DOT_HINT)
+
+
+if __name__ == "__main__":
+    main()
