@@ -1,1 +1,5 @@
-"""FAD augment stage (installed as fad.augment)."""
+"""FAD augment stage (installed as fad.augment): FCOS with towers rebuilt from a genotype."""
+from .build import build_fad_fcos, build_fad_head
+from .cells import AugmentCell, AugmentTower
+
+__all__ = ["AugmentCell", "AugmentTower", "build_fad_fcos", "build_fad_head"]

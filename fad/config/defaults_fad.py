@@ -4,3 +4,19 @@ from yacs.config import CfgNode as CN
 
 def add_fad_config(cfg: CN) -> None:
     """Add the FAD search and augment keys to `cfg` in place."""
+    cfg.MODEL.FAD = CN()
+    cfg.MODEL.FAD.TOWER_CHANNELS = 256  # width of cell inputs, nodes and reduce convs (paper: 256)
+    cfg.MODEL.FAD.EDGE_CHANNELS = 96  # width C each edge's op runs at (96; 128 for X-101)
+    cfg.MODEL.FAD.NUM_NODES = 3  # intermediate nodes per cell (a genotype must have this many)
+    cfg.MODEL.FAD.BOX_CELLS = 2  # augment: cells in the box-regression tower
+    cfg.MODEL.FAD.CLS_CELLS = 2  # augment: cells in the classification tower
+    cfg.MODEL.FAD.SEARCH_CELLS = 1  # search: cells per tower in the supernet (alphas shared by cells)
+
+    cfg.SEARCH = CN()
+    cfg.SEARCH.VAL_FRACTION = 0.5  # share of the search set held out as the alpha ("val") half
+    cfg.SEARCH.ARCH_LR = 3e-4  # Adam learning rate of the alphas
+    cfg.SEARCH.ARCH_BETAS = (0.5, 0.999)  # Adam betas of the alphas
+    cfg.SEARCH.ARCH_WEIGHT_DECAY = 1e-3  # Adam weight decay of the alphas
+    cfg.SEARCH.ALPHA_INIT_STD = 1e-3  # alphas start as this * N(0, 1)
+    cfg.SEARCH.SECOND_ORDER = False  # unrolled (second-order) alpha gradient; memory-heavy
+    cfg.SEARCH.DIAGRAM_FORMAT = "png"  # rendered genotype diagrams: png or svg (.gv always)

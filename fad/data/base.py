@@ -119,6 +119,12 @@ class DetectionDataset(Dataset):
             target["difficult"] = difficult.clone()
         return image, target
 
+    def __getstate__(self) -> dict:
+        """Loader workers get the dataset without the cached ground truth."""
+        state = self.__dict__.copy()
+        state["_coco"] = None
+        return state
+
     def coco_gt(self) -> COCO:
         """The ground truth as a pycocotools COCO (built once, then cached)."""
         if self._coco is None:
@@ -131,11 +137,11 @@ class DetectionDataset(Dataset):
         for rec in self.records:
             images.append({"id": rec.image_id, "file_name": rec.path.name,
                            "height": rec.height, "width": rec.width})
-            difficult = rec.difficult if rec.difficult is not None else torch.zeros(len(rec.boxes), dtype=torch.bool)
-            for box, label, crowd in zip(rec.boxes.tolist(), rec.labels.tolist(), difficult.tolist()):
+            crowd = rec.difficult if rec.difficult is not None else torch.zeros(len(rec.labels), dtype=torch.bool)
+            for box, label, is_crowd in zip(rec.boxes.tolist(), rec.labels.tolist(), crowd.tolist()):
                 w, h = box[2] - box[0], box[3] - box[1]
                 annotations.append({"id": len(annotations) + 1, "image_id": rec.image_id,
                                     "category_id": self.label_to_category_id[label],
-                                    "bbox": [box[0], box[1], w, h], "area": w * h, "iscrowd": int(crowd)})
+                                    "bbox": [box[0], box[1], w, h], "area": w * h, "iscrowd": int(is_crowd)})
         categories = [{"id": self.label_to_category_id[i], "name": c} for i, c in enumerate(self.classes)]
         return quiet_coco({"images": images, "annotations": annotations, "categories": categories})

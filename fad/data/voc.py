@@ -156,6 +156,9 @@ class VOCDataset(DetectionDataset):
         for xml in ann_dir.glob("*.xml"):
             ann = anns.get(xml.stem) or parse_voc_xml(xml)
             names.update(o.name for o in ann.objects)
+        if not names:
+            raise DataError(f"{ann_dir}: no objects in any annotation, so no class list; add a "
+                            "classes.txt (one name a line) beside Annotations/")
         return sorted(names)
 
     def file_id(self, image_id: int) -> str:

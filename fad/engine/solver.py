@@ -10,18 +10,15 @@ from yacs.config import CfgNode
 
 
 def _default_groups(cfg: CfgNode, named: Iterable[tuple[str, nn.Parameter]]) -> list[dict]:
+    """Two groups: weights, and biases (BIAS_LR_FACTOR x lr, WEIGHT_DECAY_BIAS)."""
     s = cfg.SOLVER
-    groups = []
+    weights, biases = [], []
     for name, p in named:
-        if not p.requires_grad:
-            continue
-        is_bias = name.endswith(".bias")
-        groups.append({
-            "params": [p],
-            "lr": s.BASE_LR * (s.BIAS_LR_FACTOR if is_bias else 1.0),
-            "weight_decay": s.WEIGHT_DECAY_BIAS if is_bias else s.WEIGHT_DECAY,
-        })
-    return groups
+        if p.requires_grad:
+            (biases if name.split(".")[-1] == "bias" else weights).append(p)
+    groups = [{"params": weights, "lr": s.BASE_LR, "weight_decay": s.WEIGHT_DECAY},
+              {"params": biases, "lr": s.BASE_LR * s.BIAS_LR_FACTOR, "weight_decay": s.WEIGHT_DECAY_BIAS}]
+    return [g for g in groups if g["params"]]
 
 
 def build_optimizer(cfg: CfgNode, model_or_named) -> torch.optim.Optimizer:

@@ -48,7 +48,7 @@ def _category_id(dataset, label: int) -> int:
         return int(dataset.label_to_category_id[label])
     except (KeyError, IndexError):
         raise EvalError(f"predicted label {label} has no category id in the dataset's "
-                        f"{len(dataset.classes)} classes; the model was built for other data") from None
+                        f"{len(dataset.label_to_category_id)} classes; the model was built for other data") from None
 
 
 def _is_07_dataset(voc_root: str) -> bool:

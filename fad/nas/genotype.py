@@ -80,8 +80,11 @@ def _fail(where: str, what: str) -> GenotypeError:
 
 
 def _int(node: ast.AST, where: str, what: str) -> int:
+    sign = 1
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        sign, node = -1, node.operand
     if isinstance(node, ast.Constant) and type(node.value) is int:
-        return node.value
+        return sign * node.value
     raise _fail(where, f"{what} must be an integer literal")
 
 

@@ -76,3 +76,11 @@ def discrete_op(name: str, channels: int) -> nn.Sequential:
     if spec.dilated:
         units.append(dil_unit(channels))
     return nn.Sequential(*units)
+
+
+def preprocess(in_channels: int, out_channels: int) -> nn.Module:
+    """Cell-input adapter: identity when widths match, else 1x1 conv (no bias) + GN + ReLU."""
+    if in_channels == out_channels:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False),
+                         group_norm(out_channels), nn.ReLU(inplace=True))

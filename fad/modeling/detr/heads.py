@@ -1,0 +1,75 @@
+"""Prediction heads: class Linear + box MLP per decoder layer, two-stage and encoder-aux heads."""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MLP(nn.Module):
+    """`num_layers` Linear layers with ReLU in between: [..., in_dim] -> [..., out_dim]."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+def _class_head(d_model: int, num_classes: int, prior_prob: float = 0.01) -> nn.Linear:
+    head = nn.Linear(d_model, num_classes)
+    nn.init.constant_(head.bias, -math.log((1 - prior_prob) / prior_prob))
+    return head
+
+
+def _box_head(d_model: int, wh_bias: float) -> MLP:
+    """Box-delta MLP whose last layer starts at zero, except the (w, h) bias = `wh_bias`."""
+    head = MLP(d_model, d_model, 4, 3)
+    nn.init.zeros_(head.layers[-1].weight)
+    nn.init.zeros_(head.layers[-1].bias)
+    nn.init.constant_(head.layers[-1].bias[2:], wh_bias)
+    return head
+
+
+class DetrHeads(nn.Module):
+    """Every prediction head of the detector, in one place.
+
+    - `class_embed[i]`, `bbox_embed[i]` for decoder layer i: independent copies with box
+      refinement, one shared pair otherwise (use `cls(i)` / `box(i)`). Boxes are deltas in logit
+      space added to the inverse sigmoid of the reference. Single-stage heads start with a (w, h)
+      bias of -2 (sigmoid ~ 0.12, the references are points); two-stage ones with 0 (references
+      are boxes already).
+    - two-stage: `enc_class`, `enc_bbox` score and refine one proposal per encoder token.
+    - Sparse DETR encoder aux loss: `enc_aux_class[l]`, `enc_aux_bbox[l]` for encoder layer l
+      (all but the last).
+    Class heads output `num_classes` logits with bias -log(99) (prior 0.01).
+    """
+
+    def __init__(self, d_model: int, num_classes: int, num_decoder_layers: int,
+                 with_box_refine: bool, two_stage: bool, num_enc_aux: int = 0):
+        super().__init__()
+        wh_bias = 0.0 if two_stage else -2.0
+        cls, box = _class_head(d_model, num_classes), _box_head(d_model, wh_bias)
+        copies = num_decoder_layers if with_box_refine else 1
+        self.with_box_refine = with_box_refine
+        self.class_embed = nn.ModuleList(copy.deepcopy(cls) for _ in range(copies))
+        self.bbox_embed = nn.ModuleList(copy.deepcopy(box) for _ in range(copies))
+        if two_stage:
+            self.enc_class = copy.deepcopy(cls)
+            self.enc_bbox = _box_head(d_model, 0.0)
+        self.enc_aux_class = nn.ModuleList(copy.deepcopy(cls) for _ in range(num_enc_aux))
+        self.enc_aux_bbox = nn.ModuleList(_box_head(d_model, 0.0) for _ in range(num_enc_aux))
+
+    def cls(self, layer: int) -> nn.Module:
+        """Class head of decoder layer `layer`."""
+        return self.class_embed[layer if self.with_box_refine else 0]
+
+    def box(self, layer: int) -> nn.Module:
+        """Box-delta head of decoder layer `layer`."""
+        return self.bbox_embed[layer if self.with_box_refine else 0]

@@ -1,0 +1,93 @@
+"""Sparse DETR: token scoring network, per-image token budget, and the sparse encoder.
+
+Only the top-k_i tokens of image i (by the scoring network's logit) are encoder queries; they
+attend to the full, current token map and are scattered back after every layer, while the other
+tokens keep their backbone features.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .deformable_transformer import DeformableEncoder, encoder_reference_points
+
+
+class ScoringNetwork(nn.Module):
+    """Token saliency: [N, S, C] -> [N, S] logits, padded tokens set to the batch minimum.
+
+    LN -> Linear(C, C) -> GELU, split into a local half and a global half (averaged over all
+    tokens and broadcast), concatenated -> Linear(C, C/2) -> GELU -> Linear(C/2, C/4) -> GELU
+    -> Linear(C/4, 1).
+    """
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.layer1 = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, d_model), nn.GELU())
+        self.layer2 = nn.Sequential(
+            nn.Linear(d_model, d_model // 2), nn.GELU(),
+            nn.Linear(d_model // 2, d_model // 4), nn.GELU(),
+            nn.Linear(d_model // 4, 1))
+        self.local_dim = d_model // 2
+
+    def forward(self, x: Tensor, padding_mask: Tensor) -> Tensor:
+        z = self.layer1(x)
+        z_local, z_global = z[..., :self.local_dim], z[..., self.local_dim:]
+        z_global = z_global.mean(1, keepdim=True).expand(-1, z.shape[1], -1)
+        logits = self.layer2(torch.cat([z_local, z_global], -1)).squeeze(-1)
+        return logits.masked_fill(padding_mask, logits.min().detach())
+
+
+def sparse_token_counts(padding_mask: Tensor, rho: float) -> Tensor:
+    """Per-image encoder query budget k_i = floor(rho * valid_tokens_i) + 1, at most S.
+
+    `padding_mask` [N, S] bool (True = padded) -> [N] int64.
+    """
+    valid = (~padding_mask).sum(1)
+    counts = torch.floor(valid.double() * rho).long() + 1
+    return counts.clamp(max=padding_mask.shape[1])
+
+
+def select_tokens(logits: Tensor, padding_mask: Tensor, counts: Tensor) -> Tensor:
+    """Indices [N, K] (K = max k_i) of the highest-scoring tokens, best first per image.
+
+    Padded tokens rank last. The selection is not differentiable.
+    """
+    k = int(counts.max())
+    ranked = logits.detach().masked_fill(padding_mask, float("-inf"))
+    return ranked.topk(k, dim=1, sorted=True).indices
+
+
+def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
+    """x [N, S, ...] gathered at index [N, K] along dim 1 -> [N, K, ...]."""
+    shape = index.shape + (1,) * (x.dim() - 2)
+    return torch.gather(x, 1, index.view(shape).expand(-1, -1, *x.shape[2:]))
+
+
+class SparseEncoder(DeformableEncoder):
+    """The encoder with only the selected tokens as queries (same parameters as the dense one)."""
+
+    def forward(self, src: Tensor, pos: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                ratios: Tensor, padding_mask: Tensor, topk_idx: Tensor | None = None,
+                counts: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
+        """As `DeformableEncoder.forward`, plus `topk_idx` [N, K] and `counts` [N] (k_i).
+
+        Returns the memory [N, S, C] (the first k_i selected tokens of image i updated by every
+        layer, the rest unchanged) and each layer's selected-token output [N, K, C].
+        """
+        if topk_idx is None or counts is None:
+            raise ValueError("fad/modeling/detr/sparse_encoder.py: SparseEncoder needs topk_idx "
+                             "and counts (set MODEL.DETR.RHO > 0 so the transformer selects tokens)")
+        ref = encoder_reference_points([tuple(s) for s in spatial_shapes.tolist()], ratios)
+        query = gather_tokens(src, topk_idx)
+        query_pos = gather_tokens(pos, topk_idx)
+        query_ref = gather_tokens(ref, topk_idx)
+        keep = torch.arange(topk_idx.shape[1], device=src.device)[None] < counts[:, None]
+        index = topk_idx[..., None].expand(-1, -1, src.shape[-1])
+        intermediate = []
+        for layer in self.layers:
+            query = layer(query, query_pos, query_ref, src, spatial_shapes, level_start_index,
+                          padding_mask)
+            tokens = torch.where(keep[..., None], query, torch.gather(src, 1, index))
+            src = src.scatter(1, index, tokens)
+            intermediate.append(query)
+        return src, intermediate

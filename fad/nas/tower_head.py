@@ -1,0 +1,57 @@
+"""The FCOS head around two searched towers (used by the supernet and by the augment stage).
+
+A tower is any module with `forward(s0, s1) -> Tensor[N, out_channels, H, W]` and an
+`out_channels` attribute. Per FPN level l (towers and predictors shared over levels):
+  bf = box_reduce(box_tower(P_l, P_l));  reg = relu(Scale_l(bbox_pred(bf)));  ctr = centerness(bf)
+  logits = cls_logits(cls_reduce(cls_tower(bf, P_l)))   (no detach: cls gradients reach bf)
+Outputs follow the head contract of `fad.modeling.heads.fcos_head` (level-major flattening).
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+from yacs.config import CfgNode
+
+from fad.modeling.heads.fcos_head import Scale, flatten_level_outputs, init_predictor, prior_bias
+
+
+class TowerHead(nn.Module):
+    """`forward(features: list[Tensor[N, C_fpn, H_l, W_l]])` -> dict of flattened outputs."""
+
+    def __init__(self, box_tower: nn.Module, cls_tower: nn.Module, tower_channels: int,
+                 num_classes: int, prior_prob: float = 0.01, num_levels: int = 5):
+        super().__init__()
+        self.box_tower, self.cls_tower = box_tower, cls_tower
+        self.box_reduce = nn.Conv2d(box_tower.out_channels, tower_channels, 1)
+        self.cls_reduce = nn.Conv2d(cls_tower.out_channels, tower_channels, 1)
+        self.bbox_pred = nn.Conv2d(tower_channels, 4, 3, padding=1)
+        self.centerness = nn.Conv2d(tower_channels, 1, 3, padding=1)
+        self.cls_logits = nn.Conv2d(tower_channels, num_classes, 3, padding=1)
+        for conv in (self.box_reduce, self.cls_reduce, self.bbox_pred, self.centerness):
+            init_predictor(conv)
+        init_predictor(self.cls_logits, prior_bias(prior_prob))
+        self.scales = nn.ModuleList(Scale() for _ in range(num_levels))
+
+    def forward(self, features: list[Tensor]) -> dict[str, Tensor]:
+        if len(features) > len(self.scales):
+            raise ValueError(f"the head has {len(self.scales)} per-level scales but got "
+                             f"{len(features)} feature maps")
+        logits, regs, ctrs = [], [], []
+        for feat, scale in zip(features, self.scales):
+            bf = self.box_reduce(self.box_tower(feat, feat))
+            regs.append(scale(self.bbox_pred(bf)).relu())
+            ctrs.append(self.centerness(bf))
+            logits.append(self.cls_logits(self.cls_reduce(self.cls_tower(bf, feat))))
+        return {
+            "cls_logits": flatten_level_outputs(logits),
+            "bbox_regression": flatten_level_outputs(regs),
+            "bbox_ctrness": flatten_level_outputs(ctrs),
+        }
+
+
+def check_fad_config(cfg: CfgNode) -> None:
+    """One-line errors for MODEL.FAD widths and counts that cannot build a head."""
+    f = cfg.MODEL.FAD
+    for key in ("TOWER_CHANNELS", "EDGE_CHANNELS", "NUM_NODES", "BOX_CELLS", "CLS_CELLS",
+                "SEARCH_CELLS"):
+        if int(f[key]) < 1:
+            raise SystemExit(f"error: MODEL.FAD.{key} must be >= 1, got {f[key]}")

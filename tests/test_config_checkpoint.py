@@ -1,0 +1,61 @@
+"""Config loading errors and atomic, validated checkpoints."""
+import os
+
+import pytest
+import torch
+
+from fad.config import get_cfg_defaults, load_config
+from fad.engine.checkpoint import Checkpointer
+
+
+def test_every_default_key_is_commented():
+    import inspect
+
+    import fad.config.defaults as d
+
+    for line in inspect.getsource(d).splitlines():
+        if line.startswith("_C.") and "CN()" not in line and "=" in line:
+            assert "#" in line, f"uncommented config key: {line}"
+
+
+def test_overrides_and_unknown_keys(tmp_path):
+    cfg = load_config(None, ["SOLVER.MAX_ITER", "7", "MODEL.BACKBONE.DEPTH", "18"])
+    assert cfg.SOLVER.MAX_ITER == 7 and cfg.MODEL.BACKBONE.DEPTH == 18
+    with pytest.raises(SystemExit, match="bad override"):
+        load_config(None, ["SOLVER.NOT_A_KEY", "1"])
+    with pytest.raises(SystemExit, match="KEY VALUE pairs"):
+        load_config(None, ["SOLVER.MAX_ITER"])
+    with pytest.raises(SystemExit, match="not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("SOLVER:\n  NOPE: 1\n")
+    with pytest.raises(SystemExit, match="bad.yaml"):
+        load_config(str(bad))
+
+
+def test_all_shipped_configs_load():
+    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(".yaml")]
+    assert files
+    for f in files:
+        load_config(f)
+
+
+def test_checkpointer_roundtrip_and_errors(tmp_path):
+    ck = Checkpointer(str(tmp_path))
+    assert ck.last() is None
+    ck.save("model_0000010", {"iteration": 10, "w": torch.ones(2)})
+    path = ck.save("model_final", {"iteration": 20, "w": torch.zeros(2)})
+    assert ck.last() == path and Checkpointer.load(path)["iteration"] == 20
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="broken.pth is corrupt"):
+        Checkpointer.load(str(tmp_path / "broken.pth"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Checkpointer.load(str(tmp_path / "nope.pth"))
+
+
+def test_defaults_are_fresh_copies():
+    a = get_cfg_defaults()
+    a.SOLVER.MAX_ITER = 1
+    assert get_cfg_defaults().SOLVER.MAX_ITER != 1

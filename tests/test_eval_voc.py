@@ -1,0 +1,242 @@
+"""Devkit-exact VOC evaluation on hand-computed cases."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fad.evaluation import EvalError, evaluate_voc, write_voc_results
+from fad.evaluation.voc_ap import average_precision, inclusive_iou
+from fad.evaluation.voc_io import VOC_CLASSES, read_annotation, read_classes
+
+REPO = Path(__file__).resolve().parents[1]
+VOC_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "voc_real_mini" / "VOC2012"
+
+
+def write_voc(root: Path, images: dict[str, list[tuple]], split: str = "test",
+              classes: list[str] | None = None) -> Path:
+    """VOC folder: images maps id -> [(name, x1, y1, x2, y2, difficult)] (1-based inclusive)."""
+    (root / "Annotations").mkdir(parents=True)
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    for image_id, objects in images.items():
+        objs = "".join(
+            f"<object><name>{n}</name><difficult>{int(d)}</difficult><bndbox><xmin>{x1}</xmin>"
+            f"<ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax></bndbox></object>"
+            for n, x1, y1, x2, y2, d in objects)
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><filename>{image_id}.jpg</filename>{objs}</annotation>")
+    (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(images) + "\n")
+    if classes is not None:
+        (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    return root
+
+
+def write_dets(dets_dir: Path, split: str, class_name: str, lines: list[tuple]) -> None:
+    dets_dir.mkdir(exist_ok=True)
+    text = "".join(" ".join(str(v) for v in line) + "\n" for line in lines)
+    (dets_dir / f"comp4_det_{split}_{class_name}.txt").write_text(text)
+
+
+# cat: G1 in im1, a difficult G2 in im1, G3 in im2 (2 positives); dog: only a difficult object.
+IMAGES = {
+    "im1": [("cat", 1, 1, 100, 100, 0), ("cat", 150, 150, 200, 200, 1), ("dog", 10, 10, 50, 50, 1)],
+    "im2": [("cat", 10, 10, 60, 60, 0)],
+    "im3": [],
+}
+CAT_DETS = [
+    ("im2", 0.70, 300, 300, 340, 340),  # d5: overlaps nothing -> FP
+    ("im1", 0.95, 1, 1, 100, 100),  # d1: G1 exactly -> TP
+    ("im1", 0.90, 150, 150, 200, 200),  # d2: the difficult G2 -> ignored
+    ("im1", 0.85, 2, 2, 100, 100),  # d3: G1 again -> duplicate FP
+    # d4: G3 inside it; inclusive IoU 51*51/(51*102) = 0.5 exactly (TP), 50*50/(50*101) without +1
+    ("im2", 0.80, 10, 10, 60, 111),
+]
+
+
+@pytest.fixture
+def voc_case(tmp_path: Path) -> tuple[Path, Path]:
+    root = write_voc(tmp_path / "VOC", IMAGES, classes=["cat", "dog"])
+    dets = tmp_path / "dets"
+    write_dets(dets, "test", "cat", CAT_DETS)
+    write_dets(dets, "test", "dog", [("im1", 0.9, 10, 10, 50, 50), ("im3", 0.5, 1, 1, 9, 9)])
+    return root, dets
+
+
+def test_hand_computed_all_point_and_11_point(voc_case):
+    root, dets = voc_case
+    # ranked, difficult-matched d2 dropped: TP, FP, TP, FP with 2 positives
+    recall = [0.5, 0.5, 1.0, 1.0]
+    precision = [1.0, 0.5, 2 / 3, 0.5]
+    # envelope: 1 up to recall 0.5, 2/3 up to recall 1
+    all_point = 0.5 * 1.0 + 0.5 * (2 / 3)
+    # thresholds 0..0.5 (6 of them) see precision 1, 0.6..1.0 (5) see max(2/3, 1/2)
+    eleven_point = (6 * 1.0 + 5 * (2 / 3)) / 11
+    assert average_precision(np.array(recall), np.array(precision)) == pytest.approx(all_point)
+    out = evaluate_voc(str(root), "test", str(dets), ["cat", "dog"])
+    assert out["per_class"]["cat"] == pytest.approx(100 * all_point)
+    out07 = evaluate_voc(str(root), "test", str(dets), ["cat", "dog"], use_07_metric=True)
+    assert out07["per_class"]["cat"] == pytest.approx(100 * eleven_point)
+    assert abs(out07["per_class"]["cat"] - out["per_class"]["cat"]) > 1.0
+    # dog has only a difficult object: reported as None, out of the mean
+    assert out["per_class"]["dog"] is None and out["no_gt_classes"] == ["dog"]
+    assert out["mAP"] == pytest.approx(100 * all_point)
+
+
+def test_inclusive_iou_boundary_decides_match():
+    gt = np.array([[10.0, 10.0, 60.0, 60.0]])
+    box = np.array([10.0, 10.0, 60.0, 111.0])
+    assert inclusive_iou(box, gt)[0] == 0.5
+    continuous = (50 * 50) / (50 * 101)
+    assert continuous < 0.5
+    one_more_row = np.array([10.0, 10.0, 60.0, 112.0])
+    assert inclusive_iou(one_more_row, gt)[0] == pytest.approx(51 / 103)
+
+
+def test_boundary_detection_alone_is_a_true_positive(tmp_path: Path):
+    root = write_voc(tmp_path / "VOC", {"a": [("cat", 10, 10, 60, 60, 0)]})
+    dets = tmp_path / "dets"
+    write_dets(dets, "test", "cat", [("a", 0.9, 10, 10, 60, 111)])
+    assert evaluate_voc(str(root), "test", str(dets), ["cat"])["mAP"] == pytest.approx(100.0)
+    write_dets(dets, "test", "cat", [("a", 0.9, 10, 10, 60, 112)])
+    assert evaluate_voc(str(root), "test", str(dets), ["cat"])["mAP"] == pytest.approx(0.0)
+
+
+def test_greedy_match_to_best_iou_then_duplicate_is_fp(tmp_path: Path):
+    # A and B overlap; the second detection's best IoU is the already matched A -> FP,
+    # although B is still free (the devkit does not fall back to the next-best object).
+    root = write_voc(tmp_path / "VOC", {"a": [("cat", 1, 1, 100, 100, 0), ("cat", 21, 1, 120, 100, 0)]})
+    dets = tmp_path / "dets"
+    write_dets(dets, "test", "cat", [("a", 0.9, 1, 1, 100, 100), ("a", 0.8, 6, 1, 105, 100)])
+    iou_a = inclusive_iou(np.array([6.0, 1, 105, 100]), np.array([[1.0, 1, 100, 100], [21, 1, 120, 100]]))
+    assert iou_a[0] > iou_a[1] >= 0.5
+    # TP then FP: recall [0.5, 0.5], precision [1, 0.5] -> AP 0.5
+    assert evaluate_voc(str(root), "test", str(dets), ["cat"])["mAP"] == pytest.approx(50.0)
+
+
+def test_ties_keep_file_order(tmp_path: Path):
+    root = write_voc(tmp_path / "VOC", {"a": [("cat", 1, 1, 10, 10, 0)], "b": [("cat", 1, 1, 10, 10, 0)]})
+    dets = tmp_path / "dets"
+    # FP first in the file at the same score: FP, TP, TP -> recall [0, 1/2, 1], precision
+    # [0, 1/2, 2/3], envelope 2/3 everywhere -> AP 2/3 (file order TP, TP, FP would give 1)
+    write_dets(dets, "test", "cat", [("a", 0.5, 50, 50, 60, 60), ("a", 0.5, 1, 1, 10, 10),
+                                     ("b", 0.5, 1, 1, 10, 10)])
+    assert evaluate_voc(str(root), "test", str(dets), ["cat"])["mAP"] == pytest.approx(100 * 2 / 3)
+
+
+def test_exact_recall_threshold_counts_in_11_point():
+    # recall hits 0.3 exactly (3 of 10): the 0.3 threshold must see precision 1
+    recall = np.array([0.1, 0.2, 0.3, 0.3])
+    precision = np.array([1.0, 1.0, 1.0, 0.75])
+    assert average_precision(recall, precision, use_07_metric=True) == pytest.approx(4 / 11)
+
+
+def test_no_detections_and_empty_files(tmp_path: Path):
+    root = write_voc(tmp_path / "VOC", {"a": [("cat", 1, 1, 10, 10, 0)]})
+    dets = tmp_path / "dets"
+    write_dets(dets, "test", "cat", [])
+    assert evaluate_voc(str(root), "test", str(dets), ["cat"])["mAP"] == 0.0
+
+
+def test_write_voc_results_adds_one_and_round_trips(tmp_path: Path):
+    root = write_voc(tmp_path / "VOC", {"a": [("cat", 11, 21, 60, 80, 0)], "b": []})
+    dets = tmp_path / "dets"
+    # 0-based box as the data package reads the xml (value - 1)
+    paths = write_voc_results(str(dets), "test", ["cat", "dog"], [("a", 0, 0.7, 10.0, 20.0, 59.0, 79.0)])
+    assert [Path(p).name for p in paths] == ["comp4_det_test_cat.txt", "comp4_det_test_dog.txt"]
+    fields = Path(paths[0]).read_text().split()
+    assert fields[0] == "a" and float(fields[1]) == 0.7
+    assert [float(v) for v in fields[2:]] == [11.0, 21.0, 60.0, 80.0]
+    assert Path(paths[1]).read_text() == ""
+    out = evaluate_voc(str(root), "test", str(dets), ["cat", "dog"])
+    assert out["per_class"] == {"cat": pytest.approx(100.0), "dog": None}
+    with pytest.raises(EvalError, match="label 2"):
+        write_voc_results(str(dets), "test", ["cat", "dog"], [("a", 2, 0.5, 0, 0, 1, 1)])
+
+
+def test_classes_resolution(tmp_path: Path):
+    root = write_voc(tmp_path / "VOC", {"a": []}, classes=["x", "y"])
+    assert read_classes(str(root)) == ["x", "y"]
+    other = tmp_path / "mine.txt"
+    other.write_text("z\n")
+    assert read_classes(str(root), str(other)) == ["z"]
+    bare = write_voc(tmp_path / "bare", {"a": []})
+    assert read_classes(str(bare)) == list(VOC_CLASSES)
+
+
+@pytest.mark.parametrize("bad_line, match", [
+    ("im9 0.5 1 1 2 2", "not in the split"),
+    ("im1 0.5 1 1 2", "expected 'image_id score"),
+    ("im1 high 1 1 2 2", "expected 'image_id score"),
+])
+def test_bad_result_lines(voc_case, bad_line, match):
+    root, dets = voc_case
+    (dets / "comp4_det_test_cat.txt").write_text(bad_line + "\n")
+    with pytest.raises(EvalError, match=match) as info:
+        evaluate_voc(str(root), "test", str(dets), ["cat", "dog"])
+    assert "comp4_det_test_cat.txt:1" in str(info.value)
+
+
+def test_bad_inputs(voc_case, tmp_path: Path):
+    root, dets = voc_case
+    with pytest.raises(EvalError, match="no non-difficult object"):
+        evaluate_voc(str(root), "test", str(dets), ["dog"], image_ids=["im1"])
+    with pytest.raises(EvalError, match="not in .*test.txt"):
+        evaluate_voc(str(root), "test", str(dets), ["cat"], image_ids=["im7"])
+    with pytest.raises(EvalError, match="split file not found"):
+        evaluate_voc(str(root), "val", str(dets), ["cat"])
+    (root / "Annotations" / "im3.xml").write_text("<annotation><object>")
+    with pytest.raises(EvalError, match="im3.xml: malformed XML"):
+        evaluate_voc(str(root), "test", str(dets), ["cat"])
+    (root / "Annotations" / "im3.xml").unlink()
+    with pytest.raises(EvalError, match="im3.xml: annotation not found"):
+        evaluate_voc(str(root), "test", str(dets), ["cat"])
+    (dets / "comp4_det_test_dog.txt").unlink()
+    with pytest.raises(EvalError, match="comp4_det_test_dog.txt: result file not found"):
+        evaluate_voc(str(root), "test", str(dets), ["cat", "dog"], image_ids=["im1", "im2"])
+
+
+def test_cli_voc(voc_case, tmp_path: Path):
+    root, dets = voc_case
+    out = tmp_path / "m.json"
+    cmd = [sys.executable, str(REPO / "tools" / "eval_detections.py"), "voc", "--voc-root", str(root),
+           "--split", "test", "--dets", str(dets), "--out", str(out), "--use-07-metric"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                          env={"PYTHONPATH": str(REPO), "PATH": ""})
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(out.read_text())
+    assert metrics["mAP"] == pytest.approx(100 * (6 + 5 * 2 / 3) / 11)
+    assert metrics["per_class"]["dog"] is None and metrics["no_gt_classes"] == ["dog"]
+    assert "mAP (11-point (VOC2007))" in proc.stdout and "dog" in proc.stdout
+    cmd[cmd.index("--split") + 1] = "nope"
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
+                          env={"PYTHONPATH": str(REPO), "PATH": ""})
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "split file not found" in proc.stderr
+
+
+def test_real_voc_fixture_ground_truth_as_detections(tmp_path: Path):
+    if not VOC_FIXTURE.is_dir():
+        pytest.skip(f"real VOC fixture not found at {VOC_FIXTURE}")
+    ids = (VOC_FIXTURE / "ImageSets" / "Main" / "trainval.txt").read_text().split()
+    objects = {i: read_annotation(str(VOC_FIXTURE / "Annotations" / f"{i}.xml")) for i in ids}
+    # the fixture's classes are not the VOC 20: read them from the annotations, add one unseen
+    classes = sorted({o.name for objs in objects.values() for o in objs}) + ["unseen"]
+    records = [(i, classes.index(o.name), 1.0, *(v - 1 for v in o.box))
+               for i, objs in objects.items() for o in objs]
+    write_voc_results(str(tmp_path), "trainval", classes, records)
+    out = evaluate_voc(str(VOC_FIXTURE), "trainval", str(tmp_path), classes)
+    assert out["mAP"] == pytest.approx(100.0)
+    assert out["no_gt_classes"] == ["unseen"]
+    # dropping every other detection of the most frequent class halves its recall
+    counts = {c: sum(o.name == c for objs in objects.values() for o in objs) for c in classes}
+    top = max(counts, key=counts.get)
+    kept = [r for r in records if r[1] != classes.index(top)]
+    kept += [r for r in records if r[1] == classes.index(top)][::2]
+    write_voc_results(str(tmp_path), "trainval", classes, kept)
+    out = evaluate_voc(str(VOC_FIXTURE), "trainval", str(tmp_path), classes)
+    found = (counts[top] + 1) // 2
+    assert out["per_class"][top] == pytest.approx(100.0 * found / counts[top])

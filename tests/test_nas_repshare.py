@@ -1,0 +1,83 @@
+"""Primitives and RepShare: names, unit structure, sharing equals separate computation."""
+import pytest
+import torch
+from torch import nn
+
+from fad.nas.primitives import PRIMITIVES, conv_unit, discrete_op, op_spec
+from fad.nas.repshare import RepShare, SeparateCandidates
+
+
+def test_primitive_list_order():
+    assert len(PRIMITIVES) == 11 and PRIMITIVES[-1] == "none"
+    assert PRIMITIVES[:5] == ("std_conv_3x3", "std_conv_3x3+dil_conv_3x3", "std_conv_3x3_x2",
+                              "std_conv_3x3_x2+dil_conv_3x3", "std_conv_3x3_x3")
+    assert PRIMITIVES[5:10] == tuple(p.replace("std", "sinSep") for p in PRIMITIVES[:5])
+
+
+@pytest.mark.parametrize("name,depth,dilated", [
+    ("std_conv_3x3", 1, False), ("sinSep_conv_3x3+dil_conv_3x3", 1, True),
+    ("std_conv_3x3_x2", 2, False), ("sinSep_conv_3x3_x2+dil_conv_3x3", 2, True),
+    ("sinSep_conv_3x3_x3", 3, False)])
+def test_discrete_op_structure(name, depth, dilated):
+    spec = op_spec(name)
+    assert (spec.depth, spec.dilated) == (depth, dilated)
+    op = discrete_op(name, 32)
+    convs = [m for m in op.modules() if isinstance(m, nn.Conv2d)]
+    per_unit = 1 if spec.family == "std" else 2
+    assert len(convs) == depth * per_unit + 2 * dilated
+    assert sum(isinstance(m, nn.GroupNorm) for m in op.modules()) == depth + dilated
+    assert sum(m.dilation == (2, 2) for m in convs) == int(dilated)
+    assert op(torch.randn(1, 32, 9, 11)).shape == (1, 32, 9, 11)
+
+
+def test_none_and_unknown_are_not_ops():
+    for bad in ("none", "max_pool_3x3"):
+        with pytest.raises(ValueError, match="not a searchable operation"):
+            discrete_op(bad, 32)
+
+
+def test_sinsep_unit_is_depthwise_then_pointwise():
+    dw, pw, gn, _ = conv_unit("sinSep", 64)
+    assert dw.groups == 64 and dw.bias is None and pw.kernel_size == (1, 1) and pw.bias is not None
+    assert gn.num_groups == 32
+
+
+@pytest.mark.parametrize("family", ["std", "sinSep"])
+def test_repshare_equals_separate_candidates(family):
+    torch.manual_seed(0)
+    shared, separate = RepShare(family, 32), SeparateCandidates(family, 32)
+    x = torch.randn(2, 32, 12, 10)
+    untied = separate(x)
+    separate.tie_to(shared)
+    outs_shared, outs_separate = shared(x), separate(x)
+    assert len(outs_shared) == 5
+    for a, b, c in zip(outs_shared, outs_separate, untied):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(a, c)
+    # gradients of the shared input agree too
+    xs, xp = x.clone().requires_grad_(), x.clone().requires_grad_()
+    sum(o.square().sum() for o in shared(xs)).backward()
+    sum(o.square().sum() for o in separate(xp)).backward()
+    torch.testing.assert_close(xs.grad, xp.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_undecoupled_candidates_match_discrete_ops():
+    """Candidates without a decouple 1x1 equal the augment op with the same weights."""
+    torch.manual_seed(1)
+    shared = RepShare("std", 32)
+    x = torch.randn(1, 32, 8, 8)
+    outs = shared(x)
+    op = discrete_op("std_conv_3x3_x2+dil_conv_3x3", 32)
+    for mine, theirs in zip(op, [shared.chain[0], shared.chain[1], shared.dilated[1]]):
+        mine.load_state_dict(theirs.state_dict())
+    torch.testing.assert_close(op(x), outs[3])
+    op3 = discrete_op("std_conv_3x3_x3", 32)
+    for mine, theirs in zip(op3, shared.chain):
+        mine.load_state_dict(theirs.state_dict())
+    torch.testing.assert_close(op3(x), outs[4])
+
+
+def test_repshare_shares_units():
+    convs = lambda m: sum(isinstance(c, nn.Conv2d) and c.kernel_size == (3, 3) for c in m.modules())
+    assert convs(RepShare("std", 32)) == 3 + 2
+    assert convs(SeparateCandidates("std", 32)) == 9 + 2

@@ -1,0 +1,106 @@
+"""Evaluate saved detections: COCO metrics of a results JSON, or devkit VOC mAP of result files.
+
+    python tools/eval_detections.py coco --gt GT.json --dets RESULTS.json --out metrics.json
+    python tools/eval_detections.py voc --voc-root DIR --split NAME --dets RESDIR \
+        --out metrics.json [--use-07-metric] [--classes FILE]
+
+COCO metrics are bbox metrics from pycocotools; VOC follows the official devkit (inclusive
+pixel IoU, IoU >= 0.5, difficult objects ignored, duplicates false positives). All values are
+percentages.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+
+from pycocotools.coco import COCO
+
+from fad.evaluation import EvalError, evaluate_coco, evaluate_voc, format_per_class, format_table
+from fad.evaluation.results import write_json
+from fad.evaluation.voc_io import read_classes
+
+
+def _load_json(path: str, what: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise EvalError(f"{path}: {what} not found; check the path") from None
+    except json.JSONDecodeError as exc:
+        raise EvalError(f"{path}: malformed JSON ({exc}); give a valid {what}") from None
+
+
+def _check_gt(gt, path: str) -> None:
+    """Raise EvalError unless `gt` looks like a COCO detection annotation file."""
+    if not isinstance(gt, dict) or not all(k in gt for k in ("images", "annotations", "categories")):
+        raise EvalError(f"{path}: not a COCO annotation file (needs images, annotations, "
+                        "categories)")
+    for ann in gt["annotations"]:
+        missing = [k for k in ("id", "image_id", "category_id", "bbox", "area") if k not in ann]
+        if missing:
+            raise EvalError(f"{path}: annotation {ann.get('id', '?')} lacks {missing}; "
+                            "fix the annotation file")
+
+
+def _run_coco(args: argparse.Namespace) -> dict:
+    gt = _load_json(args.gt, "ground-truth annotation file")
+    results = _load_json(args.dets, "results file")
+    _check_gt(gt, args.gt)
+    if not isinstance(results, list):
+        raise EvalError(f"{args.dets}: a COCO results file is a JSON list of "
+                        "{image_id, category_id, bbox, score}")
+    coco_gt = COCO()
+    coco_gt.dataset = gt
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt.createIndex()
+    metrics = evaluate_coco(coco_gt, results, verbose=True)
+    print(format_table(metrics))
+    return metrics
+
+
+def _run_voc(args: argparse.Namespace) -> dict:
+    classes = read_classes(args.voc_root, args.classes)
+    metrics = evaluate_voc(args.voc_root, args.split, args.dets, classes, args.use_07_metric)
+    print(format_per_class(metrics["per_class"]))
+    if metrics["no_gt_classes"]:
+        print(f"no ground truth (left out of the mean): {', '.join(metrics['no_gt_classes'])}")
+    metric = "11-point (VOC2007)" if args.use_07_metric else "all-point (VOC2010+)"
+    print(f"mAP ({metric}): {metrics['mAP']:.2f}")
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="format", required=True)
+    coco = sub.add_parser("coco", help="COCO bbox metrics of a results JSON (pycocotools)")
+    coco.add_argument("--gt", required=True, help="COCO-format ground-truth annotation JSON")
+    coco.add_argument("--dets", required=True, help="COCO results JSON (bbox as xywh)")
+    coco.add_argument("--out", required=True, help="metrics JSON to write")
+    voc = sub.add_parser("voc", help="devkit VOC mAP of comp4_det_<split>_<class>.txt files")
+    voc.add_argument("--voc-root", required=True, help="folder holding Annotations/ and ImageSets/")
+    voc.add_argument("--split", required=True, help="ImageSets/Main/<split>.txt to evaluate on")
+    voc.add_argument("--dets", required=True, help="folder of devkit result files")
+    voc.add_argument("--out", required=True, help="metrics JSON to write")
+    voc.add_argument("--use-07-metric", action="store_true", help="11-point AP of VOC2007")
+    voc.add_argument("--classes", default=None,
+                     help="class list, one a line (default: classes.txt beside Annotations/, "
+                          "else the 20 VOC classes)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    try:
+        metrics = _run_coco(args) if args.format == "coco" else _run_voc(args)
+        write_json(args.out, metrics)
+    except EvalError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"wrote {args.out}", file=sys.stderr)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
