@@ -1,6 +1,7 @@
 """Devkit-exact VOC evaluation on hand-computed cases."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -14,7 +15,8 @@ from fad.evaluation.voc_ap import average_precision, inclusive_iou
 from fad.evaluation.voc_io import VOC_CLASSES, read_annotation, read_classes
 
 REPO = Path(__file__).resolve().parents[1]
-VOC_FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "voc_real_mini" / "VOC2012"
+VOC_FIXTURE = (Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "voc_real_mini"
+               / "VOC2012")
 
 
 def write_voc(root: Path, images: dict[str, list[tuple]], split: str = "test",
@@ -108,17 +110,20 @@ def test_boundary_detection_alone_is_a_true_positive(tmp_path: Path):
 def test_greedy_match_to_best_iou_then_duplicate_is_fp(tmp_path: Path):
     # A and B overlap; the second detection's best IoU is the already matched A -> FP,
     # although B is still free (the devkit does not fall back to the next-best object).
-    root = write_voc(tmp_path / "VOC", {"a": [("cat", 1, 1, 100, 100, 0), ("cat", 21, 1, 120, 100, 0)]})
+    objects = [("cat", 1, 1, 100, 100, 0), ("cat", 21, 1, 120, 100, 0)]
+    root = write_voc(tmp_path / "VOC", {"a": objects})
     dets = tmp_path / "dets"
     write_dets(dets, "test", "cat", [("a", 0.9, 1, 1, 100, 100), ("a", 0.8, 6, 1, 105, 100)])
-    iou_a = inclusive_iou(np.array([6.0, 1, 105, 100]), np.array([[1.0, 1, 100, 100], [21, 1, 120, 100]]))
+    iou_a = inclusive_iou(np.array([6.0, 1, 105, 100]),
+                          np.array([[1.0, 1, 100, 100], [21, 1, 120, 100]]))
     assert iou_a[0] > iou_a[1] >= 0.5
     # TP then FP: recall [0.5, 0.5], precision [1, 0.5] -> AP 0.5
     assert evaluate_voc(str(root), "test", str(dets), ["cat"])["mAP"] == pytest.approx(50.0)
 
 
 def test_ties_keep_file_order(tmp_path: Path):
-    root = write_voc(tmp_path / "VOC", {"a": [("cat", 1, 1, 10, 10, 0)], "b": [("cat", 1, 1, 10, 10, 0)]})
+    cat = ("cat", 1, 1, 10, 10, 0)
+    root = write_voc(tmp_path / "VOC", {"a": [cat], "b": [cat]})
     dets = tmp_path / "dets"
     # FP first in the file at the same score: FP, TP, TP -> recall [0, 1/2, 1], precision
     # [0, 1/2, 2/3], envelope 2/3 everywhere -> AP 2/3 (file order TP, TP, FP would give 1)
@@ -134,6 +139,16 @@ def test_exact_recall_threshold_counts_in_11_point():
     assert average_precision(recall, precision, use_07_metric=True) == pytest.approx(4 / 11)
 
 
+def test_image_subset(voc_case):
+    root, dets = voc_case
+    # im2 only: d4 (TP at 0.5 exactly) then d5 (FP) on G3 -> AP 1; im1's detections left out
+    out = evaluate_voc(str(root), "test", str(dets), ["cat", "dog"], image_ids=["im2"])
+    assert out["per_class"] == {"cat": pytest.approx(100.0), "dog": None}
+    # im1 only: d1 TP, d2 ignored, d3 duplicate FP -> recall [1, 1], precision [1, 1/2] -> AP 1
+    out = evaluate_voc(str(root), "test", str(dets), ["cat"], image_ids=["im1"])
+    assert out["mAP"] == pytest.approx(100.0)
+
+
 def test_no_detections_and_empty_files(tmp_path: Path):
     root = write_voc(tmp_path / "VOC", {"a": [("cat", 1, 1, 10, 10, 0)]})
     dets = tmp_path / "dets"
@@ -141,11 +156,12 @@ def test_no_detections_and_empty_files(tmp_path: Path):
     assert evaluate_voc(str(root), "test", str(dets), ["cat"])["mAP"] == 0.0
 
 
-def test_write_voc_results_adds_one_and_round_trips(tmp_path: Path):
+def test_write_voc_results_inverts_the_xml_reading(tmp_path: Path):
     root = write_voc(tmp_path / "VOC", {"a": [("cat", 11, 21, 60, 80, 0)], "b": []})
     dets = tmp_path / "dets"
-    # 0-based box as the data package reads the xml (value - 1)
-    paths = write_voc_results(str(dets), "test", ["cat", "dog"], [("a", 0, 0.7, 10.0, 20.0, 59.0, 79.0)])
+    # the xml box 11 21 60 80 as the data package reads it: (xmin - 1, ymin - 1, xmax, ymax)
+    paths = write_voc_results(str(dets), "test", ["cat", "dog"],
+                              [("a", 0, 0.7, 10.0, 20.0, 60.0, 80.0)])
     assert [Path(p).name for p in paths] == ["comp4_det_test_cat.txt", "comp4_det_test_dog.txt"]
     fields = Path(paths[0]).read_text().split()
     assert fields[0] == "a" and float(fields[1]) == 0.7
@@ -183,7 +199,7 @@ def test_bad_result_lines(voc_case, bad_line, match):
 def test_bad_inputs(voc_case, tmp_path: Path):
     root, dets = voc_case
     with pytest.raises(EvalError, match="no non-difficult object"):
-        evaluate_voc(str(root), "test", str(dets), ["dog"], image_ids=["im1"])
+        evaluate_voc(str(root), "test", str(dets), ["dog"], image_ids=["im1", "im3"])
     with pytest.raises(EvalError, match="not in .*test.txt"):
         evaluate_voc(str(root), "test", str(dets), ["cat"], image_ids=["im7"])
     with pytest.raises(EvalError, match="split file not found"):
@@ -199,23 +215,43 @@ def test_bad_inputs(voc_case, tmp_path: Path):
         evaluate_voc(str(root), "test", str(dets), ["cat", "dog"], image_ids=["im1", "im2"])
 
 
-def test_cli_voc(voc_case, tmp_path: Path):
+def _voc_cli_args(root: Path, dets: Path, out: Path, split: str = "test") -> list[str]:
+    return ["voc", "--voc-root", str(root), "--split", split, "--dets", str(dets),
+            "--out", str(out), "--use-07-metric"]
+
+
+def test_cli_voc(voc_case, tmp_path: Path, capsys):
     root, dets = voc_case
     out = tmp_path / "m.json"
-    cmd = [sys.executable, str(REPO / "tools" / "eval_detections.py"), "voc", "--voc-root", str(root),
-           "--split", "test", "--dets", str(dets), "--out", str(out), "--use-07-metric"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
-                          env={"PYTHONPATH": str(REPO), "PATH": ""})
-    assert proc.returncode == 0, proc.stderr
+    spec = importlib.util.spec_from_file_location("eval_detections",
+                                                  REPO / "tools" / "eval_detections.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.main(_voc_cli_args(root, dets, out))
     metrics = json.loads(out.read_text())
     assert metrics["mAP"] == pytest.approx(100 * (6 + 5 * 2 / 3) / 11)
     assert metrics["per_class"]["dog"] is None and metrics["no_gt_classes"] == ["dog"]
-    assert "mAP (11-point (VOC2007))" in proc.stdout and "dog" in proc.stdout
+    printed = capsys.readouterr().out
+    assert "mAP (11-point (VOC2007))" in printed and "dog" in printed
+    with pytest.raises(SystemExit, match="split file not found") as info:
+        tool.main(_voc_cli_args(root, dets, out, split="nope"))
+    assert len(str(info.value.code).splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_cli_runs_as_a_script(voc_case, tmp_path: Path):
+    root, dets = voc_case
+    out = tmp_path / "m.json"
+    cmd = [sys.executable, str(REPO / "tools" / "eval_detections.py"),
+           *_voc_cli_args(root, dets, out)]
+    env = {"PYTHONPATH": str(REPO), "PATH": ""}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["mAP"] == pytest.approx(100 * (6 + 5 * 2 / 3) / 11)
     cmd[cmd.index("--split") + 1] = "nope"
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
-                          env={"PYTHONPATH": str(REPO), "PATH": ""})
-    assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "split file not found" in proc.stderr
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    assert proc.returncode == 1
+    assert len(proc.stderr.strip().splitlines()) == 1 and "split file not found" in proc.stderr
 
 
 def test_real_voc_fixture_ground_truth_as_detections(tmp_path: Path):
@@ -225,7 +261,7 @@ def test_real_voc_fixture_ground_truth_as_detections(tmp_path: Path):
     objects = {i: read_annotation(str(VOC_FIXTURE / "Annotations" / f"{i}.xml")) for i in ids}
     # the fixture's classes are not the VOC 20: read them from the annotations, add one unseen
     classes = sorted({o.name for objs in objects.values() for o in objs}) + ["unseen"]
-    records = [(i, classes.index(o.name), 1.0, *(v - 1 for v in o.box))
+    records = [(i, classes.index(o.name), 1.0, o.box[0] - 1, o.box[1] - 1, o.box[2], o.box[3])
                for i, objs in objects.items() for o in objs]
     write_voc_results(str(tmp_path), "trainval", classes, records)
     out = evaluate_voc(str(VOC_FIXTURE), "trainval", str(tmp_path), classes)
@@ -240,3 +276,85 @@ def test_real_voc_fixture_ground_truth_as_detections(tmp_path: Path):
     out = evaluate_voc(str(VOC_FIXTURE), "trainval", str(tmp_path), classes)
     found = (counts[top] + 1) // 2
     assert out["per_class"][top] == pytest.approx(100.0 * found / counts[top])
+
+
+def _devkit_reference_ap(dets, gts, npos, use_07):
+    """Literal per-detection loop of the devkit: ignored detections stay in the curve as
+    rows with neither flag (0/0 precision -> NaN, skipped by max like MATLAB's max)."""
+    order = sorted(range(len(dets)), key=lambda d: -dets[d][1])
+    used = {k: [False] * len(v) for k, v in gts.items()}
+    tp, fp = [], []
+    for d in order:
+        image_id, _, *box = dets[d]
+        ovmax, jmax = -np.inf, -1
+        for j, (g, _) in enumerate(gts.get(image_id, [])):
+            iw = min(box[2], g[2]) - max(box[0], g[0]) + 1
+            ih = min(box[3], g[3]) - max(box[1], g[1]) + 1
+            if iw > 0 and ih > 0:
+                ov = iw * ih / ((box[2] - box[0] + 1) * (box[3] - box[1] + 1)
+                                + (g[2] - g[0] + 1) * (g[3] - g[1] + 1) - iw * ih)
+                if ov > ovmax:
+                    ovmax, jmax = ov, j
+        t = f = 0
+        if ovmax >= 0.5:
+            if not gts[image_id][jmax][1]:
+                if used[image_id][jmax]:
+                    f = 1
+                else:
+                    t, used[image_id][jmax] = 1, True
+        else:
+            f = 1
+        tp.append(t)
+        fp.append(f)
+    tp, fp = np.cumsum(tp, dtype=float), np.cumsum(fp, dtype=float)
+    rec = tp / npos
+    with np.errstate(invalid="ignore"):
+        prec = tp / (tp + fp)
+    if use_07:
+        ap = 0.0
+        for k in range(11):
+            sel = prec[rec >= k / 10]
+            sel = sel[~np.isnan(sel)]
+            ap += (sel.max() if sel.size else 0.0) / 11
+        return ap
+    mrec = np.concatenate(([0.0], rec, [1.0]))
+    mpre = np.concatenate(([0.0], prec, [0.0]))
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = np.nanmax([mpre[i], mpre[i + 1]])
+    idx = [i for i in range(1, len(mrec)) if mrec[i] != mrec[i - 1]]
+    return float(sum((mrec[i] - mrec[i - 1]) * mpre[i] for i in idx))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_matches_literal_devkit_loop_on_random_cases(tmp_path: Path, seed: int):
+    rng = np.random.default_rng(seed)
+    images, gts = {}, {}
+    for i in range(6):
+        objs = []
+        for _ in range(int(rng.integers(0, 4))):
+            x1, y1 = (int(v) for v in rng.integers(1, 60, size=2))
+            w, h = (int(v) for v in rng.integers(5, 40, size=2))
+            objs.append(("cat", x1, y1, x1 + w, y1 + h, bool(rng.random() < 0.25)))
+        images[f"i{i}"] = objs
+        gts[f"i{i}"] = [((o[1], o[2], o[3], o[4]), o[5]) for o in objs]
+    npos = sum(not d for v in gts.values() for _, d in v)
+    if npos == 0:
+        images["i0"].append(("cat", 1, 1, 30, 30, False))
+        gts["i0"].append(((1, 1, 30, 30), False))
+        npos = 1
+    dets = []
+    for _ in range(25):
+        image_id = f"i{int(rng.integers(0, 6))}"
+        if gts[image_id] and rng.random() < 0.7:  # jitter a ground-truth box
+            g = gts[image_id][int(rng.integers(0, len(gts[image_id])))][0]
+            box = [float(v + rng.integers(-6, 7)) for v in g]
+        else:
+            x1, y1 = (float(v) for v in rng.integers(1, 60, size=2))
+            box = [x1, y1, x1 + 20.0, y1 + 20.0]
+        dets.append((image_id, float(rng.choice([0.3, 0.5, 0.9]) if rng.random() < 0.3
+                                     else rng.random()), *box))
+    root = write_voc(tmp_path / "VOC", images)
+    write_dets(tmp_path / "dets", "test", "cat", dets)
+    for use_07 in (False, True):
+        out = evaluate_voc(str(root), "test", str(tmp_path / "dets"), ["cat"], use_07)
+        assert out["mAP"] == pytest.approx(100 * _devkit_reference_ap(dets, gts, npos, use_07))

@@ -35,7 +35,8 @@ def _load_json(path: str, what: str):
 
 def _check_gt(gt, path: str) -> None:
     """Raise EvalError unless `gt` looks like a COCO detection annotation file."""
-    if not isinstance(gt, dict) or not all(k in gt for k in ("images", "annotations", "categories")):
+    keys = ("images", "annotations", "categories")
+    if not isinstance(gt, dict) or not all(k in gt for k in keys):
         raise EvalError(f"{path}: not a COCO annotation file (needs images, annotations, "
                         "categories)")
     for ann in gt["annotations"]:

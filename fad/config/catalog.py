@@ -33,11 +33,12 @@ def _builtin() -> dict[str, dict]:
     for split in ("train", "val"):
         table[f"coco_2017_{split}"] = {"format": "coco", "images": f"coco/{split}2017",
                                        "ann_file": f"coco/annotations/instances_{split}2017.json"}
-        table[f"synthetic_voc_{split}"] = {"format": "voc", "root": SYNTHETIC_VOC_DIR, "split": split,
-                                           "classes": None, "synthetic": True}
+        table[f"synthetic_voc_{split}"] = {"format": "voc", "root": SYNTHETIC_VOC_DIR,
+                                           "split": split, "classes": None, "synthetic": True}
         table[f"synthetic_coco_{split}"] = {
             "format": "coco", "images": f"{SYNTHETIC_COCO_DIR}/images/{split}",
-            "ann_file": f"{SYNTHETIC_COCO_DIR}/annotations/instances_{split}.json", "synthetic": True}
+            "ann_file": f"{SYNTHETIC_COCO_DIR}/annotations/instances_{split}.json",
+            "synthetic": True}
     return table
 
 

@@ -101,8 +101,8 @@ class DetectionDataset(Dataset):
         rec = self.records[index]
         image = read_image(rec.path)
         if tuple(image.shape[1:]) != (rec.height, rec.width):
-            raise DataError(f"{rec.path}: image is {image.shape[1]}x{image.shape[2]} (h x w) but its "
-                            f"annotation says {rec.height}x{rec.width}; fix the annotation's size")
+            raise DataError(f"{rec.path}: image is {image.shape[1]}x{image.shape[2]} (h x w) but "
+                            f"its annotation says {rec.height}x{rec.width}; fix the annotation")
         boxes, labels, difficult = rec.boxes, rec.labels, rec.difficult
         if self.is_train and difficult is not None:
             boxes, labels, difficult = boxes[~difficult], labels[~difficult], None
@@ -137,11 +137,13 @@ class DetectionDataset(Dataset):
         for rec in self.records:
             images.append({"id": rec.image_id, "file_name": rec.path.name,
                            "height": rec.height, "width": rec.width})
-            crowd = rec.difficult if rec.difficult is not None else torch.zeros(len(rec.labels), dtype=torch.bool)
-            for box, label, is_crowd in zip(rec.boxes.tolist(), rec.labels.tolist(), crowd.tolist()):
+            crowd = [False] * len(rec.labels) if rec.difficult is None else rec.difficult.tolist()
+            for box, label, is_crowd in zip(rec.boxes.tolist(), rec.labels.tolist(), crowd):
                 w, h = box[2] - box[0], box[3] - box[1]
                 annotations.append({"id": len(annotations) + 1, "image_id": rec.image_id,
                                     "category_id": self.label_to_category_id[label],
-                                    "bbox": [box[0], box[1], w, h], "area": w * h, "iscrowd": int(is_crowd)})
-        categories = [{"id": self.label_to_category_id[i], "name": c} for i, c in enumerate(self.classes)]
+                                    "bbox": [box[0], box[1], w, h], "area": w * h,
+                                    "iscrowd": int(is_crowd)})
+        categories = [{"id": self.label_to_category_id[i], "name": c}
+                      for i, c in enumerate(self.classes)]
         return quiet_coco({"images": images, "annotations": annotations, "categories": categories})

@@ -21,7 +21,8 @@ def _load_json(path: Path) -> dict:
         with open(path) as f:
             data = json.load(f)
     except FileNotFoundError:
-        raise DataError(f"{path}: annotation file is missing; check DATASETS.ROOT / the path") from None
+        raise DataError(f"{path}: annotation file is missing; check DATASETS.ROOT / the "
+                        "path") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: malformed JSON ({exc}); fix or regenerate the file") from None
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list)
@@ -33,7 +34,8 @@ def _load_json(path: Path) -> dict:
 
 def _bbox_xyxy(ann: dict, path: Path) -> list[float]:
     bbox = ann.get("bbox")
-    if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
+    if not (isinstance(bbox, list) and len(bbox) == 4
+            and all(isinstance(v, (int, float)) for v in bbox)):
         raise DataError(f"{path}: annotation id {ann.get('id')} has bbox {bbox!r}, expected "
                         "[x, y, w, h] numbers; fix the file")
     x, y, w, h = bbox
@@ -70,16 +72,18 @@ class COCODataset(DetectionDataset):
         records = []
         for im in images:
             try:
-                path, height, width = self.images_dir / im["file_name"], int(im["height"]), int(im["width"])
+                path = self.images_dir / im["file_name"]
+                height, width = int(im["height"]), int(im["width"])
             except (KeyError, TypeError, ValueError):
-                raise DataError(f"{self.ann_file}: image id {im['id']} needs 'file_name', 'height', "
-                                "'width'; fix the file") from None
+                raise DataError(f"{self.ann_file}: image id {im['id']} needs 'file_name', "
+                                "'height', 'width'; fix the file") from None
             anns = [a for a in by_image[im["id"]] if not a.get("iscrowd", 0)]
             boxes = torch.tensor([_bbox_xyxy(a, self.ann_file) for a in anns],
                                  dtype=torch.float32).reshape(-1, 4)
             labels = torch.tensor([cat_to_label[a["category_id"]] for a in anns], dtype=torch.int64)
             boxes, keep = sanitize_boxes(boxes, height, width, fixes)
-            records.append(ImageRecord(path, int(im["id"]), height, width, boxes[keep], labels[keep]))
+            records.append(ImageRecord(path, int(im["id"]), height, width, boxes[keep],
+                                       labels[keep]))
         super().__init__(name or str(self.ann_file), classes, records, transforms, is_train, fixes,
                          {label: cat for cat, label in cat_to_label.items()})
 

@@ -28,7 +28,8 @@ class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
     def __init__(self, group_ids: Sequence[int], batch_size: int, seed: int, start_iter: int = 0,
                  max_iter: int | None = None, rank: int = 0, world_size: int = 1):
         if len(group_ids) < world_size:
-            raise ValueError(f"dataset has {len(group_ids)} images, fewer than the {world_size} ranks")
+            raise ValueError(f"dataset has {len(group_ids)} images, fewer than the "
+                             f"{world_size} ranks")
         if batch_size <= 0:
             raise ValueError(f"batch size per rank is {batch_size}; raise SOLVER.IMS_PER_BATCH")
         self.group_ids = list(group_ids)

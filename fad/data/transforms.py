@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 from torchvision import tv_tensors
+from torchvision.tv_tensors import BoundingBoxes
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 from yacs.config import CfgNode
@@ -21,17 +22,17 @@ class ResizeShortSide:
     def __init__(self, min_sizes: Sequence[int], max_size: int):
         self.min_sizes = [int(s) for s in min_sizes]
         if not self.min_sizes or min(self.min_sizes) <= 0 or max_size <= 0:
-            raise ValueError(f"bad resize sizes: short side {self.min_sizes}, long side cap {max_size}; "
-                             "set INPUT.MIN_SIZE_* and INPUT.MAX_SIZE_* to positive values")
+            raise ValueError(f"bad resize sizes: short side {self.min_sizes}, long side cap "
+                             f"{max_size}; set INPUT.MIN_SIZE_* and INPUT.MAX_SIZE_* > 0")
         self.max_size = int(max_size)
 
     def output_size(self, height: int, width: int, short: int) -> tuple[int, int]:
-        """(h, w) with the short side `short`, scaled down further if the long side passes the cap."""
+        """(h, w) with the short side `short`, scaled down more if the long side passes the cap."""
         scale = min(short / min(height, width), self.max_size / max(height, width))
         return max(1, round(height * scale)), max(1, round(width * scale))
 
-    def __call__(self, image: tv_tensors.Image, boxes: tv_tensors.BoundingBoxes,
-                 generator: torch.Generator | None) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes]:
+    def __call__(self, image: tv_tensors.Image, boxes: BoundingBoxes,
+                 generator: torch.Generator | None) -> tuple[tv_tensors.Image, BoundingBoxes]:
         choice = 0
         if len(self.min_sizes) > 1:
             choice = int(torch.randint(len(self.min_sizes), (), generator=generator))
@@ -45,8 +46,8 @@ class RandomHorizontalFlip:
     def __init__(self, prob: float):
         self.prob = float(prob)
 
-    def __call__(self, image: tv_tensors.Image, boxes: tv_tensors.BoundingBoxes,
-                 generator: torch.Generator | None) -> tuple[tv_tensors.Image, tv_tensors.BoundingBoxes]:
+    def __call__(self, image: tv_tensors.Image, boxes: BoundingBoxes,
+                 generator: torch.Generator | None) -> tuple[tv_tensors.Image, BoundingBoxes]:
         if self.prob > 0 and float(torch.rand((), generator=generator)) < self.prob:
             return F.horizontal_flip(image), F.horizontal_flip(boxes)
         return image, boxes
@@ -62,7 +63,7 @@ class DetectionTransforms:
     def __call__(self, image: torch.Tensor, boxes: torch.Tensor,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         img = tv_tensors.Image(image)
-        bxs = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=tuple(image.shape[-2:]))
+        bxs = BoundingBoxes(boxes, format="XYXY", canvas_size=tuple(image.shape[-2:]))
         for step in self.steps:
             img, bxs = step(img, bxs, generator)
         out = F.to_dtype(img, torch.float32, scale=True).as_subclass(torch.Tensor)
@@ -73,6 +74,10 @@ def build_transforms(cfg: CfgNode, is_train: bool) -> DetectionTransforms:
     """Training: random short side from INPUT.MIN_SIZE_TRAIN (long side <= MAX_SIZE_TRAIN) and
     flip with FLIP_PROB_TRAIN; test: MIN/MAX_SIZE_TEST, no flip."""
     if is_train:
-        return DetectionTransforms([ResizeShortSide(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN),
-                                    RandomHorizontalFlip(cfg.INPUT.FLIP_PROB_TRAIN)])
-    return DetectionTransforms([ResizeShortSide([cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)])
+        return DetectionTransforms([
+            ResizeShortSide(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN),
+            RandomHorizontalFlip(cfg.INPUT.FLIP_PROB_TRAIN),
+        ])
+    return DetectionTransforms([
+        ResizeShortSide([cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST),
+    ])

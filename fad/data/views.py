@@ -59,7 +59,8 @@ class DetectionSubset(DatasetView):
 
     def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, dict]:
         index, seed = unpack_key(key)
-        return self.dataset[(self.indices[index], seed) if seed is not None else self.indices[index]]
+        parent = self.indices[index]
+        return self.dataset[(parent, seed) if seed is not None else parent]
 
     def _build_coco_gt(self) -> COCO:
         gt = self.dataset.coco_gt().dataset
@@ -77,9 +78,10 @@ class DetectionConcat(DatasetView):
         first = datasets[0]
         for other in datasets[1:]:
             if list(other.classes) != list(first.classes):
-                raise DataError(f"datasets {getattr(first, 'name', '?')} and {getattr(other, 'name', '?')} "
-                                f"have different class lists ({first.classes} vs {other.classes}); "
-                                "concatenate only datasets with the same classes in the same order")
+                raise DataError(f"datasets {getattr(first, 'name', '?')} and "
+                                f"{getattr(other, 'name', '?')} have different class lists "
+                                f"({first.classes} vs {other.classes}); concatenate only datasets "
+                                "with the same classes in the same order")
         super().__init__(first.classes, first.label_to_category_id, first.is_train)
         self.datasets = list(datasets)
         self.offsets = [0]

@@ -70,7 +70,8 @@ def parse_voc_xml(path: Path) -> VOCAnnotation:
     for obj in root.iter("object"):
         bndbox = obj.find("bndbox")
         if bndbox is None:
-            raise DataError(f"{path}: malformed VOC annotation, <object> without <bndbox>; fix the file")
+            raise DataError(f"{path}: malformed VOC annotation, <object> without <bndbox>; "
+                            "fix the file")
         box = tuple(_number(bndbox, tag, path) for tag in ("xmin", "ymin", "xmax", "ymax"))
         difficult = _text(obj, "difficult", path, required=False) in ("1", "true", "True")
         objects.append(VOCObject(_text(obj, "name", path), (box[0] - 1, box[1] - 1, box[2], box[3]),
@@ -90,7 +91,8 @@ def read_split(root: Path, split: str) -> list[str]:
     """Ids listed in ImageSets/Main/<split>.txt."""
     path = root / "ImageSets" / "Main" / f"{split}.txt"
     if not path.is_file():
-        raise DataError(f"{path}: split file is missing; check DATASETS.ROOT / the VOC root and split")
+        raise DataError(f"{path}: split file is missing; check DATASETS.ROOT / the VOC root "
+                        "and split")
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 

@@ -30,7 +30,8 @@ def _check_results(coco_gt: COCO, results: Sequence[dict]) -> None:
     for i, r in enumerate(results):
         missing = [k for k in _RESULT_KEYS if k not in r]
         if missing:
-            raise EvalError(f"result {i} lacks {missing}; each result needs keys {list(_RESULT_KEYS)}")
+            raise EvalError(f"result {i} lacks {missing}; each result needs keys "
+                            f"{list(_RESULT_KEYS)}")
         if len(r["bbox"]) != 4:
             raise EvalError(f"result {i} has bbox {r['bbox']}; give [x, y, width, height]")
         if r["image_id"] not in image_ids:

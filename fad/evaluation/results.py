@@ -18,9 +18,9 @@ from .voc_eval import evaluate_voc, write_voc_results
 logger = logging.getLogger(__name__)
 
 
-def write_json(path: str, obj) -> None:
+def write_json(path: str, obj, indent: int | None = 1) -> None:
     """Write `obj` as JSON to `path` atomically (temporary file + os.replace)."""
-    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
 def rescale_boxes(boxes: torch.Tensor, size, orig_size) -> torch.Tensor:
@@ -48,7 +48,8 @@ def _category_id(dataset, label: int) -> int:
         return int(dataset.label_to_category_id[label])
     except (KeyError, IndexError):
         raise EvalError(f"predicted label {label} has no category id in the dataset's "
-                        f"{len(dataset.label_to_category_id)} classes; the model was built for other data") from None
+                        f"{len(dataset.label_to_category_id)} classes; the model was built "
+                        "for other data") from None
 
 
 def _is_07_dataset(voc_root: str) -> bool:
@@ -83,12 +84,14 @@ def run_evaluation(dataset, predictions: Sequence[tuple[dict, dict]], output_dir
             if is_voc:
                 voc_records.append((file_id, int(label), score, x1, y1, x2, y2))
     os.makedirs(output_dir, exist_ok=True)
-    write_json(os.path.join(output_dir, "coco_results.json"), results)
+    write_json(os.path.join(output_dir, "coco_results.json"), results, indent=None)
     metrics: dict = evaluate_coco(dataset.coco_gt(), results, img_ids=image_ids)
     if is_voc:
         dets_dir = os.path.join(output_dir, "voc_results")
         write_voc_results(dets_dir, dataset.split, dataset.classes, voc_records)
-        use_07 = _is_07_dataset(dataset.voc_root) if voc_use_07_metric is None else voc_use_07_metric
+        use_07 = voc_use_07_metric
+        if use_07 is None:
+            use_07 = _is_07_dataset(dataset.voc_root)
         voc = evaluate_voc(dataset.voc_root, dataset.split, dets_dir, dataset.classes, use_07,
                            image_ids=[dataset.file_id(i) for i in image_ids])
         metrics.update({"VOC_mAP": voc["mAP"], "VOC_per_class": voc["per_class"],

@@ -54,7 +54,7 @@ def match_detections(image_ids: list[str], scores: np.ndarray, boxes: np.ndarray
     order = np.argsort(-scores, kind="stable")
     tp = np.zeros(len(order), dtype=bool)
     fp = np.zeros(len(order), dtype=bool)
-    matched = {image_id: np.zeros(len(gt.boxes), dtype=bool) for image_id, gt in ground_truth.items()}
+    matched = {i: np.zeros(len(gt.boxes), dtype=bool) for i, gt in ground_truth.items()}
     for rank, d in enumerate(order):
         gt = ground_truth.get(image_ids[d])
         if gt is None or len(gt.boxes) == 0:
@@ -74,7 +74,8 @@ def match_detections(image_ids: list[str], scores: np.ndarray, boxes: np.ndarray
     return tp, fp
 
 
-def precision_recall(tp: np.ndarray, fp: np.ndarray, num_positives: int) -> tuple[np.ndarray, np.ndarray]:
+def precision_recall(tp: np.ndarray, fp: np.ndarray,
+                     num_positives: int) -> tuple[np.ndarray, np.ndarray]:
     """Recall [N] and precision [N] after each counted (TP or FP) detection, in rank order."""
     counted = tp | fp
     tp_cum = np.cumsum(tp[counted], dtype=np.float64)
@@ -82,7 +83,8 @@ def precision_recall(tp: np.ndarray, fp: np.ndarray, num_positives: int) -> tupl
     return tp_cum / num_positives, tp_cum / (tp_cum + fp_cum)
 
 
-def average_precision(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = False) -> float:
+def average_precision(recall: np.ndarray, precision: np.ndarray,
+                      use_07_metric: bool = False) -> float:
     """VOC AP (fraction 0-1) of a precision/recall curve (both [N], recall non-decreasing)."""
     if use_07_metric:
         ap = 0.0

@@ -50,24 +50,25 @@ def evaluate_voc(voc_root: str, split: str, dets_dir: str, classes: Sequence[str
     """Devkit AP of the result files `dets_dir/comp4_det_<split>_<class>.txt`.
 
     `classes` defaults to `voc_root/classes.txt`, else the 20 VOC classes. `image_ids`
-    restricts the evaluation to those images of the split (default: the whole split).
+    restricts the evaluation to those images of the split (default: the whole split);
+    detections on other images of the split are then left out.
     Returns {"mAP": percent, "per_class": {class: percent, or None without ground truth},
     "no_gt_classes": [classes without non-difficult objects, left out of the mean]}.
     """
     classes = list(classes) if classes is not None else read_classes(voc_root)
     split_ids = read_split(voc_root, split)
-    if image_ids is not None:
-        image_ids = list(dict.fromkeys(image_ids))
-        missing = sorted(set(image_ids) - set(split_ids))
-        if missing:
-            raise EvalError(f"images {missing[:5]} are not in {voc_root}/ImageSets/Main/{split}.txt; "
-                            "evaluate with the split the detections were made on")
-        split_ids = image_ids
     known = set(split_ids)
-    ground_truth = load_ground_truth(voc_root, split_ids, classes)
+    selected = split_ids if image_ids is None else list(dict.fromkeys(image_ids))
+    missing = sorted(set(selected) - known)
+    if missing:
+        raise EvalError(f"images {missing[:5]} are not in {voc_root}/ImageSets/Main/{split}.txt; "
+                        "evaluate with the split the detections were made on")
+    ground_truth = load_ground_truth(voc_root, selected, classes)
     per_class: dict[str, float | None] = {}
     for name in classes:
         dets = read_detections(result_file(dets_dir, split, name), known)
+        if image_ids is not None:
+            dets = dets.subset(set(selected))
         gt = ground_truth[name]
         num_positives = int(sum((~g.difficult).sum() for g in gt.values()))
         if num_positives == 0:

@@ -1,9 +1,11 @@
 """Files of the VOC devkit: split lists, annotation xml, class lists and result files.
 
 Coordinates in VOC xml and in devkit result files are 1-based inclusive pixel indices
-(a box covering pixels 1..100 is written `1 ... 100`). The data package reads xml boxes as
-`value - 1` (0-based pixels), so `write_voc_results` writes `value + 1` back: a predicted
-box [x1, y1, x2, y2] in our 0-based coordinates is written as [x1+1, y1+1, x2+1, y2+1].
+(a box covering pixels 1..100 is written `1 ... 100`). Our boxes are continuous pixel
+coordinates (pixel i spans [i, i + 1)), so the data package (fad/data/voc.py) reads an xml
+box as (xmin - 1, ymin - 1, xmax, ymax); `write_voc_results` is its inverse and writes a box
+[x1, y1, x2, y2] as [x1 + 1, y1 + 1, x2, y2]. A box read from xml and written back is
+unchanged, so a detection equal to its ground truth has devkit IoU 1.
 """
 from __future__ import annotations
 
@@ -42,6 +44,12 @@ class ClassDetections:
     scores: np.ndarray
     boxes: np.ndarray
 
+    def subset(self, keep_ids: set[str]) -> "ClassDetections":
+        """The detections whose image id is in `keep_ids`, in the same order."""
+        keep = np.asarray([i in keep_ids for i in self.image_ids], dtype=bool).reshape(-1)
+        return ClassDetections([i for i, k in zip(self.image_ids, keep) if k],
+                               self.scores[keep], self.boxes[keep])
+
 
 def result_file(dets_dir: str, split: str, class_name: str) -> str:
     """Path of the devkit result file `comp4_det_<split>_<class>.txt` in `dets_dir`."""
@@ -62,7 +70,8 @@ def read_classes(voc_root: str, classes_file: str | None = None) -> list[str]:
     """Classes from `classes_file`, else `voc_root/classes.txt`, else the 20 VOC classes."""
     path = classes_file or os.path.join(voc_root, "classes.txt")
     if classes_file and not os.path.isfile(classes_file):
-        raise EvalError(f"{classes_file}: classes file not found; give a file with one class a line")
+        raise EvalError(f"{classes_file}: classes file not found; give a file with one "
+                        "class a line")
     if not os.path.isfile(path):
         return list(VOC_CLASSES)
     with open(path) as f:
@@ -77,7 +86,8 @@ def _float(node: ET.Element, tag: str, path: str) -> float:
     try:
         return float(child.text)
     except (AttributeError, TypeError, ValueError):
-        raise EvalError(f"{path}: an object lacks a numeric bndbox/{tag}; fix the annotation") from None
+        raise EvalError(f"{path}: an object lacks a numeric bndbox/{tag}; "
+                        "fix the annotation") from None
 
 
 def read_annotation(path: str) -> list[VocObject]:
@@ -133,7 +143,8 @@ def write_voc_results(dets_dir: str, split: str, classes: Sequence[str],
     """Write one devkit result file per class (empty ones too); return their paths.
 
     `records` are (file_id, label, score, x1, y1, x2, y2) with `label` a 0-based index into
-    `classes` and the box in our 0-based pixel coordinates; files get `coordinate + 1`.
+    `classes` and the box in our continuous pixel coordinates; files get (x1 + 1, y1 + 1,
+    x2, y2), the devkit's 1-based inclusive pixels (see the module docstring).
     """
     lines: list[list[str]] = [[] for _ in classes]
     for file_id, label, score, x1, y1, x2, y2 in records:
@@ -143,7 +154,7 @@ def write_voc_results(dets_dir: str, split: str, classes: Sequence[str],
         if not file_id or any(c.isspace() for c in str(file_id)):
             raise EvalError(f"image id {file_id!r} is empty or holds whitespace; devkit files "
                             "need whitespace-free ids")
-        box = " ".join(f"{v + 1:.3f}" for v in (x1, y1, x2, y2))
+        box = " ".join(f"{v:.3f}" for v in (x1 + 1, y1 + 1, x2, y2))
         lines[int(label)].append(f"{file_id} {float(score):.9g} {box}\n")
     paths = []
     for name, class_lines in zip(classes, lines):

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc" / "msda"
-CXX_FLAGS = ["-O3", "-fopenmp", "-std=c++17"]
+CXX_FLAGS = ["-O3", "-fopenmp"]
 LD_FLAGS = ["-fopenmp"]
-NVCC_FLAGS = ["-O3", "-std=c++17", "--use_fast_math", "-U__CUDA_NO_HALF_OPERATORS__",
+NVCC_FLAGS = ["-O3", "-U__CUDA_NO_HALF_OPERATORS__",
               "-U__CUDA_NO_HALF_CONVERSIONS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__"]
 
 _loaded: dict[str, bool] = {}
@@ -104,7 +104,10 @@ def load_extension(device_type: str) -> None:
         raise
     except Exception as exc:  # compiler errors surface as RuntimeError/OSError/CalledProcessError
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        _errors[device_type] = f"building the MSDA {device_type} extension failed: {first}"
+        _errors[device_type] = (
+            f"building the MSDA {device_type} extension failed ({first}); see the log with "
+            f"python -c \"from fad.ops.build import jit_build; jit_build('{device_type}', "
+            f"verbose=True)\"")
         raise ExtensionUnavailable(_errors[device_type]) from exc
     _loaded[device_type] = True
 

@@ -1,0 +1,15 @@
+"""Datasets (VOC, COCO, synthetic), transforms and iteration-based loaders."""
+from .base import DetectionDataset
+from .build import build_dataset, collate, make_test_loader, make_train_loader
+from .coco import COCODataset
+from .errors import DataError
+from .split import split_dataset
+from .transforms import build_transforms
+from .views import DetectionConcat, DetectionSubset
+from .voc import VOCDataset
+
+__all__ = [
+    "COCODataset", "DataError", "DetectionConcat", "DetectionDataset", "DetectionSubset",
+    "VOCDataset", "build_dataset", "build_transforms", "collate", "make_test_loader",
+    "make_train_loader", "split_dataset",
+]

@@ -1,0 +1,97 @@
+"""Datasets and loaders from the config: catalog names -> datasets -> iteration-based loaders."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from yacs.config import CfgNode
+
+from fad.config.catalog import resolve
+
+from .coco import COCODataset
+from .errors import DataError
+from .samplers import ShardSampler, TrainBatchSampler
+from .synthetic import ensure_synthetic
+from .transforms import build_transforms
+from .views import DetectionConcat
+from .voc import VOCDataset
+
+
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed when it is initialised, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _ensure_synthetic_once(root: str) -> None:
+    """Rank 0 generates first; the others follow after a barrier (a no-op on shared storage)."""
+    rank, world = _rank_world()
+    if rank == 0:
+        ensure_synthetic(root)
+    if world > 1:
+        dist.barrier()
+        ensure_synthetic(root)
+
+
+def build_dataset(cfg: CfgNode, names: Sequence[str], is_train: bool):
+    """One dataset over the catalog `names` (a concatenation when several; they must share one
+    class list). Synthetic names generate their data under DATASETS.ROOT when missing."""
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ValueError("no dataset names given; set DATASETS.TRAIN / DATASETS.TEST")
+    transforms = build_transforms(cfg, is_train)
+    datasets = []
+    for name in names:
+        entry = resolve(name, cfg)
+        if entry["synthetic"]:
+            _ensure_synthetic_once(cfg.DATASETS.ROOT)
+        if entry["format"] == "voc":
+            datasets.append(VOCDataset(entry["root"], entry["split"], transforms, is_train,
+                                       classes=entry["classes"], name=name))
+        else:
+            datasets.append(COCODataset(entry["images"], entry["ann_file"], transforms, is_train,
+                                        name=name))
+    return datasets[0] if len(datasets) == 1 else DetectionConcat(datasets)
+
+
+def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    """[(image, target), ...] -> ([images], [targets]) (images keep their own sizes)."""
+    return [image for image, _ in batch], [target for _, target in batch]
+
+
+def _per_rank(total: int, key: str, world: int) -> int:
+    if total < world or total % world:
+        raise ValueError(f"{key} = {total} must be a multiple of the {world} ranks; change {key}")
+    return total // world
+
+
+def make_train_loader(cfg: CfgNode, dataset, start_iter: int = 0,
+                      infinite: bool = False) -> DataLoader:
+    """Batches ([images], [targets]) of SOLVER.IMS_PER_BATCH // world_size images for iterations
+    start_iter..SOLVER.MAX_ITER-1 (forever if `infinite`), seeded by cfg.SEED, aspect-ratio
+    grouped when DATALOADER.ASPECT_RATIO_GROUPING, a disjoint shard per rank; resuming at
+    `start_iter` gives exactly the batches of an uninterrupted run from there on."""
+    rank, world = _rank_world()
+    batch_size = _per_rank(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH", world)
+    if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
+        group_ids = [int(w > h) for h, w in (dataset.image_size(i) for i in range(len(dataset)))]
+    else:
+        group_ids = [0] * len(dataset)
+    sampler = TrainBatchSampler(group_ids, batch_size, cfg.SEED, start_iter=start_iter,
+                                max_iter=None if infinite else cfg.SOLVER.MAX_ITER,
+                                rank=rank, world_size=world)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
+                      collate_fn=collate)
+
+
+def make_test_loader(cfg: CfgNode, dataset) -> DataLoader:
+    """Ordered batches of TEST.IMS_PER_BATCH // world_size images; rank r gets images r, r + world,
+    ... so each image is seen exactly once over all ranks."""
+    rank, world = _rank_world()
+    batch_size = _per_rank(cfg.TEST.IMS_PER_BATCH, "TEST.IMS_PER_BATCH", world)
+    sampler = ShardSampler(len(dataset), rank, world)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                      num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=collate)

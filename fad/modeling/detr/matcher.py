@@ -1,0 +1,69 @@
+"""Hungarian matching of predictions to targets (scipy's linear_sum_assignment)."""
+from __future__ import annotations
+
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+from torchvision.ops import generalized_box_iou
+
+from .box_ops import cxcywh_to_xyxy
+
+
+def focal_class_cost(logits: Tensor, labels: Tensor, alpha: float = 0.25, gamma: float = 2.0
+                     ) -> Tensor:
+    """[Q, C] logits, [T] labels -> [Q, T]: focal loss of calling query q class labels[t],
+    minus the focal loss of calling it background."""
+    prob = logits.sigmoid()
+    neg = (1 - alpha) * prob.pow(gamma) * -(1 - prob + 1e-8).log()
+    pos = alpha * (1 - prob).pow(gamma) * -(prob + 1e-8).log()
+    return pos[:, labels] - neg[:, labels]
+
+
+class HungarianMatcher:
+    """One-to-one assignment minimising
+    cost_class * focal cost + cost_bbox * L1(cxcywh) + cost_giou * (-GIoU).
+
+    `__call__(logits [N, Q, C], boxes [N, Q, 4] (normalised cxcywh), targets, query_mask)`:
+    targets are dicts with `labels` [T_i] and `boxes` [T_i, 4] (normalised cxcywh);
+    `query_mask` [N, Q] bool (optional) marks the queries that may be matched.
+    Returns per image (query indices [M_i], target indices [M_i]) int64, M_i = min(Q_i, T_i).
+    """
+
+    def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+        if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
+            raise ValueError("fad/modeling/detr/matcher.py: all matching costs are 0; set "
+                             "MODEL.DETR.SET_COST_CLASS/BBOX/GIOU")
+        self.cost_class = cost_class
+        self.cost_bbox = cost_bbox
+        self.cost_giou = cost_giou
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+
+    def cost_matrix(self, logits: Tensor, boxes: Tensor, labels: Tensor, tgt_boxes: Tensor
+                    ) -> Tensor:
+        """[Q, C], [Q, 4], [T], [T, 4] -> [Q, T] matching cost."""
+        cost = self.cost_class * focal_class_cost(logits, labels, self.focal_alpha,
+                                                  self.focal_gamma)
+        cost = cost + self.cost_bbox * torch.cdist(boxes, tgt_boxes, p=1)
+        giou = generalized_box_iou(cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(tgt_boxes))
+        return cost - self.cost_giou * giou
+
+    @torch.no_grad()
+    def __call__(self, logits: Tensor, boxes: Tensor, targets: list[dict],
+                 query_mask: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
+        indices = []
+        for i, tgt in enumerate(targets):
+            queries = torch.arange(logits.shape[1], device=logits.device)
+            if query_mask is not None:
+                queries = queries[query_mask[i]]
+            if len(tgt["labels"]) == 0 or len(queries) == 0:
+                empty = torch.empty(0, dtype=torch.int64)
+                indices.append((empty, empty.clone()))
+                continue
+            cost = self.cost_matrix(logits[i, queries].float(), boxes[i, queries].float(),
+                                    tgt["labels"], tgt["boxes"].float())
+            rows, cols = linear_sum_assignment(cost.cpu().numpy())
+            rows = queries.cpu()[torch.as_tensor(rows, dtype=torch.int64)]
+            indices.append((rows, torch.as_tensor(cols, dtype=torch.int64)))
+        return indices

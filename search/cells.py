@@ -1,0 +1,84 @@
+"""The supernet: mixed edges over the RepShare candidates, search cells and search towers.
+
+Mixed edge (11 weights, `PRIMITIVES` order): `expand(sum_k w_k * out_k(squeeze(x)))` where the ten
+candidates come from one RepShare op per family and `none` contributes zero. squeeze 1x1 (T -> C)
+and expand 1x1 (C -> T) have no bias, so an edge whose weight sits on `none` outputs zero.
+Search cell: inputs s0, s1 (adapted to width T), node i sums one mixed edge from each of its i+2
+predecessors, output = concat of the nodes (Tensor[N, num_nodes * T, H, W]).
+A search tower owns its alphas: one Tensor[i + 2, 11] per node, shared by all its cells.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fad.nas.primitives import FAMILIES, PRIMITIVES, preprocess
+from fad.nas.repshare import RepShare, SeparateCandidates
+
+NUM_OPS = len(PRIMITIVES)
+
+
+class MixedEdge(nn.Module):
+    """`forward(x: Tensor[N, T, H, W], weights: Tensor[11]) -> Tensor[N, T, H, W]`.
+
+    `shared=False` computes the ten candidates as separate ops (benchmark reference only).
+    """
+
+    def __init__(self, tower_channels: int, edge_channels: int, shared: bool = True):
+        super().__init__()
+        self.squeeze = nn.Conv2d(tower_channels, edge_channels, 1, bias=False)
+        op = RepShare if shared else SeparateCandidates
+        self.families = nn.ModuleList(op(family, edge_channels) for family in FAMILIES)
+        self.expand = nn.Conv2d(edge_channels, tower_channels, 1, bias=False)
+
+    def forward(self, x: Tensor, weights: Tensor) -> Tensor:
+        h = self.squeeze(x)
+        outs = [out for family in self.families for out in family(h)]
+        mixed = sum(w * out for w, out in zip(weights, outs))
+        return self.expand(mixed)
+
+
+class SearchCell(nn.Module):
+    """`forward(s0, s1, weights: list[Tensor[i + 2, 11]]) -> Tensor[N, num_nodes * T, H, W]`."""
+
+    def __init__(self, num_nodes: int, in_channels: tuple[int, int], tower_channels: int,
+                 edge_channels: int, shared: bool = True):
+        super().__init__()
+        t = tower_channels
+        self.pre0, self.pre1 = preprocess(in_channels[0], t), preprocess(in_channels[1], t)
+        self.edges = nn.ModuleList(MixedEdge(t, edge_channels, shared)
+                                   for i in range(num_nodes) for _ in range(i + 2))
+        self.out_channels = num_nodes * t
+
+    def forward(self, s0: Tensor, s1: Tensor, weights: list[Tensor]) -> Tensor:
+        states = [self.pre0(s0), self.pre1(s1)]
+        offset = 0
+        for w in weights:
+            node = sum(self.edges[offset + j](h, w[j]) for j, h in enumerate(states))
+            offset += len(states)
+            states.append(node)
+        return torch.cat(states[2:], 1)
+
+
+class SearchTower(nn.Module):
+    """`num_cells` search cells sharing the tower's alphas; `forward(s0, s1)` as in augment."""
+
+    def __init__(self, num_cells: int, num_nodes: int, in_channels: tuple[int, int],
+                 tower_channels: int, edge_channels: int, alpha_init_std: float = 1e-3,
+                 shared: bool = True):
+        super().__init__()
+        self.alphas = nn.ParameterList(
+            nn.Parameter(alpha_init_std * torch.randn(i + 2, NUM_OPS)) for i in range(num_nodes))
+        self.cells = nn.ModuleList()
+        c0, c1 = in_channels
+        for _ in range(num_cells):
+            cell = SearchCell(num_nodes, (c0, c1), tower_channels, edge_channels, shared)
+            self.cells.append(cell)
+            c0, c1 = c1, cell.out_channels
+        self.out_channels = c1
+
+    def forward(self, s0: Tensor, s1: Tensor) -> Tensor:
+        weights = [a.softmax(-1) for a in self.alphas]
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, weights)
+        return s1

@@ -1,0 +1,189 @@
+"""Loaders: exact resume, seeding, aspect grouping, sharding, splits and concatenations."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fad.config import get_cfg_defaults
+from fad.data import DataError, build_dataset, make_test_loader, make_train_loader, split_dataset
+from fad.data import build as data_build
+from fad.data.samplers import ShardSampler, TrainBatchSampler
+from fad.data.synthetic import generate
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    generate(root, 12, 5, seed=0, min_size=48, max_size=96)
+    cfg = get_cfg_defaults()
+    cfg.DATASETS.ROOT = str(root)
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (40, 48, 56), 80
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 48, 80
+    cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.MAX_ITER, cfg.TEST.IMS_PER_BATCH = 2, 9, 2
+    cfg.DATALOADER.NUM_WORKERS = 0
+    return cfg
+
+
+def fake_world(monkeypatch, rank: int, world: int) -> None:
+    monkeypatch.setattr(data_build.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(data_build.dist, "get_rank", lambda: rank)
+    monkeypatch.setattr(data_build.dist, "get_world_size", lambda: world)
+    monkeypatch.setattr(data_build.dist, "barrier", lambda: None)
+
+
+def assert_same_batches(a: list, b: list) -> None:
+    assert len(a) == len(b)
+    for (images_a, targets_a), (images_b, targets_b) in zip(a, b):
+        assert all(torch.equal(x, y) for x, y in zip(images_a, images_b))
+        for ta, tb in zip(targets_a, targets_b):
+            assert ta.keys() == tb.keys() and ta["image_id"] == tb["image_id"]
+            assert torch.equal(ta["boxes"], tb["boxes"]) and torch.equal(ta["size"], tb["size"])
+
+
+def test_resume_gives_the_same_batches_as_an_uninterrupted_run(cfg):
+    dataset = build_dataset(cfg, ["synthetic_voc_train"], is_train=True)
+    full = list(make_train_loader(cfg, dataset))
+    resumed_loader = make_train_loader(cfg, dataset, start_iter=5)
+    assert len(full) == 9 and len(resumed_loader) == 4
+    assert_same_batches(full[5:], list(resumed_loader))
+    assert all(len(images) == 2 for images, _ in full)
+    sizes = {tuple(t["size"].tolist()) for _, targets in full for t in targets}
+    assert len({min(s) for s in sizes}) > 1  # random short sides really vary
+    assert list(make_train_loader(cfg, dataset, start_iter=9)) == []
+
+
+def test_seed_changes_the_stream_and_workers_do_not(cfg):
+    dataset = build_dataset(cfg, ["synthetic_coco_train"], is_train=True)
+    ids = [[t["image_id"] for t in targets] for _, targets in make_train_loader(cfg, dataset)]
+    other = cfg.clone()
+    other.SEED = 1
+    assert ids != [[t["image_id"] for t in targets] for _, targets in make_train_loader(other, dataset)]
+    workers = cfg.clone()
+    workers.DATALOADER.NUM_WORKERS = 1
+    workers.SOLVER.MAX_ITER = 3
+    assert_same_batches(list(make_train_loader(cfg, dataset))[:3], list(make_train_loader(workers, dataset)))
+
+
+def test_infinite_loader_keeps_going(cfg):
+    dataset = build_dataset(cfg, ["synthetic_voc_train"], is_train=True)
+    loader = iter(make_train_loader(cfg, dataset, infinite=True))
+    assert len([next(loader) for _ in range(cfg.SOLVER.MAX_ITER + 3)]) == 12
+
+
+def test_aspect_grouped_batches_share_an_orientation(cfg):
+    dataset = build_dataset(cfg, ["synthetic_voc_train"], is_train=True)
+    landscape = [int(w > h) for h, w in (dataset.image_size(i) for i in range(len(dataset)))]
+    assert 0 < sum(landscape) < len(landscape)
+    for _, targets in make_train_loader(cfg, dataset):
+        assert len({int(t["orig_size"][1] > t["orig_size"][0]) for t in targets}) == 1
+    grouped = TrainBatchSampler([0, 1] * 10, batch_size=2, seed=0, max_iter=50)
+    ungrouped = TrainBatchSampler([0] * 20, batch_size=2, seed=0, max_iter=50)
+    assert all(len({i % 2 for i, _ in batch}) == 1 for batch in grouped)
+    assert any(len({i % 2 for i, _ in batch}) == 2 for batch in ungrouped)
+
+
+def test_ranks_get_disjoint_shards_of_each_epoch():
+    shards = [[i for batch in TrainBatchSampler([0] * 10, 1, seed=3, max_iter=5, rank=r, world_size=2)
+               for i, _ in batch] for r in (0, 1)]
+    assert not set(shards[0]) & set(shards[1]) and sorted(shards[0] + shards[1]) == list(range(10))
+    seeds = [s for batch in TrainBatchSampler([0] * 10, 2, seed=3, max_iter=5) for _, s in batch]
+    assert len(set(seeds)) == len(seeds)
+
+
+def test_distributed_loaders_split_batches_and_images(cfg, monkeypatch):
+    dataset = build_dataset(cfg, ["synthetic_voc_val"], is_train=False)
+    seen = []
+    for rank in (0, 1):
+        fake_world(monkeypatch, rank, 2)
+        train = make_train_loader(cfg, build_dataset(cfg, ["synthetic_voc_train"], is_train=True))
+        assert all(len(images) == 1 for images, _ in train)
+        test = make_test_loader(cfg, dataset)
+        assert test.batch_size == 1
+        seen += [t["image_id"] for _, targets in test for t in targets]
+    assert sorted(seen) == list(range(len(dataset)))
+    fake_world(monkeypatch, 0, 3)
+    with pytest.raises(ValueError, match="SOLVER.IMS_PER_BATCH"):
+        make_train_loader(cfg, dataset)
+
+
+def test_test_loader_is_ordered_and_deterministic(cfg):
+    dataset = build_dataset(cfg, ["synthetic_coco_val"], is_train=False)
+    batches = list(make_test_loader(cfg, dataset))
+    assert [len(images) for images, _ in batches] == [2, 2, 1]
+    assert [t["image_id"] for _, targets in batches for t in targets] == [dataset.image_id(i) for i in range(5)]
+    assert_same_batches(batches, list(make_test_loader(cfg, dataset)))
+    assert list(ShardSampler(7, rank=1, world_size=3)) == [1, 4] and len(ShardSampler(7, 2, 3)) == 2
+
+
+def test_split_dataset_is_disjoint_seeded_and_keeps_classes(cfg):
+    dataset = build_dataset(cfg, ["synthetic_voc_train"], is_train=True)
+    train, val = split_dataset(dataset, 0.25, seed=7)
+    train_ids = {train.image_id(i) for i in range(len(train))}
+    val_ids = {val.image_id(i) for i in range(len(val))}
+    assert (len(train), len(val)) == (9, 3) and not train_ids & val_ids
+    assert train_ids | val_ids == set(range(len(dataset)))
+    assert train.classes == val.classes == dataset.classes and train.num_classes == dataset.num_classes
+    assert {val.image_id(i) for i in range(len(val))} == {split_dataset(dataset, 0.25, 7)[1].image_id(i) for i in range(3)}
+    assert val_ids != {split_dataset(dataset, 0.25, 8)[1].image_id(i) for i in range(3)}
+    assert val[0][1]["image_id"] == val.image_id(0)
+    assert set(val.coco_gt().getImgIds()) == val_ids
+    expected = sum(len(dataset.coco_gt().getAnnIds(imgIds=[i])) for i in val_ids)
+    assert len(val.coco_gt().getAnnIds()) == expected
+    assert all(len(images) == 2 for images, _ in make_train_loader(cfg, train))
+
+
+def test_concat_renumbers_images_and_merges_ground_truth(cfg):
+    both = build_dataset(cfg, ["synthetic_voc_val", "synthetic_coco_val"], is_train=False)
+    voc = build_dataset(cfg, ["synthetic_voc_val"], is_train=False)
+    assert len(both) == 10 and both.classes == voc.classes
+    assert [both[i][1]["image_id"] for i in range(len(both))] == list(range(10))
+    gt = both.coco_gt()
+    assert sorted(gt.getImgIds()) == list(range(10))
+    assert len(gt.getAnnIds()) == 2 * len(voc.coco_gt().getAnnIds())
+    for i in (1, 6):
+        boxes = sorted(tuple(a["bbox"]) for a in gt.loadAnns(gt.getAnnIds(imgIds=[i])))
+        assert boxes == sorted(tuple(a["bbox"]) for a in voc.coco_gt().loadAnns(voc.coco_gt().getAnnIds(imgIds=[i % 5])))
+    assert torch.equal(both[7][0], voc[2][0])
+
+
+def test_concat_rejects_different_class_lists(cfg, tmp_path):
+    (tmp_path / "other").mkdir()
+    generate(tmp_path / "other", 2, 1, seed=0, min_size=48, max_size=64)
+    (tmp_path / "other" / "synthetic_voc" / "classes.txt").write_text("red_circle\ngreen_square\nblue_triangle\nyellow_star\nextra\n")
+    other = cfg.clone()
+    other.DATASETS.REGISTER = (f"odd:voc:{tmp_path / 'other' / 'synthetic_voc'}:train",)
+    with pytest.raises(DataError, match="different class lists"):
+        build_dataset(other, ["synthetic_voc_train", "odd"], is_train=True)
+
+
+def _rank_main(rank: int, world: int, init_file: str, root: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    cfg = get_cfg_defaults()
+    cfg.DATASETS.ROOT = root
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (48,), 80
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 48, 80
+    cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.MAX_ITER, cfg.TEST.IMS_PER_BATCH = 4, 3, 4
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
+    train = build_dataset(cfg, ["synthetic_voc_train"], is_train=True)
+    train_ids = [t["image_id"] for _, targets in make_train_loader(cfg, train) for t in targets]
+    test = build_dataset(cfg, ["synthetic_voc_val"], is_train=False)
+    test_batches = [len(images) for images, _ in make_test_loader(cfg, test)]
+    test_ids = [t["image_id"] for _, targets in make_test_loader(cfg, test) for t in targets]
+    torch.save({"train": train_ids, "test": test_ids, "batches": test_batches, "n": len(test)}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_real_gloo_ranks_share_generated_data_and_split_work(tmp_path):
+    import torch.multiprocessing as mp
+
+    root, out = tmp_path / "root", tmp_path / "result"
+    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(root), str(out)), nprocs=2)
+    results = [torch.load(f"{out}.{rank}") for rank in (0, 1)]
+    assert all(len(r["train"]) == 3 * 2 for r in results)
+    assert not set(results[0]["train"]) & set(results[1]["train"])  # 12 of 300 images: one epoch
+    assert all(set(r["batches"]) <= {2, 1} for r in results)
+    assert sorted(results[0]["test"] + results[1]["test"]) == list(range(results[0]["n"]))

@@ -1,0 +1,82 @@
+"""Transforms keep boxes on the pixels they annotate; sizes follow the config; seeds fix them."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fad.config import get_cfg_defaults
+from fad.data.transforms import DetectionTransforms, RandomHorizontalFlip, ResizeShortSide, build_transforms
+
+
+def painted(height: int, width: int, boxes: list[list[int]]) -> torch.Tensor:
+    """Black uint8 image [3, H, W] with each integer box filled white."""
+    image = torch.zeros(3, height, width, dtype=torch.uint8)
+    for x0, y0, x1, y1 in boxes:
+        image[:, y0:y1, x0:x1] = 255
+    return image
+
+
+def bright_box(image: torch.Tensor) -> list[float]:
+    """xyxy extent of the pixels brighter than half."""
+    ys, xs = torch.nonzero(image[0] > 0.5, as_tuple=True)
+    return [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+
+
+@pytest.mark.parametrize("flip", [0.0, 1.0])
+def test_boxes_stay_on_their_pixels_after_resize_and_flip(flip):
+    transform = DetectionTransforms([ResizeShortSide([48], 1000), RandomHorizontalFlip(flip)])
+    source = torch.tensor([[10.0, 4.0, 30.0, 20.0]])
+    image, boxes = transform(painted(24, 60, [[10, 4, 30, 20]]), source)
+    assert image.shape == (3, 48, 120) and boxes.dtype == torch.float32
+    expected = torch.tensor([[20.0, 8.0, 60.0, 40.0]])
+    if flip:
+        expected = torch.tensor([[120.0 - 60.0, 8.0, 120.0 - 20.0, 40.0]])
+    assert torch.allclose(boxes, expected)
+    assert bright_box(image) == pytest.approx(boxes[0].tolist(), abs=1)
+
+
+def test_flip_mirrors_pixels_exactly():
+    raw = torch.randint(0, 256, (3, 10, 16), dtype=torch.uint8)
+    image, boxes = DetectionTransforms([RandomHorizontalFlip(1.0)])(raw, torch.tensor([[0.0, 1.0, 4.0, 9.0]]))
+    assert torch.allclose(image, raw.flip(-1).float() / 255, atol=1e-6, rtol=0)
+    assert boxes.tolist() == [[12.0, 1.0, 16.0, 9.0]]
+
+
+def test_long_side_cap_and_float_output_in_unit_range():
+    image, boxes = DetectionTransforms([ResizeShortSide([100], 150)])(painted(50, 200, [[0, 0, 200, 50]]),
+                                                                      torch.tensor([[0.0, 0.0, 200.0, 50.0]]))
+    assert image.shape == (3, 38, 150) and image.dtype == torch.float32
+    assert 0.0 <= image.min() and image.max() <= 1.0 and image.max() == 1.0
+    assert torch.allclose(boxes, torch.tensor([[0.0, 0.0, 150.0, 38.0]]), atol=0.1)
+
+
+def test_empty_boxes_pass_through():
+    image, boxes = build_transforms(get_cfg_defaults(), is_train=True)(painted(30, 40, []), torch.zeros(0, 4))
+    assert boxes.shape == (0, 4) and min(image.shape[1:]) == 800
+
+
+def test_train_transform_draws_sizes_and_flips_from_the_generator():
+    cfg = get_cfg_defaults()
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.FLIP_PROB_TRAIN = (32, 40, 48), 1000, 0.5
+    transform = build_transforms(cfg, is_train=True)
+    raw, box = painted(16, 20, [[0, 0, 5, 16]]), torch.tensor([[0.0, 0.0, 5.0, 16.0]])
+    outcomes = set()
+    for seed in range(40):
+        first = transform(raw, box, torch.Generator().manual_seed(seed))
+        again = transform(raw, box, torch.Generator().manual_seed(seed))
+        assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+        outcomes.add((first[0].shape[1], bool(first[1][0, 0] > 0)))
+    assert outcomes == {(s, f) for s in (32, 40, 48) for f in (False, True)}
+
+
+def test_test_transform_uses_test_sizes_and_never_flips():
+    cfg = get_cfg_defaults()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, cfg.INPUT.FLIP_PROB_TRAIN = 64, 1000, 1.0
+    transform = build_transforms(cfg, is_train=False)
+    image, boxes = transform(painted(32, 40, [[0, 0, 4, 4]]), torch.tensor([[0.0, 0.0, 4.0, 4.0]]))
+    assert image.shape == (3, 64, 80) and boxes.tolist() == [[0.0, 0.0, 8.0, 8.0]]
+
+
+def test_bad_sizes_raise():
+    with pytest.raises(ValueError, match="INPUT.MIN_SIZE"):
+        ResizeShortSide([0], 100)

@@ -1,0 +1,171 @@
+"""MSDA forward+backward: compiled kernel vs the grid_sample reference, side by side.
+
+Default size = a Deformable DETR encoder layer on a 640x640 input: batch 1, levels 80x80, 40x40,
+20x20, 10x10 (S = 8500 tokens), queries = all tokens, 8 heads, D = 32, 4 points. Sampling
+locations are "encoder-like" by default: each query's token centre plus the layer's initial
+offset pattern (head direction x (p+1) px) plus N(0, 2 px) noise on every level;
+`--locations uniform` draws them uniformly over [0, 1] instead (no cache locality).
+
+Timing: `--warmup` untimed runs, then `--repeats` rounds, kernel and reference alternating;
+medians reported. `speedup` = reference / kernel (forward+backward); target >= 2.0.
+Peak memory: on CUDA torch.cuda.max_memory_allocated after reset_peak_memory_stats; on the CPU
+the process RSS high-water mark (VmHWM, reset by writing 5 to /proc/self/clear_refs after
+malloc_trim) minus the RSS before the run, i.e. extra memory of one forward+backward including
+the outputs and gradients. `memory_ratio` = reference / kernel.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import math
+import statistics
+import time
+
+import torch
+
+from fad.ops import ms_deform_attn_reference, multi_scale_deformable_attention, set_msda_backend
+from fad.ops.backend import use_kernel
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--image", type=int, default=640, help="square input size in pixels")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--dim", type=int, default=32, help="channels per head D")
+    parser.add_argument("--points", type=int, default=4)
+    parser.add_argument("--levels", type=int, default=4, help="strides 8, 16, 32, 64, ...")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--locations", default="encoder", choices=["encoder", "uniform"])
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = keep)")
+
+
+def _inputs(args, device, dtype):
+    g = torch.Generator().manual_seed(0)
+    sizes = [math.ceil(args.image / 2 ** (3 + i)) for i in range(args.levels)]
+    shapes = torch.tensor([[s, s] for s in sizes], dtype=torch.int64)
+    areas = shapes.prod(1)
+    starts = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
+    n, m, d, levels, points = args.batch, args.heads, args.dim, args.levels, args.points
+    num_tokens = int(areas.sum())
+    value = torch.randn(n, num_tokens, m, d, generator=g, dtype=dtype)
+    if args.locations == "uniform":
+        loc = torch.rand(n, num_tokens, m, levels, points, 2, generator=g, dtype=dtype)
+    else:
+        centres = torch.cat([torch.stack(torch.meshgrid((torch.arange(s, dtype=dtype) + 0.5) / s,
+                                                        (torch.arange(s, dtype=dtype) + 0.5) / s,
+                                                        indexing="ij")[::-1], -1).view(-1, 2)
+                             for s in sizes])  # [S, 2] (x, y)
+        theta = torch.arange(m, dtype=dtype) * (2 * math.pi / m)
+        dirs = torch.stack([theta.cos(), theta.sin()], -1)
+        dirs = dirs / dirs.abs().max(-1, keepdim=True).values
+        pattern = dirs[:, None, None] * torch.arange(1, points + 1, dtype=dtype)[:, None]  # [M,1,P,2]
+        pixels = pattern + 2.0 * torch.randn(n, num_tokens, m, levels, points, 2, generator=g,
+                                             dtype=dtype)
+        scale = torch.tensor(sizes, dtype=dtype)[:, None, None]  # [L, 1, 1]
+        loc = centres[None, :, None, None, None] + pixels / scale
+    attn = torch.randn(n, num_tokens, m, levels * points, generator=g, dtype=dtype).softmax(-1)
+    attn = attn.view(n, num_tokens, m, levels, points)
+    grad = torch.randn(n, num_tokens, m * d, generator=g, dtype=dtype)
+    return [t.to(device) for t in (value, shapes, starts, loc, attn, grad)]
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"tools/bench/msda.py: no {field} in /proc/self/status")
+
+
+def _reset_cpu_peak() -> int:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _rss_kb("VmRSS")
+
+
+def _peak_bytes(fn, device) -> int | None:
+    """Extra peak memory of one call of `fn` (see the module docstring for the method)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    try:
+        base = _reset_cpu_peak()
+    except OSError:
+        return None
+    fn()
+    return (_rss_kb("VmHWM") - base) * 1024
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    set_msda_backend("cpp")
+    if not use_kernel(device.type):
+        raise SystemExit("tools/bench/msda.py: the compiled MSDA kernel is unavailable")
+    value, shapes, starts, loc, attn, grad = _inputs(args, device, dtype)
+    leaves = [t.requires_grad_() for t in (value, loc, attn)]
+    impls = {"kernel": multi_scale_deformable_attention, "reference": ms_deform_attn_reference}
+
+    def step(name: str, backward: bool = True):
+        def call():
+            for t in leaves:
+                t.grad = None
+            if backward:
+                impls[name](value, shapes, starts, loc, attn).backward(grad)
+            else:
+                with torch.no_grad():
+                    impls[name](value, shapes, starts, loc, attn)
+        return call
+
+    with torch.no_grad():
+        max_diff = (impls["kernel"](value, shapes, starts, loc, attn)
+                    - impls["reference"](value, shapes, starts, loc, attn)).abs().max().item()
+    times = {f"{name}_{kind}": [] for name in impls for kind in ("fwd", "fwd_bwd")}
+    for i in range(args.warmup + args.repeats):
+        for name in impls:
+            for kind, backward in (("fwd", False), ("fwd_bwd", True)):
+                call = step(name, backward)
+                _sync(device)
+                t0 = time.perf_counter()
+                call()
+                _sync(device)
+                if i >= args.warmup:
+                    times[f"{name}_{kind}"].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    peak = {name: _peak_bytes(step(name), device) for name in impls}
+    result = {
+        "device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
+        "batch": args.batch, "levels": [list(s) for s in shapes.tolist()],
+        "queries": int(loc.shape[1]), "heads": args.heads, "dim": args.dim,
+        "points": args.points, "locations": args.locations, "repeats": args.repeats,
+        **{f"{k}_ms": round(v * 1e3, 2) for k, v in med.items()},
+        "forward_speedup": round(med["reference_fwd"] / med["kernel_fwd"], 3),
+        "speedup": round(med["reference_fwd_bwd"] / med["kernel_fwd_bwd"], 3),
+        "kernel_peak_mb": None if peak["kernel"] is None else round(peak["kernel"] / 2**20, 1),
+        "reference_peak_mb": (None if peak["reference"] is None
+                              else round(peak["reference"] / 2**20, 1)),
+        "memory_ratio": (None if not peak["kernel"] or peak["reference"] is None
+                         else round(peak["reference"] / peak["kernel"], 3)),
+        "max_abs_diff": max_diff, "target": "speedup >= 2.0",
+    }
+    if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
+    return result
