@@ -9,11 +9,16 @@ from setuptools import find_packages, setup
 
 
 def _ext_modules():
+    """MSDA C++/CUDA extensions when FAD_BUILD_OPS=1 (listed by fad/ops/build.py; needs torch)."""
     if os.environ.get("FAD_BUILD_OPS", "0") != "1":
         return [], {}
-    from fad_build import ext_modules_and_cmdclass  # noqa: E402  (build-time only)
+    import importlib.util
 
-    return ext_modules_and_cmdclass()
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fad", "ops", "build.py")
+    spec = importlib.util.spec_from_file_location("_fad_ops_build", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ext_modules_and_cmdclass()
 
 
 packages = [p for p in find_packages(include=["fad", "fad.*"])]

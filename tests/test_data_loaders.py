@@ -57,11 +57,12 @@ def test_seed_changes_the_stream_and_workers_do_not(cfg):
     ids = [[t["image_id"] for t in targets] for _, targets in make_train_loader(cfg, dataset)]
     other = cfg.clone()
     other.SEED = 1
-    assert ids != [[t["image_id"] for t in targets] for _, targets in make_train_loader(other, dataset)]
+    assert ids != [[t["image_id"] for t in tg] for _, tg in make_train_loader(other, dataset)]
     workers = cfg.clone()
     workers.DATALOADER.NUM_WORKERS = 1
     workers.SOLVER.MAX_ITER = 3
-    assert_same_batches(list(make_train_loader(cfg, dataset))[:3], list(make_train_loader(workers, dataset)))
+    assert_same_batches(list(make_train_loader(cfg, dataset))[:3],
+                        list(make_train_loader(workers, dataset)))
 
 
 def test_infinite_loader_keeps_going(cfg):
@@ -83,8 +84,9 @@ def test_aspect_grouped_batches_share_an_orientation(cfg):
 
 
 def test_ranks_get_disjoint_shards_of_each_epoch():
-    shards = [[i for batch in TrainBatchSampler([0] * 10, 1, seed=3, max_iter=5, rank=r, world_size=2)
-               for i, _ in batch] for r in (0, 1)]
+    samplers = [TrainBatchSampler([0] * 10, 1, seed=3, max_iter=5, rank=r, world_size=2)
+                for r in (0, 1)]
+    shards = [[i for batch in sampler for i, _ in batch] for sampler in samplers]
     assert not set(shards[0]) & set(shards[1]) and sorted(shards[0] + shards[1]) == list(range(10))
     seeds = [s for batch in TrainBatchSampler([0] * 10, 2, seed=3, max_iter=5) for _, s in batch]
     assert len(set(seeds)) == len(seeds)
@@ -110,7 +112,8 @@ def test_test_loader_is_ordered_and_deterministic(cfg):
     dataset = build_dataset(cfg, ["synthetic_coco_val"], is_train=False)
     batches = list(make_test_loader(cfg, dataset))
     assert [len(images) for images, _ in batches] == [2, 2, 1]
-    assert [t["image_id"] for _, targets in batches for t in targets] == [dataset.image_id(i) for i in range(5)]
+    ids = [t["image_id"] for _, targets in batches for t in targets]
+    assert ids == [dataset.image_id(i) for i in range(5)]
     assert_same_batches(batches, list(make_test_loader(cfg, dataset)))
     assert list(ShardSampler(7, rank=1, world_size=3)) == [1, 4] and len(ShardSampler(7, 2, 3)) == 2
 
@@ -122,9 +125,10 @@ def test_split_dataset_is_disjoint_seeded_and_keeps_classes(cfg):
     val_ids = {val.image_id(i) for i in range(len(val))}
     assert (len(train), len(val)) == (9, 3) and not train_ids & val_ids
     assert train_ids | val_ids == set(range(len(dataset)))
-    assert train.classes == val.classes == dataset.classes and train.num_classes == dataset.num_classes
-    assert {val.image_id(i) for i in range(len(val))} == {split_dataset(dataset, 0.25, 7)[1].image_id(i) for i in range(3)}
-    assert val_ids != {split_dataset(dataset, 0.25, 8)[1].image_id(i) for i in range(3)}
+    assert train.classes == val.classes == dataset.classes
+    assert train.num_classes == dataset.num_classes
+    again, other = split_dataset(dataset, 0.25, 7)[1], split_dataset(dataset, 0.25, 8)[1]
+    assert val_ids == {again.image_id(i) for i in range(3)} != {other.image_id(i) for i in range(3)}
     assert val[0][1]["image_id"] == val.image_id(0)
     assert set(val.coco_gt().getImgIds()) == val_ids
     expected = sum(len(dataset.coco_gt().getAnnIds(imgIds=[i])) for i in val_ids)
@@ -140,16 +144,19 @@ def test_concat_renumbers_images_and_merges_ground_truth(cfg):
     gt = both.coco_gt()
     assert sorted(gt.getImgIds()) == list(range(10))
     assert len(gt.getAnnIds()) == 2 * len(voc.coco_gt().getAnnIds())
+    def boxes(coco, image_id):
+        return sorted(tuple(a["bbox"]) for a in coco.loadAnns(coco.getAnnIds(imgIds=[image_id])))
+
     for i in (1, 6):
-        boxes = sorted(tuple(a["bbox"]) for a in gt.loadAnns(gt.getAnnIds(imgIds=[i])))
-        assert boxes == sorted(tuple(a["bbox"]) for a in voc.coco_gt().loadAnns(voc.coco_gt().getAnnIds(imgIds=[i % 5])))
+        assert boxes(gt, i) == boxes(voc.coco_gt(), i % 5)
     assert torch.equal(both[7][0], voc[2][0])
 
 
 def test_concat_rejects_different_class_lists(cfg, tmp_path):
     (tmp_path / "other").mkdir()
     generate(tmp_path / "other", 2, 1, seed=0, min_size=48, max_size=64)
-    (tmp_path / "other" / "synthetic_voc" / "classes.txt").write_text("red_circle\ngreen_square\nblue_triangle\nyellow_star\nextra\n")
+    classes = tmp_path / "other" / "synthetic_voc" / "classes.txt"
+    classes.write_text(classes.read_text() + "extra\n")
     other = cfg.clone()
     other.DATASETS.REGISTER = (f"odd:voc:{tmp_path / 'other' / 'synthetic_voc'}:train",)
     with pytest.raises(DataError, match="different class lists"):
@@ -172,7 +179,8 @@ def _rank_main(rank: int, world: int, init_file: str, root: str, out: str) -> No
     test = build_dataset(cfg, ["synthetic_voc_val"], is_train=False)
     test_batches = [len(images) for images, _ in make_test_loader(cfg, test)]
     test_ids = [t["image_id"] for _, targets in make_test_loader(cfg, test) for t in targets]
-    torch.save({"train": train_ids, "test": test_ids, "batches": test_batches, "n": len(test)}, f"{out}.{rank}")
+    torch.save({"train": train_ids, "test": test_ids, "batches": test_batches, "n": len(test)},
+               f"{out}.{rank}")
     dist.destroy_process_group()
 
 
@@ -187,3 +195,35 @@ def test_real_gloo_ranks_share_generated_data_and_split_work(tmp_path):
     assert not set(results[0]["train"]) & set(results[1]["train"])  # 12 of 300 images: one epoch
     assert all(set(r["batches"]) <= {2, 1} for r in results)
     assert sorted(results[0]["test"] + results[1]["test"]) == list(range(results[0]["n"]))
+
+
+def _perfect_ap(dataset) -> float:
+    """COCO AP of detections equal to each test target mapped back to original pixels."""
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    results = []
+    for index in range(len(dataset)):
+        _, target = dataset[index]
+        scale = (target["orig_size"] / target["size"]).flip(0).repeat(2)
+        for box, label in zip((target["boxes"] * scale).tolist(), target["labels"].tolist()):
+            results.append({"image_id": target["image_id"], "score": 1.0,
+                            "category_id": dataset.label_to_category_id[label],
+                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
+    gt = dataset.coco_gt()
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return float(evaluator.stats[0])
+
+
+def test_targets_evaluate_perfectly_against_coco_gt(cfg):
+    for names in (["synthetic_voc_val"], ["synthetic_coco_val"],
+                  ["synthetic_voc_val", "synthetic_coco_val"]):
+        assert _perfect_ap(build_dataset(cfg, names, is_train=False)) == pytest.approx(1.0, abs=1e-3)
+    _, val = split_dataset(build_dataset(cfg, ["synthetic_voc_train"], is_train=False), 0.5, 0)
+    assert _perfect_ap(val) == pytest.approx(1.0, abs=1e-3)

@@ -18,7 +18,8 @@ import make_synthetic_data  # noqa: E402
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_cli_is_deterministic_and_says_where_it_wrote(tmp_path, capsys):
@@ -33,7 +34,8 @@ def test_cli_is_deterministic_and_says_where_it_wrote(tmp_path, capsys):
     assert first == second
     make_synthetic_data.main(["--out", str(tmp_path / "c"), "--seed", "4"] + args)
     other = _files(tmp_path / "c")
-    assert other["synthetic_coco/annotations/instances_train.json"] != first["synthetic_coco/annotations/instances_train.json"]
+    train_json = "synthetic_coco/annotations/instances_train.json"
+    assert other[train_json] != first[train_json]
 
 
 def test_voc_and_coco_layouts_hold_the_same_samples(tmp_path):
@@ -53,7 +55,8 @@ def test_voc_and_coco_layouts_hold_the_same_samples(tmp_path):
             assert vt["orig_size"].tolist() == [scene.image.height, scene.image.width]
             assert vt["labels"].tolist() == scene.labels
             scale = (vt["size"] / vt["orig_size"]).flip(0).repeat(2)
-            assert torch.allclose(vt["boxes"], torch.tensor(scene.boxes, dtype=torch.float32).reshape(-1, 4) * scale)
+            drawn = torch.tensor(scene.boxes, dtype=torch.float32).reshape(-1, 4)
+            assert torch.allclose(vt["boxes"], drawn * scale)
 
 
 def test_boxes_are_tight_around_the_drawn_shapes():
@@ -71,7 +74,8 @@ def test_boxes_are_tight_around_the_drawn_shapes():
             colour = pixels[(y0 + y1 - 1) // 2, (x0 + x1 - 1) // 2]
             ex0, ey0, ex1, ey1 = max(0, x0 - 2), max(0, y0 - 2), min(w, x1 + 2), min(h, y1 + 2)
             ys, xs = np.nonzero((pixels[ey0:ey1, ex0:ex1] == colour).all(axis=-1))
-            assert (xs.min() + ex0, ys.min() + ey0, xs.max() + ex0 + 1, ys.max() + ey0 + 1) == box, (index, k)
+            extent = (xs.min() + ex0, ys.min() + ey0, xs.max() + ex0 + 1, ys.max() + ey0 + 1)
+            assert extent == box, (index, k)
             checked.add(label)
     assert checked == set(range(len(CLASSES)))
 
@@ -95,7 +99,7 @@ def test_catalog_names_generate_missing_data_under_root(tmp_path, monkeypatch):
     reference = tmp_path / "ref"
     generate(reference, 4, 2, seed=synthetic.DEFAULT_SEED)
     assert _files(tmp_path / "root") == _files(reference)
-    monkeypatch.setattr(synthetic, "generate", lambda *a, **k: pytest.fail("regenerated existing data"))
+    monkeypatch.setattr(synthetic, "generate", lambda *a, **k: pytest.fail("regenerated data"))
     assert len(build_dataset(cfg, ["synthetic_voc_val"], is_train=False)) == 2
 
 

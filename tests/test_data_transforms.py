@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from fad.config import get_cfg_defaults
-from fad.data.transforms import DetectionTransforms, RandomHorizontalFlip, ResizeShortSide, build_transforms
+from fad.data.transforms import (DetectionTransforms, RandomHorizontalFlip, ResizeShortSide,
+                                  build_transforms)
 
 
 def painted(height: int, width: int, boxes: list[list[int]]) -> torch.Tensor:
@@ -37,27 +38,31 @@ def test_boxes_stay_on_their_pixels_after_resize_and_flip(flip):
 
 def test_flip_mirrors_pixels_exactly():
     raw = torch.randint(0, 256, (3, 10, 16), dtype=torch.uint8)
-    image, boxes = DetectionTransforms([RandomHorizontalFlip(1.0)])(raw, torch.tensor([[0.0, 1.0, 4.0, 9.0]]))
+    flip = DetectionTransforms([RandomHorizontalFlip(1.0)])
+    image, boxes = flip(raw, torch.tensor([[0.0, 1.0, 4.0, 9.0]]))
     assert torch.allclose(image, raw.flip(-1).float() / 255, atol=1e-6, rtol=0)
     assert boxes.tolist() == [[12.0, 1.0, 16.0, 9.0]]
 
 
 def test_long_side_cap_and_float_output_in_unit_range():
-    image, boxes = DetectionTransforms([ResizeShortSide([100], 150)])(painted(50, 200, [[0, 0, 200, 50]]),
-                                                                      torch.tensor([[0.0, 0.0, 200.0, 50.0]]))
+    resize = DetectionTransforms([ResizeShortSide([100], 150)])
+    box = [[0, 0, 200, 50]]
+    image, boxes = resize(painted(50, 200, box), torch.tensor(box, dtype=torch.float32))
     assert image.shape == (3, 38, 150) and image.dtype == torch.float32
     assert 0.0 <= image.min() and image.max() <= 1.0 and image.max() == 1.0
     assert torch.allclose(boxes, torch.tensor([[0.0, 0.0, 150.0, 38.0]]), atol=0.1)
 
 
 def test_empty_boxes_pass_through():
-    image, boxes = build_transforms(get_cfg_defaults(), is_train=True)(painted(30, 40, []), torch.zeros(0, 4))
+    transform = build_transforms(get_cfg_defaults(), is_train=True)
+    image, boxes = transform(painted(30, 40, []), torch.zeros(0, 4))
     assert boxes.shape == (0, 4) and min(image.shape[1:]) == 800
 
 
 def test_train_transform_draws_sizes_and_flips_from_the_generator():
     cfg = get_cfg_defaults()
-    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.FLIP_PROB_TRAIN = (32, 40, 48), 1000, 0.5
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (32, 40, 48), 1000
+    cfg.INPUT.FLIP_PROB_TRAIN = 0.5
     transform = build_transforms(cfg, is_train=True)
     raw, box = painted(16, 20, [[0, 0, 5, 16]]), torch.tensor([[0.0, 0.0, 5.0, 16.0]])
     outcomes = set()

@@ -20,14 +20,16 @@ IDENTITY = DetectionTransforms([])
 
 def write_voc(root: Path, images: dict[str, list[tuple]], split: str = "train",
               size: tuple[int, int] = (40, 60), classes: list[str] | None = None) -> Path:
-    """Tiny VOC folder: images {id: [(name, xmin, ymin, xmax, ymax, difficult), ...]} of h x w `size`."""
+    """Tiny VOC folder; `images` maps id -> [(name, xmin, ymin, xmax, ymax, difficult), ...]."""
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     h, w = size
     for k, (file_id, objects) in enumerate(images.items()):
-        Image.fromarray(np.full((h, w, 3), 10 * k, dtype=np.uint8)).save(root / "JPEGImages" / f"{file_id}.png")
-        objs = "".join(f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{x0}</xmin>"
-                       f"<ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+        pixels = np.full((h, w, 3), 10 * k, dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "JPEGImages" / f"{file_id}.png")
+        objs = "".join(f"<object><name>{n}</name><difficult>{d}</difficult><bndbox>"
+                       f"<xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax>"
+                       "</bndbox></object>"
                        for n, x0, y0, x1, y1, d in objects)
         (root / "Annotations" / f"{file_id}.xml").write_text(
             f"<annotation><filename>{file_id}.png</filename><size><width>{w}</width>"
@@ -81,19 +83,21 @@ def test_coco_gt_marks_difficult_as_crowd_and_uses_target_ids(small_voc):
     anns = gt.loadAnns(gt.getAnnIds(imgIds=[0]))
     assert [a["iscrowd"] for a in anns] == [0, 1]
     assert anns[1]["bbox"] == [4.0, 5.0, 26.0, 30.0]
-    assert [test.label_to_category_id[label] for label in (1, 0)] == [a["category_id"] for a in anns]
+    assert [a["category_id"] for a in anns] == [test.label_to_category_id[k] for k in (1, 0)]
     assert {c["name"] for c in gt.loadCats(gt.getCatIds())} == {"cat", "dog"}
 
 
 def test_classes_txt_sets_order_and_given_list_wins(tmp_path):
-    root = write_voc(tmp_path / "voc", {"a": [("dog", 1, 1, 5, 5, 0)]}, classes=["dog", "cat", "bird"])
+    root = write_voc(tmp_path / "voc", {"a": [("dog", 1, 1, 5, 5, 0)]},
+                     classes=["dog", "cat", "bird"])
     assert VOCDataset(root, "train", IDENTITY, True).classes == ["dog", "cat", "bird"]
     given = VOCDataset(root, "train", IDENTITY, True, classes=["bird", "dog"])
     assert given.classes == ["bird", "dog"] and given[0][1]["labels"].tolist() == [1]
 
 
 def test_sorted_names_come_from_every_annotation_so_splits_agree(tmp_path):
-    root = write_voc(tmp_path / "voc", {"a": [("zebra", 1, 1, 5, 5, 0)], "b": [("ant", 1, 1, 5, 5, 0)]})
+    root = write_voc(tmp_path / "voc", {"a": [("zebra", 1, 1, 5, 5, 0)],
+                                        "b": [("ant", 1, 1, 5, 5, 0)]})
     (root / "ImageSets" / "Main" / "val.txt").write_text("b\n")
     (root / "ImageSets" / "Main" / "train.txt").write_text("a\n")
     assert VOCDataset(root, "train", IDENTITY, True).classes == ["ant", "zebra"]
@@ -144,7 +148,8 @@ def test_image_size_differs_from_annotation(small_voc):
 def test_malformed_xml(small_voc):
     path = small_voc / "Annotations" / "b.xml"
     path.write_text("<annotation><object><name>cat</name>")
-    assert "malformed XML" in one_line_error(str(path), VOCDataset, small_voc, "train", IDENTITY, True)
+    message = one_line_error(str(path), VOCDataset, small_voc, "train", IDENTITY, True)
+    assert "malformed XML" in message
 
 
 def test_xml_with_non_numeric_box(small_voc):
@@ -172,19 +177,22 @@ def test_split_file_lists_missing_id(small_voc):
     assert "'ghost'" in msg
 
 
-def test_missing_split_file(small_voc):
+def test_missing_or_empty_split_file(small_voc):
     one_line_error("val.txt", VOCDataset, small_voc, "val", IDENTITY, True)
+    (small_voc / "ImageSets" / "Main" / "val.txt").write_text("\n")
+    one_line_error("lists no ids", VOCDataset, small_voc, "val", IDENTITY, True)
 
 
 def _xml_objects(xml: Path) -> list[tuple[str, list[float]]]:
     root = ET.parse(xml).getroot()
-    return [(o.findtext("name"), [float(o.find("bndbox").findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")])
+    tags = ("xmin", "ymin", "xmax", "ymax")
+    return [(o.findtext("name"), [float(o.find("bndbox").findtext(t)) for t in tags])
             for o in root.iter("object")]
 
 
 def test_real_voc_fixture_registered_from_config():
     if not REAL_VOC.is_dir():
-        pytest.skip(f"real VOC fixture not found at {REAL_VOC} (it lives in ../shared beside the repo)")
+        pytest.skip(f"real VOC fixture not found at {REAL_VOC} (../shared beside the repo)")
     cfg = get_cfg_defaults()
     cfg.DATASETS.REGISTER = (f"real_mini:voc:{REAL_VOC}:trainval",)
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 96, 160

@@ -20,6 +20,7 @@ def _run(cfg, resume=False):
     return model
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(synthetic_root, tmp_path, monkeypatch):
     straight = _run(tiny_fcos_cfg(synthetic_root, str(tmp_path / "a")))
 
@@ -61,6 +62,7 @@ def _ddp_worker(rank: int, world: int, root: str, out: str, port: int) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_stay_in_sync(synthetic_root, tmp_path):
     out = str(tmp_path)
     port = 29500 + os.getpid() % 1000

@@ -11,7 +11,6 @@ from yacs.config import CfgNode
 from fad.config.catalog import resolve
 
 from .coco import COCODataset
-from .errors import DataError
 from .samplers import ShardSampler, TrainBatchSampler
 from .synthetic import ensure_synthetic
 from .transforms import build_transforms

@@ -59,6 +59,8 @@ class COCODataset(DetectionDataset):
         except (KeyError, TypeError):
             raise DataError(f"{self.ann_file}: an image or category lacks 'id' or 'name'; "
                             "fix the file") from None
+        if not images:
+            raise DataError(f"{self.ann_file}: lists no images; fix the file or the path")
         for ann in data["annotations"]:
             if ann.get("image_id") not in by_image:
                 raise DataError(f"{self.ann_file}: annotation id {ann.get('id')} refers to unknown "

@@ -87,13 +87,15 @@ def read_classes_file(path: Path) -> list[str]:
     return names
 
 
-def read_split(root: Path, split: str) -> list[str]:
-    """Ids listed in ImageSets/Main/<split>.txt."""
-    path = root / "ImageSets" / "Main" / f"{split}.txt"
+def read_split(path: Path) -> list[str]:
+    """Ids listed in a split file (first word of each line)."""
     if not path.is_file():
         raise DataError(f"{path}: split file is missing; check DATASETS.ROOT / the VOC root "
                         "and split")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"{path}: split file lists no ids; add the image ids, one a line")
+    return ids
 
 
 def _image_path(root: Path, file_id: str, ann: VOCAnnotation) -> Path:
@@ -116,7 +118,7 @@ class VOCDataset(DetectionDataset):
         self.voc_root = Path(root)
         self.split = split
         split_file = self.voc_root / "ImageSets" / "Main" / f"{split}.txt"
-        self.ids = read_split(self.voc_root, split)
+        self.ids = read_split(split_file)
         ann_dir = self.voc_root / "Annotations"
         anns: dict[str, VOCAnnotation] = {}
         for file_id in self.ids:

@@ -59,6 +59,9 @@ def _check_toolchain(device_type: str) -> None:
             raise ExtensionUnavailable("this torch build has no CUDA")
         if CUDA_HOME is None or not os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
             raise ExtensionUnavailable("nvcc not found; set CUDA_HOME to the CUDA toolkit root")
+        if not os.path.exists(os.path.join(CUDA_HOME, "include", "cuda_runtime.h")):
+            raise ExtensionUnavailable(f"CUDA_HOME={CUDA_HOME} has no include/cuda_runtime.h; set "
+                                       "CUDA_HOME to the toolkit root (e.g. /usr/local/cuda)")
 
 
 def _import_prebuilt(device_type: str) -> bool:

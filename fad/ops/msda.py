@@ -1,6 +1,7 @@
 """`multi_scale_deformable_attention`: checked entry point to the `fad::ms_deform_attn` op."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .msda_op import ms_deform_attn
@@ -32,9 +33,9 @@ def check_msda_inputs(value: Tensor, spatial_shapes: Tensor, level_start_index: 
               f"got {tuple(spatial_shapes.shape)} and {tuple(level_start_index.shape)}")
     if spatial_shapes.is_floating_point() or level_start_index.is_floating_point():
         _fail("spatial_shapes and level_start_index must be integer (int64) tensors")
-    if not value.is_floating_point() or not (
-            value.dtype == sampling_locations.dtype == attention_weights.dtype):
-        _fail(f"value, sampling_locations and attention_weights must share one floating dtype, "
+    if not (value.is_floating_point() and sampling_locations.is_floating_point()
+            and attention_weights.is_floating_point()):
+        _fail(f"value, sampling_locations and attention_weights must be floating point, "
               f"got {value.dtype}, {sampling_locations.dtype}, {attention_weights.dtype}")
     if not value.device == sampling_locations.device == attention_weights.device:
         _fail("value, sampling_locations and attention_weights must be on one device")
@@ -61,9 +62,15 @@ def multi_scale_deformable_attention(
         [N, Lq, M * D]: out[n, q, m] = sum_{l, p} A * bilinear(V_l[n, m], x * W_l - 0.5,
         y * H_l - 0.5); corners outside the map read as zero.
 
-    The backend (compiled kernel or grid_sample reference) is chosen by `fad.ops.backend`.
+    Mixed floating dtypes are promoted to a common one; under autocast the op computes in
+    float32 and returns float32. The backend (compiled kernel or grid_sample reference) is
+    chosen by `fad.ops.backend`.
     """
     check_msda_inputs(value, spatial_shapes, level_start_index, sampling_locations,
                       attention_weights)
+    dtype = torch.promote_types(torch.promote_types(value.dtype, sampling_locations.dtype),
+                                attention_weights.dtype)
+    value, sampling_locations, attention_weights = (
+        t.to(dtype) for t in (value, sampling_locations, attention_weights))
     return ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
                           attention_weights)

@@ -33,7 +33,8 @@ class DeformableDETR(nn.Module):
     `boxes` [K, 4] xyxy pixels and `labels` [K] int64 0-based. Training returns weighted losses
     (their sum is the objective); eval returns per image `boxes` [100, 4] xyxy in input pixels,
     `scores` [100], `labels` [100]. Images are normalised and padded here, and the padding mask
-    built. `log_stats()` reports Sparse DETR's DAM coverage `corr` of the last training step.
+    built. `log_stats()` reports Sparse DETR's DAM coverage `corr` of the last forward (training
+only; empty otherwise).
     """
 
     def __init__(self, backbone: MultiLevelBackbone, transformer: DeformableTransformer,
@@ -61,6 +62,7 @@ class DeformableDETR(nn.Module):
         if self.training and targets is None:
             raise ValueError("fad/modeling/detr/detector.py: training mode needs targets; call "
                              "model.eval() for inference")
+        self._stats = {}
         batch, sizes, mask = batch_images(images, self.pixel_mean, self.pixel_std,
                                           self.size_divisibility)
         features = self.backbone(batch, mask)

@@ -1,0 +1,1 @@
+"""SparseResNet parts: masks, interpolation, sparse execution, FLOPs, compiled kernel."""

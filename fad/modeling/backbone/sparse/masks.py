@@ -1,0 +1,118 @@
+"""Sampling masks of SparseResNet: mask logits, Gumbel sampling, grid prior, forced density.
+
+Each block has two mask convs (3x3, pad 1, one output channel, reading the block input). The
+logits give p = sigmoid(logits); `MaskSampler` turns them into the mask m:
+- training: relaxed Bernoulli m = sigmoid((logits + L) / T), L logistic noise (the two-class
+  Gumbel-softmax), T per module starting at TEMPERATURE_INIT and multiplied by TEMPERATURE_DECAY
+  after every training forward;
+- inference, stochastic: the same with T = TEST_TEMPERATURE, then m = m * (m >= 0.5), which
+  samples each position with probability p;
+- inference, deterministic: m = (p >= 0.5);
+- a grid prior sets m = 1 on every GRID_INTERVAL-th row and column (train and test);
+- `forced_density` replaces the masks by seeded Bernoulli(d) masks (benchmarks): the same seed
+  gives the same masks on every forward, so two execution paths see identical masks.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SAMPLING_MODES = ("stochastic", "deterministic")
+
+
+def small_conv3x3(x: Tensor, convs: Sequence[nn.Conv2d]) -> list[Tensor]:
+    """Outputs of 3x3 pad-1 convs with few output channels, as one GEMM over the pixels.
+
+    x [N, Cin, H, W] (cheapest channels-last) -> one [N, O_j, H_j, W_j] per conv (its stride).
+    Equals `conv(x)` up to float rounding: y = x_pixels @ W gives every tap's contribution, and
+    the nine shifted taps are summed on the small [N, 9 * sum O_j, H, W] result.
+    """
+    n, cin, h, w = x.shape
+    outs = [c.out_channels for c in convs]
+    k = sum(outs)
+    weight = torch.cat([c.weight for c in convs]).permute(1, 2, 3, 0).reshape(cin, 9 * k)
+    y = x.permute(0, 2, 3, 1).reshape(-1, cin) @ weight.to(x.dtype)
+    y = y.view(n, h * w, 9 * k).transpose(1, 2).reshape(n, 9 * k, h, w)
+    y = F.pad(y, (1, 1, 1, 1)).view(n, 3, 3, k, h + 2, w + 2)
+    results, start = [], 0
+    for conv, o in zip(convs, outs):
+        s = conv.stride[0]
+        ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
+        acc = conv.bias.to(x.dtype).view(1, o, 1, 1).expand(n, o, ho, wo)
+        for ky in range(3):
+            for kx in range(3):
+                acc = acc + y[:, ky, kx, start:start + o,
+                              ky:ky + s * (ho - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s]
+        results.append(acc)
+        start += o
+    return results
+
+
+def _grid(shape: Sequence[int], interval: int, device: torch.device) -> Tensor:
+    """Bool [1, 1, H, W], True on every `interval`-th row and column."""
+    grid = torch.zeros(1, 1, shape[-2], shape[-1], dtype=torch.bool, device=device)
+    grid[..., ::interval, ::interval] = True
+    return grid
+
+
+class MaskSampler(nn.Module):
+    """Turn mask logits [N, 1, H, W] into (m, p): the mask and the sampling probability."""
+
+    def __init__(self, temperature_init: float = 1.0, temperature_decay: float = 0.99998,
+                 test_temperature: float = 0.03, grid_interval: int = 11,
+                 sampling: str = "stochastic", unit_id: int = 0):
+        super().__init__()
+        if sampling not in SAMPLING_MODES:
+            raise ValueError(f"MODEL.SPARSE.SAMPLING must be one of {SAMPLING_MODES}, "
+                             f"got {sampling!r}")
+        self.register_buffer("temperature", torch.tensor(float(temperature_init)))
+        self.temperature_decay = temperature_decay
+        self.test_temperature = test_temperature
+        self.grid_interval = grid_interval
+        self.sampling = sampling
+        self.unit_id = unit_id
+        self.forced: tuple[float, int] | None = None
+
+    def _relaxed(self, logits: Tensor, inv_temperature: Tensor | float) -> Tensor:
+        u = torch.rand_like(logits).clamp_(1e-7, 1 - 1e-7)
+        return torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) * inv_temperature)
+
+    def forward(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        p = torch.sigmoid(logits)
+        if self.forced is not None:
+            density, seed = self.forced
+            gen = torch.Generator(device=logits.device).manual_seed(seed + 7919 * self.unit_id)
+            u = torch.rand(logits.shape, generator=gen, device=logits.device, dtype=logits.dtype)
+            return (u < density).to(logits.dtype), p
+        if self.training:
+            m = self._relaxed(logits, 1.0 / self.temperature)
+            with torch.no_grad():
+                self.temperature.mul_(self.temperature_decay)
+        elif self.sampling == "stochastic":
+            m = self._relaxed(logits, 1.0 / self.test_temperature)
+            m = m * (m >= 0.5)
+        else:
+            m = (p >= 0.5).to(logits.dtype)
+        if self.grid_interval > 0:
+            m = m.masked_fill(_grid(m.shape, self.grid_interval, m.device), 1.0)
+        return m, p
+
+
+@contextlib.contextmanager
+def forced_density(model: nn.Module, density: float, seed: int = 0) -> Iterator[None]:
+    """Within the block, every MaskSampler in `model` returns seeded Bernoulli(density) masks."""
+    if not 0.0 <= density <= 1.0:
+        raise ValueError(f"forced density must be in [0, 1], got {density}")
+    samplers = [m for m in model.modules() if isinstance(m, MaskSampler)]
+    previous = [s.forced for s in samplers]
+    for s in samplers:
+        s.forced = (float(density), int(seed))
+    try:
+        yield
+    finally:
+        for s, prev in zip(samplers, previous):
+            s.forced = prev

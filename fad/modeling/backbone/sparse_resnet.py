@@ -1,0 +1,297 @@
+"""SparseResNet: ResNet blocks that compute a sampled subset of positions and interpolate the rest.
+
+"Spatially Adaptive Inference with Stochastic Feature Sampling and Interpolation" (ECCV 2020).
+Every block (torchvision Bottleneck or BasicBlock, so torchvision state dicts load) gets two mask
+convs reading the block input: `conv1_mask` at conv1's output resolution, `conv2_mask` at conv2's
+(it also governs conv3). Masks are sampled (`sparse/masks.py`) and the features are
+reconstructed by a learnable Gaussian interpolation (`sparse/interpolation.py`) after conv1 and
+after conv2 (Bottleneck: on conv2's post-ReLU output; BasicBlock: on conv2's output before BN2,
+which is equivalent since BN is per-channel affine). Stem, shortcuts and the residual add stay
+dense. Optional deformable conv2 (torchvision `deform_conv2d`) with an offset conv reading the
+block input.
+
+Inference runs either the reference masked dense computation (`execution = "dense_masked"`) or
+the sparse one (`"sparse"`, `sparse/execution.py`), equal to float rounding. The body runs
+channels-last and returns channels-last feature maps.
+
+The body adds `loss_sparse` = weight / num_blocks * sum_blocks (0.25 mean(p1) + 0.75 mean(p2))
+through `aux_losses()` and reports mask densities and backbone GMACs through `log_stats()`
+(training: means of the soft masks; inference: fractions of computed positions).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet as tv_resnet
+from torchvision.ops import deform_conv2d
+from yacs.config import CfgNode
+
+from .resnet import load_pretrained, norm_layer
+from .sparse.execution import sparse_basic, sparse_bottleneck
+from .sparse.flops import STAGE_BLOCKS, backbone_macs
+from .sparse.interpolation import GaussianInterpolation
+from .sparse.masks import MaskSampler, forced_density, small_conv3x3
+
+EXECUTION_MODES = ("dense_masked", "sparse")
+# parameters absent from torchvision checkpoints: trainable even in frozen stages
+NEW_MODULES = ("conv1_mask", "conv2_mask", "conv2_offset", "interp1", "interp2")
+
+__all__ = ["SparseOptions", "SparseBottleneck", "SparseBasicBlock", "SparseResNetBody",
+           "build_sparse_resnet_body", "forced_density"]
+
+
+@dataclass(frozen=True)
+class SparseOptions:
+    """Block options from `MODEL.SPARSE` (see fad/config/defaults_sparse.py)."""
+
+    masked: bool = True
+    mask_init_bias: float = 3.0
+    temperature_init: float = 1.0
+    temperature_decay: float = 0.99998
+    test_temperature: float = 0.03
+    sampling: str = "stochastic"
+    grid_interval: int = 11
+    interp_kernel: int = 7
+    interp_init_scale: float = 3.0
+
+    @classmethod
+    def from_cfg(cls, sp: CfgNode) -> "SparseOptions":
+        return cls(sp.MASKED, sp.MASK_INIT_BIAS, sp.TEMPERATURE_INIT, sp.TEMPERATURE_DECAY,
+                   sp.TEST_TEMPERATURE, sp.SAMPLING, sp.GRID_INTERVAL, sp.INTERP_KERNEL,
+                   sp.INTERP_INIT_SCALE)
+
+
+class SparseBlockMixin:
+    """Masks, interpolation sites, optional DCN offsets and statistics shared by both blocks."""
+
+    def _init_sparse(self, inplanes: int, strides: tuple[int, int], opts: SparseOptions,
+                     unit_id: int, dcn: bool) -> None:
+        self.execution = "dense_masked"
+        self.conv2_offset = None
+        if dcn:
+            self.conv2_offset = nn.Conv2d(inplanes, 18, 3, strides[1], 1)
+            nn.init.zeros_(self.conv2_offset.weight)
+            nn.init.zeros_(self.conv2_offset.bias)
+        self.masked = opts.masked
+        self.loss_term: Tensor | None = None
+        self.density: Tensor | None = None
+        if not opts.masked:
+            return
+        self.conv1_mask = nn.Conv2d(inplanes, 1, 3, strides[0], 1)
+        self.conv2_mask = nn.Conv2d(inplanes, 1, 3, strides[1], 1)
+        for conv in (self.conv1_mask, self.conv2_mask):
+            nn.init.zeros_(conv.weight)
+            nn.init.constant_(conv.bias, opts.mask_init_bias)
+        samplers = [MaskSampler(opts.temperature_init, opts.temperature_decay,
+                                opts.test_temperature, opts.grid_interval, opts.sampling,
+                                unit_id=2 * unit_id + i) for i in range(2)]
+        self.sampler1, self.sampler2 = samplers
+        self.interp1 = GaussianInterpolation(opts.interp_kernel, opts.interp_init_scale)
+        self.interp2 = GaussianInterpolation(opts.interp_kernel, opts.interp_init_scale)
+
+    def masks(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Masks (m1 [N,1,H1,W1], m2 [N,1,H2,W2]) for input x; records loss term and densities."""
+        logits1, logits2 = small_conv3x3(x, [self.conv1_mask, self.conv2_mask])
+        m1, p1 = self.sampler1(logits1)
+        m2, p2 = self.sampler2(logits2)
+        self.loss_term = 0.25 * p1.mean() + 0.75 * p2.mean()
+        with torch.no_grad():
+            if self.training:
+                self.density = torch.stack([m1.mean(), m2.mean()]).float()
+            else:
+                self.density = torch.stack([(m1 > 0).float().mean(), (m2 > 0).float().mean()])
+        return m1, m2
+
+    def _conv2(self, out: Tensor, x: Tensor) -> Tensor:
+        """conv2 of the conv1 features `out`; deformable with offsets from the block input x."""
+        if self.conv2_offset is None:
+            return self.conv2(out)
+        offset = small_conv3x3(x, [self.conv2_offset])[0]
+        return deform_conv2d(out, offset, self.conv2.weight, stride=self.conv2.stride,
+                             padding=self.conv2.padding)
+
+    def _use_sparse(self) -> bool:
+        return self.execution == "sparse" and self.masked and not self.training
+
+
+class SparseBottleneck(SparseBlockMixin, tv_resnet.Bottleneck):
+    """torchvision Bottleneck (stride in conv2) with masks, interpolation and optional DCN."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None, norm: type[nn.Module] | None = None,
+                 opts: SparseOptions = SparseOptions(), unit_id: int = 0, dcn: bool = False):
+        super().__init__(inplanes, planes, stride, downsample, norm_layer=norm)
+        self._init_sparse(inplanes, (1, stride), opts, unit_id, dcn)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._use_sparse():
+            return sparse_bottleneck(self, x)
+        identity = x if self.downsample is None else self.downsample(x)
+        m1, m2 = self.masks(x) if self.masked else (None, None)
+        out = self.relu(self.bn1(self.conv1(x)))
+        if m1 is not None:
+            out = self.interp1(out, m1)
+        out = self.relu(self.bn2(self._conv2(out, x)))
+        if m2 is not None:
+            out = self.interp2(out, m2)
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class SparseBasicBlock(SparseBlockMixin, tv_resnet.BasicBlock):
+    """torchvision BasicBlock with masks (both at the block's output resolution)."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None, norm: type[nn.Module] | None = None,
+                 opts: SparseOptions = SparseOptions(), unit_id: int = 0, dcn: bool = False):
+        if dcn:
+            raise ValueError("MODEL.SPARSE.STAGE_WITH_DCN needs Bottleneck blocks "
+                             "(MODEL.BACKBONE.DEPTH >= 50)")
+        super().__init__(inplanes, planes, stride, downsample, norm_layer=norm)
+        self._init_sparse(inplanes, (stride, stride), opts, unit_id, dcn=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._use_sparse():
+            return sparse_basic(self, x)
+        identity = x if self.downsample is None else self.downsample(x)
+        m1, m2 = self.masks(x) if self.masked else (None, None)
+        out = self.relu(self.bn1(self.conv1(x)))
+        if m1 is not None:
+            out = self.interp1(out, m1)
+        out = self.conv2(out)
+        if m2 is not None:
+            out = self.interp2(out, m2)
+        out = self.bn2(out)
+        return self.relu(out + identity)
+
+
+class SparseResNetBody(nn.Module):
+    """Stem + res2..res5 of sparse blocks; `forward(x [N,3,H,W])` -> OrderedDict c2..c5.
+
+    Module names follow torchvision's ResNet (conv1, bn1, layer1..layer4) so its state dicts load.
+    """
+
+    def __init__(self, depth: int, norm: type[nn.Module] = nn.BatchNorm2d,
+                 opts: SparseOptions = SparseOptions(), loss_weight: float = 0.0,
+                 stage_with_dcn: Sequence[bool] = (False, False, False, False)):
+        super().__init__()
+        if depth not in STAGE_BLOCKS:
+            raise ValueError(f"MODEL.BACKBONE.DEPTH must be one of {sorted(STAGE_BLOCKS)}, "
+                             f"got {depth}")
+        if len(stage_with_dcn) != 4:
+            raise ValueError(f"MODEL.SPARSE.STAGE_WITH_DCN needs 4 entries, got {stage_with_dcn}")
+        self.depth = depth
+        self.loss_weight = float(loss_weight)
+        self.stage_with_dcn = tuple(bool(d) for d in stage_with_dcn)
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = norm(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        block = SparseBottleneck if depth >= 50 else SparseBasicBlock
+        inplanes, unit = 64, 0
+        for stage, (count, planes) in enumerate(zip(STAGE_BLOCKS[depth], (64, 128, 256, 512))):
+            blocks = []
+            for i in range(count):
+                stride = 2 if (i == 0 and stage > 0) else 1
+                downsample = None
+                if stride != 1 or inplanes != planes * block.expansion:
+                    downsample = nn.Sequential(
+                        nn.Conv2d(inplanes, planes * block.expansion, 1, stride, bias=False),
+                        norm(planes * block.expansion))
+                blocks.append(block(inplanes, planes, stride, downsample, norm, opts, unit,
+                                    self.stage_with_dcn[stage]))
+                inplanes, unit = planes * block.expansion, unit + 1
+            self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
+        self._init_weights()
+        self.execution = "dense_masked"
+        self._input_size: tuple[int, int] | None = None
+
+    def _init_weights(self) -> None:
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Conv2d) and not name.endswith(NEW_MODULES):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    @property
+    def blocks(self) -> list[SparseBlockMixin]:
+        return [b for layer in (self.layer1, self.layer2, self.layer3, self.layer4) for b in layer]
+
+    @property
+    def execution(self) -> str:
+        return self._execution
+
+    @execution.setter
+    def execution(self, mode: str) -> None:
+        if mode not in EXECUTION_MODES:
+            raise ValueError(f"MODEL.SPARSE.EXECUTION must be one of {EXECUTION_MODES}, "
+                             f"got {mode!r}")
+        self._execution = mode
+        for b in self.blocks:
+            b.execution = mode
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        self._input_size = (x.shape[-2], x.shape[-1])
+        x = x.contiguous(memory_format=torch.channels_last)
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        feats = OrderedDict()
+        for name, layer in zip(("c2", "c3", "c4", "c5"),
+                               (self.layer1, self.layer2, self.layer3, self.layer4)):
+            x = layer(x)
+            feats[name] = x
+        return feats
+
+    def aux_losses(self) -> dict[str, Tensor]:
+        """{"loss_sparse": ...} from the last training forward ({} when off or not training)."""
+        blocks = self.blocks
+        if not self.training or self.loss_weight == 0 or blocks[0].loss_term is None:
+            return {}
+        total = torch.stack([b.loss_term for b in blocks]).sum()
+        return {"loss_sparse": total * (self.loss_weight / len(blocks))}
+
+    def block_densities(self) -> list[tuple[float, float]] | None:
+        """(d1, d2) per block from the last forward, or None before one (or when unmasked)."""
+        blocks = self.blocks
+        if blocks[0].density is None:
+            return None
+        return [tuple(d) for d in torch.stack([b.density for b in blocks]).tolist()]
+
+    def log_stats(self) -> dict[str, float]:
+        """Mean mask densities over blocks and the backbone GMACs of the last forward."""
+        if self._input_size is None:
+            return {}
+        densities = self.block_densities()
+        gmacs = backbone_macs(self.depth, *self._input_size, densities, self.stage_with_dcn) / 1e9
+        if densities is None:
+            return {"backbone_gmacs": gmacs}
+        return {"density_conv1": sum(d[0] for d in densities) / len(densities),
+                "density_conv2": sum(d[1] for d in densities) / len(densities),
+                "backbone_gmacs": gmacs}
+
+
+def freeze_stages(body: SparseResNetBody, freeze_at: int) -> None:
+    """Freeze the stem (freeze_at >= 1) and layer1..layer{freeze_at-1}, except the parameters a
+    torchvision checkpoint lacks (mask convs, interpolation scales, DCN offsets)."""
+    stages = [nn.ModuleList([body.conv1, body.bn1]), body.layer1, body.layer2, body.layer3,
+              body.layer4]
+    for stage in stages[:freeze_at]:
+        for name, p in stage.named_parameters():
+            if not any(part in NEW_MODULES for part in name.split(".")):
+                p.requires_grad_(False)
+
+
+def build_sparse_resnet_body(cfg: CfgNode) -> tuple[nn.Module, dict[str, int]]:
+    """SparseResNet body from `MODEL.BACKBONE.*` and `MODEL.SPARSE.*`, and its c2..c5 channels."""
+    bb, sp = cfg.MODEL.BACKBONE, cfg.MODEL.SPARSE
+    if bb.GROUPS != 1 or bb.WIDTH_PER_GROUP != 64:
+        raise ValueError("sparse_resnet supports plain ResNets only: set MODEL.BACKBONE.GROUPS 1 "
+                         "and MODEL.BACKBONE.WIDTH_PER_GROUP 64")
+    body = SparseResNetBody(bb.DEPTH, norm_layer(bb.NORM), SparseOptions.from_cfg(sp),
+                            sp.LOSS_WEIGHT, sp.STAGE_WITH_DCN)
+    body.execution = sp.EXECUTION
+    load_pretrained(body, bb.PRETRAINED, bb.DEPTH)
+    freeze_stages(body, bb.FREEZE_AT)
+    e = 4 if bb.DEPTH >= 50 else 1
+    return body, {"c2": 64 * e, "c3": 128 * e, "c4": 256 * e, "c5": 512 * e}

@@ -1,0 +1,232 @@
+"""MSDA op: compiled CPU kernel vs the grid_sample reference, gradients, custom-op machinery."""
+import logging
+import shutil
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fad.ops import (ms_deform_attn_reference, multi_scale_deformable_attention,
+                     set_msda_backend)
+from fad.ops import backend as msda_backend
+from fad.ops import build as msda_build
+from fad.ops.msda_inputs import random_msda_inputs
+from fad.ops.msda_reference import ms_deform_attn_reference_backward
+
+LEVELS = [(6, 4), (3, 2), (1, 1), (5, 7)]
+D_VALUES = [30, 32, 64, 71, 1025]
+
+
+@pytest.fixture(scope="module")
+def cpu_kernel():
+    """Build (or load the cached build of) the CPU extension; a build error fails the test."""
+    if shutil.which("c++") is None:
+        pytest.skip("no C++ compiler on PATH")
+    msda_build.load_extension("cpu")
+    return torch.ops.fad_msda
+
+
+@pytest.fixture(autouse=True)
+def _cpp_backend():
+    """Each test starts on the compiled backend and leaves no override behind."""
+    set_msda_backend("cpp")
+    yield
+    set_msda_backend(None)
+
+
+def _inputs(dim, dtype=torch.float64, **kw):
+    kw.setdefault("edges", True)
+    return random_msda_inputs(2, LEVELS, 2, dim, 8, 3, dtype=dtype, **kw)
+
+
+@pytest.mark.parametrize("dim", D_VALUES)
+def test_forward_float64_matches_reference(cpu_kernel, dim):
+    args = _inputs(dim)
+    out = cpu_kernel.forward(*args)
+    assert out.shape == (2, 8, 2 * dim)
+    torch.testing.assert_close(out, ms_deform_attn_reference(*args), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dim", D_VALUES)
+def test_forward_float32_matches_reference(cpu_kernel, dim):
+    args = _inputs(dim, torch.float32, seed=1)
+    ref = ms_deform_attn_reference(*[a.double() if a.is_floating_point() else a for a in args])
+    torch.testing.assert_close(cpu_kernel.forward(*args).double(), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_forward_low_precision_computes_in_float(cpu_kernel, dtype):
+    args = _inputs(32, dtype, seed=2)
+    out = cpu_kernel.forward(*args)
+    assert out.dtype == dtype
+    ref = ms_deform_attn_reference(*[a.float() if a.is_floating_point() else a for a in args])
+    tol = 1e-2 if dtype == torch.float16 else 3e-2
+    torch.testing.assert_close(out.float(), ref, rtol=tol, atol=tol)
+
+
+def test_points_outside_contribute_nothing(cpu_kernel):
+    value, shapes, starts, loc, attn = _inputs(8)
+    loc[:, :, :, :, :, 0] = -0.6  # x * W - 0.5 <= -1 on every level -> no contribution
+    assert cpu_kernel.forward(value, shapes, starts, loc, attn).abs().max() == 0
+    grad = torch.ones(2, 8, 16, dtype=torch.float64)
+    assert all(g.abs().max() == 0 for g in cpu_kernel.backward(grad, value, shapes, starts,
+                                                                loc, attn))
+
+
+def test_forward_hand_computed():
+    """One 2x2 level, one point at pixel (0.25, 0.5): bilinear mix of the four values."""
+    value = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64).view(1, 4, 1, 1)
+    shapes, starts = torch.tensor([[2, 2]]), torch.tensor([0])
+    loc = torch.tensor([(0.25 + 0.5) / 2, (0.5 + 0.5) / 2], dtype=torch.float64)
+    attn = torch.full((1, 1, 1, 1, 1), 0.5, dtype=torch.float64)
+    expected = 0.5 * (0.75 * 0.5 * 1 + 0.25 * 0.5 * 2 + 0.75 * 0.5 * 3 + 0.25 * 0.5 * 4)
+    for backend in ("reference", "cpp"):
+        set_msda_backend(backend)
+        out = multi_scale_deformable_attention(value, shapes, starts, loc.view(1, 1, 1, 1, 1, 2),
+                                               attn)
+        assert out.item() == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("dim", D_VALUES)
+def test_backward_float64_matches_reference(cpu_kernel, dim):
+    args = _inputs(dim, kinks=False, seed=3)
+    grad = torch.randn(2, 8, 2 * dim, dtype=torch.float64)
+    got = cpu_kernel.backward(grad, *args)
+    closed = ms_deform_attn_reference_backward(grad, *args)
+    leaves = [args[0].requires_grad_(), args[3].requires_grad_(), args[4].requires_grad_()]
+    auto = torch.autograd.grad(ms_deform_attn_reference(*args), leaves, grad)
+    for g, c, a in zip(got, closed, auto):
+        torch.testing.assert_close(g, a, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(c, a, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("dim", [2, 30, 71])
+def test_gradcheck(cpu_kernel, backend, dim):
+    value, shapes, starts, loc, attn = random_msda_inputs(1, [(4, 3), (2, 2)], 2, dim, 3, 2,
+                                                          seed=4, margin=0.0)
+    leaves = [t.requires_grad_() for t in (value, loc, attn)]
+    set_msda_backend(backend)
+    assert torch.autograd.gradcheck(
+        lambda v, l, a: multi_scale_deformable_attention(v, shapes, starts, l, a), leaves,
+        eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_opcheck(cpu_kernel, backend):
+    value, shapes, starts, loc, attn = random_msda_inputs(2, [(4, 3), (2, 2)], 2, 5, 3, 2,
+                                                          dtype=torch.float32, seed=5)
+    set_msda_backend(backend)
+    for t in (value, loc, attn):
+        t.requires_grad_()
+    torch.library.opcheck(torch.ops.fad.ms_deform_attn.default, (value, shapes, starts, loc, attn))
+    grad = torch.randn(2, 3, 10)
+    torch.library.opcheck(torch.ops.fad.ms_deform_attn_backward.default,
+                          (grad, value.detach(), shapes, starts, loc.detach(), attn.detach()))
+
+
+def test_torch_compile_fullgraph(cpu_kernel):
+    args = random_msda_inputs(1, [(4, 3), (2, 2)], 2, 4, 3, 2, dtype=torch.float32, seed=6)
+    value, shapes, starts, loc, attn = args
+    for t in (value, loc, attn):
+        t.requires_grad_()
+    compiled = torch.compile(multi_scale_deformable_attention, backend="aot_eager",
+                             fullgraph=True)
+    out = compiled(*args)
+    out.sum().backward()
+    grads = [t.grad.clone() for t in (value, loc, attn)]
+    torch.testing.assert_close(out, ms_deform_attn_reference(*args))
+    ref_grads = torch.autograd.grad(ms_deform_attn_reference(*args).sum(), (value, loc, attn))
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+
+
+def test_torch_export(cpu_kernel):
+    class Wrap(torch.nn.Module):
+        def forward(self, value, shapes, starts, loc, attn):
+            return multi_scale_deformable_attention(value, shapes, starts, loc, attn) * 2
+
+    args = random_msda_inputs(1, [(4, 3), (2, 2)], 2, 4, 3, 2, dtype=torch.float32, seed=7)
+    program = torch.export.export(Wrap(), args)
+    assert any(n.target is torch.ops.fad.ms_deform_attn.default for n in program.graph.nodes)
+    torch.testing.assert_close(program.module()(*args), 2 * ms_deform_attn_reference(*args))
+
+
+def test_flop_counter_counts_msda(cpu_kernel):
+    n, lq, m, d, levels, points = 2, 8, 2, 6, len(LEVELS), 3
+    value, shapes, starts, loc, attn = _inputs(d, torch.float32)
+    value.requires_grad_()
+    with FlopCounterMode(display=False) as counter:
+        multi_scale_deformable_attention(value, shapes, starts, loc, attn).sum().backward()
+    counts = counter.get_flop_counts()["Global"]
+    forward = n * lq * m * levels * points * 5 * d
+    assert counts[torch.ops.fad.ms_deform_attn] == forward
+    assert counts[torch.ops.fad.ms_deform_attn_backward] == 2 * forward
+
+
+def test_bad_inputs_raise_one_line_errors():
+    value, shapes, starts, loc, attn = random_msda_inputs(1, [(2, 2)], 2, 4, 3, 2)
+    with pytest.raises(ValueError, match="fad/ops/msda.py: attention_weights"):
+        multi_scale_deformable_attention(value, shapes, starts, loc, attn[..., :1])
+    with pytest.raises(ValueError, match="must be floating point"):
+        multi_scale_deformable_attention(value, shapes, starts, loc, attn.long())
+    with pytest.raises(ValueError, match="spatial_shapes"):
+        multi_scale_deformable_attention(value, shapes.view(-1), starts, loc, attn)
+
+
+def test_mixed_dtypes_are_promoted(cpu_kernel):
+    value, shapes, starts, loc, attn = random_msda_inputs(1, [(3, 2)], 2, 4, 3, 2)
+    out = multi_scale_deformable_attention(value.float(), shapes, starts, loc, attn.half())
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, ms_deform_attn_reference(
+        value.float().double(), shapes, starts, loc, attn.half().double()))
+
+
+def test_cpu_autocast_computes_in_float32(cpu_kernel):
+    value, shapes, starts, loc, attn = random_msda_inputs(1, [(3, 2)], 2, 4, 3, 2,
+                                                          dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = multi_scale_deformable_attention(value.bfloat16(), shapes, starts,
+                                               loc.bfloat16(), attn.bfloat16())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ms_deform_attn_reference(
+        value.bfloat16().float(), shapes, starts, loc.bfloat16().float(),
+        attn.bfloat16().float()))
+
+
+def test_kernel_rejects_shapes_that_do_not_fit(cpu_kernel):
+    value, shapes, starts, loc, attn = random_msda_inputs(1, [(2, 2)], 2, 4, 3, 2)
+    with pytest.raises(RuntimeError, match="does not fit"):
+        cpu_kernel.forward(value, shapes * 2, starts, loc, attn)
+
+
+def test_backend_names(monkeypatch):
+    set_msda_backend(None)
+    monkeypatch.setenv("FAD_MSDA_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="FAD_MSDA_BACKEND"):
+        msda_backend.get_msda_backend()
+    monkeypatch.setenv("FAD_MSDA_BACKEND", "reference")
+    assert msda_backend.get_msda_backend() == "reference"
+    assert not msda_backend.use_kernel("cpu")
+    set_msda_backend("auto")
+    assert msda_backend.get_msda_backend() == "auto"
+    with pytest.raises(ValueError, match="unknown MSDA backend"):
+        set_msda_backend("cuda")
+
+
+def test_auto_falls_back_once_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setattr(msda_build, "_loaded", {})
+    monkeypatch.setattr(msda_build, "_errors", {"cpu": "no C++ compiler (test)"})
+    monkeypatch.setattr(msda_backend, "_warned", set())
+    args = random_msda_inputs(1, [(3, 2)], 2, 4, 3, 2)
+    set_msda_backend("auto")
+    with caplog.at_level(logging.WARNING, logger="fad.ops.backend"):
+        out1 = multi_scale_deformable_attention(*args)
+        out2 = multi_scale_deformable_attention(*args)
+    set_msda_backend("cpp")
+    with pytest.raises(RuntimeError, match="FAD_MSDA_BACKEND=cpp but no C\\+\\+ compiler"):
+        multi_scale_deformable_attention(*args)
+    notices = [r for r in caplog.records if "pure-PyTorch reference" in r.getMessage()]
+    assert len(notices) == 1 and "no C++ compiler (test)" in notices[0].getMessage()
+    torch.testing.assert_close(out1, ms_deform_attn_reference(*args))
+    torch.testing.assert_close(out2, out1)
