@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from typing import Callable
 
 from fad.config import load_config
+from fad.data import DataError
+from fad.evaluation.errors import EvalError
 from fad.engine.distributed import get_rank, init_distributed
 from fad.engine.logger import setup_logger
 from fad.modeling import build_detector
@@ -57,3 +61,15 @@ def build_model(cfg, num_classes: int, genotype_file: str = ""):
 
         return build_fad_fcos(cfg, num_classes, genotype_file)
     return build_detector(cfg, num_classes)
+
+
+def run_tool(main: Callable[[], None]) -> None:
+    """Run a tool's `main`; bad input (data, genotype, checkpoint, results) exits with one line."""
+    from fad.nas.genotype import GenotypeError
+
+    try:
+        main()
+    except (DataError, EvalError, GenotypeError, FileNotFoundError) as exc:
+        lines = str(exc).strip().splitlines()  # loader workers prepend their traceback
+        print(f"error: {lines[-1] if lines else type(exc).__name__}", file=sys.stderr)
+        sys.exit(2)

@@ -12,7 +12,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import argument_parser, build_model, setup  # noqa: E402
+from _common import argument_parser, build_model, run_tool, setup  # noqa: E402
 
 from fad.data import build_dataset, make_test_loader  # noqa: E402
 from fad.engine.checkpoint import Checkpointer, model_state  # noqa: E402
@@ -22,17 +22,23 @@ from fad.engine.inference import inference  # noqa: E402
 from fad.evaluation import format_table, run_evaluation  # noqa: E402
 
 
-def evaluate_all(cfg, model, device, logger) -> dict:
-    """Evaluate `model` on every DATASETS.TEST name; returns {name: metrics} on the main rank."""
+def evaluate_all(cfg, model, device, logger, classes: list[str]) -> dict:
+    """Evaluate `model` (trained on `classes`) on every DATASETS.TEST name.
+
+    Returns {name: metrics} on the main rank.
+    """
     results = {}
     for name in cfg.DATASETS.TEST:
         dataset = build_dataset(cfg, [name], is_train=False)
+        if list(dataset.classes) != list(classes):
+            raise SystemExit(f"error: test set {name} has classes {list(dataset.classes)} but the "
+                             f"model was trained on {list(classes)}")
         preds = inference(model, make_test_loader(cfg, dataset), device)
         stats = collect_log_stats(model)
         if is_main_process():
             out_dir = os.path.join(cfg.OUTPUT_DIR, "inference", name)
             metrics = run_evaluation(dataset, preds, out_dir)
-            metrics.update({k: float(v) for k, v in stats.items()})
+            metrics.update(stats)
             logger.info("results on %s (%d images), written to %s:\n%s", name, len(dataset),
                         out_dir, format_table(metrics))
             results[name] = metrics
@@ -57,8 +63,8 @@ def main() -> None:
         classes = build_dataset(cfg, cfg.DATASETS.TEST[:1], is_train=False).classes
     model = build_model(cfg, len(classes), genotype_file)
     model.load_state_dict(model_state(state))
-    evaluate_all(cfg, model.to(device), device, logger)
+    evaluate_all(cfg, model.to(device), device, logger, classes)
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -10,7 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import argument_parser, build_model, read_genotype_text, setup  # noqa: E402
+from _common import argument_parser, build_model, read_genotype_text, run_tool, setup  # noqa: E402
 from test_net import evaluate_all  # noqa: E402
 
 from fad.data import build_dataset  # noqa: E402
@@ -35,9 +35,9 @@ def main() -> None:
         extra["genotype"] = read_genotype_text(args.genotype_file)
     final = train(cfg, model, dataset, device, resume=args.resume, extra_state=extra)
     if not args.skip_test:
-        evaluate_all(cfg, model, device, logger)
+        evaluate_all(cfg, model, device, logger, dataset.classes)
     logger.info("final checkpoint: %s", final)
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)
