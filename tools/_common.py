@@ -8,6 +8,7 @@ from typing import Callable
 
 from fad.config import load_config
 from fad.data import DataError
+from fad.engine.checkpoint import CheckpointError
 from fad.evaluation.errors import EvalError
 from fad.engine.distributed import get_rank, init_distributed
 from fad.engine.logger import setup_logger
@@ -69,7 +70,7 @@ def run_tool(main: Callable[[], None]) -> None:
 
     try:
         main()
-    except (DataError, EvalError, GenotypeError, FileNotFoundError) as exc:
+    except (DataError, EvalError, GenotypeError, CheckpointError, FileNotFoundError) as exc:
         lines = str(exc).strip().splitlines()  # loader workers prepend their traceback
         print(f"error: {lines[-1] if lines else type(exc).__name__}", file=sys.stderr)
         sys.exit(2)

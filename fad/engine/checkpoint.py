@@ -8,6 +8,10 @@ import torch
 from fad.utils.io import atomic_torch_save, atomic_write_text
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read."""
+
+
 class Checkpointer:
     """Writes `output_dir/<name>.pth` atomically and records it in `output_dir/last_checkpoint`."""
 
@@ -37,7 +41,7 @@ class Checkpointer:
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-            raise ValueError(f"checkpoint {path} is corrupt or not a torch file ({exc}); "
+            raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({exc}); "
                              "delete it and resume from an earlier one") from None
 
 
