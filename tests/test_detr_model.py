@@ -132,6 +132,9 @@ def test_detector_api_in_training_and_eval(variant):
         assert (centres >= 0).all() and (centres[:, 0] <= w).all() and (centres[:, 1] <= h).all()
     with pytest.raises(ValueError, match="needs targets"):
         model.train()(images)
+    bad = [dict(t, labels=t["labels"] + 2) for t in targets]
+    with pytest.raises(ValueError, match="labels outside 0..2"):
+        model(images, bad)
 
 
 def test_sparse_detr_encoder_aux_losses_per_layer():

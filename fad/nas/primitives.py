@@ -1,7 +1,8 @@
 """FAD primitives: the std / sinSep / dilated-separable units, `none`, and the primitive list.
 
 Every unit maps Tensor[N, C, H, W] -> Tensor[N, C, H, W] (stride 1) and ends with GN + ReLU.
-GroupNorm uses 32 groups, or gcd(32, C) groups when C is not a multiple of 32 (tiny CPU configs).
+GroupNorm uses 32 groups; narrower widths (tiny CPU configs) use the largest divisor of 32 that
+divides C and leaves >= 2 channels per group, so a 1x1 map (P7 of a small image) still normalises.
 
 Names: a RepShare op of family A (`std` or `sinSep`) emits five candidates, in this order:
 `A_conv_3x3`, `A_conv_3x3+dil_conv_3x3`, `A_conv_3x3_x2`, `A_conv_3x3_x2+dil_conv_3x3`,
@@ -10,11 +11,10 @@ which is also the order of the 11 alphas of every edge.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from torch import nn
-
-from fad.modeling.heads.fcos_head import group_norm
 
 FAMILIES = ("std", "sinSep")
 CANDIDATE_SUFFIXES = (
@@ -36,6 +36,14 @@ class OpSpec(NamedTuple):
     family: str
     depth: int
     dilated: bool
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GN(32), or fewer groups for narrow widths (>= 2 channels per group, groups divide 32)."""
+    groups = math.gcd(32, channels)
+    while groups > 1 and channels // groups < 2:
+        groups //= 2
+    return nn.GroupNorm(groups, channels)
 
 
 def op_spec(name: str) -> OpSpec:

@@ -3,10 +3,9 @@
 Feature maps are handled as rows: [N, C, H, W] in channels-last memory is an [N*H*W, C] matrix
 (row p = n*H*W + y*W + x) without copying. For a block with masks m1 (conv1) and m2 (conv2):
 1. conv1 at the P1 positions with m1 > 0: gather their rows (1x1: the rows themselves; 3x3:
-   im2col of the 9 neighbour rows, padding taps point at an all-zero row), one GEMM with the
-   BN-folded weight, bias, ReLU;
-2. interpolate conv1's output to every position (`interpolate_rows`), written with a trailing
-   zero row for the next gather;
+   im2col of the 9 neighbour rows, zeros for padding), one GEMM with the BN-folded weight,
+   bias, ReLU;
+2. interpolate conv1's output to every position (`interpolate_rows`);
 3. conv2 at the P2 positions with m2 > 0 by im2col gather + GEMM (DCN: offsets from a gather of
    the block input, bilinear sampling of the four corners), BN folded, ReLU; then conv3 (1x1)
    by GEMM without its bias;
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .interpolation import interpolate_rows
+from .interpolation import interpolate_rows, kernel_runs
 
 
 @dataclass
@@ -57,7 +56,7 @@ def as_rows(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
-def with_zero_row(rows: Tensor) -> Tensor:
+def _with_zero_row(rows: Tensor) -> Tensor:
     """[M, C] -> [M + 1, C] with an all-zero last row (the target of padding taps)."""
     return torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
 
@@ -74,18 +73,24 @@ def window_index(out: Active, in_h: int, in_w: int, stride: int) -> Tensor:
     return torch.where(valid, src, out.n * in_h * in_w).view(-1, 9)
 
 
-def gather_windows(rows_ext: Tensor, index: Tensor) -> Tensor:
-    """rows_ext [M + 1, C], index [P, 9] -> im2col columns [P, 9 * C] ordered (ky, kx, c)."""
-    return rows_ext.index_select(0, index.view(-1)).view(index.shape[0], -1)
+def gather_windows(rows: Tensor, out: Active, in_h: int, in_w: int, stride: int) -> Tensor:
+    """im2col columns [P, 9 * C], ordered (ky, kx, c), of a 3x3 pad-1 conv with `stride` at the
+    active positions of `out`, reading rows [N*in_h*in_w, C] of the input grid."""
+    if kernel_runs(rows):
+        return torch.ops.fad_sparse.gather_windows(rows.contiguous(), out.positions, out.n, in_h,
+                                                   in_w, out.h, out.w, stride)
+    index = window_index(out, in_h, in_w, stride)
+    return _with_zero_row(rows).index_select(0, index.view(-1)).view(index.shape[0], -1)
 
 
-def deform_windows(rows_ext: Tensor, out: Active, offsets: Tensor, in_h: int, in_w: int,
+def deform_windows(rows: Tensor, out: Active, offsets: Tensor, in_h: int, in_w: int,
                    stride: int) -> Tensor:
     """Bilinear im2col of a 3x3 pad-1 deformable conv (torchvision `deform_conv2d` sampling).
 
-    offsets [P, 18] are (dy, dx) per tap in row-major tap order; corners outside the map read 0.
-    Returns [P, 9 * C] ordered (ky, kx, c).
+    rows [N*in_h*in_w, C]; offsets [P, 18] are (dy, dx) per tap in row-major tap order; corners
+    outside the map read 0. Returns [P, 9 * C] ordered (ky, kx, c).
     """
+    rows_ext = _with_zero_row(rows)
     p = out.positions
     n, rem = p // (out.h * out.w), p % (out.h * out.w)
     taps = torch.arange(-1, 2, device=p.device, dtype=offsets.dtype)
@@ -139,17 +144,16 @@ def folded_weights(block: nn.Module) -> dict[str, tuple[Tensor, Tensor | None]]:
     return folded
 
 
-def _conv2_columns(block: nn.Module, f1_ext: Tensor, x: Tensor, a2: Active,
+def _conv2_columns(block: nn.Module, f1: Tensor, x: Tensor, a2: Active,
                    weights: dict) -> Tensor:
     """im2col columns [P2, 9 * C] of conv2 (plain or deformable) at the active positions."""
     _, _, h, w = x.shape
     stride = block.conv2.stride[0]
-    window = window_index(a2, h, w, stride)
     if block.conv2_offset is None:
-        return gather_windows(f1_ext, window)
+        return gather_windows(f1, a2, h, w, stride)
     w_off, b_off = weights["offset"]
-    offsets = torch.addmm(b_off, gather_windows(with_zero_row(as_rows(x)), window), w_off)
-    return deform_windows(f1_ext, a2, offsets, h, w, stride)
+    offsets = torch.addmm(b_off, gather_windows(as_rows(x), a2, h, w, stride), w_off)
+    return deform_windows(f1, a2, offsets, h, w, stride)
 
 
 def sparse_bottleneck(block: nn.Module, x: Tensor) -> Tensor:
@@ -158,11 +162,10 @@ def sparse_bottleneck(block: nn.Module, x: Tensor) -> Tensor:
     m1, m2 = block.masks(x)
     a1, a2 = Active.of(m1), Active.of(m2)
     weights = folded_weights(block)
-    x_rows = as_rows(x)
     w1, b1 = weights["conv1"]
-    rows1 = torch.addmm(b1, x_rows.index_select(0, a1.positions), w1).relu_()
-    f1_ext = a1.interpolate(rows1, block.interp1.taps(), extra_rows=1)
-    cols = _conv2_columns(block, f1_ext, x, a2, weights)
+    rows1 = torch.addmm(b1, as_rows(x).index_select(0, a1.positions), w1).relu_()
+    f1 = a1.interpolate(rows1, block.interp1.taps())
+    cols = _conv2_columns(block, f1, x, a2, weights)
     w2, b2 = weights["conv2"]
     w3, b3 = weights["conv3"]
     rows3 = torch.addmm(b2, cols, w2).relu_() @ w3
@@ -179,12 +182,11 @@ def sparse_basic(block: nn.Module, x: Tensor) -> Tensor:
     a1, a2 = Active.of(m1), Active.of(m2)
     weights = folded_weights(block)
     w1, b1 = weights["conv1"]
-    x_ext = with_zero_row(as_rows(x))
-    cols1 = gather_windows(x_ext, window_index(a1, h, w, block.conv1.stride[0]))
+    cols1 = gather_windows(as_rows(x), a1, h, w, block.conv1.stride[0])
     rows1 = torch.addmm(b1, cols1, w1).relu_()
-    f1_ext = a1.interpolate(rows1, block.interp1.taps(), extra_rows=1)
+    f1 = a1.interpolate(rows1, block.interp1.taps())
     w2, b2 = weights["conv2"]
-    rows2 = gather_windows(f1_ext, window_index(a2, a1.h, a1.w, 1)) @ w2
+    rows2 = gather_windows(f1, a2, a1.h, a1.w, 1) @ w2
     identity = x if block.downsample is None else block.downsample(x)
     out = a2.interpolate(rows2, block.interp2.taps(), bias=b2, residual=as_rows(identity),
                          relu=True)

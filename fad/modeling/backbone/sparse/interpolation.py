@@ -49,14 +49,15 @@ def interpolate_dense(f: Tensor, m: Tensor, taps: Tensor, eps: float = EPS) -> T
     return m * f + (1 - m) * num / den
 
 
-def _kernel_runs(t: Tensor) -> bool:
+def kernel_runs(t: Tensor) -> bool:
+    """Whether the compiled CPU kernels handle tensor `t` (CPU, float32, kernel loaded)."""
     return t.device.type == "cpu" and t.dtype == torch.float32 and kernel_available("cpu")
 
 
 def interpolate_rows(rows: Tensor, index: Tensor, mask: Tensor, taps: Tensor,
                      size: tuple[int, int, int], bias: Tensor | None = None,
                      residual: Tensor | None = None, relu: bool = False,
-                     extra_rows: int = 0, eps: float = EPS) -> Tensor:
+                     eps: float = EPS) -> Tensor:
     """Interpolate features known only at sampled positions, then add bias/residual, ReLU.
 
     Args:
@@ -68,18 +69,17 @@ def interpolate_rows(rows: Tensor, index: Tensor, mask: Tensor, taps: Tensor,
         bias: optional [C] added after interpolation.
         residual: optional [N*H*W, C] added after the bias.
         relu: apply ReLU last.
-        extra_rows: number of all-zero rows appended to the output.
 
     Returns:
-        [N*H*W + extra_rows, C]: row p is the interpolated feature of position p.
+        [N*H*W, C]: row p is the interpolated feature of position p.
     """
     n, h, w = size
-    if _kernel_runs(rows):
+    if kernel_runs(rows):
         return torch.ops.fad_sparse.interpolate(
             rows.contiguous(), index.contiguous(), mask.contiguous(),
             taps.detach().float().contiguous(), eps,
             None if bias is None else bias.contiguous(),
-            None if residual is None else residual.contiguous(), relu, n, h, w, extra_rows)
+            None if residual is None else residual.contiguous(), relu, n, h, w)
     c = rows.shape[1]
     sampled = mask != 0
     dense = rows.new_zeros(n * h * w, c)
@@ -91,9 +91,7 @@ def interpolate_rows(rows: Tensor, index: Tensor, mask: Tensor, taps: Tensor,
         out = out + bias
     if residual is not None:
         out = out + residual
-    if relu:
-        out = out.relu()
-    return torch.cat([out, out.new_zeros(extra_rows, c)]) if extra_rows else out
+    return out.relu() if relu else out
 
 
 class GaussianInterpolation(nn.Module):
@@ -114,7 +112,7 @@ class GaussianInterpolation(nn.Module):
         """f [N, C, H, W], m [N, 1, H, W] -> interpolated [N, C, H, W] (channels-last when the
         compiled kernel runs: inference without autograd on the CPU)."""
         needs_grad = torch.is_grad_enabled() and (f.requires_grad or self.scale.requires_grad)
-        if needs_grad or not _kernel_runs(f):
+        if needs_grad or not kernel_runs(f):
             return interpolate_dense(f, m, self.taps())
         n, c, h, w = f.shape
         rows = f.permute(0, 2, 3, 1).reshape(-1, c)

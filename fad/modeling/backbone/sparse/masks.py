@@ -15,6 +15,7 @@ logits give p = sigmoid(logits); `MaskSampler` turns them into the mask m:
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Iterator, Sequence
 
 import torch
@@ -24,43 +25,41 @@ from torch import Tensor, nn
 SAMPLING_MODES = ("stochastic", "deterministic")
 
 
+@functools.lru_cache(maxsize=64)
+def _tap_selector(k: int, start: int, count: int, device: torch.device,
+                  dtype: torch.dtype) -> Tensor:
+    """0/1 weight [count, 9k, 3, 3]: output i sums tap t of input channel t*k + start + i."""
+    i = torch.arange(count).repeat_interleave(9)
+    t = torch.arange(9).repeat(count)
+    sel = torch.zeros(count, 9 * k, 3, 3, dtype=dtype)
+    sel[i, t * k + start + i, t // 3, t % 3] = 1.0
+    return sel.to(device)
+
+
 def small_conv3x3(x: Tensor, convs: Sequence[nn.Conv2d]) -> list[Tensor]:
     """Outputs of 3x3 pad-1 convs with few output channels, as one GEMM over the pixels.
 
     x [N, Cin, H, W] (cheapest channels-last) -> one [N, O_j, H_j, W_j] per conv (its stride).
-    Equals `conv(x)` up to float rounding: y = x_pixels @ W gives every tap's contribution, and
-    the nine shifted taps are summed on the small [N, 9 * sum O_j, H, W] result.
+    Equals `conv(x)` up to float rounding: y = x_pixels @ W gives every tap's contribution
+    [N, H, W, 9 * sum O_j] (one pass over x, where a direct conv with so few output channels is
+    slow on the CPU), and a 0/1 3x3 conv over y adds each output's nine shifted taps.
     """
     n, cin, h, w = x.shape
     outs = [c.out_channels for c in convs]
     k = sum(outs)
     weight = torch.cat([c.weight for c in convs]).permute(1, 2, 3, 0).reshape(cin, 9 * k)
-    y = x.permute(0, 2, 3, 1).reshape(-1, cin) @ weight.to(x.dtype)
-    y = y.view(n, h * w, 9 * k).transpose(1, 2).reshape(n, 9 * k, h, w)
-    y = F.pad(y, (1, 1, 1, 1)).view(n, 3, 3, k, h + 2, w + 2)
+    y = (x.permute(0, 2, 3, 1).reshape(-1, cin) @ weight.to(x.dtype))
+    y = y.view(n, h, w, 9 * k).permute(0, 3, 1, 2)
     results, start = [], 0
     for conv, o in zip(convs, outs):
-        s = conv.stride[0]
-        ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
-        acc = conv.bias.to(x.dtype).view(1, o, 1, 1).expand(n, o, ho, wo)
-        for ky in range(3):
-            for kx in range(3):
-                acc = acc + y[:, ky, kx, start:start + o,
-                              ky:ky + s * (ho - 1) + 1:s, kx:kx + s * (wo - 1) + 1:s]
-        results.append(acc)
+        sel = _tap_selector(k, start, o, x.device, x.dtype)
+        results.append(F.conv2d(y, sel, conv.bias.to(x.dtype), stride=conv.stride, padding=1))
         start += o
     return results
 
 
-def _grid(shape: Sequence[int], interval: int, device: torch.device) -> Tensor:
-    """Bool [1, 1, H, W], True on every `interval`-th row and column."""
-    grid = torch.zeros(1, 1, shape[-2], shape[-1], dtype=torch.bool, device=device)
-    grid[..., ::interval, ::interval] = True
-    return grid
-
-
 class MaskSampler(nn.Module):
-    """Turn mask logits [N, 1, H, W] into (m, p): the mask and the sampling probability."""
+    """Turn mask logits [N, 1, H, W] into the mask m [N, 1, H, W] (see the module docstring)."""
 
     def __init__(self, temperature_init: float = 1.0, temperature_decay: float = 0.99998,
                  test_temperature: float = 0.03, grid_interval: int = 11,
@@ -77,29 +76,34 @@ class MaskSampler(nn.Module):
         self.unit_id = unit_id
         self.forced: tuple[float, int] | None = None
 
-    def _relaxed(self, logits: Tensor, inv_temperature: Tensor | float) -> Tensor:
-        u = torch.rand_like(logits).clamp_(1e-7, 1 - 1e-7)
-        return torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) * inv_temperature)
+    @staticmethod
+    def _noisy(logits: Tensor, inv_temperature: Tensor | float) -> Tensor:
+        """(logits + logistic noise) / T: the logit of the two-class Gumbel-softmax."""
+        return (logits + torch.logit(torch.rand_like(logits), eps=1e-6)) * inv_temperature
 
-    def forward(self, logits: Tensor) -> tuple[Tensor, Tensor]:
-        p = torch.sigmoid(logits)
+    def forward(self, logits: Tensor) -> Tensor:
         if self.forced is not None:
             density, seed = self.forced
             gen = torch.Generator(device=logits.device).manual_seed(seed + 7919 * self.unit_id)
             u = torch.rand(logits.shape, generator=gen, device=logits.device, dtype=logits.dtype)
-            return (u < density).to(logits.dtype), p
+            return (u < density).to(logits.dtype)
         if self.training:
-            m = self._relaxed(logits, 1.0 / self.temperature)
+            m = torch.sigmoid(self._noisy(logits, 1.0 / self.temperature))
             with torch.no_grad():
                 self.temperature.mul_(self.temperature_decay)
-        elif self.sampling == "stochastic":
-            m = self._relaxed(logits, 1.0 / self.test_temperature)
-            m = m * (m >= 0.5)
+            if self.grid_interval > 0:
+                grid = torch.zeros_like(m, dtype=torch.bool)
+                grid[..., ::self.grid_interval, ::self.grid_interval] = True
+                m = m.masked_fill(grid, 1.0)
+            return m
+        if self.sampling == "stochastic":
+            z = self._noisy(logits, 1.0 / self.test_temperature)
+            m = torch.sigmoid(z) * (z >= 0)
         else:
-            m = (p >= 0.5).to(logits.dtype)
+            m = (logits >= 0).to(logits.dtype)
         if self.grid_interval > 0:
-            m = m.masked_fill(_grid(m.shape, self.grid_interval, m.device), 1.0)
-        return m, p
+            m[..., ::self.grid_interval, ::self.grid_interval] = 1.0
+        return m
 
 
 @contextlib.contextmanager
