@@ -57,6 +57,32 @@ def forward_losses(model: nn.Module, batch: tuple[list, list[dict]], amp: bool) 
     return losses
 
 
+def search_step(model: Supernet, architect: Architect, optimizer: torch.optim.Optimizer,
+                train_batch: tuple[list, list[dict]], val_batch: tuple[list, list[dict]],
+                clip_norm: float, amp: bool) -> tuple[dict[str, Tensor], float]:
+    """One search iteration: alpha step on `val_batch`, then SGD step of the weights on
+    `train_batch` (grads averaged over ranks, clipped to `clip_norm` when > 0).
+    Returns the train loss dict (detached) and the val loss."""
+    val_loss = architect.step(val_batch, train_batch, optimizer)
+    weights = architect.weights
+    losses = forward_losses(model, train_batch, amp)
+    total = sum(losses.values())
+    if not (math.isfinite(total.item()) and math.isfinite(val_loss)):
+        raise FloatingPointError(
+            f"search loss is {total.item()} (val {val_loss}); lower SOLVER.BASE_LR or "
+            "SEARCH.ARCH_LR, or raise SOLVER.WARMUP_ITERS, then --resume")
+    optimizer.zero_grad(set_to_none=True)
+    total.backward(inputs=weights)
+    for p in weights:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    mean_over_ranks([p.grad for p in weights])
+    if clip_norm > 0:
+        nn.utils.clip_grad_norm_(weights, clip_norm)
+    optimizer.step()
+    return {k: v.detach() for k, v in losses.items()}, val_loss
+
+
 def derive_and_write(model: Supernet, output_dir: str, iteration: int, fmt: str
                      ) -> tuple[Genotype, Genotype]:
     """Derive both genotypes; on the main rank write genotype.log and the diagrams atomically."""
@@ -135,23 +161,11 @@ def search(cfg: CfgNode, model: Supernet, train_set, val_set, device: torch.devi
     iteration = start_iter
     for iteration, (train_batch, val_batch) in enumerate(zip(train_loader, val_loader), start_iter):
         train_batch, val_batch = to_device(*train_batch, device), to_device(*val_batch, device)
-        val_loss = architect.step(val_batch, train_batch, optimizer)
-
-        losses = forward_losses(model, train_batch, amp)
-        total = sum(losses.values())
-        if not math.isfinite(total.item()):
-            raise FloatingPointError(
-                f"search loss is {total.item()} at iteration {iteration}; lower SOLVER.BASE_LR or "
-                "raise SOLVER.WARMUP_ITERS, then --resume")
-        optimizer.zero_grad(set_to_none=True)
-        total.backward(inputs=weights)
-        for p in weights:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        mean_over_ranks([p.grad for p in weights])
-        if s.CLIP_GRAD_NORM > 0:
-            nn.utils.clip_grad_norm_(weights, s.CLIP_GRAD_NORM)
-        optimizer.step()
+        try:
+            losses, val_loss = search_step(model, architect, optimizer, train_batch, val_batch,
+                                           s.CLIP_GRAD_NORM, amp)
+        except FloatingPointError as exc:
+            raise FloatingPointError(f"iteration {iteration}: {exc}") from None
         scheduler.step()
 
         scalars = {k: v.item() for k, v in reduce_dict(losses).items()}

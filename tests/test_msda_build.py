@@ -76,3 +76,19 @@ def test_setup_extensions_list_the_sources(monkeypatch):
     assert "build_ext" in cmdclass
     monkeypatch.setenv("FAD_BUILD_CUDA", "0")
     assert len(build.ext_modules_and_cmdclass()[0]) == 1
+
+
+def test_baseline_isa_path_matches_reference():
+    """ATEN_CPU_CAPABILITY=default selects the non-AVX2 copy of the CPU loops; check it too."""
+    if shutil.which("c++") is None:
+        pytest.skip("no C++ compiler on PATH")
+    code = ("import torch; from fad.ops.build import load_extension; load_extension('cpu')\n"
+            "from fad.ops.msda_inputs import random_msda_inputs\n"
+            "from fad.ops import ms_deform_attn_reference as ref\n"
+            "for d in (32, 64, 71):\n"
+            "    a = random_msda_inputs(2, [(5, 4), (2, 3)], 2, d, 6, 3, dtype=torch.float32,"
+            " edges=True)\n"
+            "    torch.testing.assert_close(torch.ops.fad_msda.forward(*a), ref(*a))\n"
+            "print(torch.backends.cpu.get_cpu_capability())")
+    proc = _run(code, {"ATEN_CPU_CAPABILITY": "default", "PYTHONPATH": REPO})
+    assert proc.returncode == 0 and "DEFAULT" in proc.stdout, proc.stderr[-3000:]

@@ -94,7 +94,8 @@ class MSDeformAttn(nn.Module):
         weights = self.attention_weights(query).view(n, len_q, m, num_levels * num_points)
         weights = weights.softmax(-1).view(n, len_q, m, num_levels, num_points)
         if reference_points.shape[-1] == 2:
-            normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
+            normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]],
+                                     -1).to(offsets)
             locations = (
                 reference_points[:, :, None, :, None, :]
                 + offsets / normalizer[None, None, None, :, None, :]

@@ -43,9 +43,8 @@ def ms_deform_attn_reference(
         value_l = value_list[level].flatten(2).transpose(1, 2).reshape(n * m, d, h, w)
         # [N, Lq, M, P, 2] -> [N*M, Lq, P, 2]
         grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
-        sampled.append(
-            F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
-        )
+        sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros",
+                                     align_corners=False))
     # [N, Lq, M, L, P] -> [N*M, 1, Lq, L*P]
     weights = attention_weights.transpose(1, 2).reshape(n * m, 1, lq, num_levels * num_points)
     out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
@@ -81,7 +80,8 @@ def ms_deform_attn_reference_backward(
     for level, (h, w) in enumerate(shapes):
         value_l = value_list[level].flatten(2).transpose(1, 2).reshape(n * m, d, h, w)
         grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # [N*M, Lq, P, 2]
-        weight_l = attention_weights[:, :, :, level].transpose(1, 2).reshape(n * m, 1, lq, num_points)
+        weight_l = attention_weights[:, :, :, level].transpose(1, 2)
+        weight_l = weight_l.reshape(n * m, 1, lq, num_points)
         sampled = F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros",
                                 align_corners=False)  # [N*M, D, Lq, P]
         grad_weights.append((sampled * grad_out).sum(1))  # [N*M, Lq, P]

@@ -9,9 +9,11 @@ offset pattern (head direction x (p+1) px) plus N(0, 2 px) noise on every level;
 Timing: `--warmup` untimed runs, then `--repeats` rounds, kernel and reference alternating;
 medians reported. `speedup` = reference / kernel (forward+backward); target >= 2.0.
 Peak memory: on CUDA torch.cuda.max_memory_allocated after reset_peak_memory_stats; on the CPU
-the process RSS high-water mark (VmHWM, reset by writing 5 to /proc/self/clear_refs after
-malloc_trim) minus the RSS before the run, i.e. extra memory of one forward+backward including
-the outputs and gradients. `memory_ratio` = reference / kernel.
+the process RSS high-water mark (VmHWM, reset by writing 5 to /proc/self/clear_refs) minus the
+RSS before the run, i.e. the extra memory of one forward+backward including outputs and
+gradients. glibc is told to serve blocks >= 64 KiB by mmap (mallopt M_MMAP_THRESHOLD), so freed
+tensors leave the RSS at once and earlier runs do not hide later peaks. `memory_ratio` =
+reference / kernel.
 """
 from __future__ import annotations
 
@@ -42,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = keep)")
 
 
+def _token_centres(size: int, dtype: torch.dtype) -> torch.Tensor:
+    """[size * size, 2] normalised (x, y) centres of a size x size map, row-major."""
+    c = (torch.arange(size, dtype=dtype) + 0.5) / size
+    y, x = torch.meshgrid(c, c, indexing="ij")
+    return torch.stack([x, y], -1).view(-1, 2)
+
+
 def _inputs(args, device, dtype):
     g = torch.Generator().manual_seed(0)
     sizes = [math.ceil(args.image / 2 ** (3 + i)) for i in range(args.levels)]
@@ -54,16 +63,14 @@ def _inputs(args, device, dtype):
     if args.locations == "uniform":
         loc = torch.rand(n, num_tokens, m, levels, points, 2, generator=g, dtype=dtype)
     else:
-        centres = torch.cat([torch.stack(torch.meshgrid((torch.arange(s, dtype=dtype) + 0.5) / s,
-                                                        (torch.arange(s, dtype=dtype) + 0.5) / s,
-                                                        indexing="ij")[::-1], -1).view(-1, 2)
-                             for s in sizes])  # [S, 2] (x, y)
+        centres = torch.cat([_token_centres(size, dtype) for size in sizes])  # [S, 2]
         theta = torch.arange(m, dtype=dtype) * (2 * math.pi / m)
         dirs = torch.stack([theta.cos(), theta.sin()], -1)
         dirs = dirs / dirs.abs().max(-1, keepdim=True).values
-        pattern = dirs[:, None, None] * torch.arange(1, points + 1, dtype=dtype)[:, None]  # [M,1,P,2]
-        pixels = pattern + 2.0 * torch.randn(n, num_tokens, m, levels, points, 2, generator=g,
-                                             dtype=dtype)
+        steps = torch.arange(1, points + 1, dtype=dtype)[:, None]
+        pattern = dirs[:, None, None] * steps  # [M, 1, P, 2] pixels
+        noise = torch.randn(n, num_tokens, m, levels, points, 2, generator=g, dtype=dtype)
+        pixels = pattern + 2.0 * noise
         scale = torch.tensor(sizes, dtype=dtype)[:, None, None]  # [L, 1, 1]
         loc = centres[None, :, None, None, None] + pixels / scale
     attn = torch.randn(n, num_tokens, m, levels * points, generator=g, dtype=dtype).softmax(-1)
@@ -85,11 +92,17 @@ def _rss_kb(field: str) -> int:
     raise RuntimeError(f"tools/bench/msda.py: no {field} in /proc/self/status")
 
 
-def _reset_cpu_peak() -> int:
+def _mmap_large_blocks() -> None:
+    """Make glibc return freed blocks >= 64 KiB to the OS at once (M_MMAP_THRESHOLD = -3)."""
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        libc = ctypes.CDLL("libc.so.6")
     except OSError:
-        pass
+        return
+    libc.mallopt(-3, 64 * 1024)
+    libc.malloc_trim(0)
+
+
+def _reset_cpu_peak() -> int:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     return _rss_kb("VmRSS")
@@ -117,6 +130,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
+    if device.type == "cpu":
+        _mmap_large_blocks()
     set_msda_backend("cpp")
     if not use_kernel(device.type):
         raise SystemExit("tools/bench/msda.py: the compiled MSDA kernel is unavailable")
@@ -150,7 +165,11 @@ def run(args: argparse.Namespace) -> dict:
                 if i >= args.warmup:
                     times[f"{name}_{kind}"].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    peak = {name: _peak_bytes(step(name), device) for name in impls}
+    peak = {}
+    for name in impls:
+        for t in leaves:
+            t.grad = None  # the previous run's gradients must not sit in the baseline
+        peak[name] = _peak_bytes(step(name), device)
     result = {
         "device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
         "batch": args.batch, "levels": [list(s) for s in shapes.tolist()],

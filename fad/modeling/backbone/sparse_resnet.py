@@ -16,7 +16,8 @@ channels-last and returns channels-last feature maps.
 
 The body adds `loss_sparse` = weight / num_blocks * sum_blocks (0.25 mean(p1) + 0.75 mean(p2))
 through `aux_losses()` and reports mask densities and backbone GMACs through `log_stats()`
-(training: means of the soft masks; inference: fractions of computed positions).
+(training: means of the soft masks of the last forward; inference: fractions of computed
+positions averaged over all forwards since `eval()`).
 """
 from __future__ import annotations
 
@@ -212,6 +213,7 @@ class SparseResNetBody(nn.Module):
         self._init_weights()
         self.execution = "dense_masked"
         self._input_size: tuple[int, int] | None = None
+        self.train()
 
     def _init_weights(self) -> None:
         for name, m in self.named_modules():
@@ -244,7 +246,32 @@ class SparseResNetBody(nn.Module):
                                (self.layer1, self.layer2, self.layer3, self.layer4)):
             x = layer(x)
             feats[name] = x
+        if not self.training:
+            self._accumulate_eval_stats()
         return feats
+
+    def train(self, mode: bool = True) -> "SparseResNetBody":
+        """Switch mode; also restarts the inference statistics that `log_stats` averages."""
+        super().train(mode)
+        self._eval_stats: dict[str, float] = {"forwards": 0, "gmacs": 0.0}
+        self._eval_density_sum: Tensor | None = None
+        return self
+
+    def _accumulate_eval_stats(self) -> None:
+        densities = self._density_tensor()
+        self._eval_stats["forwards"] += 1
+        pairs = None if densities is None else [tuple(d) for d in densities.tolist()]
+        self._eval_stats["gmacs"] += backbone_macs(self.depth, *self._input_size, pairs,
+                                                   self.stage_with_dcn) / 1e9
+        if densities is not None:
+            self._eval_density_sum = densities if self._eval_density_sum is None else (
+                self._eval_density_sum + densities)
+
+    def _density_tensor(self) -> Tensor | None:
+        blocks = self.blocks
+        if blocks[0].density is None:
+            return None
+        return torch.stack([b.density for b in blocks])
 
     def aux_losses(self) -> dict[str, Tensor]:
         """{"loss_sparse": ...} from the last training forward ({} when off or not training)."""
@@ -254,24 +281,29 @@ class SparseResNetBody(nn.Module):
         total = torch.stack([b.loss_term for b in blocks]).sum()
         return {"loss_sparse": total * (self.loss_weight / len(blocks))}
 
-    def block_densities(self) -> list[tuple[float, float]] | None:
-        """(d1, d2) per block from the last forward, or None before one (or when unmasked)."""
-        blocks = self.blocks
-        if blocks[0].density is None:
-            return None
-        return [tuple(d) for d in torch.stack([b.density for b in blocks]).tolist()]
-
     def log_stats(self) -> dict[str, float]:
-        """Mean mask densities over blocks and the backbone GMACs of the last forward."""
+        """Mask densities (mean over blocks) and backbone GMACs per image.
+
+        Training: of the last forward (soft-mask means). Inference: averaged over every forward
+        since the last `train()` / `eval()` call (fractions of computed positions).
+        """
+        forwards = self._eval_stats["forwards"]
+        if not self.training and forwards > 0:
+            stats = {"backbone_gmacs": self._eval_stats["gmacs"] / forwards}
+            if self._eval_density_sum is not None:
+                mean = (self._eval_density_sum / forwards).mean(0).tolist()
+                stats.update(density_conv1=mean[0], density_conv2=mean[1])
+            return stats
         if self._input_size is None:
             return {}
-        densities = self.block_densities()
-        gmacs = backbone_macs(self.depth, *self._input_size, densities, self.stage_with_dcn) / 1e9
-        if densities is None:
-            return {"backbone_gmacs": gmacs}
-        return {"density_conv1": sum(d[0] for d in densities) / len(densities),
-                "density_conv2": sum(d[1] for d in densities) / len(densities),
-                "backbone_gmacs": gmacs}
+        densities = self._density_tensor()
+        pairs = None if densities is None else [tuple(d) for d in densities.tolist()]
+        stats = {"backbone_gmacs": backbone_macs(self.depth, *self._input_size, pairs,
+                                                 self.stage_with_dcn) / 1e9}
+        if densities is not None:
+            mean = densities.mean(0).tolist()
+            stats.update(density_conv1=mean[0], density_conv2=mean[1])
+        return stats
 
 
 def freeze_stages(body: SparseResNetBody, freeze_at: int) -> None:

@@ -62,7 +62,8 @@ def interpolate_rows(rows: Tensor, index: Tensor, mask: Tensor, taps: Tensor,
 
     Args:
         rows: [P, C] features of the sampled positions.
-        index: [N*H*W] int64 row of each position in `rows` (any value where mask is 0).
+        index: [N*H*W] int64 row of each position in `rows` (any value in [0, P) where the
+            mask is 0).
         mask: [N*H*W] mask values m >= 0 (0 = not sampled).
         taps: [k] 1-D Gaussian factor (`gaussian_taps`).
         size: (N, H, W) of the position grid (row-major, positions are n*H*W + y*W + x).

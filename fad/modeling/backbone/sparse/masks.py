@@ -15,45 +15,41 @@ logits give p = sigmoid(logits); `MaskSampler` turns them into the mask m:
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 SAMPLING_MODES = ("stochastic", "deterministic")
-
-
-@functools.lru_cache(maxsize=64)
-def _tap_selector(k: int, start: int, count: int, device: torch.device,
-                  dtype: torch.dtype) -> Tensor:
-    """0/1 weight [count, 9k, 3, 3]: output i sums tap t of input channel t*k + start + i."""
-    i = torch.arange(count).repeat_interleave(9)
-    t = torch.arange(9).repeat(count)
-    sel = torch.zeros(count, 9 * k, 3, 3, dtype=dtype)
-    sel[i, t * k + start + i, t // 3, t % 3] = 1.0
-    return sel.to(device)
 
 
 def small_conv3x3(x: Tensor, convs: Sequence[nn.Conv2d]) -> list[Tensor]:
     """Outputs of 3x3 pad-1 convs with few output channels, as one GEMM over the pixels.
 
     x [N, Cin, H, W] (cheapest channels-last) -> one [N, O_j, H_j, W_j] per conv (its stride).
-    Equals `conv(x)` up to float rounding: y = x_pixels @ W gives every tap's contribution
-    [N, H, W, 9 * sum O_j] (one pass over x, where a direct conv with so few output channels is
-    slow on the CPU), and a 0/1 3x3 conv over y adds each output's nine shifted taps.
+    Equals `conv(x)` up to float rounding: y = x_pixels @ W holds every tap's contribution
+    [N, H, W, 3, 3, sum O_j] (one pass over x, where a direct conv with so few output channels
+    is slow on the CPU), and each output adds its nine taps from shifted windows of y.
     """
     n, cin, h, w = x.shape
     outs = [c.out_channels for c in convs]
     k = sum(outs)
     weight = torch.cat([c.weight for c in convs]).permute(1, 2, 3, 0).reshape(cin, 9 * k)
-    y = (x.permute(0, 2, 3, 1).reshape(-1, cin) @ weight.to(x.dtype))
-    y = y.view(n, h, w, 9 * k).permute(0, 3, 1, 2)
+    y = (x.permute(0, 2, 3, 1).reshape(-1, cin) @ weight.to(x.dtype)).view(n, h, w, 3, 3, k)
     results, start = [], 0
     for conv, o in zip(convs, outs):
-        sel = _tap_selector(k, start, o, x.device, x.dtype)
-        results.append(F.conv2d(y, sel, conv.bias.to(x.dtype), stride=conv.stride, padding=1))
+        s = conv.stride[0]
+        ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
+        acc = conv.bias.to(x.dtype).expand(n, ho, wo, o).clone()
+        for ky in range(3):
+            oy0, oy1 = max(0, -((ky - 1) // s)), min(ho - 1, (h - ky) // s)
+            for kx in range(3):
+                ox0, ox1 = max(0, -((kx - 1) // s)), min(wo - 1, (w - kx) // s)
+                iy0, ix0 = oy0 * s + ky - 1, ox0 * s + kx - 1
+                acc[:, oy0:oy1 + 1, ox0:ox1 + 1] += y[
+                    :, iy0:iy0 + s * (oy1 - oy0) + 1:s, ix0:ix0 + s * (ox1 - ox0) + 1:s,
+                    ky, kx, start:start + o]
+        results.append(acc.permute(0, 3, 1, 2))
         start += o
     return results
 

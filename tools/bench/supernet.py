@@ -1,0 +1,169 @@
+"""FAD supernet towers: representation sharing vs the 10 candidates as separate ops.
+
+Forward+backward of the search head (box + cls search towers over 5 FPN levels, predictors) at a
+search-size input, once with RepShare mixed edges and once with the same ten candidates computed
+as independent ops (`SeparateCandidates`), interleaved in one process, medians reported.
+`speedup` = separate / shared time; `peak_memory_ratio` = separate / shared peak memory (CUDA:
+max allocated; CPU: bytes of tensors saved for backward). Also times full iterations (alpha step
++ weight step) of the tiny search config on random data.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from fad.config import load_config
+from fad.engine.solver import build_optimizer
+from fad.search.architect import Architect
+from fad.search.engine import forward_losses, search_step
+from fad.search.supernet import build_search_head, build_supernet
+
+STRIDES = (8, 16, 32, 64, 128)
+TINY_CONFIG = "configs/fad/search/fad-fcos_tiny_synthetic.yaml"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    cuda = torch.cuda.is_available()
+    parser.add_argument("--size", type=int, nargs=2, default=(416, 693) if cuda else (208, 347),
+                        metavar=("H", "W"), help="input size (default 416x693 on CUDA, "
+                        "208x347 on the CPU)")
+    parser.add_argument("--batch", type=int, default=2 if cuda else 1)
+    parser.add_argument("--edge-channels", type=int, default=96, help="C of every edge")
+    parser.add_argument("--tower-channels", type=int, default=256, help="FPN and tower width")
+    parser.add_argument("--classes", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--tiny-config", default=TINY_CONFIG,
+                        help="search config whose full iteration is timed ('' to skip)")
+    parser.add_argument("--tiny-iters", type=int, default=3, help="timed tiny search iterations")
+
+
+def _features(args, device) -> list[torch.Tensor]:
+    h, w = (math.ceil(v / 32) * 32 for v in args.size)
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(args.batch, args.tower_channels, math.ceil(h / s), math.ceil(w / s),
+                        generator=g).to(device) for s in STRIDES]
+
+
+class _SavedBytes:
+    """Counts the bytes of distinct tensors autograd saves for backward (CPU memory proxy)."""
+
+    def __init__(self):
+        self.ptrs: dict[int, int] = {}
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        if t.device.type != "meta":
+            self.ptrs[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    @property
+    def total(self) -> int:
+        return sum(self.ptrs.values())
+
+
+def _step(head: nn.Module, feats: list[torch.Tensor], device: torch.device) -> tuple[float, int]:
+    """(seconds, peak bytes) of one forward+backward of `head`."""
+    counter = _SavedBytes()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    t0 = time.perf_counter()
+    with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
+        out = head(feats)
+    sum(v.float().mean() for v in out.values()).backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = counter.total
+    dt = time.perf_counter() - t0
+    head.zero_grad(set_to_none=True)
+    return dt, peak
+
+
+def _tower_benchmark(args, device: torch.device) -> dict:
+    cfg = load_config(None, ["MODEL.FPN.OUT_CHANNELS", args.tower_channels,
+                             "MODEL.FAD.TOWER_CHANNELS", args.tower_channels,
+                             "MODEL.FAD.EDGE_CHANNELS", args.edge_channels])
+    heads = {}
+    for name, shared in (("shared", True), ("separate", False)):
+        torch.manual_seed(0)
+        heads[name] = build_search_head(cfg, args.classes, shared=shared).to(device).train()
+    feats = _features(args, device)
+    times: dict[str, list[float]] = {n: [] for n in heads}
+    peaks: dict[str, int] = {}
+    for i in range(args.repeats + 1):
+        for name, head in heads.items():
+            dt, peak = _step(head, feats, device)
+            peaks[name] = max(peaks.get(name, 0), peak)
+            if i > 0:
+                times[name].append(dt)
+    shared_s, separate_s = (statistics.median(times[n]) for n in ("shared", "separate"))
+    params = {n: sum(p.numel() for p in h.parameters()) for n, h in heads.items()}
+    return {
+        "input": list(args.size), "batch": args.batch, "edge_channels": args.edge_channels,
+        "tower_channels": args.tower_channels, "levels": [list(f.shape[-2:]) for f in feats],
+        "shared_step_s": round(shared_s, 4), "separate_step_s": round(separate_s, 4),
+        "speedup": round(separate_s / shared_s, 3), "target": ">= 2.0",
+        "memory": "cuda max allocated" if device.type == "cuda" else "bytes saved for backward",
+        "shared_peak_mib": round(peaks["shared"] / 2**20, 1),
+        "separate_peak_mib": round(peaks["separate"] / 2**20, 1),
+        "peak_memory_ratio": round(peaks["separate"] / peaks["shared"], 3),
+        "shared_params": params["shared"], "separate_params": params["separate"],
+    }
+
+
+def _random_batch(cfg, num_classes: int, device: torch.device, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    h, w = cfg.INPUT.MIN_SIZE_TRAIN[0], cfg.INPUT.MAX_SIZE_TRAIN
+    images, targets = [], []
+    for _ in range(cfg.SOLVER.IMS_PER_BATCH):
+        xy = torch.rand(3, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+        wh = 12 + torch.rand(3, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4])
+        images.append(torch.rand(3, h, w, generator=g).to(device))
+        targets.append({"boxes": torch.cat([xy, xy + wh], 1).to(device),
+                        "labels": torch.randint(0, num_classes, (3,), generator=g).to(device)})
+    return images, targets
+
+
+def _tiny_search_benchmark(args, device: torch.device) -> dict:
+    cfg = load_config(args.tiny_config, ["MODEL.DEVICE", str(device)])
+    torch.manual_seed(0)
+    num_classes = 4
+    model = build_supernet(cfg, num_classes).to(device).train()
+    weights = model.weight_parameters()
+    optimizer = build_optimizer(cfg, model.weight_named_parameters())
+    architect = Architect(lambda b: sum(forward_losses(model, b, False).values()), weights,
+                          model.arch_parameters(), lr=cfg.SEARCH.ARCH_LR,
+                          second_order=cfg.SEARCH.SECOND_ORDER)
+    train, val = (_random_batch(cfg, num_classes, device, s) for s in (1, 2))
+    times = []
+    for i in range(args.tiny_iters + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        search_step(model, architect, optimizer, train, val, cfg.SOLVER.CLIP_GRAD_NORM, False)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i > 0:
+            times.append(time.perf_counter() - t0)
+    return {"tiny_config": args.tiny_config, "tiny_batch": cfg.SOLVER.IMS_PER_BATCH,
+            "tiny_input": [cfg.INPUT.MIN_SIZE_TRAIN[0], cfg.INPUT.MAX_SIZE_TRAIN],
+            "tiny_search_iter_s": round(statistics.median(times), 3),
+            "tiny_search_max_iter": cfg.SOLVER.MAX_ITER,
+            "tiny_search_est_total_s": round(statistics.median(times) * cfg.SOLVER.MAX_ITER, 1)}
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    result = {"device": str(device), "threads": torch.get_num_threads(),
+              **_tower_benchmark(args, device)}
+    if args.tiny_config:
+        result.update(_tiny_search_benchmark(args, device))
+    return result
