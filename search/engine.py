@@ -24,7 +24,7 @@ from fad.engine.hooks import collect_aux_losses
 from fad.engine.logger import MetricLogger, TensorboardWriter
 from fad.engine.solver import build_lr_scheduler, build_optimizer
 from fad.engine.trainer import rng_state, set_rng_state, to_device
-from fad.nas.draw import draw_genotype
+from fad.nas.draw import FORMATS, draw_genotype
 from fad.nas.genotype import Genotype, format_genotype, write_genotype_file
 
 from .architect import Architect
@@ -114,6 +114,9 @@ def search(cfg: CfgNode, model: Supernet, train_set, val_set, device: torch.devi
            resume: bool = False, extra_state: dict | None = None) -> tuple[Genotype, Genotype]:
     """Run (or resume) the bilevel search; returns the final (box, cls) genotypes."""
     s, out = cfg.SOLVER, cfg.OUTPUT_DIR
+    fmt = cfg.SEARCH.DIAGRAM_FORMAT
+    if fmt not in FORMATS:
+        raise SystemExit(f"error: SEARCH.DIAGRAM_FORMAT must be one of {FORMATS}, got {fmt!r}")
     weights = model.weight_parameters()
     alphas = model.arch_parameters()
     optimizer = build_optimizer(cfg, model.weight_named_parameters())
@@ -137,8 +140,7 @@ def search(cfg: CfgNode, model: Supernet, train_set, val_set, device: torch.devi
         logger.info("resumed search from %s at iteration %d", last, start_iter)
     elif resume:
         logger.info("--resume: no checkpoint in %s, starting the search from scratch", out)
-    broadcast_tensors([p.data for p in model.parameters()])
-    fmt = cfg.SEARCH.DIAGRAM_FORMAT
+    broadcast_tensors([p.data for p in model.parameters()] + list(model.buffers()))
     if start_iter >= s.MAX_ITER:
         logger.info("search already finished (%d/%d iterations)", start_iter, s.MAX_ITER)
         return derive_and_write(model, out, start_iter, fmt)
