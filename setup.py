@@ -13,8 +13,11 @@ def _ext_modules():
     if os.environ.get("FAD_BUILD_OPS", "0") != "1":
         return [], {}
     import importlib.util
+    import sys
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fad", "ops", "build.py")
+    root = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, root)  # build.py imports the light `fad.utils.csrc`
+    path = os.path.join(root, "fad", "ops", "build.py")
     spec = importlib.util.spec_from_file_location("_fad_ops_build", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -24,6 +27,7 @@ def _ext_modules():
 packages = [p for p in find_packages(include=["fad", "fad.*"])]
 packages += ["fad.search"] + ["fad.search." + p for p in find_packages("search")]
 packages += ["fad.augment"] + ["fad.augment." + p for p in find_packages("augment")]
+packages += ["fad._csrc"]  # kernel sources, so installed copies can JIT-build them
 ext_modules, cmdclass = _ext_modules()
 
 setup(
@@ -32,9 +36,9 @@ setup(
     description="Find and train fast object detectors: FAD search, SparseResNet, DETR variants",
     python_requires=">=3.9",
     packages=packages,
-    package_dir={"fad.search": "search", "fad.augment": "augment"},
+    package_dir={"fad.search": "search", "fad.augment": "augment", "fad._csrc": "csrc"},
     include_package_data=True,
-    package_data={"fad": ["../csrc/**/*"]},
+    package_data={"fad._csrc": ["*/*.h", "*/*.cpp", "*/*/*.cpp", "*/*/*.cu"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

@@ -40,6 +40,10 @@ def setup(args: argparse.Namespace):
         atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
     logger.info("config: %s%s", args.config_file or "(defaults)",
                 f" + {' '.join(args.opts)}" if args.opts else "")
+    if cfg.MODEL.MSDA_BACKEND:
+        from fad.ops import set_msda_backend
+
+        set_msda_backend(cfg.MODEL.MSDA_BACKEND)
     return cfg, logger, resolve_device(cfg)
 
 

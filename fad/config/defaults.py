@@ -11,6 +11,7 @@ _C.MODEL = CN()
 _C.MODEL.META_ARCHITECTURE = "FCOS"  # detector family: FCOS, FasterRCNN, DeformableDETR, SparseDETR
 _C.MODEL.DEVICE = "auto"  # "auto" (cuda when present, else cpu), "cpu", "cuda", "cuda:1"
 _C.MODEL.WEIGHT = ""  # checkpoint to load before training/testing ("" = none)
+_C.MODEL.MSDA_BACKEND = ""  # MSDA op backend: "" (FAD_MSDA_BACKEND env, default auto), auto, reference, cpp
 _C.MODEL.NUM_CLASSES = 0  # foreground classes; 0 = take it from the training dataset
 
 _C.MODEL.BACKBONE = CN()

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-CSRC = Path(__file__).resolve().parents[2] / "csrc" / "msda"
+from fad.utils.csrc import csrc_dir
+
+CSRC = csrc_dir() / "msda"
 CXX_FLAGS = ["-O3", "-fopenmp"]
 LD_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "-U__CUDA_NO_HALF_OPERATORS__",
@@ -49,9 +51,11 @@ def _check_toolchain(device_type: str) -> None:
         raise ExtensionUnavailable(f"no C++ compiler ({compiler!r} not on PATH); install g++")
     if shutil.which("ninja") is None:
         try:
-            import ninja  # noqa: F401  (the pip package puts the binary on PATH via its bin dir)
+            import ninja
         except ImportError:
             raise ExtensionUnavailable("ninja is not installed; pip install ninja") from None
+        # the pip package's binary sits in its own folder, on PATH only in an activated venv
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     if device_type == "cuda":
         from torch.utils.cpp_extension import CUDA_HOME
 
