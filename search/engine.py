@@ -100,14 +100,16 @@ def derive_and_write(model: Supernet, output_dir: str, iteration: int, fmt: str
 
 
 def log_collapse(model: Supernet, iteration: int) -> None:
-    """Warn about edges whose strongest weight is `none` (derivation still skips `none`)."""
+    """Report edges whose strongest weight is `none` (the derivation still skips `none`); a
+    warning once `none` holds more than half of an edge's weight."""
     for tower, alphas in model.tower_alphas().items():
         edges = none_dominated_edges(alphas)
         if edges:
             total = sum(a.shape[0] for a in alphas)
             detail = ", ".join(f"node{i}<-{j} ({w:.3f})" for i, j, w in edges)
-            logger.warning("collapse watch: 'none' dominates %d/%d %s-tower edges at iteration "
-                           "%d: %s", len(edges), total, tower, iteration, detail)
+            level = logging.WARNING if max(w for _, _, w in edges) > 0.5 else logging.INFO
+            logger.log(level, "collapse watch: 'none' is the top op of %d/%d %s-tower edges at "
+                       "iteration %d: %s", len(edges), total, tower, iteration, detail)
 
 
 def search(cfg: CfgNode, model: Supernet, train_set, val_set, device: torch.device,

@@ -108,3 +108,15 @@ def test_learnable_scale_gets_gradient():
 def test_even_kernel_is_a_clear_error():
     with pytest.raises(ValueError, match="INTERP_KERNEL"):
         GaussianInterpolation(6)
+
+
+def test_unknown_backend_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("FAD_SPARSE_BACKEND", "fastest")
+    with pytest.raises(ValueError, match="FAD_SPARSE_BACKEND"):
+        kernel_available("cpu")
+
+
+def test_reference_backend_never_loads_the_kernel(monkeypatch):
+    monkeypatch.setenv("FAD_SPARSE_BACKEND", "reference")
+    assert not kernel_available("cpu")
+    assert not kernel_available("cuda")

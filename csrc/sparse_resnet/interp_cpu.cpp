@@ -3,7 +3,8 @@
 // (`gather_windows`).
 //
 // A grid of N x H x W positions p carries a mask value mask[p] >= 0 (0 = not sampled) and a row
-// index[p] in [0, P) (read only where mask[p] > 0) into the P x C feature rows. For every position the kernel writes
+// index[p] in [0, P) (read only where mask[p] > 0) into the P x C feature rows. For every
+// position the kernel writes
 //
 //   out[p] = mask[p] * v[p]
 //          + (1 - mask[p]) * sum_q K(p - q) mask[q] v[q] / (sum_q K(p - q) mask[q] + eps)
@@ -237,8 +238,9 @@ void check_float_cpu(const at::Tensor& t, const char* name) {
 
 }  // namespace
 
-at::Tensor interpolate_cpu(const at::Tensor& rows, const at::Tensor& index, const at::Tensor& mask,
-                           const at::Tensor& taps, double eps, const std::optional<at::Tensor>& bias,
+at::Tensor interpolate_cpu(const at::Tensor& rows, const at::Tensor& index,
+                           const at::Tensor& mask, const at::Tensor& taps, double eps,
+                           const std::optional<at::Tensor>& bias,
                            const std::optional<at::Tensor>& residual, bool relu, int64_t n,
                            int64_t h, int64_t w) {
   check_float_cpu(rows, "rows");

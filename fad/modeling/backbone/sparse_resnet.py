@@ -98,16 +98,14 @@ class SparseBlockMixin:
         """Masks (m1 [N,1,H1,W1], m2 [N,1,H2,W2]) for input x; records loss term and densities."""
         logits1, logits2 = small_conv3x3(x, [self.conv1_mask, self.conv2_mask])
         m1, m2 = self.sampler1(logits1), self.sampler2(logits2)
-        self.loss_term = None
         if self.training:
             self.loss_term = (0.25 * torch.sigmoid(logits1).mean()
                               + 0.75 * torch.sigmoid(logits2).mean())
-        with torch.no_grad():
-            if self.training:
-                self.density = torch.stack([m1.mean(), m2.mean()]).float()
-            else:
-                self.density = torch.stack([torch.count_nonzero(m1) / m1.numel(),
-                                            torch.count_nonzero(m2) / m2.numel()])
+            density = [m1.mean(), m2.mean()]
+        else:
+            self.loss_term = None
+            density = [torch.count_nonzero(m) / m.numel() for m in (m1, m2)]
+        self.density = torch.stack(density).detach().float()
         return m1, m2
 
     def _conv2(self, out: Tensor, x: Tensor) -> Tensor:

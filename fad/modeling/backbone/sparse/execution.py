@@ -108,7 +108,8 @@ def deform_windows(rows: Tensor, out: Active, offsets: Tensor, in_h: int, in_w: 
             yy, xx = y0 + dy, x0 + dx
             valid = (yy >= 0) & (yy < in_h) & (xx >= 0) & (xx < in_w)
             src = torch.where(valid, base + yy * in_w + xx, out.n * in_h * in_w)
-            term = rows_ext.index_select(0, src.view(-1)).view(*src.shape, -1) * (wy * wx)[..., None]
+            corner = rows_ext.index_select(0, src.view(-1)).view(*src.shape, -1)
+            term = corner * (wy * wx)[..., None]
             cols = term if cols is None else cols + term
     return cols.reshape(p.shape[0], -1)
 
@@ -135,7 +136,8 @@ def folded_weights(block: nn.Module) -> dict[str, tuple[Tensor, Tensor | None]]:
     if cache is not None and cache[0] == key:
         return cache[1]
     with torch.no_grad():
-        folded = {"conv1": fold_bn(block.conv1, block.bn1), "conv2": fold_bn(block.conv2, block.bn2)}
+        folded = {"conv1": fold_bn(block.conv1, block.bn1),
+                  "conv2": fold_bn(block.conv2, block.bn2)}
         if hasattr(block, "conv3"):
             folded["conv3"] = fold_bn(block.conv3, block.bn3)
         if block.conv2_offset is not None:

@@ -46,7 +46,8 @@ def _build() -> None:
         raise ExtensionUnavailable("ninja is not installed; pip install ninja")
     from torch.utils.cpp_extension import load
 
-    load(name="fad_sparse_cpu", sources=[str(s) for s in SOURCES], extra_cflags=CXX_FLAGS,
+    load(name="fad_sparse_cpu", sources=[str(s) for s in SOURCES],
+         extra_cflags=[*CXX_FLAGS, "-Wno-psabi"],
          extra_ldflags=LD_FLAGS, is_python_module=False, verbose=False)
 
 
