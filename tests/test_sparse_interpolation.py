@@ -80,8 +80,9 @@ def test_rows_interpolation_matches_dense(monkeypatch, backend, channels):
     for s in (3.0, 0.8):
         taps = gaussian_taps(torch.tensor(s), 7)
         got = interpolate_rows(rows, index, mask, taps, (n, h, w), bias=bias,
-                               residual=residual, relu=True)
+                               residual=residual, relu=True, relu_rows=s < 1)
         f = dense.view(n, h, w, channels).permute(0, 3, 1, 2)
+        f = f.relu() if s < 1 else f
         want = interpolate_dense(f, mask.view(n, 1, h, w), taps)
         want = (want.permute(0, 2, 3, 1).reshape(-1, channels) + bias + residual).relu()
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
@@ -93,7 +94,7 @@ def test_kernel_rejects_bad_rows():
     mask = torch.ones(6)
     with pytest.raises(RuntimeError, match="fad_sparse.interpolate"):
         torch.ops.fad_sparse.interpolate(torch.randn(2, 3), torch.arange(6), mask,
-                                         torch.ones(7), 1e-5, None, None, False, 1, 2, 3)
+                                         torch.ones(7), 1e-5, None, None, False, False, 1, 2, 3)
 
 
 def test_learnable_scale_gets_gradient():

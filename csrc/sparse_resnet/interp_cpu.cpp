@@ -1,12 +1,12 @@
-// CPU kernels of SparseResNet's sparse execution: Gaussian interpolation of sparsely computed
-// features (`interpolate`) and the im2col gather of a 3x3 conv at sampled positions
-// (`gather_windows`).
+// CPU kernels of SparseResNet's inference: Gaussian interpolation of sparsely computed features
+// (`interpolate`), the im2col gather of a 3x3 conv at sampled positions (`gather_windows`) and
+// the tap sums of the mask convs computed as one GEMM over the pixels (`tap_sum`).
 //
 // A grid of N x H x W positions p carries a mask value mask[p] >= 0 (0 = not sampled) and a row
 // index[p] in [0, P) (read only where mask[p] > 0) into the P x C feature rows. For every
 // position the kernel writes
 //
-//   out[p] = mask[p] * v[p]
+//   out[p] = mask[p] * v[p]        (v = rows, or ReLU(rows) with relu_rows)
 //          + (1 - mask[p]) * sum_q K(p - q) mask[q] v[q] / (sum_q K(p - q) mask[q] + eps)
 //          (+ bias) (+ residual[p]), then ReLU when asked,
 //
@@ -64,6 +64,7 @@ struct Inputs {
   const float* residual;  // nullptr when absent
   float eps;
   bool relu;
+  bool relu_rows;  // read the feature rows through a ReLU
 };
 
 struct Neighbour {
@@ -78,7 +79,10 @@ FAD_ALWAYS_INLINE void finish_channels(const Inputs& in, float* acc, float scale
                                        int64_t len, float* __restrict__ out) {
   for (int64_t i = 0; i < len; ++i) acc[i] *= scale;
   if (self != nullptr) {
-    for (int64_t i = 0; i < len; ++i) acc[i] += mp * self[c0 + i];
+    for (int64_t i = 0; i < len; ++i) {
+      const float v = self[c0 + i];
+      acc[i] += mp * (in.relu_rows && v < 0.f ? 0.f : v);
+    }
   }
   if (in.bias != nullptr) {
     for (int64_t i = 0; i < len; ++i) acc[i] += in.bias[c0 + i];
@@ -106,16 +110,29 @@ FAD_ALWAYS_INLINE Vec8 load8(const float* p) {
   return v;
 }
 
+FAD_ALWAYS_INLINE Vec8 relu8(Vec8 v) {
+  const Vec8 zero = {};
+  return v > zero ? v : zero;
+}
+
+template <bool kReluRows>
 FAD_ALWAYS_INLINE void accumulate_block(const Neighbour* nb, int64_t count, int64_t c0,
                                         float* acc) {
   Vec8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
   for (int64_t t = 0; t < count; ++t) {
     const Vec8 w = Vec8{} + nb[t].weight;
     const float* v = nb[t].row + c0;
-    a0 += w * load8(v);
-    a1 += w * load8(v + 8);
-    a2 += w * load8(v + 16);
-    a3 += w * load8(v + 24);
+    if (kReluRows) {
+      a0 += w * relu8(load8(v));
+      a1 += w * relu8(load8(v + 8));
+      a2 += w * relu8(load8(v + 16));
+      a3 += w * relu8(load8(v + 24));
+    } else {
+      a0 += w * load8(v);
+      a1 += w * load8(v + 8);
+      a2 += w * load8(v + 16);
+      a3 += w * load8(v + 24);
+    }
   }
   __builtin_memcpy(acc, &a0, sizeof(a0));
   __builtin_memcpy(acc + 8, &a1, sizeof(a1));
@@ -123,11 +140,15 @@ FAD_ALWAYS_INLINE void accumulate_block(const Neighbour* nb, int64_t count, int6
   __builtin_memcpy(acc + 24, &a3, sizeof(a3));
 }
 #else
+template <bool kReluRows>
 FAD_ALWAYS_INLINE void accumulate_block(const Neighbour* nb, int64_t count, int64_t c0,
                                         float* acc) {
   std::fill(acc, acc + kBlock, 0.f);
   for (int64_t t = 0; t < count; ++t) {
-    for (int64_t i = 0; i < kBlock; ++i) acc[i] += nb[t].weight * nb[t].row[c0 + i];
+    for (int64_t i = 0; i < kBlock; ++i) {
+      const float v = nb[t].row[c0 + i];
+      acc[i] += nb[t].weight * (kReluRows && v < 0.f ? 0.f : v);
+    }
   }
 }
 #endif
@@ -162,14 +183,21 @@ FAD_ALWAYS_INLINE void interpolate_lines_body(const Inputs in, const Grid g, int
       float acc[kBlock];
       int64_t c0 = 0;
       for (; c0 + kBlock <= c_dim; c0 += kBlock) {
-        accumulate_block(nb, count, c0, acc);
+        if (in.relu_rows) {
+          accumulate_block<true>(nb, count, c0, acc);
+        } else {
+          accumulate_block<false>(nb, count, c0, acc);
+        }
         finish_channels(in, acc, scale, mp, self, p, c_dim, c0, kBlock, out);
       }
       const int64_t rest = c_dim - c0;
       if (rest > 0) {
         std::fill(acc, acc + rest, 0.f);
         for (int64_t t = 0; t < count; ++t) {
-          for (int64_t i = 0; i < rest; ++i) acc[i] += nb[t].weight * nb[t].row[c0 + i];
+          for (int64_t i = 0; i < rest; ++i) {
+            const float v = nb[t].row[c0 + i];
+            acc[i] += nb[t].weight * (in.relu_rows && v < 0.f ? 0.f : v);
+          }
         }
         finish_channels(in, acc, scale, mp, self, p, c_dim, c0, rest, out);
       }
@@ -231,6 +259,35 @@ void gather_range(const float* __restrict__ src, const int64_t* __restrict__ pos
   }
 }
 
+// Tap sums of 3x3 pad-1 convs given per-pixel tap contributions: y row q (a position of the
+// input grid [N, in_h, in_w]) holds 9 * k values ordered (ky, kx, output). Output i of the conv
+// whose outputs are y's outputs [start, start + o) at stride `stride` is
+//   out[(n, oy, ox), i] = bias[i] + sum_{ky, kx} y[(n, oy*s + ky - 1, ox*s + kx - 1), (3ky + kx)k
+//                                                  + start + i]   (zero outside the grid).
+void tap_sum_range(const float* __restrict__ y, const float* __restrict__ bias, int64_t k,
+                   int64_t start, int64_t o, int64_t in_h, int64_t in_w, int64_t out_h,
+                   int64_t out_w, int64_t stride, int64_t begin, int64_t end,
+                   float* __restrict__ out) {
+  for (int64_t line = begin; line < end; ++line) {
+    const int64_t n = line / out_h, oy = line % out_h;
+    for (int64_t ox = 0; ox < out_w; ++ox) {
+      float* __restrict__ dst = out + (line * out_w + ox) * o;
+      std::copy(bias, bias + o, dst);
+      for (int64_t ky = 0; ky < 3; ++ky) {
+        const int64_t iy = oy * stride + ky - 1;
+        if (iy < 0 || iy >= in_h) continue;
+        for (int64_t kx = 0; kx < 3; ++kx) {
+          const int64_t ix = ox * stride + kx - 1;
+          if (ix < 0 || ix >= in_w) continue;
+          const float* __restrict__ src =
+              y + ((n * in_h + iy) * in_w + ix) * 9 * k + (3 * ky + kx) * k + start;
+          for (int64_t i = 0; i < o; ++i) dst[i] += src[i];
+        }
+      }
+    }
+  }
+}
+
 void check_float_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
               "fad_sparse.interpolate: ", name, " must be a contiguous float32 CPU tensor");
@@ -241,8 +298,8 @@ void check_float_cpu(const at::Tensor& t, const char* name) {
 at::Tensor interpolate_cpu(const at::Tensor& rows, const at::Tensor& index,
                            const at::Tensor& mask, const at::Tensor& taps, double eps,
                            const std::optional<at::Tensor>& bias,
-                           const std::optional<at::Tensor>& residual, bool relu, int64_t n,
-                           int64_t h, int64_t w) {
+                           const std::optional<at::Tensor>& residual, bool relu,
+                           bool relu_rows, int64_t n, int64_t h, int64_t w) {
   check_float_cpu(rows, "rows");
   check_float_cpu(mask, "mask");
   check_float_cpu(taps, "taps");
@@ -272,7 +329,8 @@ at::Tensor interpolate_cpu(const at::Tensor& rows, const at::Tensor& index,
     }
   }
   Inputs in{rows.data_ptr<float>(), index_p, mask_p, window.data(),
-            static_cast<int64_t>(window.size()), nullptr, nullptr, static_cast<float>(eps), relu};
+            static_cast<int64_t>(window.size()), nullptr, nullptr, static_cast<float>(eps), relu,
+            relu_rows};
   if (bias.has_value()) {
     check_float_cpu(*bias, "bias");
     TORCH_CHECK(bias->numel() == c_dim, "fad_sparse.interpolate: bias must have C entries");
@@ -322,20 +380,45 @@ at::Tensor gather_windows_cpu(const at::Tensor& src, const at::Tensor& positions
   return cols;
 }
 
+at::Tensor tap_sum_cpu(const at::Tensor& y, const at::Tensor& bias, int64_t n, int64_t in_h,
+                       int64_t in_w, int64_t start, int64_t stride) {
+  check_float_cpu(y, "y");
+  check_float_cpu(bias, "bias");
+  const int64_t o = bias.numel();
+  TORCH_CHECK(y.dim() == 2 && y.size(1) % 9 == 0 && y.size(0) == n * in_h * in_w,
+              "fad_sparse.tap_sum: y must be [N*H*W, 9*k]");
+  const int64_t k = y.size(1) / 9;
+  TORCH_CHECK(start >= 0 && start + o <= k && stride >= 1,
+              "fad_sparse.tap_sum: outputs [start, start + o) must lie within the k = ", k,
+              " outputs of y");
+  const int64_t out_h = (in_h - 1) / stride + 1, out_w = (in_w - 1) / stride + 1;
+  at::Tensor out = at::empty({n * out_h * out_w, o}, y.options());
+  const float* y_p = y.data_ptr<float>();
+  const float* b_p = bias.data_ptr<float>();
+  float* out_p = out.data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(out_w * o, 1));
+  at::parallel_for(0, n * out_h, grain, [&](int64_t begin, int64_t end) {
+    tap_sum_range(y_p, b_p, k, start, o, in_h, in_w, out_h, out_w, stride, begin, end, out_p);
+  });
+  return out;
+}
+
 }  // namespace fad_sparse
 
 TORCH_LIBRARY(fad_sparse, m) {
   m.def(
       "interpolate(Tensor rows, Tensor index, Tensor mask, Tensor taps, float eps, Tensor? bias, "
-      "Tensor? residual, bool relu, int n, int h, int w) -> Tensor");
+      "Tensor? residual, bool relu, bool relu_rows, int n, int h, int w) -> Tensor");
   m.def(
       "gather_windows(Tensor src, Tensor positions, int n, int in_h, int in_w, int out_h, "
       "int out_w, int stride) -> Tensor");
+  m.def("tap_sum(Tensor y, Tensor bias, int n, int in_h, int in_w, int start, int stride) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fad_sparse, CPU, m) {
   m.impl("interpolate", &fad_sparse::interpolate_cpu);
   m.impl("gather_windows", &fad_sparse::gather_windows_cpu);
+  m.impl("tap_sum", &fad_sparse::tap_sum_cpu);
 }
 
 extern "C" PyObject* PyInit__sparse_cpu(void) {

@@ -3,9 +3,9 @@
 Feature maps are handled as rows: [N, C, H, W] in channels-last memory is an [N*H*W, C] matrix
 (row p = n*H*W + y*W + x) without copying. For a block with masks m1 (conv1) and m2 (conv2):
 1. conv1 at the P1 positions with m1 > 0: gather their rows (1x1: the rows themselves; 3x3:
-   im2col of the 9 neighbour rows, zeros for padding), one GEMM with the BN-folded weight,
-   bias, ReLU;
-2. interpolate conv1's output to every position (`interpolate_rows`);
+   im2col of the 9 neighbour rows, zeros for padding), one GEMM with the BN-folded weight and
+   bias;
+2. interpolate ReLU(conv1 output) to every position (`interpolate_rows`, ReLU fused);
 3. conv2 at the P2 positions with m2 > 0 by im2col gather + GEMM (DCN: offsets from a gather of
    the block input, bilinear sampling of the four corners), BN folded, ReLU; then conv3 (1x1)
    by GEMM without its bias;
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .interpolation import interpolate_rows, kernel_runs
+from .interpolation import interpolate_rows
+from .kernel import kernel_runs
 
 
 @dataclass
@@ -165,8 +166,8 @@ def sparse_bottleneck(block: nn.Module, x: Tensor) -> Tensor:
     a1, a2 = Active.of(m1), Active.of(m2)
     weights = folded_weights(block)
     w1, b1 = weights["conv1"]
-    rows1 = torch.addmm(b1, as_rows(x).index_select(0, a1.positions), w1).relu_()
-    f1 = a1.interpolate(rows1, block.interp1.taps())
+    rows1 = torch.addmm(b1, as_rows(x).index_select(0, a1.positions), w1)
+    f1 = a1.interpolate(rows1, block.interp1.taps(), relu_rows=True)
     cols = _conv2_columns(block, f1, x, a2, weights)
     w2, b2 = weights["conv2"]
     w3, b3 = weights["conv3"]
@@ -185,8 +186,8 @@ def sparse_basic(block: nn.Module, x: Tensor) -> Tensor:
     weights = folded_weights(block)
     w1, b1 = weights["conv1"]
     cols1 = gather_windows(as_rows(x), a1, h, w, block.conv1.stride[0])
-    rows1 = torch.addmm(b1, cols1, w1).relu_()
-    f1 = a1.interpolate(rows1, block.interp1.taps())
+    rows1 = torch.addmm(b1, cols1, w1)
+    f1 = a1.interpolate(rows1, block.interp1.taps(), relu_rows=True)
     w2, b2 = weights["conv2"]
     rows2 = gather_windows(f1, a2, a1.h, a1.w, 1) @ w2
     identity = x if block.downsample is None else block.downsample(x)

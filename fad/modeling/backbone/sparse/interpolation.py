@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kernel import kernel_available
+from .kernel import kernel_runs
 
 EPS = 1e-5
 
@@ -49,15 +49,10 @@ def interpolate_dense(f: Tensor, m: Tensor, taps: Tensor, eps: float = EPS) -> T
     return m * f + (1 - m) * num / den
 
 
-def kernel_runs(t: Tensor) -> bool:
-    """Whether the compiled CPU kernels handle tensor `t` (CPU, float32, kernel loaded)."""
-    return t.device.type == "cpu" and t.dtype == torch.float32 and kernel_available("cpu")
-
-
 def interpolate_rows(rows: Tensor, index: Tensor, mask: Tensor, taps: Tensor,
                      size: tuple[int, int, int], bias: Tensor | None = None,
                      residual: Tensor | None = None, relu: bool = False,
-                     eps: float = EPS) -> Tensor:
+                     relu_rows: bool = False, eps: float = EPS) -> Tensor:
     """Interpolate features known only at sampled positions, then add bias/residual, ReLU.
 
     Args:
@@ -70,6 +65,7 @@ def interpolate_rows(rows: Tensor, index: Tensor, mask: Tensor, taps: Tensor,
         bias: optional [C] added after interpolation.
         residual: optional [N*H*W, C] added after the bias.
         relu: apply ReLU last.
+        relu_rows: use ReLU(rows) as the features (fuses the producer's ReLU).
 
     Returns:
         [N*H*W, C]: row p is the interpolated feature of position p.
@@ -80,8 +76,10 @@ def interpolate_rows(rows: Tensor, index: Tensor, mask: Tensor, taps: Tensor,
             rows.contiguous(), index.contiguous(), mask.contiguous(),
             taps.detach().float().contiguous(), eps,
             None if bias is None else bias.contiguous(),
-            None if residual is None else residual.contiguous(), relu, n, h, w)
+            None if residual is None else residual.contiguous(), relu, relu_rows, n, h, w)
     c = rows.shape[1]
+    if relu_rows:
+        rows = rows.relu()
     sampled = mask != 0
     dense = rows.new_zeros(n * h * w, c)
     dense[sampled] = rows[index[sampled]]

@@ -1,11 +1,13 @@
-"""Load the compiled SparseResNet interpolation kernel (csrc/sparse_resnet), same rules as MSDA.
+"""Load the compiled SparseResNet CPU kernels (csrc/sparse_resnet), same rules as the MSDA op.
 
-The kernel (`torch.ops.fad_sparse.interpolate`, CPU, float32) is taken from an ahead-of-time
-build (`fad.ops._sparse_cpu`) or compiled on first use with ninja into TORCH_EXTENSIONS_DIR.
+The kernels (`torch.ops.fad_sparse.interpolate`, `.gather_windows`, `.tap_sum`; CPU, float32)
+are taken from an ahead-of-time build (`fad.ops._sparse_cpu`) or compiled on first use with
+ninja into TORCH_EXTENSIONS_DIR.
 The environment variable FAD_SPARSE_BACKEND picks the backend: "auto" (kernel when it builds or
 loads, else the pure-PyTorch reference with one warning naming the reason), "reference"
 (always PyTorch) or "cpp" (always the kernel; a build failure is an error). CUDA tensors always
-use the reference (cuDNN depthwise convolutions). Importing this module needs no compiler.
+use the reference (gathers, cuDNN depthwise convolutions). Importing this module needs no
+compiler.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import logging
 import os
 import shutil
 from pathlib import Path
+
+import torch
 
 from fad.ops.build import CXX_FLAGS, LD_FLAGS, ExtensionUnavailable
 
@@ -66,6 +70,11 @@ def _load() -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExtensionUnavailable(f"building the sparse interpolation kernel failed ({first})") \
             from exc
+
+
+def kernel_runs(t: torch.Tensor) -> bool:
+    """Whether the compiled CPU kernels handle tensor `t` (CPU, float32, kernel loaded)."""
+    return t.device.type == "cpu" and t.dtype == torch.float32 and kernel_available("cpu")
 
 
 def kernel_available(device_type: str) -> bool:
