@@ -39,7 +39,7 @@ def small_conv3x3(x: Tensor, convs: Sequence[nn.Conv2d]) -> list[Tensor]:
     k = sum(outs)
     weight = torch.cat([c.weight for c in convs]).permute(1, 2, 3, 0).reshape(cin, 9 * k)
     y = x.permute(0, 2, 3, 1).reshape(-1, cin) @ weight.to(x.dtype)
-    fused = kernel_runs(y) and not (torch.is_grad_enabled() and y.requires_grad)
+    fused = not (torch.is_grad_enabled() and y.requires_grad) and kernel_runs(y)
     results, start = [], 0
     for conv, o in zip(convs, outs):
         s = conv.stride[0]
