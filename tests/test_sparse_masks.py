@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fad.modeling.backbone.sparse.masks import MaskSampler, forced_density, small_conv3x3

@@ -6,6 +6,7 @@ searched detector carries its genotype, so `--genotype-file` is only needed for 
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from fad.engine.distributed import is_main_process, synchronize  # noqa: E402
 from fad.engine.hooks import collect_log_stats  # noqa: E402
 from fad.engine.inference import inference  # noqa: E402
 from fad.evaluation import format_table, run_evaluation  # noqa: E402
+from fad.utils.io import atomic_write_text  # noqa: E402
 
 
 def evaluate_all(cfg, model, device, logger, classes: list[str]) -> dict:
@@ -38,9 +40,12 @@ def evaluate_all(cfg, model, device, logger, classes: list[str]) -> dict:
         if is_main_process():
             out_dir = os.path.join(cfg.OUTPUT_DIR, "inference", name)
             metrics = run_evaluation(dataset, preds, out_dir)
-            metrics.update(stats)
-            logger.info("results on %s (%d images), written to %s:\n%s", name, len(dataset),
-                        out_dir, format_table(metrics))
+            if stats:  # e.g. SparseResNet mask densities and backbone GMACs on the test set
+                metrics.update(stats)
+                atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2))
+            logger.info("results on %s (%d images), written to %s:\n%s%s", name, len(dataset),
+                        out_dir, format_table(metrics),
+                        "".join(f"\n{k}: {v:.4f}" for k, v in sorted(stats.items())))
             results[name] = metrics
         synchronize()
     return results

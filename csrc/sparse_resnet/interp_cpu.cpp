@@ -412,7 +412,9 @@ TORCH_LIBRARY(fad_sparse, m) {
   m.def(
       "gather_windows(Tensor src, Tensor positions, int n, int in_h, int in_w, int out_h, "
       "int out_w, int stride) -> Tensor");
-  m.def("tap_sum(Tensor y, Tensor bias, int n, int in_h, int in_w, int start, int stride) -> Tensor");
+  m.def(
+      "tap_sum(Tensor y, Tensor bias, int n, int in_h, int in_w, int start, int stride) "
+      "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fad_sparse, CPU, m) {

@@ -130,7 +130,11 @@ def ext_modules_and_cmdclass() -> tuple[list, dict]:
     root = Path(__file__).resolve().parents[2]
     rel = [os.path.relpath(s, root) for s in sources("cpu")]
     modules = [CppExtension("fad.ops._msda_cpu", rel,
-                            extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=LD_FLAGS)]
+                            extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=LD_FLAGS),
+               CppExtension("fad.ops._sparse_cpu",  # SparseResNet kernels (same build rules)
+                            [os.path.relpath(csrc_dir() / "sparse_resnet" / "interp_cpu.cpp", root)],
+                            extra_compile_args={"cxx": CXX_FLAGS + ["-Wno-psabi"]},
+                            extra_link_args=LD_FLAGS)]
     want_cuda = os.environ.get("FAD_BUILD_CUDA")
     if want_cuda is None:
         want_cuda = "1" if (CUDA_HOME is not None and torch.version.cuda is not None) else "0"

@@ -4,7 +4,8 @@ Forward+backward of the search head (box + cls search towers over 5 FPN levels, 
 search-size input, once with RepShare mixed edges and once with the same ten candidates computed
 as independent ops (`SeparateCandidates`), interleaved in one process, medians reported.
 `speedup` = separate / shared time; `peak_memory_ratio` = separate / shared peak memory (CUDA:
-max allocated; CPU: bytes of tensors saved for backward). Also times full iterations (alpha step
+max allocated; CPU: bytes of tensors saved for backward); `flop_ratio` = separate / shared forward
+FLOPs (torch's FlopCounterMode: convolutions and matmuls). Also times full iterations (alpha step
 + weight step) of the tiny search config on random data.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from fad.config import load_config
 from fad.engine.solver import build_optimizer
@@ -104,6 +106,11 @@ def _tower_benchmark(args, device: torch.device) -> dict:
             peaks[name] = max(peaks.get(name, 0), peak)
             if i > 0:
                 times[name].append(dt)
+    flops = {}
+    for name, head in heads.items():
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            head(feats)
+        flops[name] = counter.get_total_flops()
     shared_s, separate_s = (statistics.median(times[n]) for n in ("shared", "separate"))
     params = {n: sum(p.numel() for p in h.parameters()) for n, h in heads.items()}
     return {
@@ -115,6 +122,9 @@ def _tower_benchmark(args, device: torch.device) -> dict:
         "shared_peak_mib": round(peaks["shared"] / 2**20, 1),
         "separate_peak_mib": round(peaks["separate"] / 2**20, 1),
         "peak_memory_ratio": round(peaks["separate"] / peaks["shared"], 3),
+        "shared_forward_gflops": round(flops["shared"] / 1e9, 2),
+        "separate_forward_gflops": round(flops["separate"] / 1e9, 2),
+        "flop_ratio": round(flops["separate"] / flops["shared"], 3),
         "shared_params": params["shared"], "separate_params": params["separate"],
     }
 

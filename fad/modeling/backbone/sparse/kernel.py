@@ -15,13 +15,13 @@ import importlib
 import logging
 import os
 import shutil
-from pathlib import Path
 
 import torch
 
 from fad.ops.build import CXX_FLAGS, LD_FLAGS, ExtensionUnavailable
+from fad.utils.csrc import csrc_dir
 
-SOURCES = [Path(__file__).resolve().parents[4] / "csrc" / "sparse_resnet" / "interp_cpu.cpp"]
+SOURCES = [csrc_dir() / "sparse_resnet" / "interp_cpu.cpp"]
 BACKENDS = ("auto", "reference", "cpp")
 ENV_VAR = "FAD_SPARSE_BACKEND"
 
