@@ -10,7 +10,7 @@ from fad.config import get_cfg_defaults
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)  # tiny tests: threads cost more than they save
 
 
 @pytest.fixture(scope="session")

@@ -33,13 +33,14 @@ def fcos_losses(outputs: dict[str, Tensor], cls_targets: Tensor, reg_targets: Te
     strides = point_strides[None].expand_as(cls_targets)[pos][:, None]
     reg_t = reg_targets[pos] / strides
     reg_p = reg_pred[pos]
+    ctr_t = centerness_target(reg_t)
+    # every rank joins this all-reduce, also one without positives (else DDP ranks desync)
+    ctr_sum = all_reduce_mean(ctr_t.sum()).clamp(min=1e-6)
     if reg_t.shape[0] == 0:
         zero = reg_pred.sum() * 0 + ctr_pred.sum() * 0
         return {"loss_cls": loss_cls, "loss_bbox": zero, "loss_ctr": zero}
-    ctr_t = centerness_target(reg_t)
     to_box = lambda r: torch.cat([-r[:, :2], r[:, 2:]], 1)  # noqa: E731 - ltrb -> box at origin
     giou = generalized_box_iou_loss(to_box(reg_p), to_box(reg_t), reduction="none")
-    ctr_sum = all_reduce_mean(ctr_t.sum()).clamp(min=1e-6)
     loss_bbox = (giou * ctr_t).sum() / ctr_sum
     loss_ctr = F.binary_cross_entropy_with_logits(ctr_pred[pos], ctr_t, reduction="sum") / num_pos
     return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_ctr": loss_ctr}
