@@ -11,13 +11,12 @@ percentages.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import sys
 
 from pycocotools.coco import COCO
 
+from fad.data.base import quiet_coco
 from fad.evaluation import EvalError, evaluate_coco, evaluate_voc, format_per_class, format_table
 from fad.evaluation.results import write_json
 from fad.evaluation.voc_io import read_classes
@@ -53,10 +52,7 @@ def _run_coco(args: argparse.Namespace) -> dict:
     if not isinstance(results, list):
         raise EvalError(f"{args.dets}: a COCO results file is a JSON list of "
                         "{image_id, category_id, bbox, score}")
-    coco_gt = COCO()
-    coco_gt.dataset = gt
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt.createIndex()
+    coco_gt = quiet_coco(gt)
     metrics = evaluate_coco(coco_gt, results, verbose=True)
     print(format_table(metrics))
     return metrics

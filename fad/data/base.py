@@ -57,7 +57,28 @@ def quiet_coco(dataset: dict) -> COCO:
     return coco
 
 
-class DetectionDataset(Dataset):
+class CachedCocoGT:
+    """`coco_gt()` built once by `_build_coco_gt()` and cached in `self._coco`; loader workers
+    get the object without the cache."""
+
+    _coco: COCO | None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_coco"] = None
+        return state
+
+    def coco_gt(self) -> COCO:
+        """The ground truth as a pycocotools COCO (built once, then cached)."""
+        if self._coco is None:
+            self._coco = self._build_coco_gt()
+        return self._coco
+
+    def _build_coco_gt(self) -> COCO:
+        raise NotImplementedError
+
+
+class DetectionDataset(CachedCocoGT, Dataset):
     """Images + boxes from a list of `ImageRecord`s, returned as (image, target) samples.
 
     Samples: image float32 [3, h, w] in [0, 1]; target with `boxes` float32 [K, 4] xyxy after
@@ -118,18 +139,6 @@ class DetectionDataset(Dataset):
         if difficult is not None:
             target["difficult"] = difficult.clone()
         return image, target
-
-    def __getstate__(self) -> dict:
-        """Loader workers get the dataset without the cached ground truth."""
-        state = self.__dict__.copy()
-        state["_coco"] = None
-        return state
-
-    def coco_gt(self) -> COCO:
-        """The ground truth as a pycocotools COCO (built once, then cached)."""
-        if self._coco is None:
-            self._coco = self._build_coco_gt()
-        return self._coco
 
     def _build_coco_gt(self) -> COCO:
         """Ground truth from the records; VOC difficult objects become iscrowd=1 (ignored)."""

@@ -8,11 +8,11 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from .base import SampleKey, quiet_coco, unpack_key
+from .base import CachedCocoGT, SampleKey, quiet_coco, unpack_key
 from .errors import DataError
 
 
-class DatasetView(Dataset):
+class DatasetView(CachedCocoGT, Dataset):
     """Common part of subsets and concats: class list, cached ground truth, sample keys."""
 
     def __init__(self, classes: list[str], label_to_category_id: dict[int, int], is_train: bool):
@@ -24,20 +24,6 @@ class DatasetView(Dataset):
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_coco"] = None
-        return state
-
-    def coco_gt(self) -> COCO:
-        """The ground truth of the view's images as a pycocotools COCO (cached)."""
-        if self._coco is None:
-            self._coco = self._build_coco_gt()
-        return self._coco
-
-    def _build_coco_gt(self) -> COCO:
-        raise NotImplementedError
 
 
 class DetectionSubset(DatasetView):
