@@ -14,8 +14,6 @@ import argparse
 import json
 import sys
 
-from pycocotools.coco import COCO
-
 from fad.data.base import quiet_coco
 from fad.evaluation import EvalError, evaluate_coco, evaluate_voc, format_per_class, format_table
 from fad.evaluation.results import write_json
