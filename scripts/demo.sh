@@ -11,7 +11,7 @@ $py tools/search_net.py --config-file configs/fad/search/fad-fcos_tiny_synthetic
 $py tools/visualize_genotype.py "$out/search/genotype.log" --out "$out/diagrams" --format png
 $py tools/train_net.py --config-file configs/fad/augment/fad-fcos_tiny_synthetic.yaml \
     --genotype-file "$out/search/genotype.log" \
-    SOLVER.MAX_ITER 300 SOLVER.STEPS "(250,)" SOLVER.CHECKPOINT_PERIOD 100 OUTPUT_DIR "$out/augment"
+    SOLVER.MAX_ITER 200 SOLVER.STEPS "(160,)" SOLVER.CHECKPOINT_PERIOD 100 OUTPUT_DIR "$out/augment"
 cat <<MSG
 
 Done. Outputs:

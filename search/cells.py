@@ -1,6 +1,6 @@
 """The supernet: mixed edges over the RepShare candidates, search cells and search towers.
 
-Mixed edge (11 weights, `PRIMITIVES` order): `expand(sum_k w_k * out_k(squeeze(x)))` where the ten
+Mixed edge (11 weights in `PRIMITIVES` order; 13 in `PRIMITIVES_DIL3` order with `dil3`): `expand(sum_k w_k * out_k(squeeze(x)))` where the ten
 candidates come from one RepShare op per family and `none` contributes zero. squeeze 1x1 (T -> C)
 and expand 1x1 (C -> T) have no bias, so an edge whose weight sits on `none` outputs zero.
 Search cell: inputs s0, s1 (adapted to width T), node i sums one mixed edge from each of its i+2
@@ -12,23 +12,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fad.nas.primitives import FAMILIES, PRIMITIVES, preprocess
+from fad.nas.primitives import FAMILIES, preprocess, primitives
 from fad.nas.repshare import RepShare, SeparateCandidates
-
-NUM_OPS = len(PRIMITIVES)
 
 
 class MixedEdge(nn.Module):
-    """`forward(x: Tensor[N, T, H, W], weights: Tensor[11]) -> Tensor[N, T, H, W]`.
+    """`forward(x: Tensor[N, T, H, W], weights: Tensor[11 or 13]) -> Tensor[N, T, H, W]`.
 
-    `shared=False` computes the ten candidates as separate ops (benchmark reference only).
+    `shared=False` computes the candidates as separate ops (benchmark reference only).
     """
 
-    def __init__(self, tower_channels: int, edge_channels: int, shared: bool = True):
+    def __init__(self, tower_channels: int, edge_channels: int, shared: bool = True,
+                 dil3: bool = False):
         super().__init__()
         self.squeeze = nn.Conv2d(tower_channels, edge_channels, 1, bias=False)
         op = RepShare if shared else SeparateCandidates
-        self.families = nn.ModuleList(op(family, edge_channels) for family in FAMILIES)
+        self.families = nn.ModuleList(op(family, edge_channels, dil3) for family in FAMILIES)
         self.expand = nn.Conv2d(edge_channels, tower_channels, 1, bias=False)
 
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
@@ -39,14 +38,14 @@ class MixedEdge(nn.Module):
 
 
 class SearchCell(nn.Module):
-    """`forward(s0, s1, weights: list[Tensor[i + 2, 11]]) -> Tensor[N, num_nodes * T, H, W]`."""
+    """`forward(s0, s1, weights: list[Tensor[i + 2, 11 or 13]]) -> Tensor[N, num_nodes * T, H, W]`."""
 
     def __init__(self, num_nodes: int, in_channels: tuple[int, int], tower_channels: int,
-                 edge_channels: int, shared: bool = True):
+                 edge_channels: int, shared: bool = True, dil3: bool = False):
         super().__init__()
         t = tower_channels
         self.pre0, self.pre1 = preprocess(in_channels[0], t), preprocess(in_channels[1], t)
-        self.edges = nn.ModuleList(MixedEdge(t, edge_channels, shared)
+        self.edges = nn.ModuleList(MixedEdge(t, edge_channels, shared, dil3)
                                    for i in range(num_nodes) for _ in range(i + 2))
         self.out_channels = num_nodes * t
 
@@ -65,14 +64,15 @@ class SearchTower(nn.Module):
 
     def __init__(self, num_cells: int, num_nodes: int, in_channels: tuple[int, int],
                  tower_channels: int, edge_channels: int, alpha_init_std: float = 1e-3,
-                 shared: bool = True):
+                 shared: bool = True, dil3: bool = False):
         super().__init__()
+        num_ops = len(primitives(dil3))
         self.alphas = nn.ParameterList(
-            nn.Parameter(alpha_init_std * torch.randn(i + 2, NUM_OPS)) for i in range(num_nodes))
+            nn.Parameter(alpha_init_std * torch.randn(i + 2, num_ops)) for i in range(num_nodes))
         self.cells = nn.ModuleList()
         c0, c1 = in_channels
         for _ in range(num_cells):
-            cell = SearchCell(num_nodes, (c0, c1), tower_channels, edge_channels, shared)
+            cell = SearchCell(num_nodes, (c0, c1), tower_channels, edge_channels, shared, dil3)
             self.cells.append(cell)
             c0, c1 = c1, cell.out_channels
         self.out_channels = c1

@@ -5,25 +5,27 @@ import torch
 from torch import Tensor
 
 from fad.nas.genotype import Genotype
-from fad.nas.primitives import NONE, PRIMITIVES
+from fad.nas.primitives import primitives_for
 
-NONE_INDEX = PRIMITIVES.index(NONE)
+NONE_INDEX = -1  # `none` is the last column of every primitive list
 
 
 def derive_genotype(alphas: list[Tensor], edges_per_node: int = 2) -> Genotype:
     """Per node: each incoming edge's best non-`none` op by softmax weight; keep the strongest
-    `edges_per_node` edges (strongest first) as (op_name, source). `alphas[i]`: Tensor[i + 2, 11].
+    `edges_per_node` edges (strongest first) as (op_name, source).
+    `alphas[i]`: Tensor[i + 2, 11] (Tensor[i + 2, 13] for the dilation-3 variant).
     """
     normal = []
     for i, alpha in enumerate(alphas):
-        if alpha.shape != (i + 2, len(PRIMITIVES)):
+        ops = primitives_for(alpha.shape[-1])
+        if alpha.shape != (i + 2, len(ops)):
             raise ValueError(f"alphas of node {i} have shape {tuple(alpha.shape)}, expected "
-                             f"({i + 2}, {len(PRIMITIVES)})")
+                             f"({i + 2}, {len(ops)})")
         weights = alpha.detach().float().softmax(-1)
         weights[:, NONE_INDEX] = -1.0
         strength, best = weights.max(-1)
         order = torch.sort(strength, descending=True, stable=True).indices[:edges_per_node]
-        normal.append([(PRIMITIVES[int(best[j])], int(j)) for j in order])
+        normal.append([(ops[int(best[j])], int(j)) for j in order])
     return Genotype(normal, range(2, 2 + len(alphas)))
 
 
@@ -32,7 +34,8 @@ def none_dominated_edges(alphas: list[Tensor]) -> list[tuple[int, int, float]]:
     found = []
     for i, alpha in enumerate(alphas):
         weights = alpha.detach().float().softmax(-1)
-        for j in torch.nonzero(weights.argmax(-1) == NONE_INDEX).flatten().tolist():
+        none = weights.shape[-1] - 1
+        for j in torch.nonzero(weights.argmax(-1) == none).flatten().tolist():
             found.append((i, j, float(weights[j, NONE_INDEX])))
     return found
 
@@ -42,7 +45,8 @@ def softmax_alpha_scalars(tower: str, alphas: list[Tensor]) -> dict[str, float]:
     out = {}
     for i, alpha in enumerate(alphas):
         weights = alpha.detach().float().softmax(-1).cpu()
+        ops = primitives_for(weights.shape[-1])
         for j in range(weights.shape[0]):
-            for k, op in enumerate(PRIMITIVES):
+            for k, op in enumerate(ops):
                 out[f"alpha_{tower}/node{i}_src{j}/{op}"] = float(weights[j, k])
     return out

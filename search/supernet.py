@@ -23,7 +23,7 @@ def build_search_head(cfg: CfgNode, num_classes: int, shared: bool = True) -> To
     f, fpn = cfg.MODEL.FAD, cfg.MODEL.FPN.OUT_CHANNELS
     args = (f.SEARCH_CELLS, f.NUM_NODES)
     kw = dict(tower_channels=f.TOWER_CHANNELS, edge_channels=f.EDGE_CHANNELS,
-              alpha_init_std=cfg.SEARCH.ALPHA_INIT_STD, shared=shared)
+              alpha_init_std=cfg.SEARCH.ALPHA_INIT_STD, shared=shared, dil3=f.DIL3)
     box = SearchTower(*args, in_channels=(fpn, fpn), **kw)
     cls = SearchTower(*args, in_channels=(f.TOWER_CHANNELS, fpn), **kw)
     return TowerHead(box, cls, f.TOWER_CHANNELS, num_classes, cfg.MODEL.FCOS.PRIOR_PROB)
@@ -40,7 +40,7 @@ class Supernet(nn.Module):
         return self.detector(images, targets)
 
     def tower_alphas(self) -> dict[str, list[nn.Parameter]]:
-        """{"box": [Tensor[i + 2, 11] per node], "cls": [...]}."""
+        """{"box": [Tensor[i + 2, 11 (13 with DIL3)] per node], "cls": [...]}."""
         head = self.detector.head
         return {"box": list(head.box_tower.alphas), "cls": list(head.cls_tower.alphas)}
 

@@ -8,7 +8,7 @@ from torch import nn
 from fad.augment import AugmentCell, build_fad_fcos, build_fad_head
 from fad.config import get_cfg_defaults
 from fad.nas.genotype import Genotype, read_genotype_file
-from fad.nas.primitives import PRIMITIVES
+from fad.nas.primitives import FAMILIES, PRIMITIVES, PRIMITIVES_DIL3
 from fad.search.cells import SearchCell
 from fad.search.derive import derive_genotype
 
@@ -69,10 +69,11 @@ def _tie(aug_cell: AugmentCell, search_cell: SearchCell, genotype: Genotype) -> 
     for i, node in enumerate(genotype.normal):
         for op, src in node:
             mixed = search_cell.edges[sum(range(2, i + 2)) + src]
-            family = mixed.families[PRIMITIVES.index(op) // 5]
+            family = mixed.families[FAMILIES.index(op.split("_")[0])]
             units = {"std_conv_3x3+dil_conv_3x3": [family.chain[0], family.dilated[0]],
                      "std_conv_3x3_x2+dil_conv_3x3": [*family.chain[:2], family.dilated[1]],
-                     "std_conv_3x3_x3": list(family.chain)}
+                     "std_conv_3x3_x3": list(family.chain),
+                     "std_conv_3x3_x3+dil3_conv_3x3": [*family.chain, *family.dilated[2:]]}
             units |= {n.replace("std", "sinSep"): u for n, u in units.items()}
             squeeze, op_seq, expand = aug_cell.edges[k]
             squeeze.load_state_dict(mixed.squeeze.state_dict())
@@ -82,23 +83,26 @@ def _tie(aug_cell: AugmentCell, search_cell: SearchCell, genotype: Genotype) -> 
             k += 1
 
 
-def test_augment_cell_equals_supernet_cell_with_one_hot_alphas():
+@pytest.mark.parametrize("dil3", [False, True])
+def test_augment_cell_equals_supernet_cell_with_one_hot_alphas(dil3):
     """Search and augment agree on the genotype's meaning (sources, nodes, concat)."""
     torch.manual_seed(0)
-    genotype = Genotype([[("sinSep_conv_3x3_x3", 0), ("std_conv_3x3+dil_conv_3x3", 1)],
+    last = "sinSep_conv_3x3_x3+dil3_conv_3x3" if dil3 else "sinSep_conv_3x3_x3"
+    genotype = Genotype([[(last, 0), ("std_conv_3x3+dil_conv_3x3", 1)],
                          [("std_conv_3x3_x2+dil_conv_3x3", 2), ("sinSep_conv_3x3+dil_conv_3x3", 0)],
                          [("std_conv_3x3_x3", 3), ("sinSep_conv_3x3_x2+dil_conv_3x3", 2)]],
                         range(2, 5))
-    search_cell = SearchCell(3, (32, 32), 32, 32)
+    search_cell = SearchCell(3, (32, 32), 32, 32, dil3=dil3)
     aug_cell = AugmentCell(genotype, (32, 32), 32, 32)
     _tie(aug_cell, search_cell, genotype)
-    weights = [torch.zeros(i + 2, 11) for i in range(3)]
+    ops = PRIMITIVES_DIL3 if dil3 else PRIMITIVES
+    weights = [torch.zeros(i + 2, len(ops)) for i in range(3)]
     for w in weights:
-        w[:, PRIMITIVES.index("none")] = 1.0
+        w[:, ops.index("none")] = 1.0
     for i, node in enumerate(genotype.normal):
         for op, src in node:
             weights[i][src] = 0.0
-            weights[i][src, PRIMITIVES.index(op)] = 1.0
+            weights[i][src, ops.index(op)] = 1.0
     s0, s1 = torch.randn(2, 32, 8, 8), torch.randn(2, 32, 8, 8)
     torch.testing.assert_close(aug_cell(s0, s1), search_cell(s0, s1, weights), rtol=1e-4, atol=1e-5)
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from fad.nas.primitives import PRIMITIVES, conv_unit, discrete_op, op_spec
+from fad.nas.primitives import (PRIMITIVES, PRIMITIVES_DIL3, conv_unit, discrete_op, op_spec,
+                                primitives_for)
 from fad.nas.repshare import RepShare, SeparateCandidates
 
 
@@ -12,21 +13,29 @@ def test_primitive_list_order():
     assert PRIMITIVES[:5] == ("std_conv_3x3", "std_conv_3x3+dil_conv_3x3", "std_conv_3x3_x2",
                               "std_conv_3x3_x2+dil_conv_3x3", "std_conv_3x3_x3")
     assert PRIMITIVES[5:10] == tuple(p.replace("std", "sinSep") for p in PRIMITIVES[:5])
+    assert len(PRIMITIVES_DIL3) == 13 and PRIMITIVES_DIL3[-1] == "none"
+    assert PRIMITIVES_DIL3[:6] == PRIMITIVES[:5] + ("std_conv_3x3_x3+dil3_conv_3x3",)
+    assert PRIMITIVES_DIL3[6:12] == tuple(p.replace("std", "sinSep") for p in PRIMITIVES_DIL3[:6])
+    assert primitives_for(11) == PRIMITIVES and primitives_for(13) == PRIMITIVES_DIL3
+    with pytest.raises(ValueError, match="12 columns"):
+        primitives_for(12)
 
 
-@pytest.mark.parametrize("name,depth,dilated", [
-    ("std_conv_3x3", 1, False), ("sinSep_conv_3x3+dil_conv_3x3", 1, True),
-    ("std_conv_3x3_x2", 2, False), ("sinSep_conv_3x3_x2+dil_conv_3x3", 2, True),
-    ("sinSep_conv_3x3_x3", 3, False)])
-def test_discrete_op_structure(name, depth, dilated):
+@pytest.mark.parametrize("name,depth,dilation", [
+    ("std_conv_3x3", 1, 0), ("sinSep_conv_3x3+dil_conv_3x3", 1, 2),
+    ("std_conv_3x3_x2", 2, 0), ("sinSep_conv_3x3_x2+dil_conv_3x3", 2, 2),
+    ("sinSep_conv_3x3_x3", 3, 0), ("std_conv_3x3_x3+dil3_conv_3x3", 3, 3)])
+def test_discrete_op_structure(name, depth, dilation):
     spec = op_spec(name)
-    assert (spec.depth, spec.dilated) == (depth, dilated)
+    assert (spec.depth, spec.dilation) == (depth, dilation)
     op = discrete_op(name, 32)
     convs = [m for m in op.modules() if isinstance(m, nn.Conv2d)]
     per_unit = 1 if spec.family == "std" else 2
+    dilated = dilation > 0
     assert len(convs) == depth * per_unit + 2 * dilated
     assert sum(isinstance(m, nn.GroupNorm) for m in op.modules()) == depth + dilated
-    assert sum(m.dilation == (2, 2) for m in convs) == int(dilated)
+    assert [m.dilation for m in convs if m.dilation != (1, 1)] == [(dilation,) * 2] * dilated
+    assert [m.padding for m in convs if m.dilation != (1, 1)] == [(dilation,) * 2] * dilated
     assert op(torch.randn(1, 32, 9, 11)).shape == (1, 32, 9, 11)
 
 
@@ -42,15 +51,16 @@ def test_sinsep_unit_is_depthwise_then_pointwise():
     assert gn.num_groups == 32
 
 
-@pytest.mark.parametrize("family", ["std", "sinSep"])
-def test_repshare_equals_separate_candidates(family):
+@pytest.mark.parametrize("family,dil3", [("std", False), ("sinSep", False), ("std", True),
+                                         ("sinSep", True)])
+def test_repshare_equals_separate_candidates(family, dil3):
     torch.manual_seed(0)
-    shared, separate = RepShare(family, 32), SeparateCandidates(family, 32)
+    shared, separate = RepShare(family, 32, dil3), SeparateCandidates(family, 32, dil3)
     x = torch.randn(2, 32, 12, 10)
     untied = separate(x)
     separate.tie_to(shared)
     outs_shared, outs_separate = shared(x), separate(x)
-    assert len(outs_shared) == 5
+    assert len(outs_shared) == len(outs_separate) == (6 if dil3 else 5)
     for a, b, c in zip(outs_shared, outs_separate, untied):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         assert not torch.allclose(a, c)
@@ -75,6 +85,11 @@ def test_undecoupled_candidates_match_discrete_ops():
     for mine, theirs in zip(op3, shared.chain):
         mine.load_state_dict(theirs.state_dict())
     torch.testing.assert_close(op3(x), outs[4])
+    shared3 = RepShare("sinSep", 32, dil3=True)
+    op_d3 = discrete_op("sinSep_conv_3x3_x3+dil3_conv_3x3", 32)
+    for mine, theirs in zip(op_d3, [*shared3.chain, shared3.dilated[2]]):
+        mine.load_state_dict(theirs.state_dict())
+    torch.testing.assert_close(op_d3(x), shared3(x)[5])
 
 
 def test_repshare_shares_units():

@@ -1,10 +1,11 @@
 """Genotype derivation on hand-set alphas, the collapse check and the supernet's parameter split."""
+import pytest
 import torch
 
 from fad.config import get_cfg_defaults
 from fad.engine.solver import build_optimizer
 from fad.nas.genotype import validate_genotype
-from fad.nas.primitives import PRIMITIVES
+from fad.nas.primitives import PRIMITIVES, PRIMITIVES_DIL3
 from fad.search.derive import derive_genotype, none_dominated_edges, softmax_alpha_scalars
 from fad.search.engine import mean_over_ranks
 from fad.search.supernet import Supernet, build_search_head
@@ -55,6 +56,20 @@ def test_never_picks_none_even_when_everything_collapses():
     assert abs(weight - torch.e ** 10 / (torch.e ** 10 + torch.e ** 2 + 9)) < 1e-6
 
 
+def test_derive_with_the_dilation3_candidates():
+    alphas = [torch.zeros(i + 2, 13) for i in range(3)]
+    for a in alphas:
+        a[:, -1] = 9.0  # none, never picked
+        a[0, PRIMITIVES_DIL3.index("sinSep_conv_3x3_x3+dil3_conv_3x3")] = 2.0
+        a[1, PRIMITIVES_DIL3.index("std_conv_3x3_x3+dil3_conv_3x3")] = 1.0
+    g = derive_genotype(alphas)
+    assert all(node == [("sinSep_conv_3x3_x3+dil3_conv_3x3", 0),
+                        ("std_conv_3x3_x3+dil3_conv_3x3", 1)] for node in g.normal)
+    assert len(none_dominated_edges(alphas)) == 9
+    assert len(softmax_alpha_scalars("cls", alphas)) == 9 * 13
+    validate_genotype(g, num_nodes=3)
+
+
 def test_softmax_scalars():
     scalars = softmax_alpha_scalars("box", _alphas())
     assert len(scalars) == 9 * 11
@@ -62,10 +77,11 @@ def test_softmax_scalars():
     assert abs(per_edge - 1.0) < 1e-6
 
 
-def test_alphas_and_weights_are_disjoint():
+@pytest.mark.parametrize("dil3", [False, True])
+def test_alphas_and_weights_are_disjoint(dil3):
     cfg = get_cfg_defaults()
     cfg.merge_from_list(["MODEL.FPN.OUT_CHANNELS", 32, "MODEL.FAD.TOWER_CHANNELS", 32,
-                         "MODEL.FAD.EDGE_CHANNELS", 32])
+                         "MODEL.FAD.EDGE_CHANNELS", 32, "MODEL.FAD.DIL3", dil3])
     class _Detector(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -74,7 +90,8 @@ def test_alphas_and_weights_are_disjoint():
 
     model = Supernet(_Detector())
     alphas = model.arch_parameters()
-    assert [tuple(a.shape) for a in alphas] == [(2, 11), (3, 11), (4, 11)] * 2
+    k = 13 if dil3 else 11
+    assert [tuple(a.shape) for a in alphas] == [(2, k), (3, k), (4, k)] * 2
     weights = model.weight_parameters()
     arch_ids, weight_ids = {id(a) for a in alphas}, {id(p) for p in weights}
     assert not arch_ids & weight_ids
@@ -85,6 +102,10 @@ def test_alphas_and_weights_are_disjoint():
     assert all(float(a.detach().std()) < 0.01 for a in alphas)
     assert all(k.startswith("detector.") for k in model.state_dict())
     assert sum("alphas" in k for k in model.state_dict()) == 6
+    feats = [torch.randn(1, 32, 8, 8), torch.randn(1, 32, 4, 4)]
+    out = model.detector.head(feats)
+    sum(v.sum() for v in out.values()).backward()
+    assert all(a.grad is not None and a.grad.abs().sum() > 0 for a in alphas)
 
 
 def test_mean_over_ranks_is_identity_on_one_process():

@@ -13,11 +13,10 @@ from typing import NamedTuple
 
 from fad.utils.io import atomic_write_text
 
-from .primitives import NONE, PRIMITIVES
+from .primitives import NONE, SEARCHABLE
 
 EDGES_PER_NODE = 2
 MAX_LINE_CHARS = 4000
-_SEARCHABLE = PRIMITIVES[:-1]
 
 
 class GenotypeError(ValueError):
@@ -61,9 +60,9 @@ def validate_genotype(genotype: Genotype, where: str = "<genotype>",
             if op == NONE:
                 raise GenotypeError(f"{where}: node {i} picks 'none'; a derived genotype never "
                                     "does, choose one of the searchable ops")
-            if op not in _SEARCHABLE:
+            if op not in SEARCHABLE:
                 raise GenotypeError(f"{where}: unknown op {op!r} in node {i}; valid ops: "
-                                    + ", ".join(_SEARCHABLE))
+                                    + ", ".join(SEARCHABLE))
             if not 0 <= src < i + 2:
                 raise GenotypeError(f"{where}: node {i} takes source {src}, but node {i} can only "
                                     f"read sources 0..{i + 1} (s0, s1, earlier nodes)")

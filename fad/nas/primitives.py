@@ -8,6 +8,10 @@ Names: a RepShare op of family A (`std` or `sinSep`) emits five candidates, in t
 `A_conv_3x3`, `A_conv_3x3+dil_conv_3x3`, `A_conv_3x3_x2`, `A_conv_3x3_x2+dil_conv_3x3`,
 `A_conv_3x3_x3`. The ten names plus `none` form `PRIMITIVES` (std first, then sinSep, then none),
 which is also the order of the 11 alphas of every edge.
+
+Dilation-3 variant (off by default, MODEL.FAD.DIL3): each family emits a sixth candidate,
+`A_conv_3x3_x3+dil3_conv_3x3` (a dilation-3 separable unit on the chain's third output), so an
+edge has 12 candidates + `none` = 13 alphas, in `PRIMITIVES_DIL3` order.
 """
 from __future__ import annotations
 
@@ -17,25 +21,47 @@ from typing import NamedTuple
 from torch import nn
 
 FAMILIES = ("std", "sinSep")
-CANDIDATE_SUFFIXES = (
-    "conv_3x3",
-    "conv_3x3+dil_conv_3x3",
-    "conv_3x3_x2",
-    "conv_3x3_x2+dil_conv_3x3",
-    "conv_3x3_x3",
-)
+# suffix -> (chain length, dilation of the trailing separable unit or 0 for none)
+_SUFFIX_SPECS = {
+    "conv_3x3": (1, 0),
+    "conv_3x3+dil_conv_3x3": (1, 2),
+    "conv_3x3_x2": (2, 0),
+    "conv_3x3_x2+dil_conv_3x3": (2, 2),
+    "conv_3x3_x3": (3, 0),
+    "conv_3x3_x3+dil3_conv_3x3": (3, 3),
+}
+CANDIDATE_SUFFIXES = tuple(_SUFFIX_SPECS)[:5]
+DIL3_SUFFIX = tuple(_SUFFIX_SPECS)[5]
 NONE = "none"
-PRIMITIVES: tuple[str, ...] = tuple(
-    f"{family}_{suffix}" for family in FAMILIES for suffix in CANDIDATE_SUFFIXES
-) + (NONE,)
+
+
+def primitives(dil3: bool = False) -> tuple[str, ...]:
+    """The alpha order of one edge: per family its candidates, then `none` (11, or 13 with dil3)."""
+    suffixes = CANDIDATE_SUFFIXES + ((DIL3_SUFFIX,) if dil3 else ())
+    return tuple(f"{family}_{suffix}" for family in FAMILIES for suffix in suffixes) + (NONE,)
+
+
+PRIMITIVES = primitives(dil3=False)
+PRIMITIVES_DIL3 = primitives(dil3=True)
+SEARCHABLE = PRIMITIVES_DIL3[:-1]  # every name a genotype may use
+
+
+def primitives_for(num_ops: int) -> tuple[str, ...]:
+    """The primitive list whose length is `num_ops` (the width of an alpha tensor)."""
+    for ops in (PRIMITIVES, PRIMITIVES_DIL3):
+        if len(ops) == num_ops:
+            return ops
+    raise ValueError(f"alphas with {num_ops} columns match no primitive list (expected "
+                     f"{len(PRIMITIVES)}, or {len(PRIMITIVES_DIL3)} with MODEL.FAD.DIL3)")
 
 
 class OpSpec(NamedTuple):
-    """What a candidate name means: unit family, chain length (1-3), trailing dilated unit."""
+    """What a candidate name means: unit family, chain length (1-3), and the dilation of the
+    trailing separable unit (0: no trailing unit)."""
 
     family: str
     depth: int
-    dilated: bool
+    dilation: int
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -48,11 +74,11 @@ def group_norm(channels: int) -> nn.GroupNorm:
 
 def op_spec(name: str) -> OpSpec:
     """Decode a candidate name such as `sinSep_conv_3x3_x2+dil_conv_3x3` (not `none`)."""
-    if name == NONE or name not in PRIMITIVES:
-        raise ValueError(f"{name!r} is not a searchable operation; choose one of {PRIMITIVES[:-1]}")
+    if name not in SEARCHABLE:
+        raise ValueError(f"{name!r} is not a searchable operation; choose one of {SEARCHABLE}")
     family, suffix = name.split("_", 1)
-    index = CANDIDATE_SUFFIXES.index(suffix)
-    return OpSpec(family, depth=(index // 2) + 1, dilated=index % 2 == 1)
+    depth, dilation = _SUFFIX_SPECS[suffix]
+    return OpSpec(family, depth, dilation)
 
 
 def conv_unit(family: str, channels: int) -> nn.Sequential:
@@ -67,10 +93,11 @@ def conv_unit(family: str, channels: int) -> nn.Sequential:
     return nn.Sequential(*convs, group_norm(channels), nn.ReLU(inplace=True))
 
 
-def dil_unit(channels: int) -> nn.Sequential:
-    """Dilated separable unit: depthwise 3x3 dilation 2 (no bias), 1x1 (bias), GN, ReLU."""
+def dil_unit(channels: int, dilation: int = 2) -> nn.Sequential:
+    """Dilated separable unit: depthwise 3x3 with `dilation` (no bias), 1x1 (bias), GN, ReLU."""
     return nn.Sequential(
-        nn.Conv2d(channels, channels, 3, padding=2, dilation=2, groups=channels, bias=False),
+        nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation, groups=channels,
+                  bias=False),
         nn.Conv2d(channels, channels, 1),
         group_norm(channels),
         nn.ReLU(inplace=True),
@@ -81,8 +108,8 @@ def discrete_op(name: str, channels: int) -> nn.Sequential:
     """The stand-alone op of a candidate name (augment stage): stacked units, no decouple 1x1s."""
     spec = op_spec(name)
     units = [conv_unit(spec.family, channels) for _ in range(spec.depth)]
-    if spec.dilated:
-        units.append(dil_unit(channels))
+    if spec.dilation:
+        units.append(dil_unit(channels, spec.dilation))
     return nn.Sequential(*units)
 
 

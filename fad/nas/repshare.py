@@ -1,9 +1,10 @@
-"""RepShare: the five candidates of one unit family computed from one shared chain.
+"""RepShare: the candidates of one unit family computed from one shared chain.
 
 chain x1 = A1(x), x2 = A2(x1), x3 = A3(x2); side branches D1(x1), D2(x2) (dilated separable
 units); decouple 1x1s P, Q (no bias, no norm) on the emitted copies of x1 and x2 only. Output:
 `[P(x1), D1(x1), Q(x2), D2(x2), x3]` — 3 units + 2 dilated units + 2 1x1s instead of the 9 units
 + 2 dilated units of the same five candidates computed separately (`SeparateCandidates`).
+With `dil3`, a sixth output D3(x3) (a dilation-3 separable unit) follows.
 """
 from __future__ import annotations
 
@@ -12,31 +13,40 @@ from torch import Tensor, nn
 from .primitives import conv_unit, dil_unit
 
 
-class RepShare(nn.Module):
-    """`forward(x: Tensor[N, C, H, W]) -> list of 5 Tensor[N, C, H, W]` in primitive order."""
+def _side_branches(channels: int, dil3: bool) -> nn.ModuleList:
+    """D1, D2 (dilation 2), and D3 (dilation 3) when `dil3`."""
+    return nn.ModuleList(dil_unit(channels, d) for d in ((2, 2, 3) if dil3 else (2, 2)))
 
-    def __init__(self, family: str, channels: int):
+
+class RepShare(nn.Module):
+    """`forward(x: Tensor[N, C, H, W]) -> list of 5 (6 with dil3) Tensor[N, C, H, W]` in
+    primitive order."""
+
+    def __init__(self, family: str, channels: int, dil3: bool = False):
         super().__init__()
         self.chain = nn.ModuleList(conv_unit(family, channels) for _ in range(3))
-        self.dilated = nn.ModuleList(dil_unit(channels) for _ in range(2))
+        self.dilated = _side_branches(channels, dil3)
         self.decouple = nn.ModuleList(nn.Conv2d(channels, channels, 1, bias=False) for _ in range(2))
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x1 = self.chain[0](x)
         x2 = self.chain[1](x1)
         x3 = self.chain[2](x2)
-        return [self.decouple[0](x1), self.dilated[0](x1), self.decouple[1](x2),
+        outs = [self.decouple[0](x1), self.dilated[0](x1), self.decouple[1](x2),
                 self.dilated[1](x2), x3]
+        if len(self.dilated) == 3:
+            outs.append(self.dilated[2](x3))
+        return outs
 
 
 class SeparateCandidates(nn.Module):
-    """The same five candidates as `RepShare`, each an independent op with its own weights.
+    """The same candidates as `RepShare`, each an independent op with its own weights.
 
     The reference to check sharing against (tests, `tools/bench/supernet.py`); `tie_to` copies a
     RepShare's weights so both compute identical outputs.
     """
 
-    def __init__(self, family: str, channels: int):
+    def __init__(self, family: str, channels: int, dil3: bool = False):
         super().__init__()
 
         def chain(n: int) -> list[nn.Module]:
@@ -45,13 +55,16 @@ class SeparateCandidates(nn.Module):
         def one_by_one() -> nn.Module:
             return nn.Conv2d(channels, channels, 1, bias=False)
 
-        self.ops = nn.ModuleList([
+        ops = [
             nn.Sequential(*chain(1), one_by_one()),
             nn.Sequential(*chain(1), dil_unit(channels)),
             nn.Sequential(*chain(2), one_by_one()),
             nn.Sequential(*chain(2), dil_unit(channels)),
             nn.Sequential(*chain(3)),
-        ])
+        ]
+        if dil3:
+            ops.append(nn.Sequential(*chain(3), dil_unit(channels, 3)))
+        self.ops = nn.ModuleList(ops)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return [op(x) for op in self.ops]
@@ -60,7 +73,7 @@ class SeparateCandidates(nn.Module):
         """Copy `shared`'s weights into every candidate that uses them."""
         a, d, p = shared.chain, shared.dilated, shared.decouple
         layouts = [[a[0], p[0]], [a[0], d[0]], [a[0], a[1], p[1]], [a[0], a[1], d[1]],
-                   [a[0], a[1], a[2]]]
+                   [a[0], a[1], a[2]], [a[0], a[1], a[2], *d[2:]]]
         for op, modules in zip(self.ops, layouts):
             for mine, theirs in zip(op, modules):
                 mine.load_state_dict(theirs.state_dict())
