@@ -1,19 +1,21 @@
 """The supernet: mixed edges over the RepShare candidates, search cells and search towers.
 
-Mixed edge (11 weights in `PRIMITIVES` order; 13 in `PRIMITIVES_DIL3` order with `dil3`): `expand(sum_k w_k * out_k(squeeze(x)))` where the ten
-candidates come from one RepShare op per family and `none` contributes zero. squeeze 1x1 (T -> C)
+Mixed edge (11 weights in `PRIMITIVES` order; 13 in `PRIMITIVES_DIL3` order with `dil3`):
+`expand(sum_k w_k * out_k(squeeze(x)))` where the candidates come from one RepShare op per
+family and `none` contributes zero. squeeze 1x1 (T -> C)
 and expand 1x1 (C -> T) have no bias, so an edge whose weight sits on `none` outputs zero.
 Search cell: inputs s0, s1 (adapted to width T), node i sums one mixed edge from each of its i+2
 predecessors, output = concat of the nodes (Tensor[N, num_nodes * T, H, W]).
-A search tower owns its alphas: one Tensor[i + 2, 11] per node, shared by all its cells.
+A search tower owns its alphas: one Tensor[i + 2, 11 or 13] per node, shared by all its cells.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fad.nas.primitives import FAMILIES, preprocess, primitives
-from fad.nas.repshare import RepShare, SeparateCandidates
+from fad.nas.repshare import RepShare, SeparateCandidates, weighted_sum
 
 
 class MixedEdge(nn.Module):
@@ -30,15 +32,24 @@ class MixedEdge(nn.Module):
         self.families = nn.ModuleList(op(family, edge_channels, dil3) for family in FAMILIES)
         self.expand = nn.Conv2d(edge_channels, tower_channels, 1, bias=False)
 
+    def mix(self, h: Tensor, weights: Tensor) -> Tensor:
+        """`sum_k w_k * out_k(h)` at the edge width: h Tensor[N, C, H, W] (squeezed input);
+        the last weight (`none`) multiplies zeros and is skipped."""
+        terms = [term for family in self.families for term in family.terms(h)]
+        return weighted_sum(terms, weights[:-1])
+
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
-        h = self.squeeze(x)
-        outs = [out for family in self.families for out in family(h)]
-        mixed = sum(w * out for w, out in zip(weights, outs))
-        return self.expand(mixed)
+        return self.expand(self.mix(self.squeeze(x), weights))
 
 
 class SearchCell(nn.Module):
-    """`forward(s0, s1, weights: list[Tensor[i + 2, 11 or 13]]) -> Tensor[N, num_nodes * T, H, W]`."""
+    """`forward(s0, s1, weights: list[Tensor[i + 2, 11 or 13]]) -> Tensor[N, num_nodes * T, H, W]`.
+
+    Computes exactly `node_i = sum_j edge_ij(state_j, weights[i][j])`, with the edge 1x1s batched:
+    one squeeze conv per state for all the edges that read it (the two inputs together when they
+    are the same tensor, as in the box tower) and one expand conv per node over the concatenated
+    mixed features of its edges (no per-edge expand or T-wide sums).
+    """
 
     def __init__(self, num_nodes: int, in_channels: tuple[int, int], tower_channels: int,
                  edge_channels: int, shared: bool = True, dil3: bool = False):
@@ -47,15 +58,35 @@ class SearchCell(nn.Module):
         self.pre0, self.pre1 = preprocess(in_channels[0], t), preprocess(in_channels[1], t)
         self.edges = nn.ModuleList(MixedEdge(t, edge_channels, shared, dil3)
                                    for i in range(num_nodes) for _ in range(i + 2))
+        self.num_nodes = num_nodes
         self.out_channels = num_nodes * t
+
+    def _edge(self, node: int, source: int) -> MixedEdge:
+        return self.edges[node * (node + 3) // 2 + source]  # offset of node i = sum_{k<i}(k + 2)
+
+    def _squeeze(self, x: Tensor, sources: list[int], squeezed: dict) -> None:
+        """Squeeze `x` for every edge reading one of `sources` in one conv; fill `squeezed`."""
+        keys = [(i, j) for j in sources for i in range(max(j - 1, 0), self.num_nodes)]
+        if not keys:
+            return
+        weight = torch.cat([self._edge(i, j).squeeze.weight for i, j in keys])
+        for key, h in zip(keys, F.conv2d(x, weight).chunk(len(keys), 1)):
+            squeezed[key] = h
 
     def forward(self, s0: Tensor, s1: Tensor, weights: list[Tensor]) -> Tensor:
         states = [self.pre0(s0), self.pre1(s1)]
-        offset = 0
-        for w in weights:
-            node = sum(self.edges[offset + j](h, w[j]) for j, h in enumerate(states))
-            offset += len(states)
-            states.append(node)
+        squeezed: dict[tuple[int, int], Tensor] = {}
+        if states[0] is states[1]:
+            self._squeeze(states[0], [0, 1], squeezed)
+        else:
+            self._squeeze(states[0], [0], squeezed)
+            self._squeeze(states[1], [1], squeezed)
+        for i, w in enumerate(weights):
+            edges = [self._edge(i, j) for j in range(i + 2)]
+            mixed = torch.cat([e.mix(squeezed.pop((i, j)), w[j]) for j, e in enumerate(edges)], 1)
+            expand = torch.cat([e.expand.weight for e in edges], 1)
+            states.append(F.conv2d(mixed, expand))
+            self._squeeze(states[-1], [i + 2], squeezed)
         return torch.cat(states[2:], 1)
 
 

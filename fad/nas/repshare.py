@@ -5,12 +5,37 @@ units); decouple 1x1s P, Q (no bias, no norm) on the emitted copies of x1 and x2
 `[P(x1), D1(x1), Q(x2), D2(x2), x3]` — 3 units + 2 dilated units + 2 1x1s instead of the 9 units
 + 2 dilated units of the same five candidates computed separately (`SeparateCandidates`).
 With `dil3`, a sixth output D3(x3) (a dilation-3 separable unit) follows.
+
+Both modules also expose their candidates as `terms(x)`: (tensor, trailing bias-free 1x1 or
+None) pairs, so that `weighted_sum` can fold a mixing weight into a 1x1's weight (`w * P(x1)` =
+`conv1x1(x1, w * P)`) instead of scaling a whole feature map; the supernet mixes with it.
 """
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .primitives import conv_unit, dil_unit
+
+Term = tuple[Tensor, "nn.Conv2d | None"]
+
+
+def weighted_sum(terms: list[Term], weights: Tensor) -> Tensor:
+    """`sum_k weights[k] * out_k` where out_k = conv_k(t_k) for a (t_k, conv_k) term with a 1x1
+    and t_k otherwise. Tensors Tensor[N, C, H, W], weights Tensor[len(terms)]."""
+    acc = None
+    for (t, conv), w in zip(terms, weights):
+        if conv is not None:
+            out = F.conv2d(t, conv.weight * w)
+            acc = out if acc is None else acc + out
+        else:
+            acc = t * w if acc is None else torch.addcmul(acc, t, w)
+    return acc
+
+
+def _outputs(terms: list[Term]) -> list[Tensor]:
+    return [t if conv is None else conv(t) for t, conv in terms]
 
 
 def _side_branches(channels: int, dil3: bool) -> nn.ModuleList:
@@ -28,15 +53,19 @@ class RepShare(nn.Module):
         self.dilated = _side_branches(channels, dil3)
         self.decouple = nn.ModuleList(nn.Conv2d(channels, channels, 1, bias=False) for _ in range(2))
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    def terms(self, x: Tensor) -> list[Term]:
+        """The candidates as (tensor, trailing 1x1 or None), in primitive order."""
         x1 = self.chain[0](x)
         x2 = self.chain[1](x1)
         x3 = self.chain[2](x2)
-        outs = [self.decouple[0](x1), self.dilated[0](x1), self.decouple[1](x2),
-                self.dilated[1](x2), x3]
+        terms = [(x1, self.decouple[0]), (self.dilated[0](x1), None), (x2, self.decouple[1]),
+                 (self.dilated[1](x2), None), (x3, None)]
         if len(self.dilated) == 3:
-            outs.append(self.dilated[2](x3))
-        return outs
+            terms.append((self.dilated[2](x3), None))
+        return terms
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return _outputs(self.terms(x))
 
 
 class SeparateCandidates(nn.Module):
@@ -66,8 +95,19 @@ class SeparateCandidates(nn.Module):
             ops.append(nn.Sequential(*chain(3), dil_unit(channels, 3)))
         self.ops = nn.ModuleList(ops)
 
+    def terms(self, x: Tensor) -> list[Term]:
+        """The candidates as (tensor, trailing 1x1 or None), in primitive order."""
+        terms = []
+        for op in self.ops:
+            last = op[-1]
+            if isinstance(last, nn.Conv2d) and last.kernel_size == (1, 1):
+                terms.append((op[:-1](x), last))
+            else:
+                terms.append((op(x), None))
+        return terms
+
     def forward(self, x: Tensor) -> list[Tensor]:
-        return [op(x) for op in self.ops]
+        return _outputs(self.terms(x))
 
     def tie_to(self, shared: RepShare) -> None:
         """Copy `shared`'s weights into every candidate that uses them."""
