@@ -14,10 +14,23 @@ from yacs.config import CfgNode
 logger = logging.getLogger("fad")
 
 _LAYERS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
-_WEIGHTS = {
-    18: "ResNet18_Weights", 34: "ResNet34_Weights", 50: "ResNet50_Weights",
-    101: "ResNet101_Weights", 152: "ResNet152_Weights",
+_WEIGHTS = {  # (depth, groups, width per group) -> torchvision weights enum
+    (18, 1, 64): "ResNet18_Weights", (34, 1, 64): "ResNet34_Weights",
+    (50, 1, 64): "ResNet50_Weights", (101, 1, 64): "ResNet101_Weights",
+    (152, 1, 64): "ResNet152_Weights", (50, 32, 4): "ResNeXt50_32X4D_Weights",
+    (101, 32, 8): "ResNeXt101_32X8D_Weights", (101, 64, 4): "ResNeXt101_64X4D_Weights",
 }
+
+
+def torchvision_weights_name(depth: int, groups: int = 1, width_per_group: int = 64) -> str:
+    """Name of the torchvision ImageNet weights enum for this ResNet / ResNeXt shape."""
+    key = (depth, groups, width_per_group)
+    if key not in _WEIGHTS:
+        known = ", ".join(f"{d}/{g}x{w}" for d, g, w in _WEIGHTS)
+        raise ValueError(f"MODEL.BACKBONE.PRETRAINED torchvision: torchvision has no ImageNet "
+                         f"weights for depth {depth} with {groups} groups x {width_per_group} "
+                         f"(known depth/groups x width: {known}); give a local .pth instead")
+    return _WEIGHTS[key]
 
 
 class ResNetBody(nn.Module):
@@ -45,8 +58,10 @@ def norm_layer(name: str):
     raise ValueError(f"MODEL.BACKBONE.NORM must be FrozenBN or BN, got {name!r}")
 
 
-def load_pretrained(net: nn.Module, spec: str, depth: int) -> None:
-    """Load ImageNet weights into a torchvision-layout ResNet from a local file or torchvision.
+def load_pretrained(net: nn.Module, spec: str, depth: int, groups: int = 1,
+                    width_per_group: int = 64) -> None:
+    """Load ImageNet weights into a torchvision-layout ResNet/ResNeXt from a local file or
+    torchvision.
 
     Keys the file lacks (e.g. extra mask convs of a sparse ResNet) keep their initialisation;
     the classifier (`fc.*`) is ignored.
@@ -54,7 +69,8 @@ def load_pretrained(net: nn.Module, spec: str, depth: int) -> None:
     if not spec:
         return
     if spec == "torchvision":
-        weights = getattr(tv_resnet, _WEIGHTS[depth]).IMAGENET1K_V1
+        name = torchvision_weights_name(depth, groups, width_per_group)
+        weights = getattr(tv_resnet, name).IMAGENET1K_V1
         state = weights.get_state_dict(progress=True)
     else:
         if not os.path.isfile(spec):
@@ -67,6 +83,13 @@ def load_pretrained(net: nn.Module, spec: str, depth: int) -> None:
             raise ValueError(f"MODEL.BACKBONE.PRETRAINED {spec}: not a readable torch file ({exc})") from None
         state = state.get("state_dict", state.get("model", state))
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = net.state_dict()
+    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"MODEL.BACKBONE.PRETRAINED {spec}: {len(wrong)} tensors do not fit a "
+                         f"ResNet-{depth} with {groups} groups x {width_per_group}, e.g. {wrong[0]} "
+                         f"{tuple(state[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)}; check "
+                         "MODEL.BACKBONE.DEPTH / GROUPS / WIDTH_PER_GROUP")
     result = net.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise ValueError(f"MODEL.BACKBONE.PRETRAINED {spec}: keys not in a ResNet-{depth}: "
@@ -91,7 +114,7 @@ def build_resnet_body(cfg: CfgNode) -> tuple[nn.Module, dict[str, int]]:
     block = tv_resnet.BasicBlock if bb.DEPTH < 50 else tv_resnet.Bottleneck
     net = tv_resnet.ResNet(block, _LAYERS[bb.DEPTH], groups=bb.GROUPS,
                            width_per_group=bb.WIDTH_PER_GROUP, norm_layer=norm_layer(bb.NORM))
-    load_pretrained(net, bb.PRETRAINED, bb.DEPTH)
+    load_pretrained(net, bb.PRETRAINED, bb.DEPTH, bb.GROUPS, bb.WIDTH_PER_GROUP)
     body = ResNetBody(net)
     freeze_stages(body, bb.FREEZE_AT)
     e = block.expansion
