@@ -72,16 +72,18 @@ def test_setup_extensions_list_the_sources(monkeypatch):
 
     monkeypatch.setenv("FAD_BUILD_CUDA", "0")
     modules, cmdclass = build.ext_modules_and_cmdclass()
-    assert [m.name for m in modules] == ["fad.ops._msda_cpu", "fad.ops._sparse_cpu"]
+    assert [m.name for m in modules] == ["fad.ops._msda_cpu", "fad.ops._sparse_cpu",
+                                         "fad.ops._depthwise_cpu"]
     assert sorted(modules[0].sources) == ["csrc/msda/binding.cpp", "csrc/msda/cpu/msda_cpu.cpp"]
     assert modules[1].sources == ["csrc/sparse_resnet/interp_cpu.cpp"]
+    assert modules[2].sources == ["csrc/depthwise/depthwise_cpu.cpp"]
     assert "build_ext" in cmdclass
     if CUDA_HOME is not None:  # CUDAExtension needs a toolkit to resolve its library paths
         monkeypatch.setenv("FAD_BUILD_CUDA", "1")
         modules = build.ext_modules_and_cmdclass()[0]
         assert [m.name for m in modules] == ["fad.ops._msda_cpu", "fad.ops._sparse_cpu",
-                                             "fad.ops._msda_cuda"]
-        assert modules[2].sources == ["csrc/msda/cuda/msda_cuda.cu"]
+                                             "fad.ops._depthwise_cpu", "fad.ops._msda_cuda"]
+        assert modules[3].sources == ["csrc/msda/cuda/msda_cuda.cu"]
 
 
 def test_baseline_isa_path_matches_reference():

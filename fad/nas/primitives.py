@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 from torch import nn
 
+from fad.ops.depthwise import DepthwiseConv3x3
+
 FAMILIES = ("std", "sinSep")
 # suffix -> (chain length, dilation of the trailing separable unit or 0 for none)
 _SUFFIX_SPECS = {
@@ -86,8 +88,7 @@ def conv_unit(family: str, channels: int) -> nn.Sequential:
     if family == "std":
         convs = [nn.Conv2d(channels, channels, 3, padding=1)]
     elif family == "sinSep":
-        convs = [nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
-                 nn.Conv2d(channels, channels, 1)]
+        convs = [DepthwiseConv3x3(channels), nn.Conv2d(channels, channels, 1)]
     else:
         raise ValueError(f"unknown unit family {family!r}; choose one of {FAMILIES}")
     return nn.Sequential(*convs, group_norm(channels), nn.ReLU(inplace=True))
@@ -96,8 +97,7 @@ def conv_unit(family: str, channels: int) -> nn.Sequential:
 def dil_unit(channels: int, dilation: int = 2) -> nn.Sequential:
     """Dilated separable unit: depthwise 3x3 with `dilation` (no bias), 1x1 (bias), GN, ReLU."""
     return nn.Sequential(
-        nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation, groups=channels,
-                  bias=False),
+        DepthwiseConv3x3(channels, dilation),
         nn.Conv2d(channels, channels, 1),
         group_norm(channels),
         nn.ReLU(inplace=True),

@@ -134,7 +134,10 @@ def ext_modules_and_cmdclass() -> tuple[list, dict]:
                CppExtension("fad.ops._sparse_cpu",  # SparseResNet kernels (same build rules)
                             [os.path.relpath(csrc_dir() / "sparse_resnet" / "interp_cpu.cpp", root)],
                             extra_compile_args={"cxx": CXX_FLAGS + ["-Wno-psabi"]},
-                            extra_link_args=LD_FLAGS)]
+                            extra_link_args=LD_FLAGS),
+               CppExtension("fad.ops._depthwise_cpu",  # depthwise 3x3 conv (FAD units)
+                            [os.path.relpath(csrc_dir() / "depthwise" / "depthwise_cpu.cpp", root)],
+                            extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=LD_FLAGS)]
     want_cuda = os.environ.get("FAD_BUILD_CUDA")
     if want_cuda is None:
         want_cuda = "1" if (CUDA_HOME is not None and torch.version.cuda is not None) else "0"

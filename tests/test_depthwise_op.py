@@ -1,0 +1,76 @@
+"""The compiled depthwise 3x3 convolution against F.conv2d: outputs, gradients, gradcheck."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fad.ops import depthwise
+from fad.ops.depthwise import DepthwiseConv3x3, depthwise_conv3x3, kernel_runs
+
+
+@pytest.fixture(autouse=True)
+def _need_kernel(monkeypatch):
+    monkeypatch.setenv("FAD_DW_BACKEND", "cpp")  # a build failure fails the tests
+    assert kernel_runs(torch.zeros(1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 9, 13), (1, 3, 1, 1), (3, 2, 2, 7), (1, 4, 17, 4)])
+@pytest.mark.parametrize("dilation", [1, 2, 3])
+def test_matches_conv2d_forward_and_backward(shape, dilation):
+    torch.manual_seed(0)
+    x = torch.randn(shape, requires_grad=True)
+    w = torch.randn(shape[1], 1, 3, 3, requires_grad=True)
+    ref = F.conv2d(x, w, padding=dilation, dilation=dilation, groups=shape[1])
+    out = depthwise_conv3x3(x, w, dilation)
+    assert out.grad_fn is not None and "Depthwise" in type(out.grad_fn).__name__
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, (x, w), g), torch.autograd.grad(ref, (x, w), g)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_gradcheck_float64(dilation):
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: depthwise_conv3x3(a, b, dilation), (x, w))
+
+
+def test_double_backward_float64():
+    torch.manual_seed(3)
+    x = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda a, b: depthwise_conv3x3(a, b, 2), (x, w))
+    frozen = torch.randn(1, 2, 5, 4, dtype=torch.float64)  # an input that needs no gradient
+    (gw,) = torch.autograd.grad(depthwise_conv3x3(frozen, w).square().sum(), w, create_graph=True)
+    (gw_ref,) = torch.autograd.grad(F.conv2d(frozen, w, padding=1, groups=2).square().sum(), w,
+                                    create_graph=True)
+    torch.testing.assert_close(gw, gw_ref)
+    torch.testing.assert_close(torch.autograd.grad(gw.sum(), w)[0],
+                               torch.autograd.grad(gw_ref.sum(), w)[0])
+
+
+def test_module_is_a_conv2d_with_the_same_state_dict():
+    torch.manual_seed(2)
+    mine = DepthwiseConv3x3(8, dilation=2)
+    plain = torch.nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8, bias=False)
+    plain.load_state_dict(mine.state_dict())
+    x = torch.randn(2, 8, 10, 12)
+    torch.testing.assert_close(mine(x), plain(x), rtol=1e-5, atol=1e-5)
+    assert list(mine.state_dict()) == ["weight"]
+
+
+def test_non_contiguous_input_and_reference_backend(monkeypatch):
+    x = torch.randn(2, 6, 7, 8).transpose(2, 3)  # [2, 6, 8, 7], not contiguous
+    w = torch.randn(6, 1, 3, 3)
+    ref = F.conv2d(x, w, padding=1, groups=6)
+    torch.testing.assert_close(depthwise_conv3x3(x, w), ref, rtol=1e-5, atol=1e-5)
+    monkeypatch.setenv("FAD_DW_BACKEND", "reference")
+    assert not depthwise.kernel_runs(x)
+    assert depthwise_conv3x3(x.requires_grad_(), w).grad_fn.name().startswith("Convolution")
+
+
+def test_bad_backend_name(monkeypatch):
+    monkeypatch.setenv("FAD_DW_BACKEND", "fastest")
+    with pytest.raises(ValueError, match="FAD_DW_BACKEND"):
+        kernel_runs(torch.zeros(1))
