@@ -151,11 +151,8 @@ at::Tensor grad_weight_cpu(const at::Tensor& grad_in, const at::Tensor& x_in, in
 }  // namespace
 }  // namespace fad_dw
 
-TORCH_LIBRARY(fad_dw, m) {
-  m.def("forward(Tensor x, Tensor weight, int dilation) -> Tensor");
-  m.def("grad_weight(Tensor grad, Tensor x, int dilation) -> Tensor");
-}
-
+// The schemas are defined on the Python side (fad/ops/depthwise.py) at import, so that the ops
+// (and their FLOP formulas) exist before this library is built or loaded.
 TORCH_LIBRARY_IMPL(fad_dw, CPU, m) {
   m.impl("forward", &fad_dw::forward_cpu);
   m.impl("grad_weight", &fad_dw::grad_weight_cpu);

@@ -9,12 +9,19 @@ the FAD supernet and sinSep / dilated units are full of these convolutions. Ever
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.flop_counter import register_flop_formula
 
 from fad.ops.cpu_kernel import CpuKernel
 from fad.utils.csrc import csrc_dir
+
+_LIB = torch.library.Library("fad_dw", "DEF")  # schemas here, CPU kernels from csrc/depthwise
+_LIB.define("forward(Tensor x, Tensor weight, int dilation) -> Tensor")
+_LIB.define("grad_weight(Tensor grad, Tensor x, int dilation) -> Tensor")
 
 _KERNEL = CpuKernel("depthwise 3x3 convolution", "fad_depthwise_cpu", "fad.ops._depthwise_cpu",
                     [csrc_dir() / "depthwise" / "depthwise_cpu.cpp"], "FAD_DW_BACKEND")
@@ -45,6 +52,12 @@ class _DepthwiseFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_w = torch.ops.fad_dw.grad_weight(grad, x, ctx.dilation)
         return grad_x, grad_w, None
+
+
+@register_flop_formula([torch.ops.fad_dw.forward, torch.ops.fad_dw.grad_weight])
+def _flops(x_shape, *args, out_shape=None, **kwargs) -> int:
+    """FlopCounterMode's count of a depthwise 3x3: 2 x 9 multiply-adds per element of x."""
+    return 2 * 9 * math.prod(x_shape)
 
 
 def kernel_runs(x: Tensor) -> bool:

@@ -5,15 +5,14 @@ search-size input, once with RepShare mixed edges and once with the same ten can
 as independent ops (`SeparateCandidates`), interleaved in one process, medians reported.
 `speedup` = separate / shared time; `peak_memory_ratio` = separate / shared peak memory (CUDA:
 max allocated; CPU: bytes of tensors saved for backward); `flop_ratio` = separate / shared forward
-FLOPs (torch's FlopCounterMode: convolutions and matmuls; the depthwise convolutions are
-counted on the PyTorch path, which the compiled CPU kernel replaces in the timed steps). Also
-times full iterations (alpha step + weight step) of the tiny search config on random data.
+FLOPs (torch's FlopCounterMode: convolutions, matmuls and the compiled depthwise kernel, which
+registers the same count as a depthwise convolution). Also times full iterations (alpha step +
+weight step) of the tiny search config on random data.
 """
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import time
 
@@ -109,17 +108,10 @@ def _tower_benchmark(args, device: torch.device) -> dict:
             if i > 0:
                 times[name].append(dt)
     flops = {}
-    os.environ["FAD_DW_BACKEND"], saved = "reference", os.environ.get("FAD_DW_BACKEND")
-    try:  # FlopCounterMode counts aten convolutions, not the compiled depthwise kernel
-        for name, head in heads.items():
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                head(feats)
-            flops[name] = counter.get_total_flops()
-    finally:
-        if saved is None:
-            os.environ.pop("FAD_DW_BACKEND")
-        else:
-            os.environ["FAD_DW_BACKEND"] = saved
+    for name, head in heads.items():
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            head(feats)
+        flops[name] = counter.get_total_flops()
     shared_s, separate_s = (statistics.median(times[n]) for n in ("shared", "separate"))
     params = {n: sum(p.numel() for p in h.parameters()) for n, h in heads.items()}
     return {
