@@ -145,6 +145,28 @@ def test_sparse_detr_encoder_aux_losses_per_layer():
     assert {"loss_ce_enc_0", "loss_giou_enc_1"} <= set(losses) and "loss_ce_enc_2" not in losses
 
 
+@pytest.mark.parametrize("variant", ["single_stage", "refine", "two_stage", "sparse"])
+@pytest.mark.parametrize("aux_loss", [True, False])
+def test_ddp_unused_parameter_flag_matches_a_training_step(variant, aux_loss, monkeypatch):
+    """The flag that wrap_ddp passes to DDP is True exactly when a step leaves parameters
+    without a gradient (DDP would fail on them otherwise)."""
+    import fad.engine.trainer as trainer
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(variant, **{"MODEL.DETR.AUX_LOSS": aux_loss})
+    model = build_deformable_detr(cfg, 2).train()
+    images, targets = two_images()
+    sum(model(images, targets).values()).backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert model.ddp_find_unused_parameters == bool(unused), unused
+    seen = {}
+    monkeypatch.setattr(trainer, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel",
+                        lambda m, **kw: seen.update(kw) or m)
+    trainer.wrap_ddp(model, torch.device("cpu"))
+    assert seen["find_unused_parameters"] == bool(unused)
+
+
 def test_optimizer_groups():
     cfg = tiny_cfg("single_stage")
     model = build_detector(cfg, 3)

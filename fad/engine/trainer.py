@@ -47,11 +47,15 @@ def to_device(images: list, targets: list[dict], device: torch.device) -> tuple[
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
-    """DistributedDataParallel under torchrun, the model itself otherwise."""
+    """DistributedDataParallel under torchrun, the model itself otherwise. A model whose
+    `ddp_find_unused_parameters` is True (some parameters get no gradient in a step) makes DDP
+    search for them; every other model skips that search."""
     if get_world_size() == 1:
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=False)
+    find_unused = bool(getattr(model, "ddp_find_unused_parameters", False))
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids,
+                                               find_unused_parameters=find_unused)
 
 
 def train(cfg: CfgNode, model: nn.Module, dataset, device: torch.device, resume: bool = False,

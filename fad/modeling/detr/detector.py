@@ -56,6 +56,10 @@ only; empty otherwise).
         self.use_enc_aux_loss = use_enc_aux_loss
         self.mask_prediction_coef = mask_prediction_coef
         self.dam_half_pixel = dam_half_pixel
+        # per-layer class heads of box refinement get no gradient without the auxiliary
+        # losses; DDP (fad.engine.trainer.wrap_ddp) must then look for unused parameters
+        self.ddp_find_unused_parameters = (heads.with_box_refine and not aux_loss
+                                           and len(heads.class_embed) > 1)
         self._stats: dict[str, float] = {}
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
