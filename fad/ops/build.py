@@ -42,10 +42,9 @@ def sources(device_type: str) -> list[str]:
     return [str(f) for f in files]
 
 
-def _check_toolchain(device_type: str) -> None:
-    missing = [f for f in sources(device_type) if not os.path.exists(f)]
-    if missing:
-        raise ExtensionUnavailable(f"MSDA sources not found ({missing[0]}); use a source checkout")
+def check_cpp_toolchain() -> None:
+    """Raise ExtensionUnavailable unless a C++ compiler and ninja are usable (puts the ninja of
+    the pip package on PATH when it is not there, as in a venv that is not activated)."""
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         raise ExtensionUnavailable(f"no C++ compiler ({compiler!r} not on PATH); install g++")
@@ -56,6 +55,13 @@ def _check_toolchain(device_type: str) -> None:
             raise ExtensionUnavailable("ninja is not installed; pip install ninja") from None
         # the pip package's binary sits in its own folder, on PATH only in an activated venv
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
+def _check_toolchain(device_type: str) -> None:
+    missing = [f for f in sources(device_type) if not os.path.exists(f)]
+    if missing:
+        raise ExtensionUnavailable(f"MSDA sources not found ({missing[0]}); use a source checkout")
+    check_cpp_toolchain()
     if device_type == "cuda":
         from torch.utils.cpp_extension import CUDA_HOME
 

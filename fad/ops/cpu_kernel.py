@@ -12,10 +12,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import shutil
 from pathlib import Path
 
-from fad.ops.build import CXX_FLAGS, LD_FLAGS, ExtensionUnavailable
+from fad.ops.build import CXX_FLAGS, LD_FLAGS, ExtensionUnavailable, check_cpp_toolchain
 
 BACKENDS = ("auto", "reference", "cpp")
 
@@ -44,11 +43,7 @@ class CpuKernel:
         if missing:
             raise ExtensionUnavailable(f"{self.what} sources not found ({missing[0]}); use a "
                                        "source checkout")
-        compiler = os.environ.get("CXX", "c++")
-        if shutil.which(compiler) is None:
-            raise ExtensionUnavailable(f"no C++ compiler ({compiler!r} not on PATH); install g++")
-        if shutil.which("ninja") is None:
-            raise ExtensionUnavailable("ninja is not installed; pip install ninja")
+        check_cpp_toolchain()
         from torch.utils.cpp_extension import load
 
         load(name=self.jit_name, sources=[str(s) for s in self.sources],
