@@ -100,7 +100,7 @@ class SeparateCandidates(nn.Module):
         terms = []
         for op in self.ops:
             last = op[-1]
-            if isinstance(last, nn.Conv2d) and last.kernel_size == (1, 1):
+            if isinstance(last, nn.Conv2d) and last.kernel_size == (1, 1) and last.bias is None:
                 terms.append((op[:-1](x), last))
             else:
                 terms.append((op(x), None))
