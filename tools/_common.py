@@ -9,7 +9,7 @@ from typing import Callable
 from fad.config import load_config
 from fad.data import DataError
 from fad.engine.checkpoint import CheckpointError
-from fad.evaluation.errors import EvalError
+from fad.errors import EvalError
 from fad.engine.distributed import get_rank, init_distributed
 from fad.engine.logger import setup_logger
 from fad.modeling import build_detector

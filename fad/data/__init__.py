@@ -2,7 +2,7 @@
 from .base import DetectionDataset
 from .build import build_dataset, collate, make_test_loader, make_train_loader
 from .coco import COCODataset
-from .errors import DataError
+from fad.errors import DataError
 from .split import split_dataset
 from .transforms import build_transforms
 from .views import DetectionConcat, DetectionSubset

@@ -13,7 +13,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from .boxes import BoxFixes
-from .errors import DataError
+from fad.errors import DataError
 from .image import read_image
 
 logger = logging.getLogger(__name__)

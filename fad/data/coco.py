@@ -13,7 +13,7 @@ from pycocotools.coco import COCO
 
 from .base import DetectionDataset, ImageRecord, Transforms, quiet_coco
 from .boxes import BoxFixes, sanitize_boxes
-from .errors import DataError
+from fad.errors import DataError
 
 
 def _load_json(path: Path) -> dict:

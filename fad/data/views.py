@@ -9,7 +9,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
 from .base import CachedCocoGT, SampleKey, quiet_coco, unpack_key
-from .errors import DataError
+from fad.errors import DataError
 
 
 class DatasetView(CachedCocoGT, Dataset):

@@ -15,7 +15,7 @@ import torch
 
 from .base import DetectionDataset, ImageRecord, Transforms
 from .boxes import BoxFixes, sanitize_boxes
-from .errors import DataError
+from fad.errors import DataError
 from .image import read_image_size
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")

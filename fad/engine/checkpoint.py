@@ -5,11 +5,8 @@ import os
 
 import torch
 
+from fad.errors import CheckpointError
 from fad.utils.io import atomic_torch_save, atomic_write_text
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read."""
 
 
 class Checkpointer:

@@ -1,6 +1,6 @@
 """Evaluation: COCO metrics (pycocotools), devkit-exact VOC mAP, result writers, tables."""
 from .coco_eval import evaluate_coco
-from .errors import EvalError
+from fad.errors import EvalError
 from .results import run_evaluation
 from .table import format_per_class, format_table
 from .voc_eval import evaluate_voc, write_voc_results

@@ -14,7 +14,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .errors import EvalError
+from fad.errors import EvalError
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import torch
 from fad.utils.io import atomic_write_text
 
 from .coco_eval import evaluate_coco
-from .errors import EvalError
+from fad.errors import EvalError
 from .voc_eval import evaluate_voc, write_voc_results
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import EvalError
+from fad.errors import EvalError
 from .voc_ap import ClassGroundTruth, average_precision, match_detections, precision_recall
 from .voc_io import (VocObject, read_annotation, read_classes, read_detections, read_split,
                      result_file, write_voc_results)

@@ -18,7 +18,7 @@ import numpy as np
 
 from fad.utils.io import atomic_write_text
 
-from .errors import EvalError
+from fad.errors import EvalError
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -11,16 +11,13 @@ import ast
 import os
 from typing import NamedTuple
 
+from fad.errors import GenotypeError
 from fad.utils.io import atomic_write_text
 
 from .primitives import NONE, SEARCHABLE
 
 EDGES_PER_NODE = 2
 MAX_LINE_CHARS = 4000
-
-
-class GenotypeError(ValueError):
-    """A malformed genotype or one that does not fit the config; the message is one line."""
 
 
 class Genotype(NamedTuple):
