@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
-from fad.data import build_dataset, make_train_loader, split_dataset
+from fad.data import build_dataset, check_num_classes, make_train_loader, split_dataset
 from fad.engine.checkpoint import Checkpointer
 from fad.engine.distributed import (all_reduce_mean, broadcast_tensors, get_world_size,
                                     is_main_process, reduce_dict)
@@ -24,6 +24,7 @@ from fad.engine.hooks import collect_aux_losses
 from fad.engine.logger import MetricLogger, TensorboardWriter
 from fad.engine.solver import build_lr_scheduler, build_optimizer
 from fad.engine.trainer import rng_state, set_rng_state, to_device
+from fad.errors import ConfigError
 from fad.nas.draw import FORMATS, draw_genotype
 from fad.nas.genotype import Genotype, format_genotype, write_genotype_file
 
@@ -118,7 +119,7 @@ def search(cfg: CfgNode, model: Supernet, train_set, val_set, device: torch.devi
     s, out = cfg.SOLVER, cfg.OUTPUT_DIR
     fmt = cfg.SEARCH.DIAGRAM_FORMAT
     if fmt not in FORMATS:
-        raise SystemExit(f"error: SEARCH.DIAGRAM_FORMAT must be one of {FORMATS}, got {fmt!r}")
+        raise ConfigError(f"SEARCH.DIAGRAM_FORMAT must be one of {FORMATS}, got {fmt!r}")
     weights = model.weight_parameters()
     alphas = model.arch_parameters()
     optimizer = build_optimizer(cfg, model.weight_named_parameters())
@@ -200,10 +201,7 @@ def search(cfg: CfgNode, model: Supernet, train_set, val_set, device: torch.devi
 def run_search(cfg: CfgNode, device: torch.device, resume: bool = False) -> tuple[Genotype, Genotype]:
     """Build the search set, split it into disjoint train/val halves, build the supernet, search."""
     dataset = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
-    num_classes = dataset.num_classes
-    if cfg.MODEL.NUM_CLASSES and cfg.MODEL.NUM_CLASSES != num_classes:
-        raise SystemExit(f"error: MODEL.NUM_CLASSES {cfg.MODEL.NUM_CLASSES} but {cfg.DATASETS.TRAIN} "
-                         f"has {num_classes} classes; set MODEL.NUM_CLASSES 0 to take it from the data")
+    num_classes = check_num_classes(cfg, dataset)
     train_set, val_set = split_dataset(dataset, cfg.SEARCH.VAL_FRACTION, cfg.SEED)
     logger.info("search set %s: %d images, %d classes -> %d train / %d val", cfg.DATASETS.TRAIN,
                 len(dataset), num_classes, len(train_set), len(val_set))

@@ -1,6 +1,7 @@
 """Datasets (VOC, COCO, synthetic), transforms and iteration-based loaders."""
 from .base import DetectionDataset
-from .build import build_dataset, collate, make_test_loader, make_train_loader
+from .build import (build_dataset, check_num_classes, collate, make_test_loader,
+                    make_train_loader)
 from .coco import COCODataset
 from fad.errors import DataError
 from .split import split_dataset
@@ -10,6 +11,6 @@ from .voc import VOCDataset
 
 __all__ = [
     "COCODataset", "DataError", "DetectionConcat", "DetectionDataset", "DetectionSubset",
-    "VOCDataset", "build_dataset", "build_transforms", "collate", "make_test_loader",
-    "make_train_loader", "split_dataset",
+    "VOCDataset", "build_dataset", "build_transforms", "check_num_classes", "collate",
+    "make_test_loader", "make_train_loader", "split_dataset",
 ]

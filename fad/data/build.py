@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 from yacs.config import CfgNode
 
 from fad.config.catalog import resolve
+from fad.errors import ConfigError
 
 from .coco import COCODataset
 from .samplers import ShardSampler, TrainBatchSampler
@@ -40,7 +41,7 @@ def build_dataset(cfg: CfgNode, names: Sequence[str], is_train: bool):
     class list). Synthetic names generate their data under DATASETS.ROOT when missing."""
     names = [names] if isinstance(names, str) else list(names)
     if not names:
-        raise ValueError("no dataset names given; set DATASETS.TRAIN / DATASETS.TEST")
+        raise ConfigError("no dataset names given; set DATASETS.TRAIN / DATASETS.TEST")
     transforms = build_transforms(cfg, is_train)
     datasets = []
     for name in names:
@@ -54,6 +55,17 @@ def build_dataset(cfg: CfgNode, names: Sequence[str], is_train: bool):
             datasets.append(COCODataset(entry["images"], entry["ann_file"], transforms, is_train,
                                         name=name))
     return datasets[0] if len(datasets) == 1 else DetectionConcat(datasets)
+
+
+def check_num_classes(cfg: CfgNode, dataset) -> int:
+    """The class count of `dataset`; a ConfigError when MODEL.NUM_CLASSES (0 = take it from the
+    data) names another count."""
+    num_classes = dataset.num_classes
+    if cfg.MODEL.NUM_CLASSES and cfg.MODEL.NUM_CLASSES != num_classes:
+        raise ConfigError(f"MODEL.NUM_CLASSES {cfg.MODEL.NUM_CLASSES} but {cfg.DATASETS.TRAIN} "
+                          f"has {num_classes} classes; set MODEL.NUM_CLASSES 0 to take it from "
+                          "the data")
+    return num_classes
 
 
 def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
