@@ -34,12 +34,13 @@ class Checkpointer:
     def load(path: str) -> dict:
         """Read a checkpoint on the CPU; a missing or unreadable file is a one-line error."""
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
+            raise CheckpointError(f"checkpoint {path} does not exist; check MODEL.WEIGHT or the "
+                                  "output folder")
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
             raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({exc}); "
-                             "delete it and resume from an earlier one") from None
+                                  "delete it and resume from an earlier one") from None
 
 
 def model_state(state: dict) -> dict:

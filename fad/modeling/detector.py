@@ -13,6 +13,8 @@ import importlib
 from torch import nn
 from yacs.config import CfgNode
 
+from fad.errors import ConfigError
+
 # meta-architecture -> "module:function"; imported lazily so a family's deps load only when used
 _BUILDERS = {
     "FCOS": "fad.modeling.fcos:build_fcos",
@@ -26,7 +28,7 @@ def build_detector(cfg: CfgNode, num_classes: int, **kwargs) -> nn.Module:
     """Instantiate the detector named by `cfg.MODEL.META_ARCHITECTURE` for `num_classes` classes."""
     name = cfg.MODEL.META_ARCHITECTURE
     if name not in _BUILDERS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown MODEL.META_ARCHITECTURE {name!r}; choose one of {sorted(_BUILDERS)}"
         )
     module_name, fn_name = _BUILDERS[name].split(":")

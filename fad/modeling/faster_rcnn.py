@@ -58,7 +58,7 @@ class FasterRCNNDetector(nn.Module):
         """Training: dict of scalar losses; eval: list of {boxes [K,4], scores [K], labels [K]}."""
         if self.training:
             if targets is None:
-                raise ValueError("fad/modeling/faster_rcnn.py: training needs targets")
+                raise ValueError("FasterRCNN: training needs targets; call model.eval() to infer")
             shifted = [{**t, "labels": t["labels"] + 1} for t in targets]
             return self.model(images, shifted)
         detections = self.model(images)

@@ -6,6 +6,8 @@ import os
 import torch
 from yacs.config import CfgNode
 
+from fad.errors import ConfigError
+
 
 def resolve_device(cfg: CfgNode) -> torch.device:
     """`MODEL.DEVICE`: "auto" picks this rank's GPU when CUDA is usable, else the CPU."""
@@ -16,6 +18,6 @@ def resolve_device(cfg: CfgNode) -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: MODEL.DEVICE {name!r} asked for CUDA but no GPU is usable; "
-                         "use MODEL.DEVICE auto or cpu")
+        raise ConfigError(f"MODEL.DEVICE {name!r} asked for CUDA but no GPU is usable; "
+                          "use MODEL.DEVICE auto or cpu")
     return device

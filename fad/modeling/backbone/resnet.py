@@ -11,6 +11,8 @@ from torchvision.models import resnet as tv_resnet
 from torchvision.ops import FrozenBatchNorm2d
 from yacs.config import CfgNode
 
+from fad.errors import CheckpointError, ConfigError
+
 logger = logging.getLogger("fad")
 
 _LAYERS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
@@ -74,13 +76,14 @@ def load_pretrained(net: nn.Module, spec: str, depth: int, groups: int = 1,
         state = weights.get_state_dict(progress=True)
     else:
         if not os.path.isfile(spec):
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"MODEL.BACKBONE.PRETRAINED {spec!r} does not exist; give a local .pth of a "
                 "torchvision ResNet state dict, 'torchvision' to download, or '' for random init")
         try:
             state = torch.load(spec, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-            raise ValueError(f"MODEL.BACKBONE.PRETRAINED {spec}: not a readable torch file ({exc})") from None
+            raise CheckpointError(f"MODEL.BACKBONE.PRETRAINED {spec}: not a readable torch file "
+                                  f"({exc}); give a torchvision ResNet state dict") from None
         state = state.get("state_dict", state.get("model", state))
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     own = net.state_dict()

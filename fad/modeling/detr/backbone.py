@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
+from fad.errors import ConfigError
 from fad.modeling.backbone import build_backbone_body
 
 _BODY_OUTPUTS = ("c3", "c4", "c5")  # strides 8, 16, 32
@@ -36,8 +37,8 @@ class MultiLevelBackbone(nn.Module):
                  gn_groups: int = 32):
         super().__init__()
         if d_model % gn_groups:
-            raise ValueError(f"fad/modeling/detr/backbone.py: MODEL.DETR.D_MODEL={d_model} is "
-                             f"not divisible by MODEL.DETR.GN_GROUPS={gn_groups}; change one")
+            raise ConfigError(f"MODEL.DETR.D_MODEL={d_model} is not divisible by "
+                              f"MODEL.DETR.GN_GROUPS={gn_groups}; change one")
         self.body = body
         num_body = min(num_levels, len(channels))
         self.body_keys = list(_BODY_OUTPUTS[len(channels) - num_body:])

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from yacs.config import CfgNode
 
+from fad.errors import ConfigError
+
 from .backbone import MultiLevelBackbone, build_body
 from .criterion import SetCriterion
 from .detector import DeformableDETR
@@ -10,11 +12,9 @@ from .heads import DetrHeads
 from .matcher import HungarianMatcher
 from .transformer import DeformableTransformer
 
-_WHERE = "fad/modeling/detr/build.py"
-
 
 def check_detr_config(cfg: CfgNode, num_classes: int) -> None:
-    """Raise a one-line ValueError naming the config keys of an inconsistent DETR setup."""
+    """Raise a one-line ConfigError naming the config keys of an inconsistent DETR setup."""
     d = cfg.MODEL.DETR
     sparse = cfg.MODEL.META_ARCHITECTURE == "SparseDETR"
     problems = [
@@ -34,13 +34,13 @@ def check_detr_config(cfg: CfgNode, num_classes: int) -> None:
     ]
     for bad, message in problems:
         if bad:
-            raise ValueError(f"{_WHERE}: {message}; fix the config file or the KEY VALUE overrides")
+            raise ConfigError(f"{message}; fix the config file or the KEY VALUE overrides")
 
 
 def build_deformable_detr(cfg: CfgNode, num_classes: int, **kwargs) -> DeformableDETR:
     """The detector of `MODEL.META_ARCHITECTURE` DeformableDETR or SparseDETR for `num_classes`."""
     if kwargs:
-        raise ValueError(f"{_WHERE}: unexpected arguments {sorted(kwargs)}")
+        raise TypeError(f"build_deformable_detr: unexpected arguments {sorted(kwargs)}")
     check_detr_config(cfg, num_classes)
     d = cfg.MODEL.DETR
     body, channels = build_body(cfg)

@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
+from fad.errors import DataError
 from fad.modeling.image_batch import batch_images
 
 from .backbone import MultiLevelBackbone
@@ -64,8 +65,8 @@ only; empty otherwise).
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
         if self.training and targets is None:
-            raise ValueError("fad/modeling/detr/detector.py: training mode needs targets; call "
-                             "model.eval() for inference")
+            raise ValueError("DeformableDETR: training mode needs targets; call model.eval() "
+                             "for inference")
         self._stats = {}
         batch, sizes, mask = batch_images(images, self.pixel_mean, self.pixel_std,
                                           self.size_divisibility)
@@ -90,18 +91,18 @@ only; empty otherwise).
 
     def _check_targets(self, targets: list[dict], num_images: int) -> None:
         """One-line errors for targets the losses cannot use."""
-        where = "fad/modeling/detr/detector.py"
+        where = "DETR targets"
         if len(targets) != num_images:
-            raise ValueError(f"{where}: got {num_images} images but {len(targets)} targets")
+            raise DataError(f"{where}: got {num_images} images but {len(targets)} targets")
         num_classes = self.criterion.num_classes
         for i, tgt in enumerate(targets):
             boxes, labels = tgt.get("boxes"), tgt.get("labels")
             if boxes is None or labels is None or boxes.dim() != 2 or boxes.shape[-1] != 4 \
                     or labels.shape != boxes.shape[:1]:
-                raise ValueError(f"{where}: target {i} needs 'boxes' [K, 4] xyxy and 'labels' [K]")
+                raise DataError(f"{where}: target {i} needs 'boxes' [K, 4] xyxy and 'labels' [K]")
             if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-                raise ValueError(f"{where}: target {i} has labels outside 0..{num_classes - 1}; "
-                                 "labels must be 0-based class indices of the training dataset")
+                raise DataError(f"{where}: target {i} has labels outside 0..{num_classes - 1}; "
+                                "labels must be 0-based class indices of the training dataset")
 
     def _training_outputs(self, t: dict) -> dict:
         """Prediction sets for the criterion: last decoder layer, aux layers, encoder sets."""

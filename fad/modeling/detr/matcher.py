@@ -6,6 +6,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torchvision.ops import generalized_box_iou
 
+from fad.errors import ConfigError
+
 from .box_ops import cxcywh_to_xyxy
 
 
@@ -32,8 +34,7 @@ class HungarianMatcher:
     def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0):
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
-            raise ValueError("fad/modeling/detr/matcher.py: all matching costs are 0; set "
-                             "MODEL.DETR.SET_COST_CLASS/BBOX/GIOU")
+            raise ConfigError("all matching costs are 0; set MODEL.DETR.SET_COST_CLASS/BBOX/GIOU")
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou

@@ -75,7 +75,7 @@ class SparseEncoder(DeformableEncoder):
         layer, the rest unchanged) and each layer's selected-token output [N, K, C].
         """
         if topk_idx is None or counts is None:
-            raise ValueError("fad/modeling/detr/sparse_encoder.py: SparseEncoder needs topk_idx "
+            raise ValueError("SparseEncoder needs topk_idx "
                              "and counts (set MODEL.DETR.RHO > 0 so the transformer selects tokens)")
         ref = encoder_reference_points([tuple(s) for s in spatial_shapes.tolist()], ratios)
         query = gather_tokens(src, topk_idx)

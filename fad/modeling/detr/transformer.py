@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fad.errors import ConfigError
 from fad.ops import MSDeformAttn
 
 from .deformable_transformer import (DecoderLayer, DeformableDecoder, DeformableEncoder,
@@ -35,8 +36,8 @@ class DeformableTransformer(nn.Module):
                  eff_query_init: bool = False, eff_specific_head: bool = False):
         super().__init__()
         if rho > 0 and not two_stage:
-            raise ValueError("fad/modeling/detr/transformer.py: Sparse DETR (rho > 0) needs "
-                             "two-stage; set MODEL.DETR.TWO_STAGE True or MODEL.DETR.RHO 0")
+            raise ConfigError("Sparse DETR (rho > 0) needs two-stage; set MODEL.DETR.TWO_STAGE "
+                              "True or MODEL.DETR.RHO 0")
         self.d_model = d_model
         self.num_queries = num_queries
         self.two_stage = two_stage
