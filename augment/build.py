@@ -4,9 +4,8 @@ from __future__ import annotations
 from torch import nn
 from yacs.config import CfgNode
 
-from fad.modeling.fcos import build_fcos
+from fad.modeling.fcos import TowerHead, build_fcos, check_fad_config
 from fad.nas.genotype import Genotype, GenotypeError, read_genotype_file
-from fad.nas.tower_head import TowerHead, check_fad_config
 
 from .cells import AugmentTower
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
-from fad.modeling.fcos import build_fcos
-from fad.nas.tower_head import TowerHead, check_fad_config
+from fad.modeling.fcos import TowerHead, build_fcos, check_fad_config
 
 from .cells import SearchTower
 

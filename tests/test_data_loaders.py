@@ -6,9 +6,9 @@ import torch
 
 from fad.config import get_cfg_defaults
 from fad.data import DataError, build_dataset, make_test_loader, make_train_loader, split_dataset
-from fad.data import build as data_build
 from fad.data.samplers import ShardSampler, TrainBatchSampler
 from fad.data.synthetic import generate
+from fad.utils import dist as fad_dist
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +25,10 @@ def cfg(tmp_path_factory):
 
 
 def fake_world(monkeypatch, rank: int, world: int) -> None:
-    monkeypatch.setattr(data_build.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(data_build.dist, "get_rank", lambda: rank)
-    monkeypatch.setattr(data_build.dist, "get_world_size", lambda: world)
-    monkeypatch.setattr(data_build.dist, "barrier", lambda: None)
+    monkeypatch.setattr(fad_dist.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(fad_dist.dist, "get_rank", lambda: rank)
+    monkeypatch.setattr(fad_dist.dist, "get_world_size", lambda: world)
+    monkeypatch.setattr(fad_dist.dist, "barrier", lambda: None)
 
 
 def assert_same_batches(a: list, b: list) -> None:

@@ -3,7 +3,7 @@ import torch
 
 from fad.config import get_cfg_defaults
 from fad.modeling import build_detector
-from fad.modeling.heads.fcos_head import flatten_level_outputs
+from fad.modeling.fcos.head import flatten_level_outputs
 
 
 def tiny_cfg():
@@ -28,7 +28,7 @@ def test_postprocess_decodes_one_confident_location():
     model = build_detector(tiny_cfg(), 3).eval()
     shapes = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
     total = sum(h * w for h, w in shapes)
-    from fad.modeling.fcos_targets import make_locations
+    from fad.modeling.fcos.targets import make_locations
 
     points, strides, _ = make_locations(shapes, (8, 16, 32, 64, 128), torch.device("cpu"))
     outputs = {"cls_logits": torch.full((1, total, 3), -10.0),

@@ -1,7 +1,7 @@
 """FCOS-imprv target assignment and post-processing on hand-made cases."""
 import torch
 
-from fad.modeling.fcos_targets import assign_targets, centerness_target, make_locations
+from fad.modeling.fcos.targets import assign_targets, centerness_target, make_locations
 
 
 def test_locations_are_offset_by_half_stride():

@@ -4,12 +4,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader
 from yacs.config import CfgNode
 
 from fad.config.catalog import resolve
 from fad.errors import ConfigError
+from fad.utils.dist import get_rank, get_world_size, synchronize
 
 from .coco import COCODataset
 from .samplers import ShardSampler, TrainBatchSampler
@@ -19,20 +19,12 @@ from .views import DetectionConcat
 from .voc import VOCDataset
 
 
-def _rank_world() -> tuple[int, int]:
-    """(rank, world size) from torch.distributed when it is initialised, else (0, 1)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _ensure_synthetic_once(root: str) -> None:
     """Rank 0 generates first; the others follow after a barrier (a no-op on shared storage)."""
-    rank, world = _rank_world()
-    if rank == 0:
+    if get_rank() == 0:
         ensure_synthetic(root)
-    if world > 1:
-        dist.barrier()
+    if get_world_size() > 1:
+        synchronize()
         ensure_synthetic(root)
 
 
@@ -85,7 +77,7 @@ def make_train_loader(cfg: CfgNode, dataset, start_iter: int = 0,
     start_iter..SOLVER.MAX_ITER-1 (forever if `infinite`), seeded by cfg.SEED, aspect-ratio
     grouped when DATALOADER.ASPECT_RATIO_GROUPING, a disjoint shard per rank; resuming at
     `start_iter` gives exactly the batches of an uninterrupted run from there on."""
-    rank, world = _rank_world()
+    rank, world = get_rank(), get_world_size()
     batch_size = _per_rank(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH", world)
     if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
         group_ids = [int(w > h) for h, w in (dataset.image_size(i) for i in range(len(dataset)))]
@@ -101,7 +93,7 @@ def make_train_loader(cfg: CfgNode, dataset, start_iter: int = 0,
 def make_test_loader(cfg: CfgNode, dataset) -> DataLoader:
     """Ordered batches of TEST.IMS_PER_BATCH // world_size images; rank r gets images r, r + world,
     ... so each image is seen exactly once over all ranks."""
-    rank, world = _rank_world()
+    rank, world = get_rank(), get_world_size()
     batch_size = _per_rank(cfg.TEST.IMS_PER_BATCH, "TEST.IMS_PER_BATCH", world)
     sampler = ShardSampler(len(dataset), rank, world)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler,

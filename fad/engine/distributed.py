@@ -1,4 +1,6 @@
-"""torch.distributed helpers for torchrun (DDP); all are no-ops in a single process."""
+"""torch.distributed for torchrun (DDP): joining the process group, reductions and broadcasts;
+all are no-ops in a single process. Rank, world size, the barrier and the mean over ranks live
+in `fad.utils.dist` (models and data use them too) and are re-exported here for the engine."""
 from __future__ import annotations
 
 import datetime
@@ -8,22 +10,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from fad.utils.dist import (all_reduce_mean, get_rank, get_world_size, is_dist, is_main_process,
+                            synchronize)
 
-def is_dist() -> bool:
-    """True inside an initialised process group."""
-    return dist.is_available() and dist.is_initialized()
-
-
-def get_rank() -> int:
-    return dist.get_rank() if is_dist() else 0
-
-
-def get_world_size() -> int:
-    return dist.get_world_size() if is_dist() else 1
-
-
-def is_main_process() -> bool:
-    return get_rank() == 0
+__all__ = ["all_gather_objects", "all_reduce_mean", "broadcast_tensors", "get_rank",
+           "get_world_size", "init_distributed", "is_dist", "is_main_process", "reduce_dict",
+           "synchronize"]
 
 
 def init_distributed() -> bool:
@@ -37,24 +29,9 @@ def init_distributed() -> bool:
     return True
 
 
-def synchronize() -> None:
-    """Barrier across ranks."""
-    if is_dist() and get_world_size() > 1:
-        dist.barrier()
-
-
-def all_reduce_mean(t: Tensor) -> Tensor:
-    """Mean of `t` over ranks (a detached copy; `t` itself is untouched)."""
-    t = t.detach().clone()
-    if is_dist() and get_world_size() > 1:
-        dist.all_reduce(t)
-        t /= get_world_size()
-    return t
-
-
 def reduce_dict(d: dict[str, Tensor]) -> dict[str, Tensor]:
     """Mean over ranks of every scalar tensor in `d` (detached), keys in a fixed order."""
-    if not (is_dist() and get_world_size() > 1):
+    if get_world_size() == 1:
         return {k: v.detach() for k, v in d.items()}
     keys = sorted(d)
     stacked = all_reduce_mean(torch.stack([d[k].detach().float().reshape(()) for k in keys]))
@@ -63,14 +40,14 @@ def reduce_dict(d: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def broadcast_tensors(tensors: list[Tensor], src: int = 0) -> None:
     """Copy `tensors` from rank `src` to every rank, in place."""
-    if is_dist() and get_world_size() > 1:
+    if get_world_size() > 1:
         for t in tensors:
             dist.broadcast(t.data, src)
 
 
 def all_gather_objects(obj) -> list:
     """Gather a picklable object from every rank (a one-element list outside DDP)."""
-    if not (is_dist() and get_world_size() > 1):
+    if get_world_size() == 1:
         return [obj]
     out = [None] * get_world_size()
     dist.all_gather_object(out, obj)

@@ -1,8 +1,8 @@
 """FAD primitives: the std / sinSep / dilated-separable units, `none`, and the primitive list.
 
 Every unit maps Tensor[N, C, H, W] -> Tensor[N, C, H, W] (stride 1) and ends with GN + ReLU.
-GroupNorm uses 32 groups; narrower widths (tiny CPU configs) use the largest divisor of 32 that
-divides C and leaves >= 2 channels per group, so a 1x1 map (P7 of a small image) still normalises.
+GroupNorm follows the one rule of `fad.modeling.layers.group_norm` (32 groups; fewer at narrow
+widths, >= 2 channels per group).
 
 Names: a RepShare op of family A (`std` or `sinSep`) emits five candidates, in this order:
 `A_conv_3x3`, `A_conv_3x3+dil_conv_3x3`, `A_conv_3x3_x2`, `A_conv_3x3_x2+dil_conv_3x3`,
@@ -15,11 +15,11 @@ edge has 12 candidates + `none` = 13 alphas, in `PRIMITIVES_DIL3` order.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 from torch import nn
 
+from fad.modeling.layers import group_norm
 from fad.ops.depthwise import DepthwiseConv3x3
 
 FAMILIES = ("std", "sinSep")
@@ -64,14 +64,6 @@ class OpSpec(NamedTuple):
     family: str
     depth: int
     dilation: int
-
-
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GN(32), or fewer groups for narrow widths (>= 2 channels per group, groups divide 32)."""
-    groups = math.gcd(32, channels)
-    while groups > 1 and channels // groups < 2:
-        groups //= 2
-    return nn.GroupNorm(groups, channels)
 
 
 def op_spec(name: str) -> OpSpec:

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+from fad.utils.dist import all_reduce_mean
 
 from .box_ops import cxcywh_to_xyxy
 from .matcher import HungarianMatcher
@@ -14,10 +15,7 @@ from .matcher import HungarianMatcher
 def average_num_boxes(targets: list[dict], device: torch.device) -> float:
     """Target boxes in the batch, averaged over ranks when distributed, at least 1."""
     num = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(num)
-        num = num / dist.get_world_size()
-    return max(float(num), 1.0)
+    return max(float(all_reduce_mean(num)), 1.0)
 
 
 class SetCriterion(nn.Module):

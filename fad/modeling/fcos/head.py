@@ -1,16 +1,16 @@
 """The plain FCOS-imprv head: two conv towers shared over FPN levels, per-level Scale.
 
-Head contract (also met by the FAD searched heads): `forward(features)` takes the P3-P7 maps
+Head contract (also met by `TowerHead`, the frame of the FAD searched heads): `forward(features)` takes the P3-P7 maps
 `list[Tensor[N, C, H_l, W_l]]` and returns a dict of level-major, row-major flattened outputs
 `cls_logits` [N, sum_l H_l*W_l, num_classes], `bbox_regression` [N, sum HW, 4] (l, t, r, b
 divided by the level's stride, >= 0) and `bbox_ctrness` [N, sum HW, 1] (logits).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
+
+from fad.modeling.layers import group_norm, prior_bias
 
 
 class Scale(nn.Module):
@@ -29,20 +29,10 @@ def flatten_level_outputs(maps: list[Tensor]) -> Tensor:
     return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], 1)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GN with 32 groups (fewer when the width is small, e.g. in tiny CPU configs)."""
-    return nn.GroupNorm(math.gcd(32, channels), channels)
-
-
 def init_predictor(conv: nn.Conv2d, bias: float = 0.0) -> None:
     """N(0, 0.01) weights and a constant bias, as for every FCOS predictor."""
     nn.init.normal_(conv.weight, std=0.01)
     nn.init.constant_(conv.bias, bias)
-
-
-def prior_bias(prior_prob: float) -> float:
-    """Classifier bias giving an initial foreground probability of `prior_prob`."""
-    return -math.log((1 - prior_prob) / prior_prob)
 
 
 def _tower(channels: int, num_convs: int) -> nn.Sequential:

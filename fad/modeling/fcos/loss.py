@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from fad.engine.distributed import all_reduce_mean
+from fad.utils.dist import all_reduce_mean
 
-from .fcos_targets import centerness_target
+from .targets import centerness_target
 
 
 def fcos_losses(outputs: dict[str, Tensor], cls_targets: Tensor, reg_targets: Tensor,

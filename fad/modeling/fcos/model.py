@@ -1,7 +1,8 @@
 """FCOS detector (FCOS-imprv): backbone + FPN P3-P7 + any head meeting the head contract.
 
-The head is pluggable: the plain `FCOSHead`, or the FAD searched/supernet heads of
-`fad.augment` / `fad.search`. Targets, losses and post-processing follow spec FAD.md §5.
+The head is pluggable: the plain `FCOSHead` (head.py), or a `TowerHead` (tower_head.py) around
+the FAD searched/supernet towers of `fad.augment` / `fad.search`. Targets (targets.py), losses
+(loss.py) and post-processing follow spec FAD.md §5.
 """
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms, clip_boxes_to_image
 from yacs.config import CfgNode
 
-from .backbone import build_backbone
-from .fcos_loss import fcos_losses
-from .fcos_targets import STRIDES, assign_targets, make_locations
-from .heads.fcos_head import FCOSHead
-from .image_batch import batch_images
+from fad.modeling.backbone import build_backbone
+from fad.modeling.image_batch import batch_images
+
+from .head import FCOSHead
+from .loss import fcos_losses
+from .targets import STRIDES, assign_targets, make_locations
 
 
 class FCOS(nn.Module):

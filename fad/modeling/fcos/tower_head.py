@@ -4,7 +4,7 @@ A tower is any module with `forward(s0, s1) -> Tensor[N, out_channels, H, W]` an
 `out_channels` attribute. Per FPN level l (towers and predictors shared over levels):
   bf = box_reduce(box_tower(P_l, P_l));  reg = relu(Scale_l(bbox_pred(bf)));  ctr = centerness(bf)
   logits = cls_logits(cls_reduce(cls_tower(bf, P_l)))   (no detach: cls gradients reach bf)
-Outputs follow the head contract of `fad.modeling.heads.fcos_head` (level-major flattening).
+Outputs follow the head contract of `head.py` (level-major flattening).
 
 Init: predictors N(0, 0.01), bias 0 (cls_logits: the prior bias). The reduce 1x1s keep PyTorch's
 default init on purpose: the reference's N(0, 0.01) on these un-normalised convs shrinks the
@@ -16,7 +16,10 @@ from __future__ import annotations
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
-from fad.modeling.heads.fcos_head import Scale, flatten_level_outputs, init_predictor, prior_bias
+from fad.errors import ConfigError
+from fad.modeling.layers import prior_bias
+
+from .head import Scale, flatten_level_outputs, init_predictor
 
 
 class TowerHead(nn.Module):
@@ -59,4 +62,4 @@ def check_fad_config(cfg: CfgNode) -> None:
     for key in ("TOWER_CHANNELS", "EDGE_CHANNELS", "NUM_NODES", "BOX_CELLS", "CLS_CELLS",
                 "SEARCH_CELLS"):
         if int(f[key]) < 1:
-            raise SystemExit(f"error: MODEL.FAD.{key} must be >= 1, got {f[key]}")
+            raise ConfigError(f"MODEL.FAD.{key} must be >= 1, got {f[key]}; fix the config")
