@@ -1,5 +1,6 @@
 """DETR building blocks against hand-computed values: encodings, backbone levels, reference
-points, two-stage proposals and their masking, postprocess decoding, box helpers."""
+points, two-stage proposals and their masking, postprocess decoding, box helpers, box
+refinement and the head init."""
 import math
 
 import pytest
@@ -8,8 +9,9 @@ from torch import nn
 
 from fad.config import get_cfg_defaults
 from fad.modeling.detr.backbone import MultiLevelBackbone, build_body
-from fad.modeling.detr.box_ops import inverse_sigmoid, normalize_boxes
-from fad.modeling.detr.deformable_transformer import encoder_reference_points, valid_ratios
+from fad.modeling.detr.box_ops import inverse_sigmoid, normalize_boxes, refine_boxes
+from fad.modeling.detr.decoder import DecoderLayer, DeformableDecoder
+from fad.modeling.detr.encoder import encoder_reference_points, valid_ratios
 from fad.modeling.detr.heads import DetrHeads
 from fad.modeling.detr.position_encoding import PositionEmbeddingSine, box_sine_embedding
 from fad.modeling.detr.postprocess import postprocess
@@ -156,3 +158,37 @@ def test_box_helpers():
     assert torch.isfinite(inverse_sigmoid(torch.tensor([0.0, 1.0]))).all()
     boxes = normalize_boxes(torch.tensor([[10.0, 20.0, 30.0, 60.0]]), height=100, width=50)
     assert torch.allclose(boxes, torch.tensor([[0.4, 0.4, 0.4, 0.4]]))
+
+
+def test_refine_boxes_by_hand():
+    logit = math.log(0.25 / 0.75)  # inverse_sigmoid(0.25)
+    delta = torch.tensor([[-logit, 0.0, math.log(3.0), 0.0]])
+    boxes = refine_boxes(delta, torch.tensor([[0.25, 0.5, 0.25, 0.25]]))
+    torch.testing.assert_close(boxes, torch.tensor([[0.5, 0.5, 0.5, 0.25]]))
+    points = refine_boxes(delta, torch.tensor([[0.25, 0.5]]))  # (w, h) = sigmoid(delta)
+    torch.testing.assert_close(points, torch.tensor([[0.5, 0.5, 0.75, 0.5]]))
+
+
+@pytest.mark.parametrize("ref_dim", [2, 4])
+def test_decoder_refines_references_with_refine_boxes(ref_dim):
+    torch.manual_seed(0)
+    layer = DecoderLayer(16, 32, 0.0, n_levels=1, n_heads=2, n_points=2)
+    decoder = DeformableDecoder(layer, 2).eval()
+    heads = DetrHeads(16, 3, 2, with_box_refine=True, two_stage=ref_dim == 4)
+    for box in heads.bbox_embed:
+        nn.init.normal_(box.layers[-1].weight, std=0.1)
+    memory, tgt, pos = torch.randn(1, 12, 16), torch.randn(1, 5, 16), torch.randn(1, 5, 16)
+    ref = torch.rand(1, 5, ref_dim) * 0.8 + 0.1
+    shapes, start = torch.tensor([[3, 4]]), torch.tensor([0])
+    ratios, mask = torch.ones(1, 1, 2), torch.zeros(1, 12, dtype=torch.bool)
+    hs, refs, _ = decoder(tgt, ref, memory, shapes, start, ratios, pos, mask, heads.box)
+    torch.testing.assert_close(refs[0], refine_boxes(heads.box(0)(hs[0]), ref))
+    torch.testing.assert_close(refs[1], refine_boxes(heads.box(1)(hs[1]), refs[0]))
+    assert not refs.requires_grad
+
+
+def test_class_heads_start_at_the_focal_prior():
+    heads = DetrHeads(16, 3, 2, with_box_refine=True, two_stage=True, num_enc_aux=1)
+    expected = -math.log(99.0)  # sigmoid(b) = 0.01
+    for head in [*heads.class_embed, heads.enc_class, *heads.enc_aux_class]:
+        torch.testing.assert_close(head.bias, torch.full((3,), expected))

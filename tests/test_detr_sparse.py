@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from fad.modeling.detr.dam import attention_to_token_map, dam_loss, dam_target, token_coverage
-from fad.modeling.detr.deformable_transformer import (DeformableEncoder, EncoderLayer,
-                                                      encoder_reference_points, valid_ratios)
+from fad.modeling.detr.encoder import (DeformableEncoder, EncoderLayer, encoder_reference_points,
+                                       valid_ratios)
 from fad.modeling.detr.sparse_encoder import (ScoringNetwork, SparseEncoder, gather_tokens,
                                               select_tokens, sparse_token_counts)
 

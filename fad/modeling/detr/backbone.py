@@ -7,6 +7,7 @@ from yacs.config import CfgNode
 
 from fad.errors import ConfigError
 from fad.modeling.backbone import build_backbone_body
+from fad.modeling.layers import group_norm
 
 _BODY_OUTPUTS = ("c3", "c4", "c5")  # strides 8, 16, 32
 
@@ -18,10 +19,12 @@ def build_body(cfg: CfgNode) -> tuple[nn.Module, list[int]]:
 
 
 def _conv_gn(in_ch: int, out_ch: int, groups: int, kernel: int, stride: int) -> nn.Sequential:
+    """Conv (xavier, zero bias) + GroupNorm with `groups` groups under the one GN rule of
+    `fad.modeling.layers` (>= 2 channels per group): [N, in_ch, H, W] -> [N, out_ch, H', W']."""
     conv = nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2)
     nn.init.xavier_uniform_(conv.weight, gain=1)
     nn.init.zeros_(conv.bias)
-    return nn.Sequential(conv, nn.GroupNorm(groups, out_ch))
+    return nn.Sequential(conv, group_norm(out_ch, max_groups=groups))
 
 
 class MultiLevelBackbone(nn.Module):

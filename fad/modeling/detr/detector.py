@@ -9,22 +9,13 @@ from fad.errors import DataError
 from fad.modeling.image_batch import batch_images
 
 from .backbone import MultiLevelBackbone
-from .box_ops import inverse_sigmoid, normalize_boxes
+from .box_ops import normalize_boxes, refine_boxes
 from .criterion import SetCriterion
 from .dam import attention_to_token_map, dam_loss, dam_target, token_coverage
 from .heads import DetrHeads
 from .position_encoding import PositionEmbeddingSine
 from .postprocess import postprocess
 from .transformer import DeformableTransformer
-
-
-def refine_boxes(delta: Tensor, reference: Tensor) -> Tensor:
-    """sigmoid(delta + inverse_sigmoid(reference)): delta [..., 4]; reference [..., 4] boxes or
-    [..., 2] points (then only the centre gets the reference)."""
-    ref = inverse_sigmoid(reference)
-    if ref.shape[-1] == 4:
-        return (delta + ref).sigmoid()
-    return torch.cat([delta[..., :2] + ref, delta[..., 2:]], -1).sigmoid()
 
 
 class DeformableDETR(nn.Module):

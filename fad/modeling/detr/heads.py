@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from fad.modeling.layers import prior_bias
 
 
 class MLP(nn.Module):
@@ -23,8 +24,9 @@ class MLP(nn.Module):
 
 
 def _class_head(d_model: int, num_classes: int, prior_prob: float = 0.01) -> nn.Linear:
+    """Linear [..., d_model] -> [..., num_classes] logits, bias = the focal prior bias."""
     head = nn.Linear(d_model, num_classes)
-    nn.init.constant_(head.bias, -math.log((1 - prior_prob) / prior_prob))
+    nn.init.constant_(head.bias, prior_bias(prior_prob))
     return head
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .deformable_transformer import DeformableEncoder, encoder_reference_points
+from .encoder import DeformableEncoder, encoder_reference_points
 
 
 class ScoringNetwork(nn.Module):

@@ -9,8 +9,8 @@ from torch import Tensor, nn
 from fad.errors import ConfigError
 from fad.ops import MSDeformAttn
 
-from .deformable_transformer import (DecoderLayer, DeformableDecoder, DeformableEncoder,
-                                     EncoderLayer, valid_ratios)
+from .decoder import DecoderLayer, DeformableDecoder
+from .encoder import DeformableEncoder, EncoderLayer, valid_ratios
 from .heads import DetrHeads
 from .position_encoding import box_sine_embedding
 from .proposals import encoder_proposals
