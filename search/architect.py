@@ -61,14 +61,20 @@ class Architect:
 
     `loss_fn(batch) -> scalar` runs the supernet in training mode; `reduce(tensors)` averages a
     list of gradients over ranks in place (identity on one process), so alphas stay identical.
+    An enabled `scaler` (fp16, first order only; see `fad.engine.amp`) scales the val loss and
+    unscales the alpha gradients in its `step`, which skips the Adam step on an overflow; the
+    caller runs `scaler.update()` once per iteration after its weight step.
     """
 
     def __init__(self, loss_fn: LossFn, weights: list[nn.Parameter], alphas: list[nn.Parameter],
                  lr: float = 3e-4, betas: tuple[float, float] = (0.5, 0.999),
                  weight_decay: float = 1e-3, second_order: bool = False,
-                 reduce: GradReducer = _no_reduce):
+                 reduce: GradReducer = _no_reduce, scaler: torch.amp.GradScaler | None = None):
         self.loss_fn, self.weights, self.alphas = loss_fn, weights, alphas
         self.second_order, self.reduce = second_order, reduce
+        self.scaler = scaler if scaler is not None else torch.amp.GradScaler("cpu", enabled=False)
+        if second_order and self.scaler.is_enabled():
+            raise ValueError("second-order alpha steps run in fp32; pass no enabled GradScaler")
         self.optimizer = torch.optim.Adam(alphas, lr=lr, betas=tuple(betas),
                                           weight_decay=weight_decay)
 
@@ -82,15 +88,16 @@ class Architect:
             grads, loss = self.unrolled_grads(val_batch, train_batch, weight_optimizer)
         else:
             loss = self.loss_fn(val_batch)
-            grads = _grads(loss, self.alphas)
+            grads = _grads(self.scaler.scale(loss), self.alphas)
             self.reduce(grads)
         for a, g in zip(self.alphas, grads):
             a.grad = g
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
-    def _sgd_hyper(self, optimizer: torch.optim.Optimizer) -> dict[int, tuple[float, float, float, Tensor | None]]:
+    def _sgd_hyper(self, optimizer: torch.optim.Optimizer
+                   ) -> dict[int, tuple[float, float, float, Tensor | None]]:
         """id(param) -> (lr, weight decay, momentum, momentum buffer) from the weight optimizer."""
         out = {}
         for group in optimizer.param_groups:

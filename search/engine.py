@@ -1,29 +1,27 @@
-"""The search loop: per iteration an alpha step on a val batch, then a weight step on a train batch.
+"""The search stage on the shared loop (`fad.engine.trainer.Trainer`): `SearchStep` does an alpha
+step on a val batch, then a weight step on a train batch; `GenotypeHook` writes the genotypes.
 
 Weights: SGD (warm-up multistep, grad clip SOLVER.CLIP_GRAD_NORM) on the train half; alphas:
 Adam (architect) on the disjoint val half. Under torchrun every gradient (weights and alphas) is
-averaged over ranks, so weights and alphas stay identical everywhere. Every CHECKPOINT_PERIOD and
-at the end: an atomic checkpoint (weights + alphas, both optimizer states, scheduler, RNG,
-iteration) and, on the main rank, OUTPUT_DIR/genotype.log plus genotype_{box,cls}.gv diagrams.
+averaged over ranks, so weights and alphas stay identical everywhere (no DDP wrapper: the
+architect takes gradients with `torch.autograd.grad`). Every CHECKPOINT_PERIOD and at the end:
+the trainer's atomic checkpoint (weights + alphas, both optimizer states, scaler, scheduler, RNG,
+iteration) and, on the main rank, OUTPUT_DIR/genotype.log plus genotype_{box,cls} diagrams.
 """
 from __future__ import annotations
 
 import logging
-import math
 import os
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from yacs.config import CfgNode
 
-from fad.data import build_dataset, check_num_classes, make_train_loader, split_dataset
-from fad.engine.checkpoint import Checkpointer
-from fad.engine.distributed import (all_reduce_mean, broadcast_tensors, get_world_size,
-                                    is_main_process, reduce_dict)
-from fad.engine.hooks import collect_aux_losses
-from fad.engine.logger import MetricLogger, TensorboardWriter
-from fad.engine.solver import build_lr_scheduler, build_optimizer
-from fad.engine.trainer import rng_state, set_rng_state, to_device
+from fad.data import build_dataset, make_train_loader, split_dataset
+from fad.engine.amp import amp_policy
+from fad.engine.distributed import all_reduce_mean, get_world_size, is_main_process
+from fad.engine.solver import build_optimizer
+from fad.engine.trainer import HookBase, StepOutput, Trainer, TrainStep, forward_losses, to_device
 from fad.errors import ConfigError
 from fad.nas.draw import FORMATS, draw_genotype
 from fad.nas.genotype import Genotype, format_genotype, write_genotype_file
@@ -34,6 +32,7 @@ from .supernet import TOWERS, Supernet, build_supernet
 
 logger = logging.getLogger("fad")
 GENOTYPE_FILE = "genotype.log"
+Batch = tuple[list, list[dict]]
 
 
 @torch.no_grad()
@@ -48,56 +47,69 @@ def mean_over_ranks(tensors: list[Tensor]) -> None:
         offset += t.numel()
 
 
-def forward_losses(model: nn.Module, batch: tuple[list, list[dict]], amp: bool) -> dict[str, Tensor]:
-    """The detector's loss dict (+ auxiliary losses) for one batch, under bf16 autocast if `amp`."""
-    images, targets = batch
-    device_type = images[0].device.type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
-        losses = model(images, targets)
-        losses.update(collect_aux_losses(model))
-    return losses
+class SearchStep(TrainStep):
+    """One search iteration on a (train batch, val batch) pair: the architect's alpha step on
+    the val batch (first or second order), then an SGD step of the weights on the train batch
+    (grads averaged over ranks, clipped). The val loss is reported as `val_loss`."""
+
+    fix = ("lower SOLVER.BASE_LR or SEARCH.ARCH_LR, or raise SOLVER.WARMUP_ITERS, "
+           "then --resume")
+
+    def __init__(self, cfg: CfgNode, model: Supernet, device: torch.device):
+        second_order = cfg.SEARCH.SECOND_ORDER
+        super().__init__(cfg, model, build_optimizer(cfg, model.weight_named_parameters()),
+                         amp_policy(cfg, device, second_order=second_order), device)
+        self.weights = model.weight_parameters()
+        self.architect = Architect(self.loss, self.weights, model.arch_parameters(),
+                                   lr=cfg.SEARCH.ARCH_LR, betas=cfg.SEARCH.ARCH_BETAS,
+                                   weight_decay=cfg.SEARCH.ARCH_WEIGHT_DECAY,
+                                   second_order=second_order, reduce=mean_over_ranks,
+                                   scaler=self.scaler)
+
+    def loss(self, batch: Batch) -> Tensor:
+        """The supernet's total loss on one batch (the architect's loss function)."""
+        return sum(forward_losses(self.model, *batch, self.amp).values())
+
+    def run(self, batch: tuple[Batch, Batch]) -> StepOutput:
+        train_batch, val_batch = (to_device(*b, self.device) for b in batch)
+        val_loss = self.architect.step(val_batch, train_batch, self.optimizer)
+        losses = forward_losses(self.model, *train_batch, self.amp)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(sum(losses.values())).backward(inputs=self.weights)
+        for p in self.weights:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        mean_over_ranks([p.grad for p in self.weights])
+        self.apply_gradients(self.weights)
+        return StepOutput({k: v.detach() for k, v in losses.items()},
+                          {"val_loss": torch.tensor(val_loss)})
+
+    def state_dict(self) -> dict:
+        return super().state_dict() | {"arch_optimizer": self.architect.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.architect.optimizer.load_state_dict(state["arch_optimizer"])
 
 
-def search_step(model: Supernet, architect: Architect, optimizer: torch.optim.Optimizer,
-                train_batch: tuple[list, list[dict]], val_batch: tuple[list, list[dict]],
-                clip_norm: float, amp: bool) -> tuple[dict[str, Tensor], float]:
-    """One search iteration: alpha step on `val_batch`, then SGD step of the weights on
-    `train_batch` (grads averaged over ranks, clipped to `clip_norm` when > 0).
-    Returns the train loss dict (detached) and the val loss."""
-    val_loss = architect.step(val_batch, train_batch, optimizer)
-    weights = architect.weights
-    losses = forward_losses(model, train_batch, amp)
-    total = sum(losses.values())
-    if not (math.isfinite(total.item()) and math.isfinite(val_loss)):
-        raise FloatingPointError(
-            f"search loss is {total.item()} (val {val_loss}); lower SOLVER.BASE_LR or "
-            "SEARCH.ARCH_LR, or raise SOLVER.WARMUP_ITERS, then --resume")
-    optimizer.zero_grad(set_to_none=True)
-    total.backward(inputs=weights)
-    for p in weights:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    mean_over_ranks([p.grad for p in weights])
-    if clip_norm > 0:
-        nn.utils.clip_grad_norm_(weights, clip_norm)
-    optimizer.step()
-    return {k: v.detach() for k, v in losses.items()}, val_loss
-
-
-def derive_and_write(model: Supernet, output_dir: str, iteration: int, fmt: str
-                     ) -> tuple[Genotype, Genotype]:
-    """Derive both genotypes; on the main rank write genotype.log and the diagrams atomically."""
+def derive_genotypes(model: Supernet) -> tuple[Genotype, Genotype]:
+    """The (box, cls) genotypes of the current alphas."""
     alphas = model.tower_alphas()
     box, cls = (derive_genotype(alphas[t]) for t in TOWERS)
-    if is_main_process():
-        write_genotype_file(os.path.join(output_dir, GENOTYPE_FILE), box, cls)
-        for tower, genotype in zip(TOWERS, (box, cls)):
-            draw_genotype(genotype, os.path.join(output_dir, f"genotype_{tower}"),
-                          f"{tower} tower, iteration {iteration}", fmt)
-        logger.info("iteration %d genotypes (%s):\n  box: %s\n  cls: %s", iteration,
-                    os.path.join(output_dir, GENOTYPE_FILE), format_genotype(box),
-                    format_genotype(cls))
     return box, cls
+
+
+def write_genotypes(genotypes: tuple[Genotype, Genotype], output_dir: str, iteration: int,
+                    fmt: str) -> None:
+    """On the main rank: genotype.log and the genotype_{box,cls} diagrams, atomically."""
+    if not is_main_process():
+        return
+    write_genotype_file(os.path.join(output_dir, GENOTYPE_FILE), *genotypes)
+    for tower, genotype in zip(TOWERS, genotypes):
+        draw_genotype(genotype, os.path.join(output_dir, f"genotype_{tower}"),
+                      f"{tower} tower, iteration {iteration}", fmt)
+    logger.info("iteration %d genotypes (%s):\n  box: %s\n  cls: %s", iteration,
+                os.path.join(output_dir, GENOTYPE_FILE), *map(format_genotype, genotypes))
 
 
 def log_collapse(model: Supernet, iteration: int) -> None:
@@ -113,95 +125,52 @@ def log_collapse(model: Supernet, iteration: int) -> None:
                        "iteration %d: %s", len(edges), total, tower, iteration, detail)
 
 
+class GenotypeHook(HookBase):
+    """The search's extras: softmaxed alphas to tensorboard with every log line; after every
+    checkpoint genotype.log + diagrams (SEARCH.DIAGRAM_FORMAT) and the collapse watch."""
+
+    def __init__(self, model: Supernet, output_dir: str, fmt: str):
+        self.model, self.output_dir, self.fmt = model, output_dir, fmt
+
+    def after_step(self, trainer: Trainer) -> None:
+        if trainer.log_now:
+            scalars: dict[str, float] = {}
+            for tower, alphas in self.model.tower_alphas().items():
+                scalars.update(softmax_alpha_scalars(tower, alphas))
+            trainer.tb.add_scalars(scalars, trainer.iter)
+
+    def after_checkpoint(self, trainer: Trainer) -> None:
+        write_genotypes(derive_genotypes(self.model), self.output_dir, trainer.iter, self.fmt)
+        log_collapse(self.model, trainer.iter)
+
+
 def search(cfg: CfgNode, model: Supernet, train_set, val_set, device: torch.device,
            resume: bool = False, extra_state: dict | None = None) -> tuple[Genotype, Genotype]:
     """Run (or resume) the bilevel search; returns the final (box, cls) genotypes."""
-    s, out = cfg.SOLVER, cfg.OUTPUT_DIR
     fmt = cfg.SEARCH.DIAGRAM_FORMAT
     if fmt not in FORMATS:
         raise ConfigError(f"SEARCH.DIAGRAM_FORMAT must be one of {FORMATS}, got {fmt!r}")
-    weights = model.weight_parameters()
-    alphas = model.arch_parameters()
-    optimizer = build_optimizer(cfg, model.weight_named_parameters())
-    scheduler = build_lr_scheduler(cfg, optimizer)
-    amp = bool(s.AMP) and device.type == "cuda" and not cfg.SEARCH.SECOND_ORDER
-    architect = Architect(lambda batch: sum(forward_losses(model, batch, amp).values()),
-                          weights, alphas, lr=cfg.SEARCH.ARCH_LR, betas=cfg.SEARCH.ARCH_BETAS,
-                          weight_decay=cfg.SEARCH.ARCH_WEIGHT_DECAY,
-                          second_order=cfg.SEARCH.SECOND_ORDER, reduce=mean_over_ranks)
-    ckpt = Checkpointer(out)
-    start_iter = 0
-    last = ckpt.last() if resume else None
-    if last:
-        state = Checkpointer.load(last)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        architect.optimizer.load_state_dict(state["arch_optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        start_iter = state["iteration"]
-        logger.info("resumed search from %s at iteration %d", last, start_iter)
-    elif resume:
-        logger.info("--resume: no checkpoint in %s, starting the search from scratch", out)
-    broadcast_tensors([p.data for p in model.parameters()] + list(model.buffers()))
-    if start_iter >= s.MAX_ITER:
-        logger.info("search already finished (%d/%d iterations)", start_iter, s.MAX_ITER)
-        return derive_and_write(model, out, start_iter, fmt)
-
-    def save(name: str, next_iter: int) -> None:
-        if is_main_process():
-            ckpt.save(name, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "arch_optimizer": architect.optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                             "iteration": next_iter, "cfg": cfg.dump(), **(extra_state or {})})
-
-    model.train()
-    meters = MetricLogger(s.MAX_ITER, start_iter)
-    tb = TensorboardWriter(out)
-    train_loader = make_train_loader(cfg, train_set, start_iter)
-    val_loader = make_train_loader(cfg, val_set, start_iter)
-    logger.info("search: iterations %d..%d, %d train / %d val images, %s alpha steps",
-                start_iter, s.MAX_ITER, len(train_set), len(val_set),
+    trainer = Trainer(cfg, SearchStep(cfg, model, device),
+                      lambda start: zip(make_train_loader(cfg, train_set, start),
+                                        make_train_loader(cfg, val_set, start)),
+                      hooks=[GenotypeHook(model, cfg.OUTPUT_DIR, fmt)], extra_state=extra_state,
+                      prefix="search")
+    trainer.resume_or_load(resume)
+    logger.info("search: %d train / %d val images, %s alpha steps", len(train_set), len(val_set),
                 "second-order" if cfg.SEARCH.SECOND_ORDER else "first-order")
-    iteration = start_iter
-    for iteration, (train_batch, val_batch) in enumerate(zip(train_loader, val_loader), start_iter):
-        train_batch, val_batch = to_device(*train_batch, device), to_device(*val_batch, device)
-        try:
-            losses, val_loss = search_step(model, architect, optimizer, train_batch, val_batch,
-                                           s.CLIP_GRAD_NORM, amp)
-        except FloatingPointError as exc:
-            raise FloatingPointError(f"iteration {iteration}: {exc}") from None
-        scheduler.step()
-
-        scalars = {k: v.item() for k, v in reduce_dict(losses).items()}
-        scalars["loss"] = sum(scalars.values())
-        scalars["val_loss"] = float(all_reduce_mean(torch.tensor(val_loss)))
-        meters.update(**scalars)
-        meters.tick()
-        done = iteration + 1
-        if done % s.LOG_PERIOD == 0 or done == s.MAX_ITER or iteration == start_iter:
-            lr = optimizer.param_groups[0]["lr"]
-            logger.info(meters.format(iteration, lr))
-            alpha_scalars = {}
-            for tower, tower_alphas in model.tower_alphas().items():
-                alpha_scalars.update(softmax_alpha_scalars(tower, tower_alphas))
-            tb.add_scalars({f"search/{k}": v for k, v in scalars.items()}
-                           | {"search/lr": lr} | alpha_scalars, done)
-        if done % s.CHECKPOINT_PERIOD == 0 and done < s.MAX_ITER:
-            save(f"model_{done:07d}", done)
-            derive_and_write(model, out, done, fmt)
-            log_collapse(model, done)
-    save("model_final", iteration + 1)
-    genotypes = derive_and_write(model, out, iteration + 1, fmt)
-    log_collapse(model, iteration + 1)
-    tb.close()
-    return genotypes
+    trainer.train()
+    return derive_genotypes(model)
 
 
-def run_search(cfg: CfgNode, device: torch.device, resume: bool = False) -> tuple[Genotype, Genotype]:
+def run_search(cfg: CfgNode, device: torch.device, resume: bool = False
+               ) -> tuple[Genotype, Genotype]:
     """Build the search set, split it into disjoint train/val halves, build the supernet, search."""
     dataset = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
-    num_classes = check_num_classes(cfg, dataset)
+    num_classes = dataset.num_classes
+    if cfg.MODEL.NUM_CLASSES and cfg.MODEL.NUM_CLASSES != num_classes:
+        raise ConfigError(f"MODEL.NUM_CLASSES {cfg.MODEL.NUM_CLASSES} but {cfg.DATASETS.TRAIN} "
+                          f"has {num_classes} classes; set MODEL.NUM_CLASSES 0 to take it from "
+                          "the data")
     train_set, val_set = split_dataset(dataset, cfg.SEARCH.VAL_FRACTION, cfg.SEED)
     logger.info("search set %s: %d images, %d classes -> %d train / %d val", cfg.DATASETS.TRAIN,
                 len(dataset), num_classes, len(train_set), len(val_set))

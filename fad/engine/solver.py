@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 from yacs.config import CfgNode
+
+from fad.errors import ConfigError
+from fad.modeling.hooks import ModelHooks
 
 
 def _default_groups(cfg: CfgNode, named: Iterable[tuple[str, nn.Parameter]]) -> list[dict]:
@@ -17,33 +20,35 @@ def _default_groups(cfg: CfgNode, named: Iterable[tuple[str, nn.Parameter]]) -> 
         if p.requires_grad:
             (biases if name.split(".")[-1] == "bias" else weights).append(p)
     groups = [{"params": weights, "lr": s.BASE_LR, "weight_decay": s.WEIGHT_DECAY},
-              {"params": biases, "lr": s.BASE_LR * s.BIAS_LR_FACTOR, "weight_decay": s.WEIGHT_DECAY_BIAS}]
+              {"params": biases, "lr": s.BASE_LR * s.BIAS_LR_FACTOR,
+               "weight_decay": s.WEIGHT_DECAY_BIAS}]
     return [g for g in groups if g["params"]]
 
 
 def build_optimizer(cfg: CfgNode, model_or_named) -> torch.optim.Optimizer:
     """Optimizer of `SOLVER.OPTIMIZER`.
 
-    `model_or_named` is a module (its `optimizer_param_groups(cfg)` is used when it defines one)
-    or an iterable of (name, parameter) pairs (e.g. the weights of a supernet without alphas).
+    `model_or_named` is the bare model (its `ModelHooks.optimizer_param_groups(cfg)` when it
+    returns groups) or an iterable of (name, parameter) pairs (e.g. a supernet's weights).
     """
+    named = model_or_named
+    groups = None
     if isinstance(model_or_named, nn.Module):
-        model = getattr(model_or_named, "module", model_or_named)
-        if hasattr(model, "optimizer_param_groups"):
-            groups = model.optimizer_param_groups(cfg)
-        else:
-            groups = _default_groups(cfg, model.named_parameters())
-    else:
-        groups = _default_groups(cfg, model_or_named)
+        named = model_or_named.named_parameters()
+        if isinstance(model_or_named, ModelHooks):
+            groups = model_or_named.optimizer_param_groups(cfg)
+    if groups is None:
+        groups = _default_groups(cfg, named)
     s = cfg.SOLVER
     for g in groups:
         g.setdefault("lr", s.BASE_LR)
         g["initial_lr"] = g["lr"]
     if s.OPTIMIZER == "SGD":
-        return torch.optim.SGD(groups, lr=s.BASE_LR, momentum=s.MOMENTUM, weight_decay=s.WEIGHT_DECAY)
+        return torch.optim.SGD(groups, lr=s.BASE_LR, momentum=s.MOMENTUM,
+                               weight_decay=s.WEIGHT_DECAY)
     if s.OPTIMIZER == "AdamW":
         return torch.optim.AdamW(groups, lr=s.BASE_LR, weight_decay=s.WEIGHT_DECAY)
-    raise ValueError(f"SOLVER.OPTIMIZER must be SGD or AdamW, got {s.OPTIMIZER!r}")
+    raise ConfigError(f"SOLVER.OPTIMIZER must be SGD or AdamW, got {s.OPTIMIZER!r}")
 
 
 def lr_factor(iteration: int, steps: tuple[int, ...], gamma: float, warmup_factor: float,

@@ -1,21 +1,34 @@
-"""The plain training loop: warm-up multistep SGD/AdamW, AMP on CUDA, grad clipping,
-log line with ETA, tensorboardX scalars, atomic checkpoints and exact `--resume`."""
+"""The one training loop: `Trainer` runs a `TrainStep` once per iteration.
+
+The trainer owns what every run needs: resume from `last_checkpoint` (model, optimizers,
+GradScaler, scheduler, RNG, iteration, extra state), periodic and final atomic checkpoints, the
+log line with ETA and tensorboardX scalars, the NaN guard, and ranks that start identical. A step
+owns one iteration's work: `DetectorStep` below (DDP-wrapped detector, one optimizer) or the
+search stage's alpha + weight step. `HookBase` subclasses add work after iterations and
+checkpoints (the search writes its genotypes there). Mixed precision: `fad.engine.amp`.
+"""
 from __future__ import annotations
 
 import logging
 import math
 import os
 import random
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from yacs.config import CfgNode
 
 from fad.data import make_train_loader
+from fad.modeling.hooks import ModelHooks
 
+from .amp import AmpPolicy, amp_policy
 from .checkpoint import Checkpointer, model_state
-from .distributed import get_world_size, is_main_process, reduce_dict
+from .distributed import broadcast_tensors, get_world_size, is_main_process, reduce_dict
 from .hooks import collect_aux_losses, collect_log_stats
 from .logger import MetricLogger, TensorboardWriter
 from .solver import build_lr_scheduler, build_optimizer
@@ -25,13 +38,15 @@ logger = logging.getLogger("fad")
 
 def rng_state() -> dict:
     """Every random generator's state, so a resumed run continues the same random streams."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore the generators saved by `rng_state`."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -39,102 +54,228 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def to_device(images: list, targets: list[dict], device: torch.device) -> tuple[list, list[dict]]:
+def to_device(images: list, targets: list[dict], device: torch.device
+              ) -> tuple[list, list[dict]]:
     """Move a batch to `device` (non-tensor target entries stay as they are)."""
     images = [img.to(device, non_blocking=True) for img in images]
-    targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+    targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()}
+               for t in targets]
     return images, targets
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
-    """DistributedDataParallel under torchrun, the model itself otherwise. A model whose
-    `ddp_find_unused_parameters` is True (some parameters get no gradient in a step) makes DDP
-    search for them; every other model skips that search."""
+    """DistributedDataParallel under torchrun, the model itself otherwise. DDP searches for
+    parameters without a gradient only when the model's `ddp_find_unused_parameters` says so."""
     if get_world_size() == 1:
         return model
     ids = [device.index] if device.type == "cuda" else None
-    find_unused = bool(getattr(model, "ddp_find_unused_parameters", False))
+    find_unused = isinstance(model, ModelHooks) and model.ddp_find_unused_parameters
     return nn.parallel.DistributedDataParallel(model, device_ids=ids,
                                                find_unused_parameters=find_unused)
 
 
+def forward_losses(model: nn.Module, images: list[Tensor], targets: list[dict],
+                   amp: AmpPolicy) -> dict[str, Tensor]:
+    """The detector's loss dict plus every submodule's `aux_losses()`, under `amp`'s autocast."""
+    with amp.autocast():
+        losses = model(images, targets)
+        losses.update(collect_aux_losses(model))
+    return losses
+
+
+@dataclass
+class StepOutput:
+    """One step's report: `losses` (summed into the logged `loss`) and other `scalars` (e.g. the
+    search's val loss); detached tensors, averaged over ranks by the trainer."""
+
+    losses: dict[str, Tensor]
+    scalars: dict[str, Tensor] = field(default_factory=dict)
+
+
+class TrainStep(ABC):
+    """One iteration's work: owns the model, its (weight) optimizer and the GradScaler.
+
+    `fix` is the advice the NaN guard gives when this step's loss stops being finite.
+    """
+
+    fix = "lower SOLVER.BASE_LR or raise SOLVER.WARMUP_ITERS, then --resume"
+
+    def __init__(self, cfg: CfgNode, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 amp: AmpPolicy, device: torch.device):
+        self.model, self.optimizer, self.amp, self.device = model, optimizer, amp, device
+        self.scaler = amp.grad_scaler()
+        self.clip_norm = cfg.SOLVER.CLIP_GRAD_NORM
+
+    @abstractmethod
+    def run(self, batch: Any) -> StepOutput:
+        """Forward, backward and optimizer step(s) on one batch of the trainer's loader."""
+
+    def apply_gradients(self, params: list[nn.Parameter]) -> None:
+        """Unscale (fp16), clip `params` to SOLVER.CLIP_GRAD_NORM when > 0, optimizer step,
+        scaler update (the scaler skips the step when an fp16 gradient overflowed)."""
+        if self.clip_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(params, self.clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def state_dict(self) -> dict:
+        """Checkpoint entries of the step besides the model (optimizer and scaler states)."""
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` saved (`state` is the whole checkpoint)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+class DetectorStep(TrainStep):
+    """Detector training: the loss dict (+ aux losses) of the DDP-wrapped model, one backward,
+    one step of the optimizer from `build_optimizer` (gradients averaged over ranks by DDP)."""
+
+    def __init__(self, cfg: CfgNode, model: nn.Module, device: torch.device):
+        super().__init__(cfg, model, build_optimizer(cfg, model), amp_policy(cfg, device), device)
+        self.net = wrap_ddp(model, device)
+
+    def run(self, batch: tuple[list, list[dict]]) -> StepOutput:
+        images, targets = to_device(*batch, self.device)
+        losses = forward_losses(self.net, images, targets, self.amp)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(sum(losses.values())).backward()
+        self.apply_gradients(list(self.model.parameters()))
+        return StepOutput({k: v.detach() for k, v in losses.items()})
+
+
+class HookBase:
+    """Extra work around the loop; override what you need. A hook sees the trainer: `iter`
+    (finished iterations), `log_now`, `tb`, `step.model`."""
+
+    def after_step(self, trainer: Trainer) -> None:
+        """After every iteration and its log line."""
+
+    def after_checkpoint(self, trainer: Trainer) -> None:
+        """After each periodic checkpoint and the final one, on every rank."""
+
+
+class Trainer:
+    """Runs `step` over `make_loader(start_iter)` up to SOLVER.MAX_ITER.
+
+    `make_loader(start_iter)` yields the batches of iterations start_iter..MAX_ITER-1 (exactly
+    those of an uninterrupted run). Scalars go to tensorboard under `prefix/`. Between two
+    iterations everything happens in `_after_iteration`; every checkpoint is written by
+    `save_checkpoint`.
+    """
+
+    def __init__(self, cfg: CfgNode, step: TrainStep, make_loader: Callable[[int], Iterable],
+                 hooks: Sequence[HookBase] = (), extra_state: dict | None = None,
+                 prefix: str = "train"):
+        self.cfg, self.step, self.make_loader = cfg, step, make_loader
+        self.hooks, self.extra_state, self.prefix = list(hooks), extra_state or {}, prefix
+        self.scheduler = build_lr_scheduler(cfg, step.optimizer)
+        self.checkpointer = Checkpointer(cfg.OUTPUT_DIR)
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.iter = 0
+        self.log_now = False
+        self.tb: TensorboardWriter | None = None
+
+    def resume_or_load(self, resume: bool) -> None:
+        """Continue from `last_checkpoint` when `resume` and there is one; otherwise start from
+        MODEL.WEIGHT when set. Then every rank takes rank 0's parameters and buffers."""
+        model, out = self.step.model, self.cfg.OUTPUT_DIR
+        last = self.checkpointer.last() if resume else None
+        if last:
+            state = Checkpointer.load(last)
+            model.load_state_dict(state["model"])
+            self.step.load_state_dict(state)
+            self.scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            self.iter = state["iteration"]
+            logger.info("resumed from %s at iteration %d", last, self.iter)
+        else:
+            if resume:
+                logger.info("--resume: no checkpoint in %s, starting from scratch", out)
+            if self.cfg.MODEL.WEIGHT:
+                model.load_state_dict(model_state(Checkpointer.load(self.cfg.MODEL.WEIGHT)))
+                logger.info("initialised weights from %s", self.cfg.MODEL.WEIGHT)
+        broadcast_tensors([p.data for p in model.parameters()] + list(model.buffers()))
+
+    def train(self) -> None:
+        """Run the remaining iterations, then write `model_final`."""
+        if self.iter >= self.max_iter:
+            logger.info("%s already finished (%d/%d iterations)", self.prefix, self.iter,
+                        self.max_iter)
+            return
+        start = self.iter
+        self.step.model.train()
+        meters = MetricLogger(self.max_iter, start)
+        self.tb = TensorboardWriter(self.cfg.OUTPUT_DIR)
+        logger.info("start %s at iteration %d of %d", self.prefix, start, self.max_iter)
+        try:
+            for batch in self.make_loader(start):
+                reduced = self._reduce(self.step.run(batch))
+                self.scheduler.step()
+                self.iter += 1
+                self._log(reduced, meters, first=self.iter == start + 1)
+                self._after_iteration()
+            self.save_checkpoint("model_final")
+        finally:
+            self.tb.close()
+
+    def _reduce(self, out: StepOutput) -> dict[str, float]:
+        """Step scalars averaged over ranks, with the summed `loss`; the NaN guard (every rank
+        sees the same averages, so all ranks stop together)."""
+        reduced = {k: v.item() for k, v in reduce_dict(out.losses | out.scalars).items()}
+        loss = sum(reduced[k] for k in out.losses)
+        if not all(math.isfinite(v) for v in [loss, *reduced.values()]):
+            raise FloatingPointError(
+                f"loss is {loss} at iteration {self.iter + 1}/{self.max_iter} ({reduced}); "
+                f"{self.step.fix}")
+        return reduced | {"loss": loss}
+
+    def _log(self, scalars: dict[str, float], meters: MetricLogger, first: bool) -> None:
+        """Meters every iteration; the log line and tensorboard every SOLVER.LOG_PERIOD, at the
+        first and at the last iteration."""
+        scalars = scalars | collect_log_stats(self.step.model)
+        meters.update(**scalars)
+        meters.tick()
+        self.log_now = first or self.iter % self.cfg.SOLVER.LOG_PERIOD == 0 or (
+            self.iter == self.max_iter)
+        if self.log_now:
+            lr = self.step.optimizer.param_groups[0]["lr"]
+            logger.info(meters.format(self.iter - 1, lr))
+            self.tb.add_scalars({f"{self.prefix}/{k}": v for k, v in scalars.items()}
+                                | {f"{self.prefix}/lr": lr}, self.iter)
+
+    def _after_iteration(self) -> None:
+        """Hooks, then the periodic checkpoint (the final one is written after the loop)."""
+        for hook in self.hooks:
+            hook.after_step(self)
+        if self.iter % self.cfg.SOLVER.CHECKPOINT_PERIOD == 0 and self.iter < self.max_iter:
+            self.save_checkpoint(f"model_{self.iter:07d}")
+
+    def save_checkpoint(self, name: str) -> None:
+        """`OUTPUT_DIR/<name>.pth` on the main rank, atomically: all that a resume needs plus
+        `extra_state`; then every hook's `after_checkpoint` on every rank."""
+        if is_main_process():
+            self.checkpointer.save(name, {
+                "model": self.step.model.state_dict(), **self.step.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
+                "iteration": self.iter, "cfg": self.cfg.dump(), **self.extra_state})
+        for hook in self.hooks:
+            hook.after_checkpoint(self)
+
+
 def train(cfg: CfgNode, model: nn.Module, dataset, device: torch.device, resume: bool = False,
           extra_state: dict | None = None) -> str:
-    """Train `model` on `dataset` for `SOLVER.MAX_ITER` iterations; returns the final checkpoint.
+    """Train `model` on `dataset` for SOLVER.MAX_ITER iterations; returns the final checkpoint.
 
     `extra_state` (e.g. class names, genotype text) is stored in every checkpoint.
     """
-    s = cfg.SOLVER
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_lr_scheduler(cfg, optimizer)
-    amp = bool(s.AMP) and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    ckpt = Checkpointer(cfg.OUTPUT_DIR)
-    start_iter = 0
-    last = ckpt.last() if resume else None
-    if last:
-        state = Checkpointer.load(last)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        start_iter = state["iteration"]
-        logger.info("resumed from %s at iteration %d", last, start_iter)
-    elif resume:
-        logger.info("--resume: no checkpoint in %s, starting from scratch", cfg.OUTPUT_DIR)
-    if not last and cfg.MODEL.WEIGHT:
-        model.load_state_dict(model_state(Checkpointer.load(cfg.MODEL.WEIGHT)))
-        logger.info("initialised weights from %s", cfg.MODEL.WEIGHT)
-    if start_iter >= s.MAX_ITER:
-        logger.info("training already finished (%d/%d iterations)", start_iter, s.MAX_ITER)
-        return os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-
-    def save(name: str, next_iter: int) -> str:
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                 "rng": rng_state(), "iteration": next_iter, "cfg": cfg.dump(),
-                 **(extra_state or {})}
-        return ckpt.save(name, state) if is_main_process() else ""
-
-    net = wrap_ddp(model, device)
-    net.train()
-    meters = MetricLogger(s.MAX_ITER, start_iter)
-    tb = TensorboardWriter(cfg.OUTPUT_DIR)
-    logger.info("start training at iteration %d of %d", start_iter, s.MAX_ITER)
-    iteration = start_iter
-    for iteration, (images, targets) in enumerate(make_train_loader(cfg, dataset, start_iter), start_iter):
-        images, targets = to_device(images, targets, device)
-        with torch.autocast(device.type, enabled=amp):
-            losses = net(images, targets)
-            losses.update(collect_aux_losses(net))
-        total = sum(losses.values())
-        if not math.isfinite(total.item()):
-            raise FloatingPointError(
-                f"loss is {total.item()} at iteration {iteration}: {dict((k, v.item()) for k, v in losses.items())}; "
-                "lower SOLVER.BASE_LR or raise SOLVER.WARMUP_ITERS, then --resume")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(total).backward()
-        if s.CLIP_GRAD_NORM > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), s.CLIP_GRAD_NORM)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-
-        reduced = reduce_dict(losses)
-        scalars = {k: v.item() for k, v in reduced.items()}
-        scalars["loss"] = sum(scalars.values())
-        scalars.update(collect_log_stats(net))
-        meters.update(**scalars)
-        meters.tick()
-        if (iteration + 1) % s.LOG_PERIOD == 0 or iteration + 1 == s.MAX_ITER or iteration == start_iter:
-            lr = optimizer.param_groups[0]["lr"]
-            logger.info(meters.format(iteration, lr))
-            tb.add_scalars({f"train/{k}": v for k, v in scalars.items()} | {"train/lr": lr}, iteration + 1)
-        if (iteration + 1) % s.CHECKPOINT_PERIOD == 0 and iteration + 1 < s.MAX_ITER:
-            save(f"model_{iteration + 1:07d}", iteration + 1)
-    final = save("model_final", iteration + 1)
-    tb.close()
-    logger.info("training done: %s", final or "(rank > 0)")
-    return os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    trainer = Trainer(cfg, DetectorStep(cfg, model, device),
+                      lambda start: make_train_loader(cfg, dataset, start),
+                      extra_state=extra_state)
+    trainer.resume_or_load(resume)
+    trainer.train()
+    final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    logger.info("training done: %s", final)
+    return final

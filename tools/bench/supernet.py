@@ -21,9 +21,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fad.config import load_config
-from fad.engine.solver import build_optimizer
-from fad.search.architect import Architect
-from fad.search.engine import forward_losses, search_step
+from fad.search.engine import SearchStep
 from fad.search.supernet import build_search_head, build_supernet
 
 STRIDES = (8, 16, 32, 64, 128)
@@ -148,18 +146,14 @@ def _tiny_search_benchmark(args, device: torch.device) -> dict:
     torch.manual_seed(0)
     num_classes = 4
     model = build_supernet(cfg, num_classes).to(device).train()
-    weights = model.weight_parameters()
-    optimizer = build_optimizer(cfg, model.weight_named_parameters())
-    architect = Architect(lambda b: sum(forward_losses(model, b, False).values()), weights,
-                          model.arch_parameters(), lr=cfg.SEARCH.ARCH_LR,
-                          second_order=cfg.SEARCH.SECOND_ORDER)
+    step = SearchStep(cfg, model, device)
     train, val = (_random_batch(cfg, num_classes, device, s) for s in (1, 2))
     times = []
     for i in range(args.tiny_iters + 1):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        search_step(model, architect, optimizer, train, val, cfg.SOLVER.CLIP_GRAD_NORM, False)
+        step.run((train, val))
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i > 0:
