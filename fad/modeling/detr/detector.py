@@ -6,6 +6,7 @@ from torch import Tensor, nn
 from yacs.config import CfgNode
 
 from fad.errors import DataError
+from fad.modeling.hooks import ModelHooks
 from fad.modeling.image_batch import batch_images
 
 from .backbone import MultiLevelBackbone
@@ -18,7 +19,7 @@ from .postprocess import postprocess
 from .transformer import DeformableTransformer
 
 
-class DeformableDETR(nn.Module):
+class DeformableDETR(nn.Module, ModelHooks):
     """Deformable DETR (optionally box refinement, two-stage) and Sparse DETR (`rho` > 0).
 
     `forward(images: list[Tensor[3, H, W] in [0, 1]], targets: list[dict] | None)`: targets hold
