@@ -54,6 +54,29 @@ def test_freeze_keeps_new_parameters_trainable():
     assert body.layer2[0].conv1.weight.requires_grad
 
 
+def _stage(name: str) -> int:
+    """0 for the stem, i for a parameter of layer i (torchvision names)."""
+    return 0 if name.startswith(("conv1.", "bn1.")) else int(name[len("layer")])
+
+
+@pytest.mark.parametrize("freeze_at", [0, 1, 2, 5])
+def test_freeze_at_freezes_the_same_stages_in_both_backbones(freeze_at):
+    """One `freeze_stages`: ResNet and SparseResNet freeze the same torchvision parameters."""
+    def names(backbone: str) -> tuple[set[str], set[str]]:
+        cfg = _cfg(18)
+        cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.FREEZE_AT = backbone, freeze_at
+        cfg.MODEL.BACKBONE.NORM = "BN"
+        body, _ = build_backbone_body(cfg)
+        params = {n.replace("stem.0.", "conv1.").replace("stem.1.", "bn1."): p
+                  for n, p in body.named_parameters()}
+        return {n for n, p in params.items() if not p.requires_grad}, set(params)
+
+    plain_frozen, plain_all = names("resnet")
+    sparse_frozen, sparse_all = names("sparse_resnet")
+    assert plain_frozen == {n for n in plain_all if _stage(n) < freeze_at}
+    assert sparse_frozen == plain_frozen and plain_all < sparse_all
+
+
 def test_config_errors_are_clear():
     with pytest.raises(ValueError, match="GROUPS"):
         cfg = _cfg(50)

@@ -20,8 +20,8 @@ import torch
 from torchvision.models import resnet as tv_resnet
 from torchvision.ops import FrozenBatchNorm2d
 
-from fad.modeling.backbone.resnet import ResNetBody
-from fad.modeling.backbone.sparse.flops import STAGE_BLOCKS, backbone_macs, reference_canvas
+from fad.modeling.backbone.resnet import STAGE_BLOCKS, ResNetBody
+from fad.modeling.backbone.sparse.flops import backbone_macs, reference_canvas
 from fad.modeling.backbone.sparse.kernel import kernel_available
 from fad.modeling.backbone.sparse.masks import forced_density
 from fad.modeling.backbone.sparse_resnet import SparseOptions, SparseResNetBody

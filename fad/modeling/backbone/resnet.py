@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +16,10 @@ from fad.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger("fad")
 
-_LAYERS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+# ResNet depth -> residual blocks of res2..res5, and the width (planes) of each stage
+STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
+                152: (3, 8, 36, 3)}
+STAGE_PLANES = (64, 128, 256, 512)
 _WEIGHTS = {  # (depth, groups, width per group) -> torchvision weights enum
     (18, 1, 64): "ResNet18_Weights", (34, 1, 64): "ResNet34_Weights",
     (50, 1, 64): "ResNet50_Weights", (101, 1, 64): "ResNet101_Weights",
@@ -35,6 +39,19 @@ def torchvision_weights_name(depth: int, groups: int = 1, width_per_group: int =
     return _WEIGHTS[key]
 
 
+def check_depth(depth: int) -> None:
+    """A one-line error unless `depth` is in `STAGE_BLOCKS`."""
+    if depth not in STAGE_BLOCKS:
+        raise ConfigError(f"MODEL.BACKBONE.DEPTH: no ResNet of depth {depth}; choose one of "
+                          f"{sorted(STAGE_BLOCKS)}")
+
+
+def body_channels(depth: int) -> dict[str, int]:
+    """Channels of c2..c5 of a ResNet-`depth` (bottleneck blocks, x4, from depth 50 on)."""
+    expansion = 4 if depth >= 50 else 1
+    return {f"c{i + 2}": planes * expansion for i, planes in enumerate(STAGE_PLANES)}
+
+
 class ResNetBody(nn.Module):
     """Wraps a torchvision ResNet; `forward(x [N,3,H,W])` -> OrderedDict c2..c5 (strides 4..32)."""
 
@@ -42,6 +59,10 @@ class ResNetBody(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+
+    def stages(self) -> list[nn.Module]:
+        """Stem, layer1..layer4 (the order `freeze_stages` counts in)."""
+        return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
         c2 = self.layer1(self.stem(x))
@@ -101,24 +122,26 @@ def load_pretrained(net: nn.Module, spec: str, depth: int, groups: int = 1,
     logger.info("loaded backbone weights from %s (%d keys kept their init)", spec, len(missing))
 
 
-def freeze_stages(body: nn.Module, freeze_at: int) -> None:
-    """Freeze the stem (freeze_at >= 1) and layer1..layer{freeze_at-1}."""
-    stages = [body.stem, body.layer1, body.layer2, body.layer3, body.layer4]
+def freeze_stages(stages: Sequence[nn.Module], freeze_at: int, keep: Sequence[str] = ()) -> None:
+    """Freeze `stages[:freeze_at]`: the stem (freeze_at >= 1) and layer1..layer{freeze_at-1}.
+
+    Parameters inside a submodule named in `keep` stay trainable (SparseResNet: the parts a
+    torchvision checkpoint lacks). `MODEL.BACKBONE.FREEZE_AT` 0 freezes nothing.
+    """
     for stage in stages[:freeze_at]:
-        for p in stage.parameters():
-            p.requires_grad_(False)
+        for name, p in stage.named_parameters():
+            if not any(part in keep for part in name.split(".")):
+                p.requires_grad_(False)
 
 
 def build_resnet_body(cfg: CfgNode) -> tuple[nn.Module, dict[str, int]]:
     """ResNet/ResNeXt body and its channels per output, from `MODEL.BACKBONE.*`."""
     bb = cfg.MODEL.BACKBONE
-    if bb.DEPTH not in _LAYERS:
-        raise ValueError(f"MODEL.BACKBONE.DEPTH must be one of {sorted(_LAYERS)}, got {bb.DEPTH}")
+    check_depth(bb.DEPTH)
     block = tv_resnet.BasicBlock if bb.DEPTH < 50 else tv_resnet.Bottleneck
-    net = tv_resnet.ResNet(block, _LAYERS[bb.DEPTH], groups=bb.GROUPS,
+    net = tv_resnet.ResNet(block, list(STAGE_BLOCKS[bb.DEPTH]), groups=bb.GROUPS,
                            width_per_group=bb.WIDTH_PER_GROUP, norm_layer=norm_layer(bb.NORM))
     load_pretrained(net, bb.PRETRAINED, bb.DEPTH, bb.GROUPS, bb.WIDTH_PER_GROUP)
     body = ResNetBody(net)
-    freeze_stages(body, bb.FREEZE_AT)
-    e = block.expansion
-    return body, {"c2": 64 * e, "c3": 128 * e, "c4": 256 * e, "c5": 512 * e}
+    freeze_stages(body.stages(), bb.FREEZE_AT)
+    return body, body_channels(bb.DEPTH)

@@ -31,9 +31,10 @@ from torchvision.models import resnet as tv_resnet
 from torchvision.ops import deform_conv2d
 from yacs.config import CfgNode
 
-from .resnet import load_pretrained, norm_layer
+from .resnet import (STAGE_BLOCKS, STAGE_PLANES, body_channels, check_depth, freeze_stages,
+                     load_pretrained, norm_layer)
 from .sparse.execution import sparse_basic, sparse_bottleneck
-from .sparse.flops import STAGE_BLOCKS, backbone_macs
+from .sparse.flops import backbone_macs
 from .sparse.interpolation import GaussianInterpolation
 from .sparse.masks import MaskSampler, forced_density, small_conv3x3
 
@@ -181,9 +182,7 @@ class SparseResNetBody(nn.Module):
                  opts: SparseOptions = SparseOptions(), loss_weight: float = 0.0,
                  stage_with_dcn: Sequence[bool] = (False, False, False, False)):
         super().__init__()
-        if depth not in STAGE_BLOCKS:
-            raise ValueError(f"MODEL.BACKBONE.DEPTH must be one of {sorted(STAGE_BLOCKS)}, "
-                             f"got {depth}")
+        check_depth(depth)
         if len(stage_with_dcn) != 4:
             raise ValueError(f"MODEL.SPARSE.STAGE_WITH_DCN needs 4 entries, got {stage_with_dcn}")
         self.depth = depth
@@ -195,7 +194,7 @@ class SparseResNetBody(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         block = SparseBottleneck if depth >= 50 else SparseBasicBlock
         inplanes, unit = 64, 0
-        for stage, (count, planes) in enumerate(zip(STAGE_BLOCKS[depth], (64, 128, 256, 512))):
+        for stage, (count, planes) in enumerate(zip(STAGE_BLOCKS[depth], STAGE_PLANES)):
             blocks = []
             for i in range(count):
                 stride = 2 if (i == 0 and stage > 0) else 1
@@ -217,6 +216,11 @@ class SparseResNetBody(nn.Module):
         for name, m in self.named_modules():
             if isinstance(m, nn.Conv2d) and not name.endswith(NEW_MODULES):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def stages(self) -> list[nn.Module]:
+        """Stem (conv1 + bn1), layer1..layer4 (the order `freeze_stages` counts in)."""
+        return [nn.ModuleList([self.conv1, self.bn1]), self.layer1, self.layer2, self.layer3,
+                self.layer4]
 
     @property
     def blocks(self) -> list[SparseBlockMixin]:
@@ -304,17 +308,6 @@ class SparseResNetBody(nn.Module):
         return stats
 
 
-def freeze_stages(body: SparseResNetBody, freeze_at: int) -> None:
-    """Freeze the stem (freeze_at >= 1) and layer1..layer{freeze_at-1}, except the parameters a
-    torchvision checkpoint lacks (mask convs, interpolation scales, DCN offsets)."""
-    stages = [nn.ModuleList([body.conv1, body.bn1]), body.layer1, body.layer2, body.layer3,
-              body.layer4]
-    for stage in stages[:freeze_at]:
-        for name, p in stage.named_parameters():
-            if not any(part in NEW_MODULES for part in name.split(".")):
-                p.requires_grad_(False)
-
-
 def build_sparse_resnet_body(cfg: CfgNode) -> tuple[nn.Module, dict[str, int]]:
     """SparseResNet body from `MODEL.BACKBONE.*` and `MODEL.SPARSE.*`, and its c2..c5 channels."""
     bb, sp = cfg.MODEL.BACKBONE, cfg.MODEL.SPARSE
@@ -325,6 +318,5 @@ def build_sparse_resnet_body(cfg: CfgNode) -> tuple[nn.Module, dict[str, int]]:
                             sp.LOSS_WEIGHT, sp.STAGE_WITH_DCN)
     body.execution = sp.EXECUTION
     load_pretrained(body, bb.PRETRAINED, bb.DEPTH)
-    freeze_stages(body, bb.FREEZE_AT)
-    e = 4 if bb.DEPTH >= 50 else 1
-    return body, {"c2": 64 * e, "c3": 128 * e, "c4": 256 * e, "c5": 512 * e}
+    freeze_stages(body.stages(), bb.FREEZE_AT, keep=NEW_MODULES)
+    return body, body_channels(bb.DEPTH)

@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
-                152: (3, 8, 36, 3)}
-PLANES = (64, 128, 256, 512)
+from ..resnet import STAGE_BLOCKS, STAGE_PLANES, check_depth
+
 
 
 @dataclass(frozen=True)
@@ -34,11 +33,10 @@ class BlockSpec:
 
 def block_specs(depth: int) -> list[BlockSpec]:
     """The blocks of a torchvision-style ResNet-`depth`, in forward order."""
-    if depth not in STAGE_BLOCKS:
-        raise ValueError(f"ResNet depth must be one of {sorted(STAGE_BLOCKS)}, got {depth}")
+    check_depth(depth)
     bottleneck = depth >= 50
     specs, cin = [], 64
-    for stage, (count, planes) in enumerate(zip(STAGE_BLOCKS[depth], PLANES)):
+    for stage, (count, planes) in enumerate(zip(STAGE_BLOCKS[depth], STAGE_PLANES)):
         for i in range(count):
             spec = BlockSpec(stage, cin, planes, 2 if (i == 0 and stage > 0) else 1, bottleneck)
             specs.append(spec)
