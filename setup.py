@@ -2,6 +2,7 @@
 
 Set FAD_BUILD_OPS=1 to compile the C++/CUDA ops ahead of time; otherwise they are built
 just-in-time on first use (and the pure-PyTorch fallback is used where no compiler exists).
+docs/ops.md lists the ops, their backends and the build options.
 """
 import os
 
@@ -9,19 +10,19 @@ from setuptools import find_packages, setup
 
 
 def _ext_modules():
-    """MSDA C++/CUDA extensions when FAD_BUILD_OPS=1 (listed by fad/ops/build.py; needs torch)."""
+    """The compiled ops when FAD_BUILD_OPS=1: the list in fad/ops/kernels.py (needs torch)."""
     if os.environ.get("FAD_BUILD_OPS", "0") != "1":
         return [], {}
     import importlib.util
     import sys
 
     root = os.path.dirname(os.path.abspath(__file__))
-    sys.path.insert(0, root)  # build.py imports the light `fad.utils.csrc`
-    path = os.path.join(root, "fad", "ops", "build.py")
-    spec = importlib.util.spec_from_file_location("_fad_ops_build", path)
+    sys.path.insert(0, root)  # kernels.py imports the light `fad.errors` and `fad.utils.csrc`
+    path = os.path.join(root, "fad", "ops", "kernels.py")
+    spec = importlib.util.spec_from_file_location("_fad_ops_kernels", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.ext_modules_and_cmdclass()
+    return module.setup_extensions()
 
 
 packages = [p for p in find_packages(include=["fad", "fad.*"])]

@@ -9,7 +9,7 @@ from fad.ops.depthwise import DepthwiseConv3x3, depthwise_conv3x3, kernel_runs
 
 @pytest.fixture(autouse=True)
 def _need_kernel(monkeypatch):
-    monkeypatch.setenv("FAD_DW_BACKEND", "cpp")  # a build failure fails the tests
+    monkeypatch.setenv("FAD_DEPTHWISE_BACKEND", "cpp")  # a build failure fails the tests
     assert kernel_runs(torch.zeros(1, 1, 1, 1))
 
 
@@ -65,7 +65,7 @@ def test_non_contiguous_input_and_reference_backend(monkeypatch):
     w = torch.randn(6, 1, 3, 3)
     ref = F.conv2d(x, w, padding=1, groups=6)
     torch.testing.assert_close(depthwise_conv3x3(x, w), ref, rtol=1e-5, atol=1e-5)
-    monkeypatch.setenv("FAD_DW_BACKEND", "reference")
+    monkeypatch.setenv("FAD_DEPTHWISE_BACKEND", "reference")
     assert not depthwise.kernel_runs(x)
     assert depthwise_conv3x3(x.requires_grad_(), w).grad_fn.name().startswith("Convolution")
 
@@ -77,12 +77,12 @@ def test_flop_counter_counts_the_kernel_like_a_convolution(monkeypatch):
     x = torch.randn(2, 6, 9, 10, requires_grad=True)
     forward = []
     for backend in ("cpp", "reference"):
-        monkeypatch.setenv("FAD_DW_BACKEND", backend)
+        monkeypatch.setenv("FAD_DEPTHWISE_BACKEND", backend)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             unit(x)
         forward.append(counter.get_total_flops())
     assert forward[0] == forward[1] == 2 * 9 * x.numel()
-    monkeypatch.setenv("FAD_DW_BACKEND", "cpp")
+    monkeypatch.setenv("FAD_DEPTHWISE_BACKEND", "cpp")
     with FlopCounterMode(display=False) as counter:
         unit(x).sum().backward()
     # forward + input gradient + weight gradient; torch's own formula counts the input
@@ -91,6 +91,6 @@ def test_flop_counter_counts_the_kernel_like_a_convolution(monkeypatch):
 
 
 def test_bad_backend_name(monkeypatch):
-    monkeypatch.setenv("FAD_DW_BACKEND", "fastest")
-    with pytest.raises(ValueError, match="FAD_DW_BACKEND"):
+    monkeypatch.setenv("FAD_DEPTHWISE_BACKEND", "fastest")
+    with pytest.raises(ValueError, match="FAD_DEPTHWISE_BACKEND"):
         kernel_runs(torch.zeros(1))

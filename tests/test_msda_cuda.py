@@ -1,26 +1,29 @@
-"""MSDA CUDA kernel vs the grid_sample reference (runs only where a GPU is present)."""
+"""MSDA CUDA C++ kernel (backend "cuda") vs the grid_sample reference (runs only where a GPU is
+present; `pytest -m cuda` selects these tests)."""
 import pytest
 import torch
 
-from fad.ops import ms_deform_attn_reference, multi_scale_deformable_attention, set_msda_backend
-from fad.ops import build as msda_build
+from fad.errors import OpError
+from fad.ops import (kernels, ms_deform_attn_reference, multi_scale_deformable_attention,
+                     set_msda_backend)
 from fad.ops.msda_inputs import random_msda_inputs
 from fad.ops.msda_reference import ms_deform_attn_reference_backward
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 LEVELS = [(6, 4), (3, 2), (1, 1), (5, 7)]
 
 
 @pytest.fixture(scope="module")
 def cuda_kernel():
-    msda_build.load_extension("cuda")
+    kernels.load("msda_cuda")
     return torch.ops.fad_msda
 
 
 @pytest.fixture(autouse=True)
-def _cpp_backend():
-    set_msda_backend("cpp")
+def _cuda_backend():
+    set_msda_backend("cuda")
     yield
     set_msda_backend(None)
 
@@ -89,3 +92,16 @@ def test_opcheck(cuda_kernel):
     for t in (value, loc, attn):
         t.requires_grad_()
     torch.library.opcheck(torch.ops.fad.ms_deform_attn.default, (value, shapes, starts, loc, attn))
+
+
+def test_levels_that_do_not_fit_value_are_an_error(cuda_kernel):
+    """The Python entry (every backend) and the C++ kernel itself reject out-of-bounds levels."""
+    value, shapes, starts, loc, attn = random_msda_inputs(1, [(3, 2), (2, 2)], 2, 4, 3, 2,
+                                                          device="cuda")
+    with pytest.raises(OpError, match="do not describe value's S = 10 tokens"):
+        multi_scale_deformable_attention(value, shapes * 2, starts, loc, attn)
+    with pytest.raises(RuntimeError, match="does not fit in value's S = 10"):
+        cuda_kernel.forward(value, shapes * 2, starts, loc, attn)
+    grad = torch.ones(1, 3, 8, dtype=value.dtype, device="cuda")
+    with pytest.raises(RuntimeError, match="does not fit in value's S = 10"):
+        cuda_kernel.backward(grad, value, shapes, starts + 8, loc, attn)

@@ -1,17 +1,24 @@
-"""MSDA op: compiled CPU kernel vs the grid_sample reference, gradients, custom-op machinery."""
+"""MSDA op: compiled CPU kernel vs the grid_sample reference, gradients, custom-op machinery,
+input checks and backend selection."""
+import importlib.util
 import logging
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fad.ops import (ms_deform_attn_reference, multi_scale_deformable_attention,
+from fad.errors import OpError
+from fad.ops import (kernels, ms_deform_attn_reference, multi_scale_deformable_attention,
                      set_msda_backend)
-from fad.ops import backend as msda_backend
-from fad.ops import build as msda_build
 from fad.ops.msda_inputs import random_msda_inputs
 from fad.ops.msda_reference import ms_deform_attn_reference_backward
+
+HAS_TRITON_MODULE = importlib.util.find_spec("fad.ops.msda_triton") is not None
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 LEVELS = [(6, 4), (3, 2), (1, 1), (5, 7)]
 D_VALUES = [30, 32, 64, 71, 1025]
@@ -22,7 +29,7 @@ def cpu_kernel():
     """Build (or load the cached build of) the CPU extension; a build error fails the test."""
     if shutil.which("c++") is None:
         pytest.skip("no C++ compiler on PATH")
-    msda_build.load_extension("cpu")
+    kernels.load("msda_cpu")
     return torch.ops.fad_msda
 
 
@@ -166,12 +173,69 @@ def test_flop_counter_counts_msda(cpu_kernel):
 
 def test_bad_inputs_raise_one_line_errors():
     value, shapes, starts, loc, attn = random_msda_inputs(1, [(2, 2)], 2, 4, 3, 2)
-    with pytest.raises(ValueError, match="fad/ops/msda.py: attention_weights"):
-        multi_scale_deformable_attention(value, shapes, starts, loc, attn[..., :1])
-    with pytest.raises(ValueError, match="must be floating point"):
-        multi_scale_deformable_attention(value, shapes, starts, loc, attn.long())
-    with pytest.raises(ValueError, match="spatial_shapes"):
-        multi_scale_deformable_attention(value, shapes.view(-1), starts, loc, attn)
+    cases = [((value, shapes, starts, loc, attn[..., :1]), "attention_weights must be"),
+             ((value, shapes, starts, loc, attn.long()), "must be floating point"),
+             ((value, shapes.view(-1), starts, loc, attn), "spatial_shapes must be")]
+    for args, message in cases:
+        with pytest.raises(OpError, match=message) as info:
+            multi_scale_deformable_attention(*args)
+        assert "\n" not in str(info.value) and ".py" not in str(info.value)
+
+
+def _triton_cpu(monkeypatch) -> None:
+    """The triton backend on CPU tensors: Triton's interpreter."""
+    if not HAS_TRITON_MODULE:
+        pytest.skip("fad/ops/msda_triton.py is not there yet")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
+def test_levels_that_do_not_fit_value_are_an_error_on_every_backend(monkeypatch, backend):
+    if backend == "cpp" and shutil.which("c++") is None:
+        pytest.skip("no C++ compiler on PATH")
+    if backend == "triton":
+        _triton_cpu(monkeypatch)
+    set_msda_backend(backend)
+    value, shapes, starts, loc, attn = random_msda_inputs(1, [(3, 2), (2, 2)], 2, 4, 3, 2)
+    bad = [(shapes * 2, starts), (shapes, starts + 1), (shapes, starts.flip(0)),
+           (shapes - 3, starts)]
+    for bad_shapes, bad_starts in bad:
+        with pytest.raises(OpError, match="do not describe value's S = 10 tokens") as info:
+            multi_scale_deformable_attention(value, bad_shapes, bad_starts, loc, attn)
+        assert "\n" not in str(info.value) and ".py" not in str(info.value)
+    grad = torch.ones(1, 3, 8, dtype=value.dtype)
+    with pytest.raises(OpError, match="do not describe"):
+        torch.ops.fad.ms_deform_attn_backward(grad, value, shapes * 2, starts, loc, attn)
+
+
+def test_triton_backend_matches_reference_under_the_interpreter():
+    """The dispatch reaches fad.ops.msda_triton (forward and the three gradients). A fresh
+    process: Triton must be imported with TRITON_INTERPRET=1 already set."""
+    if not HAS_TRITON_MODULE:
+        pytest.skip("fad/ops/msda_triton.py is not there yet")
+    code = """
+import torch
+from fad.ops import ms_deform_attn_reference, multi_scale_deformable_attention, set_msda_backend
+from fad.ops.msda import backend_for
+from fad.ops.msda_inputs import random_msda_inputs
+set_msda_backend("triton")
+assert backend_for("cpu") == "triton"
+args = random_msda_inputs(2, [(4, 3), (2, 5)], 2, 8, 3, 2, dtype=torch.float32, seed=8)
+leaves = [args[i].requires_grad_() for i in (0, 3, 4)]
+out = multi_scale_deformable_attention(*args)
+grad = torch.randn_like(out)
+ref = ms_deform_attn_reference(*args)
+torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+got = torch.autograd.grad(out, leaves, grad)
+for g, r in zip(got, torch.autograd.grad(ref, leaves, grad)):
+    torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+    env.pop("FAD_MSDA_BACKEND", None)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
 
 
 def test_mixed_dtypes_are_promoted(cpu_kernel):
@@ -200,31 +264,49 @@ def test_kernel_rejects_shapes_that_do_not_fit(cpu_kernel):
         cpu_kernel.forward(value, shapes * 2, starts, loc, attn)
 
 
-def test_backend_names(monkeypatch):
-    set_msda_backend(None)
+def test_backend_setting_config_and_environment(monkeypatch):
+    from fad.config import get_cfg_defaults
+    from fad.ops import msda
+
+    monkeypatch.delenv("FAD_MSDA_BACKEND", raising=False)
+    cfg = get_cfg_defaults()
+    cfg.MODEL.OPS.MSDA_BACKEND = "reference"
+    kernels.configure_backends(cfg)
+    assert kernels.get_backend("msda") == "reference" and msda.backend_for("cpu") == "reference"
+    monkeypatch.setenv("FAD_MSDA_BACKEND", "cpp")  # the environment overrides the config
+    assert kernels.get_backend("msda") == "cpp"
     monkeypatch.setenv("FAD_MSDA_BACKEND", "bogus")
-    with pytest.raises(ValueError, match="FAD_MSDA_BACKEND"):
-        msda_backend.get_msda_backend()
-    monkeypatch.setenv("FAD_MSDA_BACKEND", "reference")
-    assert msda_backend.get_msda_backend() == "reference"
-    assert not msda_backend.use_kernel("cpu")
-    set_msda_backend("auto")
-    assert msda_backend.get_msda_backend() == "auto"
-    with pytest.raises(ValueError, match="unknown MSDA backend"):
-        set_msda_backend("cuda")
+    with pytest.raises(OpError, match="FAD_MSDA_BACKEND"):
+        kernels.get_backend("msda")
+    monkeypatch.delenv("FAD_MSDA_BACKEND")
+    cfg.MODEL.OPS.MSDA_BACKEND = "fastest"
+    with pytest.raises(OpError, match="MODEL.OPS.MSDA_BACKEND"):
+        kernels.configure_backends(cfg)
+    with pytest.raises(OpError, match="unknown depthwise backend 'triton'"):
+        kernels.set_backend("depthwise", "triton")
+    for name in ("auto", "reference", "cpp", "cuda", "triton"):
+        set_msda_backend(name)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert "TRITON_INTERPRET=1" in msda.backend_unavailable("triton", "cpu")
+    assert "runs cuda tensors" in msda.backend_unavailable("cuda", "cpu")
+    assert "runs cpu tensors" in msda.backend_unavailable("cpp", "cuda")
+    set_msda_backend("cuda")
+    with pytest.raises(kernels.ExtensionUnavailable, match="msda backend 'cuda'"):
+        multi_scale_deformable_attention(*random_msda_inputs(1, [(3, 2)], 2, 4, 3, 2))
 
 
 def test_auto_falls_back_once_with_a_warning(monkeypatch, caplog):
-    monkeypatch.setattr(msda_build, "_loaded", {})
-    monkeypatch.setattr(msda_build, "_errors", {"cpu": "no C++ compiler (test)"})
-    monkeypatch.setattr(msda_backend, "_warned", set())
+    monkeypatch.setattr(kernels, "_loaded", set())
+    monkeypatch.setattr(kernels, "_errors", {"msda_cpu": "no C++ compiler (test)"})
+    monkeypatch.setattr(kernels, "_warned", set())
     args = random_msda_inputs(1, [(3, 2)], 2, 4, 3, 2)
     set_msda_backend("auto")
-    with caplog.at_level(logging.WARNING, logger="fad.ops.backend"):
+    with caplog.at_level(logging.WARNING, logger="fad.ops.kernels"):
         out1 = multi_scale_deformable_attention(*args)
         out2 = multi_scale_deformable_attention(*args)
     set_msda_backend("cpp")
-    with pytest.raises(RuntimeError, match="FAD_MSDA_BACKEND=cpp but no C\\+\\+ compiler"):
+    with pytest.raises(kernels.ExtensionUnavailable,
+                       match="msda backend 'cpp' .* no C\\+\\+ compiler"):
         multi_scale_deformable_attention(*args)
     notices = [r for r in caplog.records if "pure-PyTorch reference" in r.getMessage()]
     assert len(notices) == 1 and "no C++ compiler (test)" in notices[0].getMessage()

@@ -14,36 +14,25 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <Python.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
 
+#include "../common/cpu_dispatch.h"
+
 namespace fad_dw {
 namespace {
 
-// The two inner loops, compiled for AVX2 and for the baseline; the loader picks at run time.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FAD_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define FAD_CLONES
-#endif
+template <typename T>
+FAD_ALWAYS_INLINE void axpy(T* __restrict__ y, const T* __restrict__ x, T a, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
 
-FAD_CLONES void axpy(float* y, const float* x, float a, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
-FAD_CLONES void axpy(double* y, const double* x, double a, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
-}
-FAD_CLONES float dot(const float* a, const float* b, int64_t n) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
-FAD_CLONES double dot(const double* a, const double* b, int64_t n) {
-  double s = 0.0;
+template <typename T>
+FAD_ALWAYS_INLINE T dot(const T* a, const T* b, int64_t n) {
+  T s = T(0);
 #pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
   return s;
@@ -60,12 +49,13 @@ inline Span span(int kx, int64_t width, int64_t dilation) {
 }
 
 template <typename T>
-void plane_forward(const T* x, const T* k, T* y, int64_t height, int64_t width, int64_t d) {
+FAD_ALWAYS_INLINE void plane_forward_body(const T* x, const T* k, T* y, int64_t height,
+                                          int64_t width, int64_t d) {
   std::fill(y, y + height * width, T(0));
   for (int64_t oh = 0; oh < height; ++oh) {
     for (int ky = 0; ky < 3; ++ky) {
       const int64_t ih = oh + (ky - 1) * d;
-      if (ih < 0 || ih >= height) continue;
+      if (!fad::inside(ih, height)) continue;
       for (int kx = 0; kx < 3; ++kx) {
         const Span s = span(kx, width, d);
         if (s.hi > s.lo) {
@@ -78,8 +68,8 @@ void plane_forward(const T* x, const T* k, T* y, int64_t height, int64_t width, 
 
 // acc[tap] += sum over the plane of grad[h, w] * x[h + (ky - 1) d, w + (kx - 1) d].
 template <typename T>
-void plane_grad_weight(const T* g, const T* x, double* acc, int64_t height, int64_t width,
-                       int64_t d) {
+FAD_ALWAYS_INLINE void plane_grad_weight_body(const T* g, const T* x, double* acc,
+                                              int64_t height, int64_t width, int64_t d) {
   for (int ky = 0; ky < 3; ++ky) {
     const int64_t dy = (ky - 1) * d;
     const int64_t h0 = std::max<int64_t>(0, -dy), h1 = std::min<int64_t>(height, height - dy);
@@ -93,6 +83,48 @@ void plane_grad_weight(const T* g, const T* x, double* acc, int64_t height, int6
       acc[ky * 3 + kx] += total;
     }
   }
+}
+
+// The plane loops compiled for the baseline and for AVX2+FMA; fad::use_avx2 picks one.
+template <typename T>
+void plane_forward_base(const T* x, const T* k, T* y, int64_t h, int64_t w, int64_t d) {
+  plane_forward_body(x, k, y, h, w, d);
+}
+
+template <typename T>
+void plane_grad_weight_base(const T* g, const T* x, double* acc, int64_t h, int64_t w,
+                            int64_t d) {
+  plane_grad_weight_body(g, x, acc, h, w, d);
+}
+
+#if FAD_AVX2_BUILD
+template <typename T>
+FAD_TARGET_AVX2 void plane_forward_avx2(const T* x, const T* k, T* y, int64_t h, int64_t w,
+                                        int64_t d) {
+  plane_forward_body(x, k, y, h, w, d);
+}
+
+template <typename T>
+FAD_TARGET_AVX2 void plane_grad_weight_avx2(const T* g, const T* x, double* acc, int64_t h,
+                                            int64_t w, int64_t d) {
+  plane_grad_weight_body(g, x, acc, h, w, d);
+}
+#endif
+
+template <typename T>
+void plane_forward(const T* x, const T* k, T* y, int64_t h, int64_t w, int64_t d) {
+#if FAD_AVX2_BUILD
+  if (fad::use_avx2()) return plane_forward_avx2(x, k, y, h, w, d);
+#endif
+  plane_forward_base(x, k, y, h, w, d);
+}
+
+template <typename T>
+void plane_grad_weight(const T* g, const T* x, double* acc, int64_t h, int64_t w, int64_t d) {
+#if FAD_AVX2_BUILD
+  if (fad::use_avx2()) return plane_grad_weight_avx2(g, x, acc, h, w, d);
+#endif
+  plane_grad_weight_base(g, x, acc, h, w, d);
 }
 
 void check(const at::Tensor& x, const at::Tensor& weight, int64_t dilation) {
@@ -151,14 +183,10 @@ at::Tensor grad_weight_cpu(const at::Tensor& grad_in, const at::Tensor& x_in, in
 }  // namespace
 }  // namespace fad_dw
 
-// The schemas are defined on the Python side (fad/ops/depthwise.py) at import, so that the ops
-// (and their FLOP formulas) exist before this library is built or loaded.
+// Schemas: fad/ops/depthwise.py.
 TORCH_LIBRARY_IMPL(fad_dw, CPU, m) {
   m.impl("forward", &fad_dw::forward_cpu);
   m.impl("grad_weight", &fad_dw::grad_weight_cpu);
 }
 
-extern "C" PyObject* PyInit__depthwise_cpu(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_depthwise_cpu", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
-}
+FAD_EMPTY_PYTHON_MODULE(_depthwise_cpu)

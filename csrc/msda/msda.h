@@ -1,5 +1,5 @@
-// Multi-scale deformable attention (MSDA) kernels: declarations, input checks and the bilinear
-// corner helper shared by the CPU and CUDA kernels.
+// Multi-scale deformable attention (MSDA) kernels: input checks and the bilinear corner helper
+// shared by the CPU and CUDA kernels (op schemas: fad/ops/msda.py).
 //
 // Shapes: value [N, S, M, D], spatial_shapes [L, 2] int64 (H, W), level_start_index [L] int64,
 // sampling_loc [N, Lq, M, L, P, 2] (x, y) in [0, 1], attn_weight [N, Lq, M, L, P],
@@ -11,24 +11,10 @@
 
 #include <cmath>
 #include <cstdint>
-#include <tuple>
 
-#if defined(__CUDACC__)
-#define FAD_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define FAD_HOST_DEVICE inline
-#endif
+#include "../common/macros.h"
 
 namespace fad_msda {
-
-at::Tensor forward_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
-                       const at::Tensor& level_start_index, const at::Tensor& sampling_loc,
-                       const at::Tensor& attn_weight);
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index, const at::Tensor& sampling_loc,
-    const at::Tensor& attn_weight);
 
 // Raise a one-line error unless the tensors have consistent shapes, dtypes and devices.
 inline void check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes,
@@ -58,6 +44,23 @@ inline void check_inputs(const at::Tensor& value, const at::Tensor& spatial_shap
   TORCH_CHECK(sampling_loc.device() == device && attn_weight.device() == device &&
                   spatial_shapes.device() == device && level_start_index.device() == device,
               "fad msda: all inputs must be on ", device);
+}
+
+// Raise a one-line error unless every level (start, H, W) lies within value's S tokens, so no
+// kernel reads outside value. Reads the small shape tensors on the host (a copy from the device
+// for CUDA tensors).
+inline void check_levels(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+                         int64_t num_tokens) {
+  const at::Tensor shapes_t = spatial_shapes.to(at::kCPU).contiguous();
+  const at::Tensor starts_t = level_start_index.to(at::kCPU).contiguous();
+  const int64_t* shapes = shapes_t.const_data_ptr<int64_t>();
+  const int64_t* starts = starts_t.const_data_ptr<int64_t>();
+  for (int64_t l = 0; l < shapes_t.size(0); ++l) {
+    TORCH_CHECK(shapes[2 * l] >= 0 && shapes[2 * l + 1] >= 0 && starts[l] >= 0 &&
+                    starts[l] + shapes[2 * l] * shapes[2 * l + 1] <= num_tokens,
+                "fad msda: level ", l, " (start ", starts[l], ", H ", shapes[2 * l], ", W ",
+                shapes[2 * l + 1], ") does not fit in value's S = ", num_tokens);
+  }
 }
 
 template <typename T>
@@ -99,8 +102,7 @@ FAD_HOST_DEVICE bool bilinear_corners(acc_t x, acc_t y, int64_t height, int64_t 
   for (int k = 0; k < 4; ++k) {
     const int dy = k >> 1, dx = k & 1;
     const int64_t yy = h_low + dy, xx = w_low + dx;
-    const bool inside = yy >= 0 && yy < height && xx >= 0 && xx < width;
-    c.offset[k] = inside ? yy * width + xx : -1;
+    c.offset[k] = fad::inside(yy, xx, height, width) ? yy * width + xx : -1;
     c.weight[k] = ys[dy] * xs[dx];
     c.dweight_dw[k] = ys[dy] * dys[dx];
     c.dweight_dh[k] = dys[dy] * xs[dx];

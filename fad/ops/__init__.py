@@ -1,17 +1,22 @@
-"""Fused ops: multi-scale deformable attention (custom op `fad::ms_deform_attn`) and its layer.
+"""Fused ops: multi-scale deformable attention (custom op `fad::ms_deform_attn`) and its layer,
+the depthwise 3x3 convolution, and the loader and backend settings of their compiled kernels.
 
-Importing needs no compiler: the C++/CUDA kernels are built (or loaded) on first use, and the
-pure-PyTorch reference runs where they cannot be (see `fad.ops.backend`).
+Importing needs no compiler or GPU: kernels are built (or loaded) on first use, and the
+pure-PyTorch reference runs where they cannot (see `fad.ops.kernels` and docs/ops.md).
+`python -m fad.ops.selftest` checks every available backend against the reference.
 """
-from .backend import get_msda_backend, set_msda_backend
-from .ms_deform_attn import MSDeformAttn
-from .msda import multi_scale_deformable_attention
+from .kernels import configure_backends, get_backend, set_backend
+from .msda import get_msda_backend, multi_scale_deformable_attention, set_msda_backend
+from .msda_layer import MSDeformAttn
 from .msda_reference import ms_deform_attn_reference
 
 __all__ = [
     "MSDeformAttn",
+    "configure_backends",
+    "get_backend",
     "get_msda_backend",
     "ms_deform_attn_reference",
     "multi_scale_deformable_attention",
+    "set_backend",
     "set_msda_backend",
 ]

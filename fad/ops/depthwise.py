@@ -5,7 +5,8 @@ groups=C, bias=False)` (same parameters and state_dict) whose forward on CPU flo
 tensors runs `torch.ops.fad_dw` kernels: PyTorch's CPU depthwise path runs far below its dense
 3x3 throughput (several times slower fwd+bwd than this kernel, most of all with dilation), and
 the FAD supernet and sinSep / dilated units are full of these convolutions. Everywhere else
-(CUDA, other dtypes, FAD_DW_BACKEND=reference, no compiler) it is plain `F.conv2d`.
+(CUDA, other dtypes, backend "reference" by MODEL.OPS.DEPTHWISE_BACKEND or
+FAD_DEPTHWISE_BACKEND, no compiler) it is plain `F.conv2d`.
 """
 from __future__ import annotations
 
@@ -16,15 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import register_flop_formula
 
-from fad.ops.cpu_kernel import CpuKernel
-from fad.utils.csrc import csrc_dir
+from fad.ops import kernels
 
-_LIB = torch.library.Library("fad_dw", "DEF")  # schemas here, CPU kernels from csrc/depthwise
-_LIB.define("forward(Tensor x, Tensor weight, int dilation) -> Tensor")
-_LIB.define("grad_weight(Tensor grad, Tensor x, int dilation) -> Tensor")
-
-_KERNEL = CpuKernel("depthwise 3x3 convolution", "fad_depthwise_cpu", "fad.ops._depthwise_cpu",
-                    [csrc_dir() / "depthwise" / "depthwise_cpu.cpp"], "FAD_DW_BACKEND")
+_KERNEL_LIB = kernels.define_library("fad_dw", (
+    "forward(Tensor x, Tensor weight, int dilation) -> Tensor",
+    "grad_weight(Tensor grad, Tensor x, int dilation) -> Tensor",
+))
 
 
 class _DepthwiseFunction(torch.autograd.Function):
@@ -62,8 +60,8 @@ def _flops(x_shape, *args, out_shape=None, **kwargs) -> int:
 
 def kernel_runs(x: Tensor) -> bool:
     """Whether `depthwise_conv3x3(x, ...)` runs the compiled kernel."""
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and _KERNEL.available("cpu"))
+    return (x.dtype in (torch.float32, torch.float64)
+            and kernels.use_cpu_kernel("depthwise", "depthwise_cpu", x.device.type))
 
 
 def depthwise_conv3x3(x: Tensor, weight: Tensor, dilation: int = 1) -> Tensor:

@@ -1,19 +1,58 @@
-"""`multi_scale_deformable_attention`: checked entry point to the `fad::ms_deform_attn` op."""
+"""Multi-scale deformable attention (MSDA) op: checked entry point, custom op, backend dispatch.
+
+`multi_scale_deformable_attention` checks its inputs, promotes dtypes and calls the custom op
+`fad::ms_deform_attn` (backward: `fad::ms_deform_attn_backward`). The op's implementation checks
+the levels against the value length and runs one backend (setting MODEL.OPS.MSDA_BACKEND /
+FAD_MSDA_BACKEND, see `fad.ops.kernels`):
+
+    reference  pure-PyTorch `grid_sample` (fad.ops.msda_reference), any device and dtype
+    cpp        C++ CPU kernel (`torch.ops.fad_msda`, csrc/msda/cpu), CPU tensors
+    cuda       C++ CUDA kernel (csrc/msda/cuda), CUDA tensors; opt-in
+    triton     Triton kernels (fad.ops.msda_triton), CUDA tensors, or CPU tensors when
+               TRITON_INTERPRET=1 (Triton's interpreter)
+    auto       CPU: cpp; CUDA: triton, else cuda; falling back to reference with one warning
+
+The op has fake impls (`torch.compile`, `torch.export` see one node whatever the backend),
+autograd, autocast (under CUDA or CPU autocast the inputs are cast to float32 and the output is
+float32; outside it half/bfloat16 run natively with float32 accumulation) and FLOP formulas
+(1 multiply-add = 1 FLOP: per (n, q, m, l, p) the forward counts 4 bilinear corners x D plus D
+for the attention weighting, 5 * D; the backward twice that).
+"""
 from __future__ import annotations
+
+import functools
+import importlib
+import os
+from typing import Callable
 
 import torch
 from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
 
-from .msda_op import ms_deform_attn
+from fad.errors import OpError
+
+from . import kernels
+from .msda_reference import ms_deform_attn_reference, ms_deform_attn_reference_backward
+
+OP = "msda"
+_KERNEL_LIB = kernels.define_library("fad_msda", (
+    "forward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
+    "Tensor sampling_loc, Tensor attn_weight) -> Tensor",
+    "backward(Tensor grad_output, Tensor value, Tensor spatial_shapes, "
+    "Tensor level_start_index, Tensor sampling_loc, Tensor attn_weight) "
+    "-> (Tensor, Tensor, Tensor)",
+))
+_AUTO = {"cpu": ("cpp",), "cuda": ("triton", "cuda")}
 
 
 def _fail(message: str) -> None:
-    raise ValueError(f"fad/ops/msda.py: {message}")
+    raise OpError(f"multi_scale_deformable_attention: {message}")
 
 
-def check_msda_inputs(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
-                      sampling_locations: Tensor, attention_weights: Tensor) -> None:
-    """Raise a one-line ValueError unless the shapes, dtypes and devices fit together."""
+def check_inputs(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                 sampling_locations: Tensor, attention_weights: Tensor) -> None:
+    """Raise a one-line OpError unless shapes, dtypes and devices fit together (metadata only,
+    so it also runs on fake tensors while tracing)."""
     if value.dim() != 4:
         _fail(f"value must be [N, S, M, D], got shape {tuple(value.shape)}")
     if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2:
@@ -27,8 +66,8 @@ def check_msda_inputs(value: Tensor, spatial_shapes: Tensor, level_start_index: 
     if tuple(attention_weights.shape) != (n, lq, m, num_levels, num_points):
         _fail(f"attention_weights must be {(n, lq, m, num_levels, num_points)} (N, Lq, M, L, P), "
               f"got {tuple(attention_weights.shape)}")
-    if tuple(spatial_shapes.shape) != (num_levels, 2) or tuple(level_start_index.shape) != (
-            num_levels,):
+    if (tuple(spatial_shapes.shape) != (num_levels, 2)
+            or tuple(level_start_index.shape) != (num_levels,)):
         _fail(f"spatial_shapes must be [{num_levels}, 2] and level_start_index [{num_levels}], "
               f"got {tuple(spatial_shapes.shape)} and {tuple(level_start_index.shape)}")
     if spatial_shapes.is_floating_point() or level_start_index.is_floating_point():
@@ -39,6 +78,221 @@ def check_msda_inputs(value: Tensor, spatial_shapes: Tensor, level_start_index: 
               f"got {value.dtype}, {sampling_locations.dtype}, {attention_weights.dtype}")
     if not value.device == sampling_locations.device == attention_weights.device:
         _fail("value, sampling_locations and attention_weights must be on one device")
+
+
+def check_levels(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor) -> None:
+    """Raise a one-line OpError unless the levels lie back to back and fill value's S tokens:
+    level_start_index[l] = sum of H_k * W_k over k < l, and the sum over all levels = S.
+
+    Reads the small shape tensors (a device sync for CUDA tensors); every backend runs it.
+    """
+    shapes, starts = spatial_shapes.tolist(), level_start_index.tolist()
+    expected = 0
+    for level, ((height, width), start) in enumerate(zip(shapes, starts)):
+        if height < 0 or width < 0 or start != expected:
+            break
+        expected += height * width
+    else:
+        if expected == value.shape[1]:
+            return
+    _fail(f"spatial_shapes {shapes} and level_start_index {starts} do not describe value's "
+          f"S = {value.shape[1]} tokens (levels back to back: start_l = sum of H*W before l, "
+          "all levels together = S)")
+
+
+def _triton_module():
+    return importlib.import_module("fad.ops.msda_triton")
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_import_error() -> str | None:
+    try:
+        _triton_module()
+    except ImportError as exc:
+        return f"the Triton kernels cannot be imported ({exc})"
+    return None
+
+
+def backend_unavailable(backend: str, device_type: str) -> str | None:
+    """Why MSDA `backend` cannot run `device_type` tensors here, or None when it can (loads,
+    and on first use builds, the compiled extension it needs)."""
+    if backend == "reference":
+        return None
+    if backend == "triton":
+        if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            return "Triton runs CPU tensors only under TRITON_INTERPRET=1"
+        if device_type not in ("cpu", "cuda"):
+            return f"no Triton kernel for {device_type} tensors"
+        return _triton_import_error()
+    device = {"cpp": "cpu", "cuda": "cuda"}[backend]
+    if device_type != device:
+        return f"the {backend} kernel runs {device} tensors, not {device_type} ones"
+    try:
+        kernels.load(f"msda_{device}")
+    except kernels.ExtensionUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def backend_for(device_type: str) -> str:
+    """The backend that runs MSDA on `device_type` tensors under the current setting."""
+    name = kernels.get_backend(OP)
+    if name != "auto":
+        reason = backend_unavailable(name, device_type)
+        if reason is not None:
+            raise kernels.unavailable(OP, name, reason)
+        return name
+    reasons = []
+    for candidate in _AUTO.get(device_type, ()):
+        reason = backend_unavailable(candidate, device_type)
+        if reason is None:
+            return candidate
+        reasons.append(f"{candidate}: {reason}")
+    if reasons:
+        kernels.fallback_warning(OP, device_type, "; ".join(reasons))
+    return "reference"
+
+
+def _kernel_shapes(spatial_shapes: Tensor, level_start_index: Tensor,
+                   device: torch.device) -> tuple[Tensor, Tensor]:
+    return (spatial_shapes.to(device=device, dtype=torch.int64).contiguous(),
+            level_start_index.to(device=device, dtype=torch.int64).contiguous())
+
+
+def _forward_reference(value, spatial_shapes, level_start_index, loc, attn) -> Tensor:
+    with torch.no_grad():
+        return ms_deform_attn_reference(value, spatial_shapes, level_start_index, loc, attn)
+
+
+def _forward_compiled(value, spatial_shapes, level_start_index, loc, attn) -> Tensor:
+    shapes, starts = _kernel_shapes(spatial_shapes, level_start_index, value.device)
+    return torch.ops.fad_msda.forward(value.contiguous(), shapes, starts, loc.contiguous(),
+                                      attn.contiguous())
+
+
+def _forward_triton(value, spatial_shapes, level_start_index, loc, attn) -> Tensor:
+    shapes, starts = _kernel_shapes(spatial_shapes, level_start_index, value.device)
+    return _triton_module().msda_triton_forward(value.contiguous(), shapes, starts,
+                                                loc.contiguous(), attn.contiguous())
+
+
+def _backward_compiled(grad_output, value, spatial_shapes, level_start_index, loc, attn):
+    shapes, starts = _kernel_shapes(spatial_shapes, level_start_index, value.device)
+    return tuple(torch.ops.fad_msda.backward(grad_output.contiguous(), value.contiguous(), shapes,
+                                             starts, loc.contiguous(), attn.contiguous()))
+
+
+def _backward_triton(grad_output, value, spatial_shapes, level_start_index, loc, attn):
+    shapes, starts = _kernel_shapes(spatial_shapes, level_start_index, value.device)
+    return tuple(_triton_module().msda_triton_backward(
+        grad_output.contiguous(), value.contiguous(), shapes, starts, loc.contiguous(),
+        attn.contiguous()))
+
+
+FORWARD: dict[str, Callable[..., Tensor]] = {
+    "reference": _forward_reference, "cpp": _forward_compiled, "cuda": _forward_compiled,
+    "triton": _forward_triton}
+BACKWARD: dict[str, Callable[..., tuple[Tensor, Tensor, Tensor]]] = {
+    "reference": ms_deform_attn_reference_backward, "cpp": _backward_compiled,
+    "cuda": _backward_compiled, "triton": _backward_triton}
+
+
+@torch.library.custom_op("fad::ms_deform_attn", mutates_args=())
+def ms_deform_attn(
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """value [N, S, M, D], spatial_shapes [L, 2] int64, level_start_index [L] int64,
+    sampling_locations [N, Lq, M, L, P, 2], attention_weights [N, Lq, M, L, P] -> [N, Lq, M*D]."""
+    check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    check_levels(value, spatial_shapes, level_start_index)
+    return FORWARD[backend_for(value.device.type)](
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+
+
+@ms_deform_attn.register_fake
+def _ms_deform_attn_fake(value, spatial_shapes, level_start_index, sampling_locations,
+                         attention_weights):
+    check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    n, _, m, d = value.shape
+    return value.new_empty((n, sampling_locations.shape[1], m * d))
+
+
+@torch.library.custom_op("fad::ms_deform_attn_backward", mutates_args=())
+def ms_deform_attn_backward(
+    grad_output: Tensor,
+    value: Tensor,
+    spatial_shapes: Tensor,
+    level_start_index: Tensor,
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """grad_output [N, Lq, M*D] -> (grad_value, grad_sampling_locations, grad_attention_weights),
+    each shaped like its input."""
+    check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    check_levels(value, spatial_shapes, level_start_index)
+    return BACKWARD[backend_for(value.device.type)](
+        grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+        attention_weights)
+
+
+@ms_deform_attn_backward.register_fake
+def _ms_deform_attn_backward_fake(grad_output, value, spatial_shapes, level_start_index,
+                                  sampling_locations, attention_weights):
+    return (torch.empty_like(value), torch.empty_like(sampling_locations),
+            torch.empty_like(attention_weights))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad_output: Tensor):
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = (
+        ctx.saved_tensors)
+    grad_value, grad_loc, grad_attn = ms_deform_attn_backward(
+        grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+        attention_weights)
+    return grad_value, None, None, grad_loc, grad_attn
+
+
+ms_deform_attn.register_autograd(_backward, setup_context=_setup_context)
+torch.library.register_autocast("fad::ms_deform_attn", "cuda", torch.float32)
+torch.library.register_autocast("fad::ms_deform_attn", "cpu", torch.float32)
+
+
+def msda_flops(value_shape, sampling_locations_shape) -> int:
+    """Forward multiply-adds: N * Lq * M * L * P * 5 * D (4 bilinear corners + 1 weighting)."""
+    d = value_shape[-1]
+    n, lq, m, num_levels, num_points, _ = sampling_locations_shape
+    return n * lq * m * num_levels * num_points * 5 * d
+
+
+@register_flop_formula(torch.ops.fad.ms_deform_attn)
+def _msda_flop(value_shape, spatial_shapes_shape, level_start_index_shape,
+               sampling_locations_shape, attention_weights_shape, *args, out_shape=None,
+               **kwargs) -> int:
+    return msda_flops(value_shape, sampling_locations_shape)
+
+
+@register_flop_formula(torch.ops.fad.ms_deform_attn_backward)
+def _msda_backward_flop(grad_output_shape, value_shape, spatial_shapes_shape,
+                        level_start_index_shape, sampling_locations_shape,
+                        attention_weights_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * msda_flops(value_shape, sampling_locations_shape)
+
+
+def set_msda_backend(name: str | None) -> None:
+    """`kernels.set_backend("msda", name)`: "auto", "reference", "cpp", "cuda", "triton"."""
+    kernels.set_backend(OP, name)
+
+
+def get_msda_backend() -> str:
+    """`kernels.get_backend("msda")`: the MSDA backend setting in force."""
+    return kernels.get_backend(OP)
 
 
 def multi_scale_deformable_attention(
@@ -62,12 +316,13 @@ def multi_scale_deformable_attention(
         [N, Lq, M * D]: out[n, q, m] = sum_{l, p} A * bilinear(V_l[n, m], x * W_l - 0.5,
         y * H_l - 0.5); corners outside the map read as zero.
 
+    Raises:
+        OpError: shapes, dtypes, devices or levels that do not fit together (every backend).
+
     Mixed floating dtypes are promoted to a common one; under autocast the op computes in
-    float32 and returns float32. The backend (compiled kernel or grid_sample reference) is
-    chosen by `fad.ops.backend`.
+    float32 and returns float32.
     """
-    check_msda_inputs(value, spatial_shapes, level_start_index, sampling_locations,
-                      attention_weights)
+    check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     dtype = torch.promote_types(torch.promote_types(value.dtype, sampling_locations.dtype),
                                 attention_weights.dtype)
     value, sampling_locations, attention_weights = (

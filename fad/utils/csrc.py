@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 def csrc_dir() -> Path:
-    """The folder holding `msda/` and `sparse_resnet/` kernel sources."""
+    """The folder of the kernel sources (`common/`, `msda/`, `depthwise/`, `sparse_resnet/`)."""
     checkout = Path(__file__).resolve().parents[2] / "csrc"
     if checkout.is_dir():
         return checkout

@@ -6,35 +6,22 @@
 // m of image n in buffer g (no atomics); with G > 1 groups the G buffers are summed at the end.
 // Half and bfloat16 compute in float (at::opmath_type).
 // The item loops are compiled twice, for baseline x86-64 and for AVX2+FMA (picked at run time
-// when the CPU and ATEN_CPU_CAPABILITY allow), and specialised for D = 32 and 64 in float32.
-#include "../msda.h"
-
+// by fad::use_avx2), and specialised for D = 32 and 64 in float32.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/Version.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <numeric>
-#include <string>
 #include <type_traits>
 #include <vector>
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define FAD_MSDA_AVX2 1
-#define FAD_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define FAD_MSDA_AVX2 0
-#endif
-
-#if defined(__GNUC__) || defined(__clang__)
-#define FAD_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define FAD_ALWAYS_INLINE inline
-#endif
+#include "../../common/cpu_dispatch.h"
+#include "../msda.h"
 
 namespace fad_msda {
 namespace {
@@ -63,18 +50,6 @@ struct Problem {
 Sizes sizes_of(const at::Tensor& value, const at::Tensor& sampling_loc) {
   return {value.size(0),        value.size(1),        value.size(2),       value.size(3),
           sampling_loc.size(1), sampling_loc.size(3), sampling_loc.size(4)};
-}
-
-void check_levels(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
-                  int64_t num_tokens) {
-  const int64_t* shapes = spatial_shapes.const_data_ptr<int64_t>();
-  const int64_t* starts = level_start_index.const_data_ptr<int64_t>();
-  for (int64_t l = 0; l < spatial_shapes.size(0); ++l) {
-    TORCH_CHECK(shapes[2 * l] >= 0 && shapes[2 * l + 1] >= 0 && starts[l] >= 0 &&
-                    starts[l] + shapes[2 * l] * shapes[2 * l + 1] <= num_tokens,
-                "fad msda: level ", l, " (start ", starts[l], ", H ", shapes[2 * l], ", W ",
-                shapes[2 * l + 1], ") does not fit in value's S = ", num_tokens);
-  }
 }
 
 // Forward of items [begin, end) of (n, q, m); `acc` holds D scratch values, `zeros` D zeros.
@@ -220,7 +195,7 @@ void backward_tasks_base(const Problem<scalar_t>& pr, int64_t b, int64_t e,
   backward_tasks<scalar_t, kD>(pr, b, e, scratch, zeros);
 }
 
-#if FAD_MSDA_AVX2
+#if FAD_AVX2_BUILD
 template <typename scalar_t, int kD>
 FAD_TARGET_AVX2 void forward_items_avx2(const Problem<scalar_t>& pr, int64_t b, int64_t e,
                                         at::opmath_type<scalar_t>* acc, const scalar_t* zeros) {
@@ -235,24 +210,10 @@ FAD_TARGET_AVX2 void backward_tasks_avx2(const Problem<scalar_t>& pr, int64_t b,
 }
 #endif
 
-// AVX2+FMA when the CPU has them and ATEN_CPU_CAPABILITY does not forbid them.
-bool use_avx2() {
-#if FAD_MSDA_AVX2
-  static const bool ok = [] {
-    const std::string cap = at::get_cpu_capability();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           (cap == "AVX2" || cap == "AVX512");
-  }();
-  return ok;
-#else
-  return false;
-#endif
-}
-
 template <typename scalar_t, int kD>
 std::pair<ForwardFn<scalar_t>, BackwardFn<scalar_t>> variant() {
-#if FAD_MSDA_AVX2
-  if (use_avx2()) {
+#if FAD_AVX2_BUILD
+  if (fad::use_avx2()) {
     return {&forward_items_avx2<scalar_t, kD>, &backward_tasks_avx2<scalar_t, kD>};
   }
 #endif
@@ -391,3 +352,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
 }
 
 }  // namespace fad_msda
+
+TORCH_LIBRARY_IMPL(fad_msda, CPU, m) {
+  m.impl("forward", &fad_msda::forward_cpu);
+  m.impl("backward", &fad_msda::backward_cpu);
+}
+
+FAD_EMPTY_PYTHON_MODULE(_msda_cpu)

@@ -1,5 +1,5 @@
-// CUDA kernels of multi-scale deformable attention, registered to the fad_msda ops (schemas in
-// ../binding.cpp, loaded first).
+// CUDA kernels of multi-scale deformable attention, registered to the fad_msda ops (schemas:
+// fad/ops/msda.py).
 //
 // One warp per (n, q, m); its 32 lanes stride over the D channels, so any D works (D > 32 loops,
 // D < 32 leaves lanes idle). Forward: each lane sums its channels over the L * P points.
@@ -7,8 +7,6 @@
 // bfloat16 accumulate in float and are cast at the end) and reduce their partial dot products
 // for grad_attn / grad_loc with warp shuffles; lane 0 writes them. Half and bfloat16 inputs
 // compute in float (at::opmath_type).
-#include <Python.h>
-
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAStream.h>
@@ -143,15 +141,18 @@ dim3 grid_for(const Sizes& z) {
   return dim3(static_cast<unsigned>((z.n * z.lq * z.m + kWarpsPerBlock - 1) / kWarpsPerBlock));
 }
 
-void check_cuda(const at::Tensor& value) {
+// The device and level checks of a CUDA call (the level check copies the shapes to the host).
+void check_cuda(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                const at::Tensor& level_start_index) {
   TORCH_CHECK(value.is_cuda(), "fad msda: the CUDA kernel got tensors on ", value.device());
+  check_levels(spatial_shapes, level_start_index, value.size(1));
 }
 
 at::Tensor forward_cuda(const at::Tensor& value_in, const at::Tensor& spatial_shapes_in,
                         const at::Tensor& level_start_index_in, const at::Tensor& sampling_loc_in,
                         const at::Tensor& attn_weight_in) {
   check_inputs(value_in, spatial_shapes_in, level_start_index_in, sampling_loc_in, attn_weight_in);
-  check_cuda(value_in);
+  check_cuda(value_in, spatial_shapes_in, level_start_index_in);
   const c10::cuda::CUDAGuard guard(value_in.device());
   const at::Tensor value = value_in.contiguous(), spatial_shapes = spatial_shapes_in.contiguous();
   const at::Tensor level_start_index = level_start_index_in.contiguous();
@@ -181,7 +182,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
     const at::Tensor& spatial_shapes_in, const at::Tensor& level_start_index_in,
     const at::Tensor& sampling_loc_in, const at::Tensor& attn_weight_in) {
   check_inputs(value_in, spatial_shapes_in, level_start_index_in, sampling_loc_in, attn_weight_in);
-  check_cuda(value_in);
+  check_cuda(value_in, spatial_shapes_in, level_start_index_in);
   const c10::cuda::CUDAGuard guard(value_in.device());
   const at::Tensor value = value_in.contiguous(), spatial_shapes = spatial_shapes_in.contiguous();
   const at::Tensor level_start_index = level_start_index_in.contiguous();
@@ -228,7 +229,4 @@ TORCH_LIBRARY_IMPL(fad_msda, CUDA, m) {
   m.impl("backward", &fad_msda::backward_cuda);
 }
 
-extern "C" PyObject* PyInit__msda_cuda(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_msda_cuda", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
-}
+FAD_EMPTY_PYTHON_MODULE(_msda_cuda)

@@ -1,6 +1,4 @@
-// CPU kernels of SparseResNet's inference: Gaussian interpolation of sparsely computed features
-// (`interpolate`), the im2col gather of a 3x3 conv at sampled positions (`gather_windows`) and
-// the tap sums of the mask convs computed as one GEMM over the pixels (`tap_sum`).
+// Gaussian interpolation of sparsely computed SparseResNet features (`fad_sparse::interpolate`).
 //
 // A grid of N x H x W positions p carries a mask value mask[p] >= 0 (0 = not sampled) and a row
 // index[p] in [0, P) (read only where mask[p] > 0) into the P x C feature rows. For every
@@ -18,25 +16,21 @@
 // reference for other dtypes and devices.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <Python.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <vector>
 
+#include "../common/cpu_dispatch.h"
+#include "sparse_cpu.h"
+
 namespace fad_sparse {
 namespace {
 
-// The interpolation loop is compiled twice on x86-64, generic and with AVX2 + FMA, and the
-// AVX2 one runs when the CPU has both (checked once at run time).
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define FAD_X86_DISPATCH 1
-#define FAD_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define FAD_ALWAYS_INLINE inline
-#endif
+constexpr const char* kOp = "fad_sparse.interpolate";
+
+// The interpolation loop is compiled twice, generic and with AVX2 + FMA; fad::use_avx2 picks.
 
 // Window taps kept by the kernel: K(dy, dx) = taps[dy + r] * taps[dx + r] >= kMinTapWeight.
 // A dropped tap changes an output by at most 49 * kMinTapWeight / eps ~ 5e-7 of the largest
@@ -168,7 +162,7 @@ FAD_ALWAYS_INLINE void interpolate_lines_body(const Inputs in, const Grid g, int
         float den = 0.f;
         for (int64_t t = 0; t < in.num_taps; ++t) {
           const int64_t yy = y + in.taps[t].dy, xx = x + in.taps[t].dx;
-          if (yy < 0 || yy >= g.h || xx < 0 || xx >= g.w) continue;
+          if (!fad::inside(yy, xx, g.h, g.w)) continue;
           const int64_t q = image_start + yy * g.w + xx;
           // branch-free compaction: unsampled neighbours (weight 0) are overwritten next
           const float mq = in.mask[q];
@@ -210,87 +204,22 @@ void interpolate_lines_generic(const Inputs in, const Grid g, int64_t begin, int
   interpolate_lines_body(in, g, begin, end, nb, out);
 }
 
-#ifdef FAD_X86_DISPATCH
-__attribute__((target("avx2,fma"))) void interpolate_lines_avx2(const Inputs in, const Grid g,
-                                                                 int64_t begin, int64_t end,
-                                                                 Neighbour* nb, float* out) {
+#if FAD_AVX2_BUILD
+FAD_TARGET_AVX2 void interpolate_lines_avx2(const Inputs in, const Grid g, int64_t begin,
+                                            int64_t end, Neighbour* nb, float* out) {
   interpolate_lines_body(in, g, begin, end, nb, out);
 }
 #endif
 
 void interpolate_lines(const Inputs in, const Grid g, int64_t begin, int64_t end, Neighbour* nb,
                        float* out) {
-#ifdef FAD_X86_DISPATCH
-  static const bool avx2 = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  if (avx2) {
+#if FAD_AVX2_BUILD
+  if (fad::use_avx2()) {
     interpolate_lines_avx2(in, g, begin, end, nb, out);
     return;
   }
 #endif
   interpolate_lines_generic(in, g, begin, end, nb, out);
-}
-
-// im2col of a 3x3 pad-1 conv with stride `stride` at P output positions: row i of `cols` is
-// the nine neighbour rows of src (ordered ky, kx; zeros outside the grid) of output position
-// positions[i] = n*out_h*out_w + oy*out_w + ox, reading the input grid [N, in_h, in_w].
-void gather_range(const float* __restrict__ src, const int64_t* __restrict__ positions,
-                  int64_t c_dim, int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
-                  int64_t stride, int64_t begin, int64_t end, float* __restrict__ cols) {
-  for (int64_t i = begin; i < end; ++i) {
-    const int64_t p = positions[i];
-    const int64_t n = p / (out_h * out_w), rem = p % (out_h * out_w);
-    const int64_t cy = rem / out_w * stride, cx = rem % out_w * stride;
-    float* __restrict__ dst = cols + i * 9 * c_dim;
-    for (int64_t ky = 0; ky < 3; ++ky) {
-      const int64_t iy = cy + ky - 1;
-      for (int64_t kx = 0; kx < 3; ++kx, dst += c_dim) {
-        const int64_t ix = cx + kx - 1;
-        if (iy < 0 || iy >= in_h || ix < 0 || ix >= in_w) {
-          std::fill(dst, dst + c_dim, 0.f);
-        } else {
-          const float* __restrict__ v = src + ((n * in_h + iy) * in_w + ix) * c_dim;
-          std::copy(v, v + c_dim, dst);
-        }
-      }
-    }
-  }
-}
-
-// Tap sums of 3x3 pad-1 convs given per-pixel tap contributions: y row q (a position of the
-// input grid [N, in_h, in_w]) holds 9 * k values ordered (ky, kx, output). Output i of the conv
-// whose outputs are y's outputs [start, start + o) at stride `stride` is
-//   out[(n, oy, ox), i] = bias[i] + sum_{ky, kx} y[(n, oy*s + ky - 1, ox*s + kx - 1), (3ky + kx)k
-//                                                  + start + i]   (zero outside the grid).
-void tap_sum_range(const float* __restrict__ y, const float* __restrict__ bias, int64_t k,
-                   int64_t start, int64_t o, int64_t in_h, int64_t in_w, int64_t out_h,
-                   int64_t out_w, int64_t stride, int64_t begin, int64_t end,
-                   float* __restrict__ out) {
-  for (int64_t line = begin; line < end; ++line) {
-    const int64_t n = line / out_h, oy = line % out_h;
-    for (int64_t ox = 0; ox < out_w; ++ox) {
-      float* __restrict__ dst = out + (line * out_w + ox) * o;
-      std::copy(bias, bias + o, dst);
-      for (int64_t ky = 0; ky < 3; ++ky) {
-        const int64_t iy = oy * stride + ky - 1;
-        if (iy < 0 || iy >= in_h) continue;
-        for (int64_t kx = 0; kx < 3; ++kx) {
-          const int64_t ix = ox * stride + kx - 1;
-          if (ix < 0 || ix >= in_w) continue;
-          const float* __restrict__ src =
-              y + ((n * in_h + iy) * in_w + ix) * 9 * k + (3 * ky + kx) * k + start;
-          for (int64_t i = 0; i < o; ++i) dst[i] += src[i];
-        }
-      }
-    }
-  }
-}
-
-void check_float_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
-              "fad_sparse.interpolate: ", name, " must be a contiguous float32 CPU tensor");
 }
 
 }  // namespace
@@ -300,9 +229,9 @@ at::Tensor interpolate_cpu(const at::Tensor& rows, const at::Tensor& index,
                            const std::optional<at::Tensor>& bias,
                            const std::optional<at::Tensor>& residual, bool relu,
                            bool relu_rows, int64_t n, int64_t h, int64_t w) {
-  check_float_cpu(rows, "rows");
-  check_float_cpu(mask, "mask");
-  check_float_cpu(taps, "taps");
+  check_float_cpu(rows, kOp, "rows");
+  check_float_cpu(mask, kOp, "mask");
+  check_float_cpu(taps, kOp, "taps");
   TORCH_CHECK(rows.dim() == 2, "fad_sparse.interpolate: rows must be [P, C]");
   TORCH_CHECK(index.device().is_cpu() && index.scalar_type() == at::kLong && index.is_contiguous(),
               "fad_sparse.interpolate: index must be a contiguous int64 CPU tensor");
@@ -332,12 +261,12 @@ at::Tensor interpolate_cpu(const at::Tensor& rows, const at::Tensor& index,
             static_cast<int64_t>(window.size()), nullptr, nullptr, static_cast<float>(eps), relu,
             relu_rows};
   if (bias.has_value()) {
-    check_float_cpu(*bias, "bias");
+    check_float_cpu(*bias, kOp, "bias");
     TORCH_CHECK(bias->numel() == c_dim, "fad_sparse.interpolate: bias must have C entries");
     in.bias = bias->data_ptr<float>();
   }
   if (residual.has_value()) {
-    check_float_cpu(*residual, "residual");
+    check_float_cpu(*residual, kOp, "residual");
     TORCH_CHECK(residual->numel() == positions * c_dim,
                 "fad_sparse.interpolate: residual must be [N*H*W, C]");
     in.residual = residual->data_ptr<float>();
@@ -353,77 +282,4 @@ at::Tensor interpolate_cpu(const at::Tensor& rows, const at::Tensor& index,
   return out;
 }
 
-at::Tensor gather_windows_cpu(const at::Tensor& src, const at::Tensor& positions, int64_t n,
-                              int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
-                              int64_t stride) {
-  check_float_cpu(src, "src");
-  TORCH_CHECK(positions.device().is_cpu() && positions.scalar_type() == at::kLong &&
-                  positions.is_contiguous(),
-              "fad_sparse.gather_windows: positions must be a contiguous int64 CPU tensor");
-  TORCH_CHECK(src.dim() == 2 && src.size(0) >= n * in_h * in_w,
-              "fad_sparse.gather_windows: src must be [N*H*W, C] rows of the input grid");
-  TORCH_CHECK(stride >= 1 && (out_h - 1) * stride < in_h + 1 && (out_w - 1) * stride < in_w + 1,
-              "fad_sparse.gather_windows: output grid does not fit the input grid");
-  const int64_t c_dim = src.size(1), num = positions.numel();
-  const int64_t* pos = positions.data_ptr<int64_t>();
-  for (int64_t i = 0; i < num; ++i) {
-    TORCH_CHECK(pos[i] >= 0 && pos[i] < n * out_h * out_w,
-                "fad_sparse.gather_windows: position ", pos[i], " outside the output grid");
-  }
-  at::Tensor cols = at::empty({num, 9 * c_dim}, src.options());
-  const float* src_p = src.data_ptr<float>();
-  float* cols_p = cols.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(c_dim, 1));
-  at::parallel_for(0, num, grain, [&](int64_t begin, int64_t end) {
-    gather_range(src_p, pos, c_dim, in_h, in_w, out_h, out_w, stride, begin, end, cols_p);
-  });
-  return cols;
-}
-
-at::Tensor tap_sum_cpu(const at::Tensor& y, const at::Tensor& bias, int64_t n, int64_t in_h,
-                       int64_t in_w, int64_t start, int64_t stride) {
-  check_float_cpu(y, "y");
-  check_float_cpu(bias, "bias");
-  const int64_t o = bias.numel();
-  TORCH_CHECK(y.dim() == 2 && y.size(1) % 9 == 0 && y.size(0) == n * in_h * in_w,
-              "fad_sparse.tap_sum: y must be [N*H*W, 9*k]");
-  const int64_t k = y.size(1) / 9;
-  TORCH_CHECK(start >= 0 && start + o <= k && stride >= 1,
-              "fad_sparse.tap_sum: outputs [start, start + o) must lie within the k = ", k,
-              " outputs of y");
-  const int64_t out_h = (in_h - 1) / stride + 1, out_w = (in_w - 1) / stride + 1;
-  at::Tensor out = at::empty({n * out_h * out_w, o}, y.options());
-  const float* y_p = y.data_ptr<float>();
-  const float* b_p = bias.data_ptr<float>();
-  float* out_p = out.data_ptr<float>();
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(out_w * o, 1));
-  at::parallel_for(0, n * out_h, grain, [&](int64_t begin, int64_t end) {
-    tap_sum_range(y_p, b_p, k, start, o, in_h, in_w, out_h, out_w, stride, begin, end, out_p);
-  });
-  return out;
-}
-
 }  // namespace fad_sparse
-
-TORCH_LIBRARY(fad_sparse, m) {
-  m.def(
-      "interpolate(Tensor rows, Tensor index, Tensor mask, Tensor taps, float eps, Tensor? bias, "
-      "Tensor? residual, bool relu, bool relu_rows, int n, int h, int w) -> Tensor");
-  m.def(
-      "gather_windows(Tensor src, Tensor positions, int n, int in_h, int in_w, int out_h, "
-      "int out_w, int stride) -> Tensor");
-  m.def(
-      "tap_sum(Tensor y, Tensor bias, int n, int in_h, int in_w, int start, int stride) "
-      "-> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(fad_sparse, CPU, m) {
-  m.impl("interpolate", &fad_sparse::interpolate_cpu);
-  m.impl("gather_windows", &fad_sparse::gather_windows_cpu);
-  m.impl("tap_sum", &fad_sparse::tap_sum_cpu);
-}
-
-extern "C" PyObject* PyInit__sparse_cpu(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sparse_cpu", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
-}

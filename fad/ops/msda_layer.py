@@ -6,6 +6,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from fad.errors import OpError
+
 from .msda import multi_scale_deformable_attention
 
 
@@ -22,10 +24,8 @@ class MSDeformAttn(nn.Module):
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
         super().__init__()
         if d_model % n_heads:
-            raise ValueError(
-                f"fad/ops/ms_deform_attn.py: d_model={d_model} is not divisible by "
-                f"n_heads={n_heads}; pick n_heads that divides d_model"
-            )
+            raise OpError(f"MSDeformAttn: d_model={d_model} is not divisible by "
+                          f"n_heads={n_heads}; pick n_heads that divides d_model")
         self.d_model = d_model
         self.n_levels = n_levels
         self.n_heads = n_heads
@@ -82,10 +82,8 @@ class MSDeformAttn(nn.Module):
         _, len_in, _ = input_flatten.shape
         m, num_levels, num_points = self.n_heads, self.n_levels, self.n_points
         if reference_points.shape[-1] not in (2, 4):
-            raise ValueError(
-                "fad/ops/ms_deform_attn.py: reference_points must end in 2 (x, y) or 4 "
-                f"(cx, cy, w, h), got shape {tuple(reference_points.shape)}"
-            )
+            raise OpError("MSDeformAttn: reference_points must end in 2 (x, y) or 4 "
+                          f"(cx, cy, w, h), got shape {tuple(reference_points.shape)}")
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)

@@ -1,0 +1,14 @@
+// Registers the SparseResNet CPU kernels for the fad_sparse op schemas (declared in Python:
+// fad/modeling/backbone/sparse/kernel.py).
+#include <torch/library.h>
+
+#include "../common/macros.h"
+#include "sparse_cpu.h"
+
+TORCH_LIBRARY_IMPL(fad_sparse, CPU, m) {
+  m.impl("interpolate", &fad_sparse::interpolate_cpu);
+  m.impl("gather_windows", &fad_sparse::gather_windows_cpu);
+  m.impl("tap_sum", &fad_sparse::tap_sum_cpu);
+}
+
+FAD_EMPTY_PYTHON_MODULE(_sparse_cpu)

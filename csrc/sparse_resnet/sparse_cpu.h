@@ -1,0 +1,35 @@
+// SparseResNet inference kernels on the CPU (float32, contiguous), one file each:
+// interpolate_cpu.cpp (Gaussian interpolation of sparsely computed features),
+// gather_windows_cpu.cpp (im2col of a 3x3 conv at sampled positions) and tap_sum_cpu.cpp (the
+// tap sums of the mask convs computed as one GEMM over the pixels); register_cpu.cpp registers
+// them for the fad_sparse op schemas declared in fad/modeling/backbone/sparse/kernel.py.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <optional>
+
+namespace fad_sparse {
+
+// Raise unless `t` is a contiguous float32 CPU tensor (`op` and `name` go into the message).
+inline void check_float_cpu(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(), op,
+              ": ", name, " must be a contiguous float32 CPU tensor");
+}
+
+at::Tensor interpolate_cpu(const at::Tensor& rows, const at::Tensor& index,
+                           const at::Tensor& mask, const at::Tensor& taps, double eps,
+                           const std::optional<at::Tensor>& bias,
+                           const std::optional<at::Tensor>& residual, bool relu,
+                           bool relu_rows, int64_t n, int64_t h, int64_t w);
+
+at::Tensor gather_windows_cpu(const at::Tensor& src, const at::Tensor& positions, int64_t n,
+                              int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
+                              int64_t stride);
+
+at::Tensor tap_sum_cpu(const at::Tensor& y, const at::Tensor& bias, int64_t n, int64_t in_h,
+                       int64_t in_w, int64_t start, int64_t stride);
+
+}  // namespace fad_sparse
