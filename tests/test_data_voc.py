@@ -13,6 +13,8 @@ from PIL import Image
 from fad.config import get_cfg_defaults
 from fad.data import DataError, VOCDataset, build_dataset
 from fad.data.transforms import DetectionTransforms
+from fad.data.voc_format import parse_difficult, read_voc_xml
+from fad.evaluation.voc_eval import load_ground_truth
 
 REAL_VOC = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "voc_real_mini" / "VOC2012"
 IDENTITY = DetectionTransforms([])
@@ -67,6 +69,33 @@ def test_test_split_keeps_difficult_flagged(small_voc):
     assert torch.equal(target["boxes"][1], torch.tensor([4.0, 5.0, 30.0, 35.0]))
     assert test.file_id(target["image_id"]) == "a" and test.split == "train"
     assert test.voc_root == small_voc
+
+
+@pytest.mark.parametrize("text, difficult", [
+    (None, False), ("", False), ("0", False), ("1", True), (" 1 ", True), ("2", True),
+    ("true", True), ("False", False),
+])
+def test_difficult_follows_the_devkit(text, difficult):
+    """Devkit rule (str2num, absent = 0): any non-zero integer is difficult."""
+    assert parse_difficult(text, Path("a.xml")) is difficult
+
+
+def test_dataset_and_evaluation_read_difficult_alike(tmp_path):
+    root = write_voc(tmp_path / "voc", {"a": [("cat", 1, 1, 10, 10, d) for d in
+                                              (0, 1, 2, "true", "false")]}, split="test")
+    xml = root / "Annotations" / "a.xml"
+    xml.write_text(xml.read_text().replace("<object>", "<object><name>dog</name><bndbox><xmin>2"
+                                           "</xmin><ymin>2</ymin><xmax>9</xmax><ymax>9</ymax>"
+                                           "</bndbox></object><object>", 1))
+    expected = [False, False, True, True, True, False]
+    assert [o.difficult for o in read_voc_xml(xml).objects] == expected
+    _, target = VOCDataset(root, "test", IDENTITY, is_train=False)[0]
+    assert target["difficult"].tolist() == expected
+    gt = load_ground_truth(str(root), ["a"], ["cat", "dog"])
+    assert gt["cat"]["a"].difficult.tolist() == expected[1:]
+    assert gt["dog"]["a"].difficult.tolist() == expected[:1]
+    xml.write_text(xml.read_text().replace("<difficult>2<", "<difficult>yes<"))
+    assert "<difficult> is 'yes'" in one_line_error(str(xml), read_voc_xml, xml)
 
 
 def test_image_without_objects_loads(small_voc):

@@ -10,9 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fad.config.catalog import VOC_CLASSES
+from fad.data.voc_format import read_voc_xml
+from fad.errors import DataError
 from fad.evaluation import EvalError, evaluate_voc, write_voc_results
 from fad.evaluation.voc_ap import average_precision, inclusive_iou
-from fad.evaluation.voc_io import VOC_CLASSES, read_annotation, read_classes
+from fad.evaluation.voc_io import read_classes
 
 REPO = Path(__file__).resolve().parents[1]
 VOC_FIXTURE = (Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "voc_real_mini"
@@ -202,13 +205,13 @@ def test_bad_inputs(voc_case, tmp_path: Path):
         evaluate_voc(str(root), "test", str(dets), ["dog"], image_ids=["im1", "im3"])
     with pytest.raises(EvalError, match="not in .*test.txt"):
         evaluate_voc(str(root), "test", str(dets), ["cat"], image_ids=["im7"])
-    with pytest.raises(EvalError, match="split file not found"):
+    with pytest.raises(DataError, match="split file not found"):
         evaluate_voc(str(root), "val", str(dets), ["cat"])
     (root / "Annotations" / "im3.xml").write_text("<annotation><object>")
-    with pytest.raises(EvalError, match="im3.xml: malformed XML"):
+    with pytest.raises(DataError, match="im3.xml: malformed XML"):
         evaluate_voc(str(root), "test", str(dets), ["cat"])
     (root / "Annotations" / "im3.xml").unlink()
-    with pytest.raises(EvalError, match="im3.xml: annotation not found"):
+    with pytest.raises(DataError, match="im3.xml: annotation file not found"):
         evaluate_voc(str(root), "test", str(dets), ["cat"])
     (dets / "comp4_det_test_dog.txt").unlink()
     with pytest.raises(EvalError, match="comp4_det_test_dog.txt: result file not found"):
@@ -258,7 +261,7 @@ def test_real_voc_fixture_ground_truth_as_detections(tmp_path: Path):
     if not VOC_FIXTURE.is_dir():
         pytest.skip(f"real VOC fixture not found at {VOC_FIXTURE}")
     ids = (VOC_FIXTURE / "ImageSets" / "Main" / "trainval.txt").read_text().split()
-    objects = {i: read_annotation(str(VOC_FIXTURE / "Annotations" / f"{i}.xml")) for i in ids}
+    objects = {i: read_voc_xml(VOC_FIXTURE / "Annotations" / f"{i}.xml").objects for i in ids}
     # the fixture's classes are not the VOC 20: read them from the annotations, add one unseen
     classes = sorted({o.name for objs in objects.values() for o in objs}) + ["unseen"]
     records = [(i, classes.index(o.name), 1.0, o.box[0] - 1, o.box[1] - 1, o.box[2], o.box[3])

@@ -8,10 +8,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from fad.data.voc_format import VOCObject, read_split_file, read_voc_xml
 from fad.errors import EvalError
+
 from .voc_ap import ClassGroundTruth, average_precision, match_detections, precision_recall
-from .voc_io import (VocObject, read_annotation, read_classes, read_detections, read_split,
-                     result_file, write_voc_results)
+from .voc_io import read_classes, read_detections, result_file, split_file, write_voc_results
 
 __all__ = ["evaluate_voc", "load_ground_truth", "write_voc_results"]
 
@@ -24,10 +25,11 @@ def load_ground_truth(voc_root: str, image_ids: Sequence[str],
 
     Objects of classes outside `classes` are not evaluated (a warning gives their count).
     """
-    per_class: dict[str, dict[str, list[VocObject]]] = {c: {} for c in classes}
+    per_class: dict[str, dict[str, list[VOCObject]]] = {c: {} for c in classes}
     skipped: Counter[str] = Counter()
     for image_id in image_ids:
-        for obj in read_annotation(os.path.join(voc_root, "Annotations", f"{image_id}.xml")):
+        xml = os.path.join(voc_root, "Annotations", f"{image_id}.xml")
+        for obj in read_voc_xml(xml).objects:
             if obj.name in per_class:
                 per_class[obj.name].setdefault(image_id, []).append(obj)
             else:
@@ -56,7 +58,7 @@ def evaluate_voc(voc_root: str, split: str, dets_dir: str, classes: Sequence[str
     "no_gt_classes": [classes without non-difficult objects, left out of the mean]}.
     """
     classes = list(classes) if classes is not None else read_classes(voc_root)
-    split_ids = read_split(voc_root, split)
+    split_ids = read_split_file(split_file(voc_root, split))
     known = set(split_ids)
     selected = split_ids if image_ids is None else list(dict.fromkeys(image_ids))
     missing = sorted(set(selected) - known)

@@ -1,4 +1,7 @@
-"""Files of the VOC devkit: split lists, annotation xml, class lists and result files.
+"""Files of the VOC devkit evaluation: result files, and where the split and class lists are.
+
+Annotation xml, split and class lists are read by `fad.data.voc_format` (one reader for the
+datasets and the evaluation).
 
 Coordinates in VOC xml and in devkit result files are 1-based inclusive pixel indices
 (a box covering pixels 1..100 is written `1 ... 100`). Our boxes are continuous pixel
@@ -10,30 +13,15 @@ unchanged, so a detection equal to its ground truth has devkit IoU 1.
 from __future__ import annotations
 
 import os
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from fad.utils.io import atomic_write_text
-
+from fad.config.catalog import VOC_CLASSES
+from fad.data.voc_format import read_classes_file
 from fad.errors import EvalError
-
-VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)
-
-
-@dataclass
-class VocObject:
-    """One annotated object: class name, 1-based inclusive box [4] and the difficult flag."""
-
-    name: str
-    box: tuple[float, float, float, float]
-    difficult: bool
+from fad.utils.io import atomic_write_text
 
 
 @dataclass
@@ -56,59 +44,17 @@ def result_file(dets_dir: str, split: str, class_name: str) -> str:
     return os.path.join(dets_dir, f"comp4_det_{split}_{class_name}.txt")
 
 
-def read_split(voc_root: str, split: str) -> list[str]:
-    """Image ids listed in `voc_root/ImageSets/Main/<split>.txt` (first token of each line)."""
-    path = os.path.join(voc_root, "ImageSets", "Main", f"{split}.txt")
-    if not os.path.isfile(path):
-        raise EvalError(f"{path}: split file not found; check --voc-root (the folder holding "
-                        "Annotations/ and ImageSets/) and --split")
-    with open(path) as f:
-        return [line.split()[0] for line in f if line.strip()]
+def split_file(voc_root: str, split: str) -> str:
+    """Path of the split list `voc_root/ImageSets/Main/<split>.txt`."""
+    return os.path.join(voc_root, "ImageSets", "Main", f"{split}.txt")
 
 
 def read_classes(voc_root: str, classes_file: str | None = None) -> list[str]:
     """Classes from `classes_file`, else `voc_root/classes.txt`, else the 20 VOC classes."""
     path = classes_file or os.path.join(voc_root, "classes.txt")
-    if classes_file and not os.path.isfile(classes_file):
-        raise EvalError(f"{classes_file}: classes file not found; give a file with one "
-                        "class a line")
-    if not os.path.isfile(path):
+    if not classes_file and not os.path.isfile(path):
         return list(VOC_CLASSES)
-    with open(path) as f:
-        classes = [line.strip() for line in f if line.strip()]
-    if not classes or len(set(classes)) != len(classes):
-        raise EvalError(f"{path}: needs one distinct class name a line")
-    return classes
-
-
-def _float(node: ET.Element, tag: str, path: str) -> float:
-    child = node.find(tag)
-    try:
-        return float(child.text)
-    except (AttributeError, TypeError, ValueError):
-        raise EvalError(f"{path}: an object lacks a numeric bndbox/{tag}; "
-                        "fix the annotation") from None
-
-
-def read_annotation(path: str) -> list[VocObject]:
-    """Objects of one VOC xml file, boxes as written (1-based inclusive)."""
-    try:
-        root = ET.parse(path).getroot()
-    except FileNotFoundError:
-        raise EvalError(f"{path}: annotation not found; the split file lists an image "
-                        "without an xml in Annotations/") from None
-    except ET.ParseError as exc:
-        raise EvalError(f"{path}: malformed XML ({exc}); fix or remove the file") from None
-    objects = []
-    for obj in root.iter("object"):
-        name = (obj.findtext("name") or "").strip()
-        box_node = obj.find("bndbox")
-        if not name or box_node is None:
-            raise EvalError(f"{path}: an object lacks <name> or <bndbox>; fix the annotation")
-        box = tuple(_float(box_node, t, path) for t in ("xmin", "ymin", "xmax", "ymax"))
-        difficult = (obj.findtext("difficult") or "0").strip() not in ("0", "")
-        objects.append(VocObject(name, box, difficult))
-    return objects
+    return read_classes_file(path)
 
 
 def read_detections(path: str, known_ids: set[str]) -> ClassDetections:
