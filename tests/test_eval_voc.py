@@ -236,9 +236,9 @@ def test_cli_voc(voc_case, tmp_path: Path, capsys):
     assert metrics["per_class"]["dog"] is None and metrics["no_gt_classes"] == ["dog"]
     printed = capsys.readouterr().out
     assert "mAP (11-point (VOC2007))" in printed and "dog" in printed
-    with pytest.raises(SystemExit, match="split file not found") as info:
+    with pytest.raises(DataError, match="split file not found") as info:
         tool.main(_voc_cli_args(root, dets, out, split="nope"))
-    assert len(str(info.value.code).splitlines()) == 1
+    assert len(str(info.value).splitlines()) == 1  # run_tool prints it as one line, exit 2
 
 
 @pytest.mark.slow
@@ -253,7 +253,7 @@ def test_cli_runs_as_a_script(voc_case, tmp_path: Path):
     assert json.loads(out.read_text())["mAP"] == pytest.approx(100 * (6 + 5 * 2 / 3) / 11)
     cmd[cmd.index("--split") + 1] = "nope"
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "split file not found" in proc.stderr
 
 

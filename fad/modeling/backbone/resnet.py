@@ -58,7 +58,8 @@ class ResNetBody(nn.Module):
     def __init__(self, net: tv_resnet.ResNet):
         super().__init__()
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.layer1, self.layer2 = net.layer1, net.layer2
+        self.layer3, self.layer4 = net.layer3, net.layer4
 
     def stages(self) -> list[nn.Module]:
         """Stem, layer1..layer4 (the order `freeze_stages` counts in)."""

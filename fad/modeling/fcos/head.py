@@ -1,9 +1,9 @@
 """The plain FCOS-imprv head: two conv towers shared over FPN levels, per-level Scale.
 
-Head contract (also met by `TowerHead`, the frame of the FAD searched heads): `forward(features)` takes the P3-P7 maps
-`list[Tensor[N, C, H_l, W_l]]` and returns a dict of level-major, row-major flattened outputs
-`cls_logits` [N, sum_l H_l*W_l, num_classes], `bbox_regression` [N, sum HW, 4] (l, t, r, b
-divided by the level's stride, >= 0) and `bbox_ctrness` [N, sum HW, 1] (logits).
+Head contract (also met by `TowerHead`, the frame of the FAD searched heads): `forward(features)`
+takes the P3-P7 maps `list[Tensor[N, C, H_l, W_l]]` and returns a dict of level-major, row-major
+flattened outputs `cls_logits` [N, sum_l H_l*W_l, num_classes], `bbox_regression` [N, sum HW, 4]
+(l, t, r, b divided by the level's stride, >= 0) and `bbox_ctrness` [N, sum HW, 1] (logits).
 """
 from __future__ import annotations
 

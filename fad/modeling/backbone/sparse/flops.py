@@ -15,7 +15,6 @@ from typing import Sequence
 from ..resnet import STAGE_BLOCKS, STAGE_PLANES, check_depth
 
 
-
 @dataclass(frozen=True)
 class BlockSpec:
     """One residual block: its stage (0..3), input channels, width, stride, kind."""
