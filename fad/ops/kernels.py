@@ -22,12 +22,14 @@ named explicitly that cannot load is an error (`ExtensionUnavailable`).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -81,6 +83,7 @@ EXTENSIONS: dict[str, Extension] = {ext.name: ext for ext in (
 _loaded: set[str] = set()
 _errors: dict[str, str] = {}
 _configured: dict[str, str] = {}
+_forced: dict[str, str] = {}
 _warned: set[tuple[str, str]] = set()
 
 
@@ -228,9 +231,26 @@ def set_backend(op: str, name: str | None) -> None:
         _configured[op] = _checked(op, name, "set_backend")
 
 
+@contextlib.contextmanager
+def using(op: str, name: str) -> Iterator[None]:
+    """Run `op` on backend `name` inside the block, above the environment and the config (for
+    checks that compare backends, e.g. `fad.ops.selftest`)."""
+    previous = _forced.get(op)
+    _forced[op] = _checked(op, name, "using")
+    try:
+        yield
+    finally:
+        if previous is None:
+            _forced.pop(op)
+        else:
+            _forced[op] = previous
+
+
 def get_backend(op: str) -> str:
-    """The backend in force for `op`: FAD_<OP>_BACKEND if set, else the configured one, else
-    "auto"."""
+    """The backend in force for `op`: a `using` block's, else FAD_<OP>_BACKEND if set, else the
+    configured one, else "auto"."""
+    if op in _forced:
+        return _forced[op]
     from_env = os.environ.get(env_var(op), "").strip()
     if from_env:
         return _checked(op, from_env, f"the {env_var(op)} environment variable")

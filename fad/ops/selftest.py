@@ -1,0 +1,163 @@
+"""`python -m fad.ops.selftest`: every backend of every op against the pure-PyTorch reference.
+
+The first command to run on a new machine. For each op (MSDA, depthwise 3x3, SparseResNet sparse
+execution), each non-reference backend and each device here (the CPU, and CUDA when torch sees
+a GPU) it builds or loads the kernel, runs small random float32 inputs forward and backward
+(sparse execution: forward only, its kernels serve inference) through the public op with that
+backend forced (`fad.ops.kernels.using`), and compares with the reference backend. One line per
+backend:
+
+    op         backend  device  result       detail
+    msda       cpp      cpu     pass         max error 3.0e-07 (tolerance 1e-04)
+    msda       triton   cpu     unavailable  Triton runs CPU tensors only under TRITON_INTERPRET=1
+
+The error is max |got - reference| / max(1, max |reference|) over the output and the gradients.
+Exit code 1 when an available backend fails; an unavailable backend is reported, not a failure.
+`TRITON_INTERPRET=1 python -m fad.ops.selftest` also runs the Triton kernels on the CPU.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import kernels, msda
+from .depthwise import depthwise_conv3x3
+from .msda_inputs import random_msda_inputs
+
+TOLERANCE = 1e-4  # float32 inputs, errors relative to the reference magnitude
+HEADER = f"{'op':<10} {'backend':<8} {'device':<7} {'result':<12} detail"
+
+
+@dataclass
+class Result:
+    """One line of the report."""
+
+    op: str
+    backend: str
+    device: str
+    result: str  # "pass", "FAIL" or "unavailable"
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.op:<10} {self.backend:<8} {self.device:<7} {self.result:<12} {self.detail}"
+
+
+def max_error(got: Sequence[Tensor], ref: Sequence[Tensor]) -> float:
+    """max |got - ref| / max(1, max |ref|) over pairs of tensors."""
+    return max(float((g.double() - r.double()).abs().max()) / max(1.0, float(r.abs().max()))
+               for g, r in zip(got, ref))
+
+
+def _msda_run(device: str) -> list[Tensor]:
+    """Output and the value / location / weight gradients of one MSDA call."""
+    args = random_msda_inputs(2, [(5, 4), (2, 3)], 2, 8, 6, 3, dtype=torch.float32,
+                              device=device, edges=True, kinks=False)
+    value, shapes, starts, loc, attn = args
+    leaves = [t.requires_grad_() for t in (value, loc, attn)]
+    out = msda.multi_scale_deformable_attention(value, shapes, starts, loc, attn)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(device)
+    return [out.detach(), *torch.autograd.grad(out, leaves, grad)]
+
+
+def _depthwise_run(device: str) -> list[Tensor]:
+    """Output and the input / weight gradients of a dilated depthwise 3x3 convolution."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 9, 7, generator=g).to(device).requires_grad_()
+    w = torch.randn(3, 1, 3, 3, generator=g).to(device).requires_grad_()
+    out = depthwise_conv3x3(x, w, dilation=2)
+    grad = torch.randn(out.shape, generator=g).to(device)
+    return [out.detach(), *torch.autograd.grad(out, (x, w), grad)]
+
+
+def _sparse_run(device: str) -> list[Tensor]:
+    """Outputs of the three sparse execution kernels' call sites (inference, no gradients)."""
+    from fad.modeling.backbone.sparse.execution import Active, as_rows, gather_windows
+    from fad.modeling.backbone.sparse.interpolation import gaussian_taps, interpolate_rows
+    from fad.modeling.backbone.sparse.masks import small_conv3x3
+
+    g = torch.Generator().manual_seed(0)
+    n, h, w, c = 2, 7, 9, 40
+    mask = torch.rand(n * h * w, generator=g)
+    mask = torch.where(mask < 0.5, torch.zeros_like(mask), mask)
+    mask[::5] = 1.0
+    index = ((mask > 0).long().cumsum(0) - 1).clamp(min=0)
+    rows = torch.randn(int((mask > 0).sum()), c, generator=g)
+    x = torch.randn(n, c, h, w, generator=g)
+    convs = [nn.Conv2d(c, 1, 3, padding=1), nn.Conv2d(c, 2, 3, stride=2, padding=1)]
+    for param in (p for conv in convs for p in conv.parameters()):
+        nn.init.normal_(param, std=0.1, generator=g)
+    out_mask = (torch.rand(n, 1, (h - 1) // 2 + 1, (w - 1) // 2 + 1, generator=g) < 0.5).float()
+    taps = gaussian_taps(torch.tensor(1.5), 5)
+    mask, index, rows, x, out_mask, taps = (
+        t.to(device) for t in (mask, index, rows, x, out_mask, taps))
+    convs = [conv.to(device) for conv in convs]
+    with torch.no_grad():
+        interpolated = interpolate_rows(rows, index, mask, taps, (n, h, w), relu=True,
+                                        relu_rows=True, bias=torch.ones(c, device=device),
+                                        residual=as_rows(x))
+        windows = gather_windows(as_rows(x), Active.of(out_mask), h, w, 2)
+        tap_sums = small_conv3x3(x, convs)
+    return [interpolated, windows, *tap_sums]
+
+
+def _check(op: str, backend: str, device: str, run: Callable[[str], list[Tensor]],
+           reason: str | None, note: str = "") -> Result:
+    if reason is not None:
+        return Result(op, backend, device, "unavailable", reason)
+    try:
+        with kernels.using(op, "reference"):
+            expected = run(device)
+        with kernels.using(op, backend):
+            got = run(device)
+        error = max_error(got, expected)
+    except Exception as exc:  # a crashing kernel is a failed check, reported on its line
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return Result(op, backend, device, "FAIL", f"{type(exc).__name__}: {first}")
+    result = "pass" if error <= TOLERANCE else "FAIL"
+    return Result(op, backend, device, result,
+                  f"max error {error:.1e} (tolerance {TOLERANCE:.0e}){note}")
+
+
+def _load_reason(extension: str) -> str | None:
+    try:
+        kernels.load(extension)
+    except kernels.ExtensionUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def run_all() -> list[Result]:
+    """Check every (op, backend, device) of this machine."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results = []
+    for device in devices:
+        for backend in ("cpp", "cuda", "triton"):
+            if {"cpp": "cpu", "cuda": "cuda"}.get(backend, device) == device:
+                results.append(_check("msda", backend, device, _msda_run,
+                                      msda.backend_unavailable(backend, device)))
+        if device == "cpu":
+            results.append(_check("depthwise", "cpp", device, _depthwise_run,
+                                  _load_reason("depthwise_cpu")))
+            results.append(_check("sparse", "cpp", device, _sparse_run,
+                                  _load_reason("sparse_cpu"), "; forward only (inference)"))
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the report; 1 when an available backend failed, else 0."""
+    del argv
+    print(f"torch {torch.__version__}, CUDA device: "
+          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
+    print(HEADER)
+    results = run_all()
+    for result in results:
+        print(result.line())
+    return 1 if any(r.result == "FAIL" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
