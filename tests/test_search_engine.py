@@ -1,4 +1,5 @@
-"""A two-iteration search on the synthetic data: genotype.log, diagrams, checkpoints, resume."""
+"""A two-iteration search on the synthetic data: genotype.log, diagrams, checkpoints, exact
+resume; a second-order search through the shared loop."""
 import os
 
 import pytest
@@ -9,6 +10,7 @@ from fad.engine.checkpoint import Checkpointer
 from fad.nas.genotype import read_genotype_file
 from fad.search.derive import derive_genotype
 from fad.search.engine import run_search
+from fad.utils.seed import seed_everything
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,6 +37,7 @@ def _alphas(state):
 @pytest.mark.slow
 def test_two_iteration_search_writes_genotypes_and_resumes(synthetic_root, tmp_path):
     out = str(tmp_path / "search")
+    seed_everything(0)
     box, cls = run_search(tiny_search_cfg(synthetic_root, out, 2), torch.device("cpu"))
     with open(os.path.join(out, "genotype.log")) as f:
         lines = f.read().splitlines()
@@ -62,3 +65,27 @@ def test_two_iteration_search_writes_genotypes_and_resumes(synthetic_root, tmp_p
     assert resumed["iteration"] == 3
     assert all(int(s["step"]) == 3 for s in resumed["arch_optimizer"]["state"].values())
     assert read_genotype_file(os.path.join(out, "genotype.log"))[0] == box3
+
+    straight_out = str(tmp_path / "straight")
+    seed_everything(0)
+    run_search(tiny_search_cfg(synthetic_root, straight_out, 3), torch.device("cpu"))
+    straight = Checkpointer.load(os.path.join(straight_out, "model_final.pth"))
+    assert straight["model"].keys() == resumed["model"].keys()
+    for k, v in straight["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+
+
+@pytest.mark.slow
+def test_second_order_search_runs_through_the_shared_loop(synthetic_root, tmp_path):
+    """SEARCH.SECOND_ORDER: two unrolled alpha steps; SOLVER.AMP is ignored (fp32, see
+    fad.engine.amp) and the genotypes are written after the final checkpoint."""
+    out = str(tmp_path)
+    cfg = tiny_search_cfg(synthetic_root, out, 2)
+    cfg.merge_from_list(["SEARCH.SECOND_ORDER", True, "SOLVER.CHECKPOINT_PERIOD", 5,
+                         "SOLVER.AMP", True, "SOLVER.AMP_CPU", True])
+    box, cls = run_search(cfg, torch.device("cpu"))
+    final = Checkpointer.load(os.path.join(out, "model_final.pth"))
+    assert final["iteration"] == 2
+    assert all(int(s["step"]) == 2 for s in final["arch_optimizer"]["state"].values())
+    assert not any(name.startswith("model_000") for name in os.listdir(out))
+    assert read_genotype_file(os.path.join(out, "genotype.log"), num_nodes=3) == (box, cls)

@@ -1,0 +1,84 @@
+"""One AMP policy: fp16 + GradScaler on CUDA, bf16 autocast on the CPU when asked, fp32 for the
+second-order search; a real detector step under CPU bf16; the architect's scaled alpha step."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_fcos_cfg
+from fad.config import get_cfg_defaults
+from fad.data import build_dataset, make_train_loader
+from fad.engine.amp import amp_policy
+from fad.engine.trainer import DetectorStep
+from fad.modeling import build_detector
+from fad.search.architect import Architect
+
+CUDA, CPU = torch.device("cuda", 0), torch.device("cpu")
+
+
+def _cfg(amp: bool, amp_cpu: bool = False):
+    cfg = get_cfg_defaults()
+    cfg.merge_from_list(["SOLVER.AMP", amp, "SOLVER.AMP_CPU", amp_cpu])
+    return cfg
+
+
+def test_policy_per_device_without_a_gpu():
+    cuda = amp_policy(_cfg(True), CUDA)
+    assert cuda.dtype == torch.float16 and cuda.scaled and cuda.device_type == "cuda"
+    cpu = amp_policy(_cfg(True, amp_cpu=True), CPU)
+    assert cpu.dtype == torch.bfloat16 and not cpu.scaled
+    assert not cpu.grad_scaler().is_enabled()
+    assert amp_policy(_cfg(True), CPU).dtype is None  # CPU bf16 only with SOLVER.AMP_CPU
+    for device in (CUDA, CPU):
+        assert amp_policy(_cfg(False, amp_cpu=True), device).dtype is None
+        second = amp_policy(_cfg(True, amp_cpu=True), device, second_order=True)
+        assert second.dtype is None and not second.scaled
+
+
+def test_detector_step_runs_under_cpu_bf16(synthetic_root, tmp_path):
+    cfg = tiny_fcos_cfg(synthetic_root, str(tmp_path))
+    cfg.merge_from_list(["SOLVER.AMP", True, "SOLVER.AMP_CPU", True])
+    torch.manual_seed(0)
+    dataset = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
+    model = build_detector(cfg, dataset.num_classes).train()
+    step = DetectorStep(cfg, model, CPU)
+    dtypes = []
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    conv.register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
+    before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    out = step.run(next(iter(make_train_loader(cfg, dataset))))
+    assert dtypes == [torch.bfloat16]
+    assert math.isfinite(sum(v.item() for v in out.losses.values()))
+    after = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.dtype == torch.float32 for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
+
+
+def _tiny_architect(scaler=None, second_order=False):
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 1)
+    alpha = nn.Parameter(torch.randn(2))
+    x, y = torch.randn(5, 3), torch.randn(5, 1)
+
+    def loss_fn(batch):
+        w = alpha.softmax(-1)
+        return ((w[0] * layer(x) + w[1] * layer(x).tanh() - y) ** 2).mean()
+
+    arch = Architect(loss_fn, list(layer.parameters()), [alpha], lr=0.1, scaler=scaler,
+                     second_order=second_order)
+    return arch, alpha
+
+
+def test_scaled_alpha_step_equals_the_plain_one_and_skips_overflows():
+    plain, alpha_plain = _tiny_architect()
+    plain.step(None)
+    scaled, alpha_scaled = _tiny_architect(torch.amp.GradScaler("cpu", init_scale=1024.0))
+    scaled.step(None)
+    torch.testing.assert_close(alpha_scaled, alpha_plain)
+    overflow, alpha = _tiny_architect(torch.amp.GradScaler("cpu", init_scale=float("inf")))
+    start = alpha.detach().clone()
+    overflow.step(None)
+    assert torch.equal(alpha.detach(), start)
+    with pytest.raises(ValueError, match="fp32"):
+        _tiny_architect(torch.amp.GradScaler("cpu"), second_order=True)

@@ -1,0 +1,87 @@
+"""ModelHooks: the one declaration of what a model tells the engine (aux losses, log stats,
+optimizer groups, DDP's unused-parameter search), and the engine reading it."""
+import torch
+from torch import nn
+
+from fad.config import get_cfg_defaults
+from fad.engine import trainer
+from fad.engine.hooks import collect_aux_losses, collect_log_stats
+from fad.engine.solver import build_optimizer
+from fad.modeling.hooks import ModelHooks
+
+
+class SparseLike(nn.Module, ModelHooks):
+    """Overrides two hooks, keeps the defaults of the others."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+
+    def aux_losses(self):
+        return {"loss_sparse": self.conv.weight.sum()}
+
+    def log_stats(self):
+        return {"density": 0.5}
+
+
+class Detector(nn.Module, ModelHooks):
+    ddp_find_unused_parameters = True
+
+    def __init__(self):
+        super().__init__()
+        self.body = SparseLike()
+        self.head = nn.Linear(2, 2)
+
+    def optimizer_param_groups(self, cfg):
+        return [{"params": list(self.body.parameters()), "lr": 0.5},
+                {"params": list(self.head.parameters())}]
+
+
+class Structural(nn.Module):
+    """Implements every member without naming the protocol."""
+
+    ddp_find_unused_parameters = False
+
+    def aux_losses(self):
+        return {"loss_extra": torch.tensor(1.0)}
+
+    def log_stats(self):
+        return {}
+
+    def optimizer_param_groups(self, cfg):
+        return None
+
+
+def test_modules_implementing_the_protocol_are_recognised():
+    assert isinstance(SparseLike(), ModelHooks) and isinstance(Structural(), ModelHooks)
+    assert not isinstance(nn.Linear(2, 2), ModelHooks)
+    assert SparseLike().optimizer_param_groups(None) is None
+    assert SparseLike().ddp_find_unused_parameters is False
+
+
+def test_aux_losses_and_stats_are_collected_from_submodules():
+    model = nn.Sequential(Detector(), Structural(), nn.ReLU())
+    aux = collect_aux_losses(model)
+    assert set(aux) == {"loss_sparse", "loss_extra"}
+    torch.testing.assert_close(aux["loss_sparse"], model[0].body.conv.weight.sum())
+    assert collect_log_stats(model) == {"density": 0.5}
+    assert collect_aux_losses(nn.Linear(2, 2)) == {}
+
+
+def test_optimizer_groups_come_from_the_model_or_the_solver_default():
+    cfg = get_cfg_defaults()
+    opt = build_optimizer(cfg, Detector())
+    assert [g["lr"] for g in opt.param_groups] == [0.5, cfg.SOLVER.BASE_LR]
+    plain = build_optimizer(cfg, nn.Sequential(nn.Linear(2, 2), SparseLike()))
+    biases = cfg.SOLVER.BASE_LR * cfg.SOLVER.BIAS_LR_FACTOR
+    assert [g["lr"] for g in plain.param_groups] == [cfg.SOLVER.BASE_LR, biases]
+
+
+def test_wrap_ddp_asks_the_model_about_unused_parameters(monkeypatch):
+    seen = []
+    monkeypatch.setattr(trainer, "get_world_size", lambda: 2)
+    monkeypatch.setattr(nn.parallel, "DistributedDataParallel",
+                        lambda m, **kw: seen.append(kw["find_unused_parameters"]) or m)
+    for model in (Detector(), SparseLike(), nn.Linear(2, 2)):
+        trainer.wrap_ddp(model, torch.device("cpu"))
+    assert seen == [True, False, False]
