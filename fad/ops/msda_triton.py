@@ -14,13 +14,14 @@ over levels (shapes and starts read from the tensors) and points. Accumulation i
 buffer that is cast to the input dtype at the end.
 
 Triton is optional: importing this module never fails; launching without triton raises.
-The kernels are wrapped by `triton.jit` on first launch, so TRITON_INTERPRET only has to be
-set before the first launch (not before import); the choice is then fixed for the process.
+TRITON_INTERPRET=1 must be set before anything imports triton (torch.library does): triton
+wraps its own library (tl.sum, tl.zeros) for the interpreter at import. Our kernels are wrapped
+by `triton.jit` on first launch; a launch whose TRITON_INTERPRET disagrees with the mode triton
+was imported in raises a clear error instead of failing inside triton.
 """
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 from torch import Tensor
@@ -166,9 +167,25 @@ def _msda_backward_kernel(
 
 @functools.cache
 def _kernels(interpret: bool) -> tuple:
-    """(forward, backward) wrapped by `triton.jit`, per interpreter mode (read by triton.jit)."""
-    del interpret  # part of the cache key only
+    """(forward, backward) wrapped by `triton.jit` for the interpreter mode in force, which
+    triton.jit reads from TRITON_INTERPRET; `interpret` keys the cache on that mode."""
+    del interpret
     return triton.jit(_msda_forward_kernel), triton.jit(_msda_backward_kernel)
+
+
+def _interpret_mode() -> bool:
+    """TRITON_INTERPRET now; raises unless triton was imported in the same mode."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    interpret = bool(triton.knobs.runtime.interpret)
+    imported_interpreted = isinstance(tl.zeros, InterpretedFunction)
+    if interpret != imported_interpreted:
+        raise OpError(
+            f"fad.ops.msda_triton: TRITON_INTERPRET is {'on' if interpret else 'off'} but triton "
+            f"was imported with it {'on' if imported_interpreted else 'off'}; set "
+            "TRITON_INTERPRET=1 (CPU tensors) before anything imports triton, e.g. in the "
+            "environment of the process, or leave it unset for CUDA tensors")
+    return interpret
 
 
 def triton_unavailable() -> str | None:
@@ -179,12 +196,16 @@ def triton_unavailable() -> str | None:
     return None
 
 
-def _launch_setup(value: Tensor, sampling_locations: Tensor, attention_weights: Tensor
+def _launch_setup(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                  sampling_locations: Tensor, attention_weights: Tensor
                   ) -> tuple[tuple, dict, tuple]:
     """Kernels, the constexpr kwargs and the grid for these inputs; raises when unsupported."""
     reason = triton_unavailable()
     if reason is not None:
         raise OpError(f"fad.ops.msda_triton: {reason}; pick another MSDA backend")
+    if spatial_shapes.dtype != torch.int64 or level_start_index.dtype != torch.int64:
+        raise OpError(f"fad.ops.msda_triton: spatial_shapes and level_start_index must be int64, "
+                      f"got {spatial_shapes.dtype} and {level_start_index.dtype}")
     if value.dtype not in _SUPPORTED or not (
             value.dtype == sampling_locations.dtype == attention_weights.dtype):
         raise OpError(f"fad.ops.msda_triton: value, sampling_locations and attention_weights "
@@ -195,8 +216,7 @@ def _launch_setup(value: Tensor, sampling_locations: Tensor, attention_weights: 
     block_d = triton.next_power_of_2(d)
     block_q = max(1, min(triton.next_power_of_2(lq), _MAX_TILE // block_d))
     acc = tl.float64 if value.dtype == torch.float64 else tl.float32
-    interpret = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    return (_kernels(interpret), {"ACC": acc, "BLOCK_Q": block_q, "BLOCK_D": block_d},
+    return (_kernels(_interpret_mode()), {"ACC": acc, "BLOCK_Q": block_q, "BLOCK_D": block_d},
             (triton.cdiv(lq, block_q), n * m))
 
 
@@ -220,9 +240,10 @@ def msda_triton_forward(
         [N, Lq, M * D] in value's dtype (accumulated in float32, float64 for float64).
 
     Shapes and level bounds are checked by the caller (the `fad::ms_deform_attn` op); this
-    function checks only the dtypes and that triton is importable.
+    function checks only the dtypes (int64 shapes) and that triton is importable.
     """
-    (forward, _), meta, grid = _launch_setup(value, sampling_locations, attention_weights)
+    (forward, _), meta, grid = _launch_setup(value, spatial_shapes, level_start_index,
+                                          sampling_locations, attention_weights)
     n, s, m, d = value.shape
     _, lq, _, num_levels, num_points, _ = sampling_locations.shape
     out = value.new_zeros(n, lq, m * d)
@@ -256,7 +277,8 @@ def msda_triton_backward(
         in float32 (float64 for float64) with atomics, so its last bits vary from run to run
         on a GPU.
     """
-    (_, backward), meta, grid = _launch_setup(value, sampling_locations, attention_weights)
+    (_, backward), meta, grid = _launch_setup(value, spatial_shapes, level_start_index,
+                                          sampling_locations, attention_weights)
     n, s, m, d = value.shape
     _, lq, _, num_levels, num_points, _ = sampling_locations.shape
     acc_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
