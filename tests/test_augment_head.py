@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from fad.augment import AugmentCell, build_fad_fcos, build_fad_head
+from fad.augment import AugmentCell, build_fad_fcos, build_fad_head, build_model
 from fad.config import get_cfg_defaults
-from fad.nas.genotype import Genotype, read_genotype_file
+from fad.errors import ConfigError, GenotypeError
+from fad.nas.genotype import Genotype, read_genotype_file, read_genotype_text
 from fad.nas.primitives import FAMILIES, PRIMITIVES, PRIMITIVES_DIL3
 from fad.search.cells import SearchCell
 from fad.search.derive import derive_genotype
@@ -73,11 +74,12 @@ def _tie(aug_cell: AugmentCell, search_cell: SearchCell, genotype: Genotype) -> 
             units = {"std_conv_3x3+dil_conv_3x3": [family.chain[0], family.dilated[0]],
                      "std_conv_3x3_x2+dil_conv_3x3": [*family.chain[:2], family.dilated[1]],
                      "std_conv_3x3_x3": list(family.chain),
-                     "std_conv_3x3_x3+dil3_conv_3x3": [*family.chain, *family.dilated[2:]]}
+                     "std_conv_3x3+dil_conv_3x3_r3": [family.chain[0], *family.dilated[2:]]}
             units |= {n.replace("std", "sinSep"): u for n, u in units.items()}
             squeeze, op_seq, expand = aug_cell.edges[k]
-            squeeze.load_state_dict(mixed.squeeze.state_dict())
-            expand.load_state_dict(mixed.expand.state_dict())
+            for mine, theirs in ((squeeze, mixed.squeeze), (expand, mixed.expand)):
+                mine.weight.data.copy_(theirs.weight)  # the supernet's edge 1x1s have no bias
+                mine.bias.data.zero_()
             for mine, theirs in zip(op_seq, units[op]):
                 mine.load_state_dict(theirs.state_dict())
             k += 1
@@ -87,7 +89,7 @@ def _tie(aug_cell: AugmentCell, search_cell: SearchCell, genotype: Genotype) -> 
 def test_augment_cell_equals_supernet_cell_with_one_hot_alphas(dil3):
     """Search and augment agree on the genotype's meaning (sources, nodes, concat)."""
     torch.manual_seed(0)
-    last = "sinSep_conv_3x3_x3+dil3_conv_3x3" if dil3 else "sinSep_conv_3x3_x3"
+    last = "sinSep_conv_3x3+dil_conv_3x3_r3" if dil3 else "sinSep_conv_3x3_x3"
     genotype = Genotype([[(last, 0), ("std_conv_3x3+dil_conv_3x3", 1)],
                          [("std_conv_3x3_x2+dil_conv_3x3", 2), ("sinSep_conv_3x3+dil_conv_3x3", 0)],
                          [("std_conv_3x3_x3", 3), ("sinSep_conv_3x3_x2+dil_conv_3x3", 2)]],
@@ -108,11 +110,16 @@ def test_augment_cell_equals_supernet_cell_with_one_hot_alphas(dil3):
 
 
 def test_genotype_that_does_not_fit_the_config(tmp_path):
-    with pytest.raises(SystemExit, match="MODEL.FAD.NUM_NODES is 4"):
-        build_fad_fcos(_cfg(**{"MODEL.FAD.NUM_NODES": 4}), 3, PAPER)
-    with pytest.raises(SystemExit, match="not found"):
-        build_fad_fcos(_cfg(), 3, str(tmp_path / "missing.log"))
-    with pytest.raises(SystemExit, match="EDGE_CHANNELS must be >= 1"):
+    text = read_genotype_text(PAPER)
+    with pytest.raises(GenotypeError, match="MODEL.FAD.NUM_NODES is 4"):
+        build_fad_fcos(_cfg(**{"MODEL.FAD.NUM_NODES": 4}), 3, text, PAPER)
+    with pytest.raises(GenotypeError, match="missing.log: genotype file not found"):
+        read_genotype_text(str(tmp_path / "missing.log"))
+    with pytest.raises(GenotypeError, match=r"model.pth:1: the line is not a Genotype\(...\) call"):
+        build_model(_cfg(), 3, "nonsense\nlines", "model.pth")
+    with pytest.raises(ConfigError, match="a genotype needs MODEL.META_ARCHITECTURE FCOS"):
+        build_model(_cfg(**{"MODEL.META_ARCHITECTURE": "DeformableDETR"}), 3, text, PAPER)
+    with pytest.raises(ConfigError, match="EDGE_CHANNELS must be >= 1"):
         build_fad_head(_cfg(edge=0), 3, *read_genotype_file(PAPER))
 
 
@@ -127,7 +134,7 @@ def test_tiny_training_loss_falls(synthetic_root):
                   "INPUT.FLIP_PROB_TRAIN": 0.0})
     dataset = build_dataset(cfg, ("synthetic_coco_train",), is_train=True)
     images, targets = zip(*[dataset[i] for i in range(2)])
-    model = build_fad_fcos(cfg, dataset.num_classes, PAPER).train()
+    model = build_fad_fcos(cfg, dataset.num_classes, read_genotype_text(PAPER)).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     losses = []
     for _ in range(12):

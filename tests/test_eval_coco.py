@@ -136,10 +136,10 @@ def test_cli_coco(tmp_path: Path, capsys):
     printed = capsys.readouterr().out
     assert "AP50" in printed and "Average Precision" in printed and "index" not in printed
     dets_file.write_text("[{")
-    with pytest.raises(SystemExit, match="dets.json: malformed JSON") as info:
+    with pytest.raises(EvalError, match="dets.json: malformed JSON") as info:
         _cli("--gt", str(gt_file), "--dets", str(dets_file), "--out", str(out))
-    assert len(str(info.value.code).splitlines()) == 1
+    assert len(str(info.value).splitlines()) == 1
     dets_file.write_text("[]")
     gt_file.write_text(json.dumps({"images": []}))
-    with pytest.raises(SystemExit, match="gt.json: not a COCO annotation file"):
+    with pytest.raises(EvalError, match="gt.json: not a COCO annotation file"):
         _cli("--gt", str(gt_file), "--dets", str(dets_file), "--out", str(out))

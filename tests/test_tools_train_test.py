@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO
 
@@ -46,3 +47,33 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     assert run.returncode != 0 and "broken.pth" in run.stderr and "Traceback" not in run.stderr
     run = tool("train_net.py", "--config-file", cfg, "SOLVER.NOPE", "1", "OUTPUT_DIR", str(tmp_path))
     assert run.returncode != 0 and "SOLVER.NOPE" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.mark.slow
+def test_genotype_file_flow_through_the_checkpoint(synthetic_root, tmp_path):
+    """train_net --genotype-file stores the genotype in the checkpoint; test_net rebuilds the
+    searched towers from it (no genotype file, no temporary files)."""
+    cfg = os.path.join(REPO, "configs", "fad", "augment", "fad-fcos_tiny_synthetic.yaml")
+    paper = os.path.join(REPO, "configs", "fad", "genotypes", "fad_paper.log")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    common = ["DATASETS.ROOT", synthetic_root, "OUTPUT_DIR", str(tmp_path / "out"), *TINY,
+              "MODEL.FAD.TOWER_CHANNELS", "16", "MODEL.FAD.EDGE_CHANNELS", "8",
+              "SOLVER.MAX_ITER", "2"]
+    run = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train_net.py"),
+                          "--config-file", cfg, *common, "--genotype-file", paper, "--skip-test"],
+                         capture_output=True, text=True, cwd=REPO, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    weights = tmp_path / "out" / "model_final.pth"
+    with open(paper, encoding="utf-8") as f:
+        assert torch.load(weights, weights_only=False)["genotype"] == f.read()
+    run = subprocess.run([sys.executable, os.path.join(REPO, "tools", "test_net.py"),
+                          "--config-file", cfg, *common, "MODEL.WEIGHT", str(weights)],
+                         capture_output=True, text=True, cwd=REPO, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "using the genotype stored in" in run.stdout
+    metrics = json.loads((tmp_path / "out" / "inference" / "synthetic_coco_val" /
+                          "metrics.json").read_text())
+    assert "AP" in metrics
+    assert not [p for p in tmp.iterdir() if "genotype" in p.name]

@@ -6,34 +6,27 @@ measures its ratios side by side in one process, and prints one JSON line (also 
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
-import os
-import sys
+from typing import Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from fad.utils.io import atomic_write_text  # noqa: E402
+from fad.engine.launch import run_tool, tool_parser
+from fad.utils.io import atomic_write_text
 
 COMMANDS = ["fcos_step", "supernet", "msda", "sparse_resnet", "detr_flops"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse `argv`, run the chosen benchmark and print its JSON line."""
+    parser = tool_parser(__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"bench.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"bench.{name}":
-                raise
-            continue
+        module = importlib.import_module(f"bench.{name}")  # tools/ is sys.path[0] of this script
         p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
         p.add_argument("--json", default="", metavar="FILE", help="also write the result here")
         module.add_arguments(p)
         p.set_defaults(run=module.run)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     result = {"benchmark": args.command, **args.run(args)}
     line = json.dumps(result)
     print(line)
@@ -42,4 +35,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

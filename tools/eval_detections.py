@@ -15,6 +15,7 @@ import json
 import sys
 
 from fad.data.base import quiet_coco
+from fad.engine.launch import run_tool, tool_parser
 from fad.evaluation import EvalError, evaluate_coco, evaluate_voc, format_per_class, format_table
 from fad.evaluation.results import write_json
 from fad.evaluation.voc_io import read_classes
@@ -68,7 +69,7 @@ def _run_voc(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = tool_parser(__doc__)
     sub = parser.add_subparsers(dest="format", required=True)
     coco = sub.add_parser("coco", help="COCO bbox metrics of a results JSON (pycocotools)")
     coco.add_argument("--gt", required=True, help="COCO-format ground-truth annotation JSON")
@@ -87,15 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Parse `argv`, evaluate, write the metrics JSON and return the metrics."""
     args = build_parser().parse_args(argv)
-    try:
-        metrics = _run_coco(args) if args.format == "coco" else _run_voc(args)
-        write_json(args.out, metrics)
-    except EvalError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    metrics = _run_coco(args) if args.format == "coco" else _run_voc(args)
+    write_json(args.out, metrics)
     print(f"wrote {args.out}", file=sys.stderr)
     return metrics
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -6,14 +6,14 @@ The synthetic_* catalog names read exactly these folders when DATASETS.ROOT is D
 """
 from __future__ import annotations
 
-import argparse
-
 from fad.data.synthetic import (DEFAULT_MAX_SIZE, DEFAULT_MIN_SIZE, DEFAULT_NUM_TRAIN,
                                 DEFAULT_NUM_VAL, DEFAULT_SEED, generate)
+from fad.engine.launch import run_tool, tool_parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Parse `argv` and write both copies of the dataset."""
+    parser = tool_parser(__doc__)
     parser.add_argument("--out", required=True, help="folder to write into (use DATASETS.ROOT)")
     parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN, help="training images")
     parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL, help="validation images")
@@ -32,4 +32,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -9,30 +9,23 @@ tensorboardX logs under tb/ and log.txt. Train the searched detector next with
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
+from typing import Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _common import setup  # noqa: E402
-
-from fad.search import run_search  # noqa: E402
+from fad.engine.launch import default_argument_parser, parse_args, run_tool, setup
+from fad.search import run_search
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default="", metavar="FILE", help="yaml config")
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse `argv` and run (or resume) the search."""
+    parser = default_argument_parser(__doc__)
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUTPUT_DIR/last_checkpoint")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
-                        help="config overrides, e.g. SOLVER.MAX_ITER 100 OUTPUT_DIR out")
-    args = parser.parse_args()
+    args = parse_args(parser, argv)
     cfg, logger, device = setup(args)
     run_search(cfg, device, resume=args.resume)
     logger.info("search done: %s", os.path.join(cfg.OUTPUT_DIR, "genotype.log"))
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

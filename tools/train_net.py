@@ -1,41 +1,41 @@
 """Train a detector: `python tools/train_net.py --config-file CFG [--resume] [KEY VALUE ...]`.
 
-With `--genotype-file genotype.log` the FCOS towers are rebuilt from a FAD search (augment).
+With `--genotype-file genotype.log` the FCOS towers are rebuilt from a FAD search (augment); the
+checkpoints then carry the genotype, so tools/test_net.py needs no genotype file.
 After training the model is evaluated on DATASETS.TEST unless `--skip-test`.
 """
 from __future__ import annotations
 
-import os
-import sys
+from typing import Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _common import argument_parser, build_model, read_genotype_text, run_tool, setup  # noqa: E402
-from test_net import evaluate_all  # noqa: E402
-
-from fad.data import build_dataset  # noqa: E402
-from fad.engine.trainer import train  # noqa: E402
+from fad.augment import build_model
+from fad.data import build_dataset, check_num_classes
+from fad.engine.evaluate import evaluate_all
+from fad.engine.launch import default_argument_parser, parse_args, run_tool, setup
+from fad.engine.trainer import train
+from fad.nas.genotype import read_genotype_text
 
 
-def main() -> None:
-    parser = argument_parser(__doc__)
-    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint")
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse `argv`, train, then evaluate on DATASETS.TEST."""
+    parser = default_argument_parser(__doc__, genotype_file=True)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUTPUT_DIR/last_checkpoint")
     parser.add_argument("--skip-test", action="store_true", help="do not evaluate after training")
-    args = parser.parse_args()
+    args = parse_args(parser, argv)
     cfg, logger, device = setup(args)
     dataset = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
-    num_classes = dataset.num_classes
-    if cfg.MODEL.NUM_CLASSES and cfg.MODEL.NUM_CLASSES != num_classes:
-        raise SystemExit(f"error: MODEL.NUM_CLASSES {cfg.MODEL.NUM_CLASSES} but {cfg.DATASETS.TRAIN} "
-                         f"has {num_classes} classes; set MODEL.NUM_CLASSES 0 to take it from the data")
-    logger.info("training on %s: %d images, %d classes", cfg.DATASETS.TRAIN, len(dataset), num_classes)
-    model = build_model(cfg, num_classes, args.genotype_file).to(device)
+    num_classes = check_num_classes(cfg, dataset)
+    logger.info("training on %s: %d images, %d classes", cfg.DATASETS.TRAIN, len(dataset),
+                num_classes)
+    genotype = read_genotype_text(args.genotype_file) if args.genotype_file else ""
+    model = build_model(cfg, num_classes, genotype, args.genotype_file).to(device)
     extra = {"classes": list(dataset.classes)}
-    if args.genotype_file:
-        extra["genotype"] = read_genotype_text(args.genotype_file)
+    if genotype:
+        extra["genotype"] = genotype
     final = train(cfg, model, dataset, device, resume=args.resume, extra_state=extra)
     if not args.skip_test:
-        evaluate_all(cfg, model, device, logger, dataset.classes)
+        evaluate_all(cfg, model, device, dataset.classes)
     logger.info("final checkpoint: %s", final)
 
 

@@ -5,26 +5,24 @@ DIR/box_tower.<fmt>, DIR/cls_tower.<fmt> when graphviz's `dot` is installed.
 """
 from __future__ import annotations
 
-import argparse
 import os
+from typing import Sequence
 
+from fad.engine.launch import run_tool, tool_parser
 from fad.nas.draw import DOT_HINT, FORMATS, dot_available, draw_genotype
-from fad.nas.genotype import GenotypeError, read_genotype_file
+from fad.nas.genotype import read_genotype_file
 
 TOWERS = ("box", "cls")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse `argv`, read the genotype file and write (and render) both diagrams."""
+    parser = tool_parser(__doc__)
     parser.add_argument("genotype_file", help="genotype.log: box tower line, then cls tower line")
     parser.add_argument("--out", default=".", metavar="DIR", help="folder for the diagrams")
     parser.add_argument("--format", default="png", choices=FORMATS, help="rendered image format")
-    args = parser.parse_args()
-    try:
-        genotypes = read_genotype_file(args.genotype_file)
-    except GenotypeError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    args = parser.parse_args(argv)
+    genotypes = read_genotype_file(args.genotype_file)
     name = os.path.basename(args.genotype_file)
     for tower, genotype in zip(TOWERS, genotypes):
         stem = os.path.join(args.out, f"{tower}_tower")
@@ -35,4 +33,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

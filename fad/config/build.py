@@ -1,14 +1,21 @@
-"""Assemble the full default config and load yaml + command-line overrides."""
+"""Assemble the full default config and load yaml (with `_BASE_` inheritance) + overrides."""
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
+import yaml
 from yacs.config import CfgNode as CN
+
+from fad.errors import ConfigError
 
 from .defaults import _C
 from .defaults_detr import add_detr_config
 from .defaults_fad import add_fad_config
+from .defaults_rcnn import add_rcnn_config
 from .defaults_sparse import add_sparse_config
+
+BASE_KEY = "_BASE_"
 
 
 def get_cfg_defaults() -> CN:
@@ -16,25 +23,65 @@ def get_cfg_defaults() -> CN:
     cfg = _C.clone()
     add_fad_config(cfg)
     add_sparse_config(cfg)
+    add_rcnn_config(cfg)
     add_detr_config(cfg)
     return cfg
 
 
+def merge_config_file(cfg: CN, path: str, _chain: tuple[str, ...] = ()) -> None:
+    """Merge the yaml file `path` into `cfg`, its `_BASE_` file (relative to it) first.
+
+    A file's keys override those of its base, recursively; a base that includes itself again is
+    a ConfigError naming the chain, as are unreadable files, bad yaml and unknown keys.
+    """
+    real = os.path.realpath(path)
+    if real in _chain:
+        chain = " -> ".join(os.path.relpath(p) for p in (*_chain, real))
+        raise ConfigError(f"{path}: {BASE_KEY} files include each other ({chain}); "
+                          "remove the cycle")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = CN.load_cfg(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; check the path") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"{path}: not a readable yaml config ({detail})") from None
+    base = data.pop(BASE_KEY, None)
+    if base is not None:
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{path}: {BASE_KEY} must name one yaml file, got {base!r}")
+        base = os.path.expanduser(base)
+        if not os.path.isabs(base):
+            base = os.path.join(os.path.dirname(path), base)
+        merge_config_file(cfg, base, (*_chain, real))
+    try:
+        cfg.merge_from_other_cfg(data)
+    except (KeyError, ValueError, AssertionError) as exc:
+        raise ConfigError(f"{path}: {_reason(exc)}; fix the key or value in this file") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """yacs' message of a bad key or value, on one line and without KeyError's quotes."""
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(str(text).split())
+
+
 def load_config(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
-    """Defaults <- yaml file <- `KEY VALUE` pairs; raise a one-line error on unknown keys."""
+    """Defaults <- yaml file (and its `_BASE_` chain) <- `KEY VALUE` pairs.
+
+    Raises a one-line ConfigError for a missing or malformed file and for unknown keys or
+    values of the wrong type.
+    """
     cfg = get_cfg_defaults()
     if config_file:
-        try:
-            cfg.merge_from_file(config_file)
-        except FileNotFoundError:
-            raise SystemExit(f"error: config file {config_file} not found") from None
-        except (KeyError, ValueError, AssertionError) as exc:
-            raise SystemExit(f"error: {config_file}: {exc}") from None
+        merge_config_file(cfg, config_file)
     if opts:
         if len(opts) % 2:
-            raise SystemExit(f"error: overrides must be KEY VALUE pairs, got {list(opts)}")
+            raise ConfigError(f"overrides must be KEY VALUE pairs, got {' '.join(opts)}; "
+                              "give a value for every key")
         try:
             cfg.merge_from_list(list(opts))
         except (KeyError, ValueError, AssertionError) as exc:
-            raise SystemExit(f"error: bad override: {exc}") from None
+            raise ConfigError(f"bad override: {_reason(exc)}; fix that KEY VALUE pair") from None
     return cfg

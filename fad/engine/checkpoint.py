@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import torch
+from torch import nn
 
 from fad.errors import CheckpointError
 from fad.utils.io import atomic_torch_save, atomic_write_text
@@ -41,6 +42,18 @@ class Checkpointer:
         except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
             raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file ({exc}); "
                                   "delete it and resume from an earlier one") from None
+
+
+def load_model_weights(model: nn.Module, state: dict, source: str) -> None:
+    """Load the weights of checkpoint `state` (read from `source`) into `model`; weights that do
+    not fit are a one-line CheckpointError."""
+    try:
+        model.load_state_dict(model_state(state))
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise CheckpointError(f"{source}: the weights do not fit the model of this config "
+                              f"({detail[:300]}); use the config (and genotype) it was trained "
+                              "with") from None
 
 
 def model_state(state: dict) -> dict:

@@ -5,7 +5,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -58,7 +58,8 @@ def _is_07_dataset(voc_root: str) -> bool:
 
 
 def run_evaluation(dataset, predictions: Sequence[tuple[dict, dict]], output_dir: str,
-                   voc_use_07_metric: bool | None = None) -> dict:
+                   voc_use_07_metric: bool | None = None,
+                   extra_metrics: Mapping[str, float] | None = None) -> dict:
     """COCO metrics (and VOC mAP on VOC-format data) of `predictions`; writes them to `output_dir`.
 
     `predictions` are (target, output) pairs: target `image_id`, `size` and `orig_size` (h, w),
@@ -66,6 +67,8 @@ def run_evaluation(dataset, predictions: Sequence[tuple[dict, dict]], output_dir
     are rescaled to `orig_size`. Writes `coco_results.json`, `voc_results/` (VOC data: datasets
     with `voc_root`, `split`, `file_id`) and `metrics.json`. Only images present in
     `predictions` are evaluated. `voc_use_07_metric` None picks 11-point AP for a VOC2007 folder.
+    `extra_metrics` (e.g. the model's mask densities on the test set) join the metrics before
+    `metrics.json` is written, once.
     """
     if not predictions:
         raise EvalError("no predictions to evaluate; the test loader yielded no images")
@@ -96,5 +99,6 @@ def run_evaluation(dataset, predictions: Sequence[tuple[dict, dict]], output_dir
                            image_ids=[dataset.file_id(i) for i in image_ids])
         metrics.update({"VOC_mAP": voc["mAP"], "VOC_per_class": voc["per_class"],
                         "VOC_no_gt_classes": voc["no_gt_classes"], "VOC_07_metric": use_07})
+    metrics.update(extra_metrics or {})
     write_json(os.path.join(output_dir, "metrics.json"), metrics)
     return metrics

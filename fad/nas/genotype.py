@@ -130,21 +130,35 @@ def parse_genotype(text: str, where: str = "<string>", num_nodes: int | None = N
     return validate_genotype(genotype, where, num_nodes)
 
 
-def read_genotype_file(path: str, num_nodes: int | None = None) -> tuple[Genotype, Genotype]:
-    """(box, cls) genotypes from a genotype.log: two non-empty lines, box tower first."""
+def read_genotype_text(path: str) -> str:
+    """The text of a genotype file, with a one-line GenotypeError when it is missing or binary."""
     if not os.path.isfile(path):
         raise GenotypeError(f"{path}: genotype file not found; pass the genotype.log written by "
                             "tools/search_net.py (or configs/fad/genotypes/fad_paper.log)")
     try:
         with open(path, encoding="utf-8") as f:
-            lines = [(i, line) for i, line in enumerate(f, 1) if line.strip()]
+            return f.read()
     except UnicodeDecodeError:
         raise GenotypeError(f"{path}: not a text file; expected two Genotype(...) lines") from None
+
+
+def parse_genotype_text(text: str, where: str = "<genotype>",
+                        num_nodes: int | None = None) -> tuple[Genotype, Genotype]:
+    """(box, cls) genotypes of a genotype.log's text: two non-empty lines, box tower first.
+
+    `where` names the source in errors (a file path, or e.g. the checkpoint it came from).
+    """
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
     if len(lines) != 2:
-        raise GenotypeError(f"{path}: expected 2 Genotype lines (box tower, then cls tower), "
+        raise GenotypeError(f"{where}: expected 2 Genotype lines (box tower, then cls tower), "
                             f"found {len(lines)}")
-    box, cls = (parse_genotype(line, f"{path}:{i}", num_nodes) for i, line in lines)
+    box, cls = (parse_genotype(line, f"{where}:{i}", num_nodes) for i, line in lines)
     return box, cls
+
+
+def read_genotype_file(path: str, num_nodes: int | None = None) -> tuple[Genotype, Genotype]:
+    """(box, cls) genotypes from a genotype.log file (see `parse_genotype_text`)."""
+    return parse_genotype_text(read_genotype_text(path), path, num_nodes)
 
 
 def write_genotype_file(path: str, box: Genotype, cls: Genotype) -> None:

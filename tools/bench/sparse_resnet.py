@@ -29,8 +29,8 @@ from fad.modeling.backbone.sparse_resnet import SparseOptions, SparseResNetBody
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth", type=int, default=101, help="ResNet depth (default 101)")
-    parser.add_argument("--size", default="800x1333", help="HxW input size (padded to /32); "
-                        "e.g. 320x512 for a fast run")
+    parser.add_argument("--size", default="800x1333", type=_parse_size,
+                        help="HxW input size (padded to /32); e.g. 320x512 for a fast run")
     parser.add_argument("--densities", default="0.3,0.5,0.2", help="comma-separated densities")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per path")
     parser.add_argument("--batch", type=int, default=1, help="images per forward")
@@ -50,10 +50,11 @@ def _timed(fn, device: torch.device) -> float:
 
 
 def _parse_size(text: str) -> tuple[int, int]:
+    """"HxW" -> (H, W), each rounded up to a multiple of 32."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise SystemExit(f"error: --size must look like 800x1333, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must look like 800x1333, got {text!r}") from None
     return -(-h // 32) * 32, -(-w // 32) * 32
 
 
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    height, width = _parse_size(args.size)
+    height, width = args.size
     densities = [float(d) for d in args.densities.split(",") if d.strip()]
     sparse = SparseResNetBody(args.depth, FrozenBatchNorm2d, SparseOptions()).to(device).eval()
     block = tv_resnet.Bottleneck if args.depth >= 50 else tv_resnet.BasicBlock
