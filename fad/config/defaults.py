@@ -75,7 +75,8 @@ _C.SOLVER.WARMUP_ITERS = 500  # linear warm-up length
 _C.SOLVER.IMS_PER_BATCH = 16  # images per iteration over all ranks
 _C.SOLVER.CHECKPOINT_PERIOD = 2500  # write a checkpoint every this many iterations
 _C.SOLVER.CLIP_GRAD_NORM = 0.0  # max total grad norm (0 = no clipping)
-_C.SOLVER.AMP = True  # mixed precision on CUDA (ignored on CPU)
+_C.SOLVER.AMP = True  # mixed precision: fp16 autocast + loss scaling on CUDA
+_C.SOLVER.AMP_CPU = False  # with SOLVER.AMP: bf16 autocast on the CPU too (bf16-capable CPUs)
 _C.SOLVER.LOG_PERIOD = 20  # iterations between log lines
 
 _C.TEST = CN()
