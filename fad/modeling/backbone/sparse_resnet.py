@@ -31,6 +31,7 @@ from torchvision.models import resnet as tv_resnet
 from torchvision.ops import deform_conv2d
 from yacs.config import CfgNode
 
+from ..hooks import ModelHooks
 from .resnet import (STAGE_BLOCKS, STAGE_PLANES, body_channels, check_depth, freeze_stages,
                      load_pretrained, norm_layer)
 from .sparse.execution import sparse_basic, sparse_bottleneck
@@ -172,7 +173,7 @@ class SparseBasicBlock(SparseBlockMixin, tv_resnet.BasicBlock):
         return self.relu(out + identity)
 
 
-class SparseResNetBody(nn.Module):
+class SparseResNetBody(nn.Module, ModelHooks):
     """Stem + res2..res5 of sparse blocks; `forward(x [N,3,H,W])` -> OrderedDict c2..c5.
 
     Module names follow torchvision's ResNet (conv1, bn1, layer1..layer4) so its state dicts load.
