@@ -4,8 +4,12 @@ import pytest
 import torch
 
 from fad.errors import OpError
-from fad.ops import (kernels, ms_deform_attn_reference, multi_scale_deformable_attention,
-                     set_msda_backend)
+from fad.ops import (
+    kernels,
+    ms_deform_attn_reference,
+    multi_scale_deformable_attention,
+    set_msda_backend,
+)
 from fad.ops.msda_inputs import random_msda_inputs
 from fad.ops.msda_reference import ms_deform_attn_reference_backward
 
@@ -82,7 +86,7 @@ def test_gradcheck(cuda_kernel):
                                                           device="cuda", seed=4, margin=0.0)
     leaves = [t.requires_grad_() for t in (value, loc, attn)]
     assert torch.autograd.gradcheck(
-        lambda v, l, a: multi_scale_deformable_attention(v, shapes, starts, l, a), leaves,
+        lambda v, loc_, a: multi_scale_deformable_attention(v, shapes, starts, loc_, a), leaves,
         eps=1e-6, atol=1e-5, rtol=1e-4)
 
 

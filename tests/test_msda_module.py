@@ -46,7 +46,7 @@ def test_initial_attention_is_uniform_and_locations_follow_the_pattern():
     assert out.shape == (2, 4, 16)
     torch.testing.assert_close(attn, torch.full((2, 4, 4, 2, 2), 0.25))
     # head 1 of 4 points along +y: point p sits (p + 1) pixels below the reference point
-    for level, (h, w) in enumerate(SHAPES):
+    for level, (h, _) in enumerate(SHAPES):
         for p in range(2):
             expected = ref[:, :, level] + torch.tensor([0.0, (p + 1) / h])
             torch.testing.assert_close(loc[:, :, 1, level, p], expected, atol=1e-6, rtol=0)

@@ -88,7 +88,7 @@ def check_levels(value: Tensor, spatial_shapes: Tensor, level_start_index: Tenso
     """
     shapes, starts = spatial_shapes.tolist(), level_start_index.tolist()
     expected = 0
-    for level, ((height, width), start) in enumerate(zip(shapes, starts)):
+    for (height, width), start in zip(shapes, starts):
         if height < 0 or width < 0 or start != expected:
             break
         expected += height * width

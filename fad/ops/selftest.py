@@ -18,8 +18,9 @@ Exit code 1 when an available backend fails; an unavailable backend is reported,
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
