@@ -11,8 +11,12 @@ _C.MODEL = CN()
 _C.MODEL.META_ARCHITECTURE = "FCOS"  # detector family: FCOS, FasterRCNN, DeformableDETR, SparseDETR
 _C.MODEL.DEVICE = "auto"  # "auto" (cuda when present, else cpu), "cpu", "cuda", "cuda:1"
 _C.MODEL.WEIGHT = ""  # checkpoint to load before training/testing ("" = none)
-_C.MODEL.MSDA_BACKEND = ""  # MSDA op backend: "" (FAD_MSDA_BACKEND env, default auto), auto, reference, cpp
 _C.MODEL.NUM_CLASSES = 0  # foreground classes; 0 = take it from the training dataset
+
+_C.MODEL.OPS = CN()  # op backends (docs/ops.md); FAD_<OP>_BACKEND environment variables override
+_C.MODEL.OPS.MSDA_BACKEND = "auto"  # deformable attention: auto, reference, cpp, cuda, triton
+_C.MODEL.OPS.DEPTHWISE_BACKEND = "auto"  # depthwise 3x3 conv (FAD units): auto, reference, cpp
+_C.MODEL.OPS.SPARSE_BACKEND = "auto"  # SparseResNet sparse execution: auto, reference, cpp
 
 _C.MODEL.BACKBONE = CN()
 _C.MODEL.BACKBONE.NAME = "resnet"  # "resnet" or "sparse_resnet"
