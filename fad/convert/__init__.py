@@ -31,6 +31,8 @@ def convert_checkpoint(kind: str, cfg: CfgNode, path: str, options: Options = Op
     file, its tensors or its settings do not fit."""
     if kind not in KINDS:
         raise CheckpointError(f"unknown KIND {kind!r}; choose one of {sorted(KINDS)}")
+    if options.backbone_only and kind != "sai":
+        raise CheckpointError(f"--backbone-only is for KIND sai, not {kind}")
     module_name, key = KINDS[kind]
     state, extra = load_original(path, key, trust_file)
     result = importlib.import_module(module_name).convert(state, extra, cfg, options, path)

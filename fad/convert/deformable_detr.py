@@ -241,6 +241,4 @@ def convert_detr(state: dict[str, Tensor], extra: dict, cfg: CfgNode, options: O
 def convert(state: dict[str, Tensor], extra: dict, cfg: CfgNode, options: Options,
             source: str) -> Conversion:
     """Deformable DETR (plain, + box refinement, + two-stage) -> ours."""
-    if options.backbone_only:
-        raise CheckpointError("--backbone-only is for KIND sai")
     return convert_detr(state, extra, cfg, options, source)

@@ -3,16 +3,16 @@ SparseResNet Faster R-CNN (configs/sai/), or with `backbone_only` just the Spars
 
 The release stores `{"state_dict": ..., "meta": ..., "optimizer": ...}`. Names:
 
-| original (mmdet v1)                         | ours (torchvision Faster R-CNN)                |
-|---------------------------------------------|------------------------------------------------|
+| original (mmdet v1)                         | ours (torchvision Faster R-CNN)                   |
+|---------------------------------------------|---------------------------------------------------|
 | backbone.{conv1,bn1,layerN.i.*}             | model.backbone.body.{conv1,bn1,layerN.i.*}     |
 | backbone.layerN.i.conv{1,2}_sigma           | ...layerN.i.interp{1,2}.scale                  |
 | backbone.layerN.i.conv{1,2}_gumbel.cur_T    | ...layerN.i.sampler{1,2}.temperature           |
 | neck.lateral_convs.i.conv                   | model.backbone.fpn.inner_blocks.i.0            |
 | neck.fpn_convs.i.conv                       | model.backbone.fpn.layer_blocks.i.0            |
-| rpn_head.rpn_conv / rpn_cls / rpn_reg       | model.rpn.head.conv.0.0 / cls_logits / bbox_pred|
-| bbox_head.shared_fcs.0 / shared_fcs.1       | model.roi_heads.box_head.fc6 / fc7             |
-| bbox_head.fc_cls / fc_reg                   | model.roi_heads.box_predictor.cls_score / bbox_pred |
+| rpn_head.rpn_conv / rpn_cls / rpn_reg       | model.rpn.head.conv.0.0 / cls_logits / bbox_pred |
+| bbox_head.shared_fcs.0 / shared_fcs.1       | model.roi_heads.box_head.fc6 / fc7               |
+| bbox_head.fc_cls / fc_reg                   | model.roi_heads.box_predictor.{cls_score,bbox_pred}
 
 Mask convs (`conv{1,2}_mask`), DCN offsets (`conv2_offset`) and the DCN weight (`conv2`) keep
 their names. No tensor needs transforming: mmdet v1 puts background at class 0 and the 80 COCO

@@ -19,8 +19,6 @@ from __future__ import annotations
 from torch import Tensor
 from yacs.config import CfgNode
 
-from fad.errors import CheckpointError
-
 from .common import Conversion, Options, stored_args
 from .deformable_detr import convert_detr
 
@@ -31,8 +29,6 @@ def convert(state: dict[str, Tensor], extra: dict, cfg: CfgNode, options: Option
             source: str) -> Conversion:
     """Sparse DETR (any rho, scoring network, encoder aux heads, eff_query_init /
     eff_specific_head) -> ours."""
-    if options.backbone_only:
-        raise CheckpointError("--backbone-only is for KIND sai")
     result = convert_detr(state, extra, cfg, options, source, SCORING_RULES)
     rho = stored_args(extra).get("rho")
     if rho is None:
