@@ -27,7 +27,7 @@ from fad.data import make_train_loader
 from fad.modeling.hooks import ModelHooks
 
 from .amp import AmpPolicy, amp_policy
-from .checkpoint import Checkpointer, model_state
+from .checkpoint import Checkpointer, load_model_weights
 from .distributed import broadcast_tensors, get_world_size, is_main_process, reduce_dict
 from .hooks import collect_aux_losses, collect_log_stats
 from .logger import MetricLogger, TensorboardWriter
@@ -185,7 +185,7 @@ class Trainer:
         last = self.checkpointer.last() if resume else None
         if last:
             state = Checkpointer.load(last)
-            model.load_state_dict(state["model"])
+            load_model_weights(model, state, last)
             self.step.load_state_dict(state)
             self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
@@ -194,9 +194,10 @@ class Trainer:
         else:
             if resume:
                 logger.info("--resume: no checkpoint in %s, starting from scratch", out)
-            if self.cfg.MODEL.WEIGHT:
-                model.load_state_dict(model_state(Checkpointer.load(self.cfg.MODEL.WEIGHT)))
-                logger.info("initialised weights from %s", self.cfg.MODEL.WEIGHT)
+            weight = self.cfg.MODEL.WEIGHT
+            if weight:
+                load_model_weights(model, Checkpointer.load(weight), weight)
+                logger.info("initialised weights from %s", weight)
         broadcast_tensors([p.data for p in model.parameters()] + list(model.buffers()))
 
     def train(self) -> None:
