@@ -213,8 +213,9 @@ def test_levels_that_do_not_fit_value_are_an_error_on_every_backend(monkeypatch,
 
 
 def test_triton_backend_matches_reference_under_the_interpreter():
-    """The dispatch reaches fad.ops.msda_triton (forward and the three gradients). A fresh
-    process: Triton must be imported with TRITON_INTERPRET=1 already set."""
+    """The dispatch reaches fad.ops.msda_triton (forward, the three gradients, opcheck of the
+    custom op, torch.compile fullgraph). A fresh process: Triton must be imported with
+    TRITON_INTERPRET=1 already set."""
     if not HAS_TRITON_MODULE:
         pytest.skip("fad/ops/msda_triton.py is not there yet")
     code = """
@@ -233,6 +234,9 @@ torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 got = torch.autograd.grad(out, leaves, grad)
 for g, r in zip(got, torch.autograd.grad(ref, leaves, grad)):
     torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+torch.library.opcheck(torch.ops.fad.ms_deform_attn.default, args)
+compiled = torch.compile(multi_scale_deformable_attention, backend="aot_eager", fullgraph=True)
+torch.testing.assert_close(compiled(*args), ref, rtol=1e-5, atol=1e-5)
 print("ok")
 """
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
