@@ -57,10 +57,12 @@ class ExtensionUnavailable(OpError):
 @dataclass(frozen=True)
 class Extension:
     """One compiled extension: `sources` (relative to csrc/) built as `fad_<name>` by the JIT
-    loader, or imported as `fad.ops._<name>` from an ahead-of-time build."""
+    loader, or imported as `fad.ops._<name>` from an ahead-of-time build; its kernels implement
+    the ops that module `schemas` declares."""
 
     name: str
     what: str
+    schemas: str
     sources: tuple[str, ...]
     cuda: bool = False
     cflags: tuple[str, ...] = ()
@@ -71,10 +73,12 @@ class Extension:
 
 
 EXTENSIONS: dict[str, Extension] = {ext.name: ext for ext in (
-    Extension("msda_cpu", "MSDA CPU kernel", ("msda/cpu/msda_cpu.cpp",)),
-    Extension("msda_cuda", "MSDA CUDA kernel", ("msda/cuda/msda_cuda.cu",), cuda=True),
-    Extension("depthwise_cpu", "depthwise 3x3 CPU kernel", ("depthwise/depthwise_cpu.cpp",)),
-    Extension("sparse_cpu", "SparseResNet CPU kernels",
+    Extension("msda_cpu", "MSDA CPU kernel", "fad.ops.msda", ("msda/cpu/msda_cpu.cpp",)),
+    Extension("msda_cuda", "MSDA CUDA kernel", "fad.ops.msda", ("msda/cuda/msda_cuda.cu",),
+              cuda=True),
+    Extension("depthwise_cpu", "depthwise 3x3 CPU kernel", "fad.ops.depthwise",
+              ("depthwise/depthwise_cpu.cpp",)),
+    Extension("sparse_cpu", "SparseResNet CPU kernels", "fad.modeling.backbone.sparse.kernel",
               ("sparse_resnet/interpolate_cpu.cpp", "sparse_resnet/gather_windows_cpu.cpp",
                "sparse_resnet/tap_sum_cpu.cpp", "sparse_resnet/register_cpu.cpp"),
               cflags=("-Wno-psabi",)),
@@ -157,6 +161,7 @@ def load(name: str) -> None:
         return
     if name in _errors:
         raise ExtensionUnavailable(_errors[name])
+    importlib.import_module(EXTENSIONS[name].schemas)  # the op schemas the kernels implement
     try:
         importlib.import_module(f"fad.ops._{name}")
     except ImportError:
