@@ -107,10 +107,10 @@ def _triton_module():
 @functools.lru_cache(maxsize=1)
 def _triton_import_error() -> str | None:
     try:
-        _triton_module()
+        module = _triton_module()
     except ImportError as exc:
         return f"the Triton kernels cannot be imported ({exc})"
-    return None
+    return module.triton_unavailable()
 
 
 def backend_unavailable(backend: str, device_type: str) -> str | None:
