@@ -1,31 +1,7 @@
-"""FAD search: `python tools/search_net.py --config-file CFG [--resume] [KEY VALUE ...]`.
+"""Thin wrapper: `python tools/search_net.py --help`; the tool is `fad.cli.search`."""
+from fad.cli.search import main, run
 
-Runs on one GPU, on the CPU, or under `torchrun --nproc_per_node N` (alphas stay identical
-across ranks). Writes to OUTPUT_DIR: genotype.log (box line, cls line) and the diagrams
-genotype_box.gv / genotype_cls.gv (+ .png when graphviz's `dot` exists) at every
-SOLVER.CHECKPOINT_PERIOD and at the end, checkpoints (`--resume` continues from the last one),
-tensorboardX logs under tb/ and log.txt. Train the searched detector next with
-`tools/train_net.py --genotype-file OUTPUT_DIR/genotype.log`.
-"""
-from __future__ import annotations
-
-import os
-from typing import Sequence
-
-from fad.engine.launch import default_argument_parser, parse_args, run_tool, setup
-from fad.search import run_search
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Parse `argv` and run (or resume) the search."""
-    parser = default_argument_parser(__doc__)
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUTPUT_DIR/last_checkpoint")
-    args = parse_args(parser, argv)
-    cfg, logger, device = setup(args)
-    run_search(cfg, device, resume=args.resume)
-    logger.info("search done: %s", os.path.join(cfg.OUTPUT_DIR, "genotype.log"))
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
-    run_tool(main)
+    run()

@@ -1,43 +1,7 @@
-"""Train a detector: `python tools/train_net.py --config-file CFG [--resume] [KEY VALUE ...]`.
+"""Thin wrapper: `python tools/train_net.py --help`; the tool is `fad.cli.train`."""
+from fad.cli.train import main, run
 
-With `--genotype-file genotype.log` the FCOS towers are rebuilt from a FAD search (augment); the
-checkpoints then carry the genotype, so tools/test_net.py needs no genotype file.
-After training the model is evaluated on DATASETS.TEST unless `--skip-test`.
-"""
-from __future__ import annotations
-
-from typing import Sequence
-
-from fad.augment import build_model
-from fad.data import build_dataset, check_num_classes
-from fad.engine.evaluate import evaluate_all
-from fad.engine.launch import default_argument_parser, parse_args, run_tool, setup
-from fad.engine.trainer import train
-from fad.nas.genotype import read_genotype_text
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Parse `argv`, train, then evaluate on DATASETS.TEST."""
-    parser = default_argument_parser(__doc__, genotype_file=True)
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUTPUT_DIR/last_checkpoint")
-    parser.add_argument("--skip-test", action="store_true", help="do not evaluate after training")
-    args = parse_args(parser, argv)
-    cfg, logger, device = setup(args)
-    dataset = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
-    num_classes = check_num_classes(cfg, dataset)
-    logger.info("training on %s: %d images, %d classes", cfg.DATASETS.TRAIN, len(dataset),
-                num_classes)
-    genotype = read_genotype_text(args.genotype_file) if args.genotype_file else ""
-    model = build_model(cfg, num_classes, genotype, args.genotype_file).to(device)
-    extra = {"classes": list(dataset.classes)}
-    if genotype:
-        extra["genotype"] = genotype
-    final = train(cfg, model, dataset, device, resume=args.resume, extra_state=extra)
-    if not args.skip_test:
-        evaluate_all(cfg, model, device, dataset.classes)
-    logger.info("final checkpoint: %s", final)
-
+__all__ = ["main"]
 
 if __name__ == "__main__":
-    run_tool(main)
+    run()
