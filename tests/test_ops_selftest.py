@@ -33,11 +33,15 @@ def _run(env: dict) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.parametrize("interpret", ["0", "1"])
-def test_every_cpu_backend_passes(interpret):
+@pytest.mark.parametrize("interpret, capability", [("0", ""), ("1", ""), ("0", "default")])
+def test_every_cpu_backend_passes(interpret, capability):
+    """Also with ATEN_CPU_CAPABILITY=default: the baseline (non-AVX2) copies of every kernel."""
     if shutil.which("c++") is None:
         pytest.skip("no C++ compiler on PATH")
-    proc = _run({"TRITON_INTERPRET": interpret})
+    env = {"TRITON_INTERPRET": interpret}
+    if capability:
+        env["ATEN_CPU_CAPABILITY"] = capability
+    proc = _run(env)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     rows = _report(proc.stdout)
     for key in (("msda", "cpp", "cpu"), ("depthwise", "cpp", "cpu"), ("sparse", "cpp", "cpu")):
