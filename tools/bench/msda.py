@@ -25,8 +25,9 @@ import time
 
 import torch
 
+from fad.errors import OpError
 from fad.ops import ms_deform_attn_reference, multi_scale_deformable_attention, set_msda_backend
-from fad.ops.backend import use_kernel
+from fad.ops.msda import backend_unavailable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,9 +133,12 @@ def run(args: argparse.Namespace) -> dict:
     dtype = getattr(torch, args.dtype)
     if device.type == "cpu":
         _mmap_large_blocks()
-    set_msda_backend("cpp")
-    if not use_kernel(device.type):
-        raise SystemExit("tools/bench/msda.py: the compiled MSDA kernel is unavailable")
+    backend = "cpp" if device.type == "cpu" else "cuda"
+    set_msda_backend(backend)
+    reason = backend_unavailable(backend, device.type)
+    if reason is not None:
+        raise OpError(f"msda benchmark: the compiled MSDA kernel is unavailable on {device.type}: "
+                      f"{reason}; see docs/ops.md")
     value, shapes, starts, loc, attn, grad = _inputs(args, device, dtype)
     leaves = [t.requires_grad_() for t in (value, loc, attn)]
     impls = {"kernel": multi_scale_deformable_attention, "reference": ms_deform_attn_reference}
