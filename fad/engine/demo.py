@@ -1,0 +1,148 @@
+"""Detections on a user's images: predict, draw boxes with class names and scores, write JSON.
+
+    images = list_images("photos/")                        # one file or a folder of images
+    detections = run_demo(model, classes, build_transforms(cfg, is_train=False), images,
+                          "out/", score_threshold=0.3, device=device)
+
+Writes `out/<name>.jpg|png` (the image with its boxes drawn by torchvision's
+`draw_bounding_boxes`) and `out/detections.json`:
+`[{"file": "photos/a.jpg", "output": "out/a.jpg", "height": H, "width": W,
+"detections": [{"label": "dog", "label_id": 11, "score": 0.93, "box": [x1, y1, x2, y2]}]}]`
+with boxes in pixel coordinates of the original image.
+"""
+from __future__ import annotations
+
+import colorsys
+import functools
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torchvision.utils import draw_bounding_boxes
+
+from fad.data.image import read_image
+from fad.errors import DataError
+from fad.evaluation.results import rescale_boxes, write_json
+
+logger = logging.getLogger("fad")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+DETECTIONS_FILE = "detections.json"
+Transforms = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def list_images(path: str) -> list[Path]:
+    """`path` itself when it is a file, else the images directly inside the folder (sorted)."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise DataError(f"{path}: no such image or folder; give --input an image file or a "
+                        "folder of images")
+    images = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder; "
+                        "give --input a folder of images or one image file")
+    return images
+
+
+@torch.no_grad()
+def predict(model: nn.Module, image: Tensor, transforms: Transforms,
+            device: torch.device) -> dict[str, Tensor]:
+    """Detections of `model` (in eval mode) on one uint8 image [3, H, W].
+
+    Returns `boxes` float [K, 4] xyxy in the image's own pixel frame, `scores` [K] and `labels`
+    [K] (0-based class indices), on the CPU, best score first.
+    """
+    resized, _ = transforms(image, torch.zeros(0, 4))
+    output = model([resized.to(device)])[0]
+    boxes = rescale_boxes(output["boxes"], resized.shape[-2:], image.shape[-2:]).float()
+    scores = output["scores"].detach().cpu().float()
+    order = scores.argsort(descending=True)
+    return {"boxes": boxes[order], "scores": scores[order],
+            "labels": output["labels"].detach().cpu()[order]}
+
+
+def class_color(index: int) -> tuple[int, int, int]:
+    """A saturated RGB colour per class index, far apart for neighbouring indices."""
+    hue = (index * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_detections(image: Tensor, detections: dict[str, Tensor],
+                    classes: Sequence[str]) -> Tensor:
+    """`image` (uint8 [3, H, W]) with every detection's box and `name score` label drawn."""
+    if len(detections["boxes"]) == 0:
+        return image
+    labels = [int(i) for i in detections["labels"]]
+    names = [f"{class_name(classes, i)} {float(s):.2f}"
+             for i, s in zip(labels, detections["scores"])]
+    colors = [class_color(i) for i in labels]
+    short = min(image.shape[-2:])
+    return draw_bounding_boxes(image, detections["boxes"], labels=names, colors=colors,
+                               width=max(2, round(short / 200)), font=label_font(),
+                               font_size=max(12, round(short / 30)), label_colors="black",
+                               fill_labels=True)
+
+
+@functools.cache
+def label_font() -> str:
+    """Path of the TrueType font for labels: matplotlib's bundled DejaVu Sans."""
+    from matplotlib import font_manager
+
+    return font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"))
+
+
+def class_name(classes: Sequence[str], index: int) -> str:
+    """The name of class `index`, or `class <index>` beyond the list."""
+    return classes[index] if 0 <= index < len(classes) else f"class {index}"
+
+
+def _write_image(image: Tensor, path: str) -> None:
+    """Save a uint8 [3, H, W] image; the format follows the suffix (JPEG at quality 95)."""
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path, quality=95)
+
+
+def _output_path(source: Path, output_dir: str, taken: set[str]) -> str:
+    """`output_dir/<stem>.<png|jpg>`, with a numbered suffix when two inputs share a stem."""
+    suffix = ".png" if source.suffix.lower() == ".png" else ".jpg"
+    name, n = source.stem + suffix, 1
+    while name in taken:
+        name, n = f"{source.stem}_{n}{suffix}", n + 1
+    taken.add(name)
+    return os.path.join(output_dir, name)
+
+
+def run_demo(model: nn.Module, classes: Sequence[str], transforms: Transforms,
+             images: Sequence[Path], output_dir: str, score_threshold: float,
+             device: torch.device) -> list[dict]:
+    """Detect, draw and write every image of `images`; returns what detections.json holds.
+
+    Only detections scoring >= `score_threshold` are drawn and listed.
+    """
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score threshold must be in [0, 1], got {score_threshold}")
+    os.makedirs(output_dir, exist_ok=True)
+    model.eval()
+    records, taken = [], set()
+    for path in images:
+        image = read_image(path)
+        dets = predict(model, image, transforms, device)
+        keep = dets["scores"] >= score_threshold
+        dets = {k: v[keep] for k, v in dets.items()}
+        out = _output_path(path, output_dir, taken)
+        _write_image(draw_detections(image, dets, classes), out)
+        records.append({
+            "file": str(path), "output": out,
+            "height": int(image.shape[1]), "width": int(image.shape[2]),
+            "detections": [{"label": class_name(classes, int(i)), "label_id": int(i),
+                            "score": round(float(s), 4), "box": [round(float(v), 1) for v in b]}
+                           for b, s, i in zip(dets["boxes"], dets["scores"], dets["labels"])]})
+        logger.info("%s: %d detections >= %.2f -> %s", path, int(keep.sum()), score_threshold, out)
+    write_json(os.path.join(output_dir, DETECTIONS_FILE), records)
+    return records

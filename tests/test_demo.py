@@ -1,0 +1,99 @@
+"""fad-demo (tools/demo.py): detections drawn on real VOC images and listed in detections.json;
+the genotype and class names come from the checkpoint."""
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, tiny_fcos_cfg
+
+from fad.augment import build_model
+from fad.cli.trained_model import choose_genotype
+from fad.config.catalog import VOC_CLASSES
+from fad.data.image import read_image
+from fad.engine.demo import class_name, draw_detections, list_images
+from fad.errors import DataError
+
+IMAGES = Path(os.environ.get("FAD_VOC_FIXTURE", "/work/shared/fixtures/voc_real_mini")) / (
+    "VOC2012/JPEGImages")
+CONFIG = os.path.join(REPO, "configs", "fcos", "fcos_tiny_synthetic.yaml")
+PAPER = os.path.join(REPO, "configs", "fad", "genotypes", "fad_paper.log")
+SMALL = ["MODEL.DEVICE", "cpu", "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.FCOS.NUM_CONVS", "1",
+         "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128",
+         "MODEL.FCOS.DETECTIONS_PER_IMG", "5"]
+
+
+def _confident_checkpoint(path: Path) -> None:
+    """A tiny untrained FCOS with VOC class names whose every location scores ~0.95."""
+    cfg = tiny_fcos_cfg(str(path.parent), str(path.parent))
+    cfg.merge_from_list(SMALL)
+    model = build_model(cfg, len(VOC_CLASSES))
+    state = model.state_dict()
+    state["head.cls_logits.bias"].fill_(3.0)
+    state["head.centerness.bias"].fill_(3.0)
+    torch.save({"model": state, "classes": list(VOC_CLASSES)}, path)
+
+
+def test_list_images(tmp_path):
+    with pytest.raises(DataError, match="no such image or folder"):
+        list_images(str(tmp_path / "nope"))
+    with pytest.raises(DataError, match="no images"):
+        list_images(str(tmp_path))
+    (tmp_path / "b.png").write_bytes(b"")
+    (tmp_path / "a.JPG").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    assert [p.name for p in list_images(str(tmp_path))] == ["a.JPG", "b.png"]
+    assert list_images(str(tmp_path / "b.png")) == [tmp_path / "b.png"]
+
+
+def test_draw_detections_marks_the_boxes():
+    image = torch.zeros(3, 60, 80, dtype=torch.uint8)
+    dets = {"boxes": torch.tensor([[10.0, 10.0, 50.0, 40.0]]), "scores": torch.tensor([0.9]),
+            "labels": torch.tensor([1])}
+    drawn = draw_detections(image, dets, ["cat", "dog"])
+    assert drawn.shape == image.shape and drawn.dtype == torch.uint8
+    assert drawn[:, 25, 10].sum() > 0 and drawn[:, 55, 75].sum() == 0  # box edge, background
+    empty = {k: v[:0] for k, v in dets.items()}
+    assert torch.equal(draw_detections(image, empty, ["cat"]), image)
+    assert class_name(["cat"], 3) == "class 3"
+
+
+def test_stored_genotype_wins_and_a_disagreeing_file_is_reported(tmp_path, caplog):
+    stored = Path(PAPER).read_text()
+    same, other = tmp_path / "same.log", tmp_path / "other.log"
+    same.write_text(stored)
+    other.write_text(stored.replace("('std_conv_3x3', 2)", "('std_conv_3x3_x2', 2)", 1))
+    with caplog.at_level(logging.INFO, logger="fad"):
+        assert choose_genotype(stored, str(same), "w.pth") == (stored, "w.pth (stored genotype)")
+        assert "disagrees" not in caplog.text
+        assert choose_genotype(stored, str(other), "w.pth")[0] == stored
+    assert "other.log disagrees with the genotype stored in w.pth" in caplog.text
+    assert choose_genotype("", str(other), "w.pth") == (other.read_text(), str(other))
+    assert choose_genotype("", "", "w.pth") == ("", "")
+
+
+@pytest.mark.skipif(not IMAGES.is_dir(), reason=f"real VOC fixture images not found at {IMAGES}")
+def test_demo_on_real_voc_images(tmp_path):
+    from fad.cli.demo import main
+
+    weights = tmp_path / "model.pth"
+    _confident_checkpoint(weights)
+    out = tmp_path / "out"
+    records = main(["--config-file", CONFIG, "MODEL.WEIGHT", str(weights), *SMALL,
+                    "--input", str(IMAGES), "--output", str(out), "--score-threshold", "0.5"])
+    inputs = list_images(str(IMAGES))
+    assert len(records) == len(inputs) > 0
+    assert json.loads((out / "detections.json").read_text()) == records
+    for source, record in zip(inputs, records):
+        image, drawn = read_image(source), read_image(Path(record["output"]))
+        assert drawn.shape == image.shape == (3, record["height"], record["width"])
+        assert 0 < len(record["detections"]) <= 5
+        for det in record["detections"]:
+            assert det["label"] == VOC_CLASSES[det["label_id"]] and det["score"] >= 0.5
+            x1, y1, x2, y2 = det["box"]
+            assert 0 <= x1 <= x2 <= record["width"] and 0 <= y1 <= y2 <= record["height"]
+        # boxes are drawn: the JPEG differs from the input far beyond compression noise
+        assert (drawn.int() - image.int()).abs().amax() > 100
+    assert "drew" in (out / "log.txt").read_text()
