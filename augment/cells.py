@@ -1,9 +1,11 @@
 """Augment cells and towers rebuilt from a genotype (discrete ops, no decouple 1x1s).
 
 Each chosen `(op, j)` of node i is `1x1 (T -> C) -> discrete op at width C -> 1x1 (C -> T)`
-(1x1s without bias, norm or activation, as in the supernet) applied to state j (0 = s0, 1 = s1, j >= 2 = node j-2); a node sums its edges; the cell output
-concatenates the nodes of `normal_concat` (Tensor[N, 3T, H, W] for 3 nodes). Inputs whose width
-is not T first go through 1x1 + GN + ReLU.
+applied to state j (0 = s0, 1 = s1, j >= 2 = node j-2); the two 1x1s carry a bias, no norm and
+no activation, as in the reference's augment cells (the supernet's are bias-free, see
+`fad.search.cells`). A node sums its edges; the cell output concatenates the nodes of
+`normal_concat` (Tensor[N, 3T, H, W] for 3 nodes). Inputs whose width is not T first go through
+1x1 (bias) + GN + ReLU.
 """
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ class AugmentCell(nn.Module):
         for node in genotype.normal:
             self.sources.append([src for _, src in node])
             for op, _ in node:
-                self.edges.append(nn.Sequential(nn.Conv2d(t, c, 1, bias=False), discrete_op(op, c),
-                                                nn.Conv2d(c, t, 1, bias=False)))
+                self.edges.append(nn.Sequential(nn.Conv2d(t, c, 1), discrete_op(op, c),
+                                                nn.Conv2d(c, t, 1)))
         self.concat = list(genotype.normal_concat)
         self.out_channels = len(self.concat) * t
 

@@ -3,7 +3,8 @@
 Mixed edge (11 weights in `PRIMITIVES` order; 13 in `PRIMITIVES_DIL3` order with `dil3`):
 `expand(sum_k w_k * out_k(squeeze(x)))` where the candidates come from one RepShare op per
 family and `none` contributes zero. squeeze 1x1 (T -> C) and expand 1x1 (C -> T) have no bias,
-so an edge whose weight sits on `none` outputs zero.
+as in the reference's search cells, so an edge whose weight sits on `none` outputs zero (the
+augment edges add biases, as the reference's augment cells do).
 Search cell: inputs s0, s1 (adapted to width T), node i sums one mixed edge from each of its i+2
 predecessors, output = concat of the nodes (Tensor[N, num_nodes * T, H, W]).
 A search tower owns its alphas: one Tensor[i + 2, 11 or 13] per node, shared by all its cells.

@@ -14,7 +14,9 @@ def test_primitive_list_order():
                               "std_conv_3x3_x2+dil_conv_3x3", "std_conv_3x3_x3")
     assert PRIMITIVES[5:10] == tuple(p.replace("std", "sinSep") for p in PRIMITIVES[:5])
     assert len(PRIMITIVES_DIL3) == 13 and PRIMITIVES_DIL3[-1] == "none"
-    assert PRIMITIVES_DIL3[:6] == PRIMITIVES[:5] + ("std_conv_3x3_x3+dil3_conv_3x3",)
+    # the reference's dil3 order: the dilation-3 branch on x1, emitted second
+    assert PRIMITIVES_DIL3[:6] == (PRIMITIVES[:1] + ("std_conv_3x3+dil_conv_3x3_r3",)
+                                   + PRIMITIVES[1:5])
     assert PRIMITIVES_DIL3[6:12] == tuple(p.replace("std", "sinSep") for p in PRIMITIVES_DIL3[:6])
     assert primitives_for(11) == PRIMITIVES and primitives_for(13) == PRIMITIVES_DIL3
     with pytest.raises(ValueError, match="12 columns"):
@@ -24,7 +26,8 @@ def test_primitive_list_order():
 @pytest.mark.parametrize("name,depth,dilation", [
     ("std_conv_3x3", 1, 0), ("sinSep_conv_3x3+dil_conv_3x3", 1, 2),
     ("std_conv_3x3_x2", 2, 0), ("sinSep_conv_3x3_x2+dil_conv_3x3", 2, 2),
-    ("sinSep_conv_3x3_x3", 3, 0), ("std_conv_3x3_x3+dil3_conv_3x3", 3, 3)])
+    ("sinSep_conv_3x3_x3", 3, 0), ("std_conv_3x3+dil_conv_3x3_r3", 1, 3),
+    ("sinSep_conv_3x3+dil_conv_3x3_r3", 1, 3)])
 def test_discrete_op_structure(name, depth, dilation):
     spec = op_spec(name)
     assert (spec.depth, spec.dilation) == (depth, dilation)
@@ -86,10 +89,10 @@ def test_undecoupled_candidates_match_discrete_ops():
         mine.load_state_dict(theirs.state_dict())
     torch.testing.assert_close(op3(x), outs[4])
     shared3 = RepShare("sinSep", 32, dil3=True)
-    op_d3 = discrete_op("sinSep_conv_3x3_x3+dil3_conv_3x3", 32)
-    for mine, theirs in zip(op_d3, [*shared3.chain, shared3.dilated[2]]):
+    op_d3 = discrete_op("sinSep_conv_3x3+dil_conv_3x3_r3", 32)
+    for mine, theirs in zip(op_d3, [shared3.chain[0], shared3.dilated[2]]):
         mine.load_state_dict(theirs.state_dict())
-    torch.testing.assert_close(op_d3(x), shared3(x)[5])
+    torch.testing.assert_close(op_d3(x), shared3(x)[1])
 
 
 def test_repshare_shares_units():

@@ -60,11 +60,11 @@ def test_derive_with_the_dilation3_candidates():
     alphas = [torch.zeros(i + 2, 13) for i in range(3)]
     for a in alphas:
         a[:, -1] = 9.0  # none, never picked
-        a[0, PRIMITIVES_DIL3.index("sinSep_conv_3x3_x3+dil3_conv_3x3")] = 2.0
-        a[1, PRIMITIVES_DIL3.index("std_conv_3x3_x3+dil3_conv_3x3")] = 1.0
+        a[0, PRIMITIVES_DIL3.index("sinSep_conv_3x3+dil_conv_3x3_r3")] = 2.0
+        a[1, PRIMITIVES_DIL3.index("std_conv_3x3+dil_conv_3x3_r3")] = 1.0
     g = derive_genotype(alphas)
-    assert all(node == [("sinSep_conv_3x3_x3+dil3_conv_3x3", 0),
-                        ("std_conv_3x3_x3+dil3_conv_3x3", 1)] for node in g.normal)
+    assert all(node == [("sinSep_conv_3x3+dil_conv_3x3_r3", 0),
+                        ("std_conv_3x3+dil_conv_3x3_r3", 1)] for node in g.normal)
     assert len(none_dominated_edges(alphas)) == 9
     assert len(softmax_alpha_scalars("cls", alphas)) == 9 * 13
     validate_genotype(g, num_nodes=3)

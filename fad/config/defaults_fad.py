@@ -10,7 +10,7 @@ def add_fad_config(cfg: CN) -> None:
     cfg.MODEL.FAD.NUM_NODES = 3  # intermediate nodes per cell (a genotype must have this many)
     cfg.MODEL.FAD.BOX_CELLS = 2  # augment: cells in the box-regression tower
     cfg.MODEL.FAD.CLS_CELLS = 2  # augment: cells in the classification tower
-    # search: add the dilation-3 candidate `A_conv_3x3_x3+dil3_conv_3x3` per family (12 + none
+    # search: add the dilation-3 candidate `A_conv_3x3+dil_conv_3x3_r3` per family (12 + none
     # alphas per edge); off as in the paper's reference, which found it hurt detection
     cfg.MODEL.FAD.DIL3 = False
     cfg.MODEL.FAD.SEARCH_CELLS = 1  # search: cells per tower in the supernet (alphas shared by cells)

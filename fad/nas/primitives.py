@@ -9,9 +9,12 @@ Names: a RepShare op of family A (`std` or `sinSep`) emits five candidates, in t
 `A_conv_3x3_x3`. The ten names plus `none` form `PRIMITIVES` (std first, then sinSep, then none),
 which is also the order of the 11 alphas of every edge.
 
-Dilation-3 variant (off by default, MODEL.FAD.DIL3): each family emits a sixth candidate,
-`A_conv_3x3_x3+dil3_conv_3x3` (a dilation-3 separable unit on the chain's third output), so an
-edge has 12 candidates + `none` = 13 alphas, in `PRIMITIVES_DIL3` order.
+Dilation-3 variant (off by default, MODEL.FAD.DIL3), as in the reference code: each family gets
+a dilation-3 separable unit on the chain's first output, emitted second and named
+`A_conv_3x3+dil_conv_3x3_r3`, so a family emits `A_conv_3x3`, `A_conv_3x3+dil_conv_3x3_r3`,
+`A_conv_3x3+dil_conv_3x3`, `A_conv_3x3_x2`, `A_conv_3x3_x2+dil_conv_3x3`, `A_conv_3x3_x3` and an
+edge has 12 candidates + `none` = 13 alphas, in `PRIMITIVES_DIL3` order. Both lists use the
+reference's names, so genotype files pass between the two code bases either way.
 """
 from __future__ import annotations
 
@@ -26,20 +29,20 @@ FAMILIES = ("std", "sinSep")
 # suffix -> (chain length, dilation of the trailing separable unit or 0 for none)
 _SUFFIX_SPECS = {
     "conv_3x3": (1, 0),
+    "conv_3x3+dil_conv_3x3_r3": (1, 3),
     "conv_3x3+dil_conv_3x3": (1, 2),
     "conv_3x3_x2": (2, 0),
     "conv_3x3_x2+dil_conv_3x3": (2, 2),
     "conv_3x3_x3": (3, 0),
-    "conv_3x3_x3+dil3_conv_3x3": (3, 3),
 }
-CANDIDATE_SUFFIXES = tuple(_SUFFIX_SPECS)[:5]
-DIL3_SUFFIX = tuple(_SUFFIX_SPECS)[5]
+DIL3_SUFFIX = "conv_3x3+dil_conv_3x3_r3"
 NONE = "none"
 
 
 def primitives(dil3: bool = False) -> tuple[str, ...]:
-    """The alpha order of one edge: per family its candidates, then `none` (11, or 13 with dil3)."""
-    suffixes = CANDIDATE_SUFFIXES + ((DIL3_SUFFIX,) if dil3 else ())
+    """The alpha order of one edge: per family its candidates in RepShare emit order, then `none`
+    (11, or 13 with dil3)."""
+    suffixes = tuple(s for s in _SUFFIX_SPECS if dil3 or s != DIL3_SUFFIX)
     return tuple(f"{family}_{suffix}" for family in FAMILIES for suffix in suffixes) + (NONE,)
 
 
@@ -106,8 +109,9 @@ def discrete_op(name: str, channels: int) -> nn.Sequential:
 
 
 def preprocess(in_channels: int, out_channels: int) -> nn.Module:
-    """Cell-input adapter: identity when widths match, else 1x1 conv (no bias) + GN + ReLU."""
+    """Cell-input adapter: identity when widths match, else 1x1 conv (with bias, as the
+    reference's adapter) + GN + ReLU."""
     if in_channels == out_channels:
         return nn.Identity()
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False),
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1),
                          group_norm(out_channels), nn.ReLU(inplace=True))

@@ -4,7 +4,8 @@ chain x1 = A1(x), x2 = A2(x1), x3 = A3(x2); side branches D1(x1), D2(x2) (dilate
 units); decouple 1x1s P, Q (no bias, no norm) on the emitted copies of x1 and x2 only. Output:
 `[P(x1), D1(x1), Q(x2), D2(x2), x3]` — 3 units + 2 dilated units + 2 1x1s instead of the 9 units
 + 2 dilated units of the same five candidates computed separately (`SeparateCandidates`).
-With `dil3`, a sixth output D3(x3) (a dilation-3 separable unit) follows.
+With `dil3` (as the reference), a dilation-3 separable unit D3 on x1 adds a sixth output, emitted
+second: `[P(x1), D3(x1), D1(x1), Q(x2), D2(x2), x3]`.
 
 Both modules also expose their candidates as `terms(x)`: (tensor, trailing bias-free 1x1 or
 None) pairs, so that `weighted_sum` can fold a mixing weight into a 1x1's weight (`w * P(x1)` =
@@ -39,7 +40,7 @@ def _outputs(terms: list[Term]) -> list[Tensor]:
 
 
 def _side_branches(channels: int, dil3: bool) -> nn.ModuleList:
-    """D1, D2 (dilation 2), and D3 (dilation 3) when `dil3`."""
+    """D1, D2 (dilation 2), and D3 (dilation 3, on x1) when `dil3`."""
     return nn.ModuleList(dil_unit(channels, d) for d in ((2, 2, 3) if dil3 else (2, 2)))
 
 
@@ -51,18 +52,17 @@ class RepShare(nn.Module):
         super().__init__()
         self.chain = nn.ModuleList(conv_unit(family, channels) for _ in range(3))
         self.dilated = _side_branches(channels, dil3)
-        self.decouple = nn.ModuleList(nn.Conv2d(channels, channels, 1, bias=False) for _ in range(2))
+        self.decouple = nn.ModuleList(nn.Conv2d(channels, channels, 1, bias=False)
+                                      for _ in range(2))
 
     def terms(self, x: Tensor) -> list[Term]:
         """The candidates as (tensor, trailing 1x1 or None), in primitive order."""
         x1 = self.chain[0](x)
         x2 = self.chain[1](x1)
         x3 = self.chain[2](x2)
-        terms = [(x1, self.decouple[0]), (self.dilated[0](x1), None), (x2, self.decouple[1]),
-                 (self.dilated[1](x2), None), (x3, None)]
-        if len(self.dilated) == 3:
-            terms.append((self.dilated[2](x3), None))
-        return terms
+        dil3 = [(d3(x1), None) for d3 in self.dilated[2:]]
+        return [(x1, self.decouple[0]), *dil3, (self.dilated[0](x1), None),
+                (x2, self.decouple[1]), (self.dilated[1](x2), None), (x3, None)]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return _outputs(self.terms(x))
@@ -84,16 +84,15 @@ class SeparateCandidates(nn.Module):
         def one_by_one() -> nn.Module:
             return nn.Conv2d(channels, channels, 1, bias=False)
 
-        ops = [
+        dil3_ops = [nn.Sequential(*chain(1), dil_unit(channels, 3))] if dil3 else []
+        self.ops = nn.ModuleList([
             nn.Sequential(*chain(1), one_by_one()),
+            *dil3_ops,
             nn.Sequential(*chain(1), dil_unit(channels)),
             nn.Sequential(*chain(2), one_by_one()),
             nn.Sequential(*chain(2), dil_unit(channels)),
             nn.Sequential(*chain(3)),
-        ]
-        if dil3:
-            ops.append(nn.Sequential(*chain(3), dil_unit(channels, 3)))
-        self.ops = nn.ModuleList(ops)
+        ])
 
     def terms(self, x: Tensor) -> list[Term]:
         """The candidates as (tensor, trailing 1x1 or None), in primitive order."""
@@ -112,8 +111,9 @@ class SeparateCandidates(nn.Module):
     def tie_to(self, shared: RepShare) -> None:
         """Copy `shared`'s weights into every candidate that uses them."""
         a, d, p = shared.chain, shared.dilated, shared.decouple
-        layouts = [[a[0], p[0]], [a[0], d[0]], [a[0], a[1], p[1]], [a[0], a[1], d[1]],
-                   [a[0], a[1], a[2]], [a[0], a[1], a[2], *d[2:]]]
+        dil3 = [[a[0], d3] for d3 in d[2:]]
+        layouts = [[a[0], p[0]], *dil3, [a[0], d[0]], [a[0], a[1], p[1]], [a[0], a[1], d[1]],
+                   [a[0], a[1], a[2]]]
         for op, modules in zip(self.ops, layouts):
             for mine, theirs in zip(op, modules):
                 mine.load_state_dict(theirs.state_dict())

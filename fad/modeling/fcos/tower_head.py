@@ -6,10 +6,10 @@ A tower is any module with `forward(s0, s1) -> Tensor[N, out_channels, H, W]` an
   logits = cls_logits(cls_reduce(cls_tower(bf, P_l)))   (no detach: cls gradients reach bf)
 Outputs follow the head contract of `head.py` (level-major flattening).
 
-Init: predictors N(0, 0.01), bias 0 (cls_logits: the prior bias). The reduce 1x1s keep PyTorch's
-default init on purpose: the reference's N(0, 0.01) on these un-normalised convs shrinks the
-reduced feature ~0.01*sqrt(fan_in) times, so the initial boxes are near points and the GIoU loss
-stalls (tiny CPU setting: loss_bbox stays at 1.000 for 40+ iterations instead of ~20).
+Init, as the reference code: predictors and `cls_reduce` N(0, 0.01), bias 0 (cls_logits: the
+prior bias); `box_reduce` keeps PyTorch's default init (N(0, 0.01) there would shrink the
+un-normalised box feature ~0.01*sqrt(fan_in) times, so the initial boxes are near points and the
+GIoU loss stalls: tiny CPU setting, loss_bbox at 1.000 for 40+ iterations instead of ~20).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class TowerHead(nn.Module):
         self.bbox_pred = nn.Conv2d(tower_channels, 4, 3, padding=1)
         self.centerness = nn.Conv2d(tower_channels, 1, 3, padding=1)
         self.cls_logits = nn.Conv2d(tower_channels, num_classes, 3, padding=1)
-        for conv in (self.bbox_pred, self.centerness):
+        for conv in (self.cls_reduce, self.bbox_pred, self.centerness):
             init_predictor(conv)
         init_predictor(self.cls_logits, prior_bias(prior_prob))
         self.scales = nn.ModuleList(Scale() for _ in range(num_levels))
