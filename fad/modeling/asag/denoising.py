@@ -19,8 +19,9 @@ class DenoisingQueries:
     """Queries of a training batch with DN slots in front.
 
     boxes [B, N + Q, 4] xyxy pixels (N = num_dn noised GT copies / whole-image boxes, then the
-    anchors); attn_mask [B, N + Q, N + Q] bool, True = blocked; targets: per image the clean DN targets (`boxes` [r * T, 4] cxcywh
-    fractions, `labels` [r * T]) for the first r * T slots; num_dn: N.
+    anchors); attn_mask [B, N + Q, N + Q] bool, True = blocked; targets: per image the clean DN
+    targets (`boxes` [r * T, 4] cxcywh fractions, `labels` [r * T]) of the first r * T slots;
+    num_dn: N.
     """
 
     boxes: Tensor

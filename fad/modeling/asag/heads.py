@@ -27,12 +27,12 @@ def used_head_index(used_head: str, num_heads: int) -> int:
 
 
 class DecoderHeads(nn.Module):
-    """`num_decoder_heads` independent one-layer decoder heads that all read the RelationBlock output.
+    """`num_decoder_heads` independent one-layer heads that all read the RelationBlock output.
 
-    Head k gets the query content plus its stage embedding (nn.Embedding(num_decoder_heads, D), N(0, 1)
-    init) and the RelationBlock's boxes (AdaMixer: its detached xyzr; SparseRCNN: its detached
-    normalised proposals). Heads are not chained. In training every head runs; in eval only the
-    head chosen by `used_head` (`main` = the last head, `aux_k` = head k).
+    Head k gets the query content plus its stage embedding (nn.Embedding(num_decoder_heads, D),
+    N(0, 1) init) and the RelationBlock's boxes (AdaMixer: its detached xyzr; SparseRCNN: its
+    detached normalised proposals). Heads are not chained. In training every head runs; in eval
+    only the head chosen by `used_head` (`main` = the last head, `aux_k` = head k).
 
     `forward(features, proposals, image_sizes, attn_mask)`: features P2-P5 [B, C, H_l, W_l];
     proposals = the RelationBlock's output dict (`content` [B, Q, D], `xyzr` [B, Q, 4], `boxes`
