@@ -7,11 +7,13 @@ py=.venv/bin/python
 out=${OUT:-output/demo}
 $py tools/make_synthetic_data.py --out datasets --num-train 300 --num-val 60 --seed 0
 $py tools/search_net.py --config-file configs/fad/search/fad-fcos_tiny_synthetic.yaml \
-    SOLVER.MAX_ITER 40 SOLVER.STEPS "(30,)" SOLVER.CHECKPOINT_PERIOD 20 OUTPUT_DIR "$out/search"
+    SOLVER.MAX_ITER 40 SOLVER.STEPS "(30,)" SOLVER.CHECKPOINT_PERIOD 20 SOLVER.CHECKPOINT_KEEP 1 \
+    OUTPUT_DIR "$out/search"
 $py tools/visualize_genotype.py "$out/search/genotype.log" --out "$out/diagrams" --format png
 $py tools/train_net.py --config-file configs/fad/augment/fad-fcos_tiny_synthetic.yaml \
     --genotype-file "$out/search/genotype.log" \
-    SOLVER.MAX_ITER 200 SOLVER.STEPS "(160,)" SOLVER.CHECKPOINT_PERIOD 100 OUTPUT_DIR "$out/augment"
+    SOLVER.MAX_ITER 200 SOLVER.STEPS "(160,)" SOLVER.CHECKPOINT_PERIOD 100 SOLVER.CHECKPOINT_KEEP 1 \
+    OUTPUT_DIR "$out/augment"
 cat <<MSG
 
 Done. Outputs:

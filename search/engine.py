@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from yacs.config import CfgNode
 
+from fad.config import get_cfg_defaults
 from fad.data import build_dataset, make_train_loader, split_dataset
 from fad.engine.amp import amp_policy
 from fad.engine.distributed import all_reduce_mean, get_world_size, is_main_process
@@ -164,7 +165,16 @@ def search(cfg: CfgNode, model: Supernet, train_set, val_set, device: torch.devi
 
 def run_search(cfg: CfgNode, device: torch.device, resume: bool = False
                ) -> tuple[Genotype, Genotype]:
-    """Build the search set, split it into disjoint train/val halves, build the supernet, search."""
+    """Build the search set, split it into disjoint train/val halves, build the supernet, search.
+
+    DATASETS.TEST is not used (the search evaluates no detector); a value other than the default
+    gets a warning.
+    """
+    if tuple(cfg.DATASETS.TEST) != tuple(get_cfg_defaults().DATASETS.TEST):
+        logger.warning("DATASETS.TEST %s is not used: the search evaluates no detector (the "
+                       "alphas are fit on a held-out share of DATASETS.TRAIN, "
+                       "SEARCH.VAL_FRACTION); test the searched detector after fad-train",
+                       tuple(cfg.DATASETS.TEST))
     dataset = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
     num_classes = dataset.num_classes
     if cfg.MODEL.NUM_CLASSES and cfg.MODEL.NUM_CLASSES != num_classes:

@@ -34,7 +34,7 @@ def test_every_default_key_is_commented():
 def test_overrides_and_unknown_keys(tmp_path):
     cfg = load_config(None, ["SOLVER.MAX_ITER", "7", "MODEL.BACKBONE.DEPTH", "18"])
     assert cfg.SOLVER.MAX_ITER == 7 and cfg.MODEL.BACKBONE.DEPTH == 18
-    with pytest.raises(ConfigError, match="bad override: Non-existent key: SOLVER.NOT_A_KEY"):
+    with pytest.raises(ConfigError, match="bad override: unknown config key SOLVER.NOT_A_KEY"):
         load_config(None, ["SOLVER.NOT_A_KEY", "1"])
     with pytest.raises(ConfigError, match="KEY VALUE pairs"):
         load_config(None, ["SOLVER.MAX_ITER"])
@@ -42,7 +42,7 @@ def test_overrides_and_unknown_keys(tmp_path):
         load_config(str(tmp_path / "missing.yaml"))
     bad = tmp_path / "bad.yaml"
     bad.write_text("SOLVER:\n  NOPE: 1\n")
-    with pytest.raises(ConfigError, match="bad.yaml: Non-existent config key: SOLVER.NOPE"):
+    with pytest.raises(ConfigError, match="bad.yaml: unknown config key SOLVER.NOPE"):
         load_config(str(bad))
     bad.write_text("SOLVER: [1\n")
     with pytest.raises(ConfigError, match="bad.yaml: not a readable yaml config") as info:

@@ -46,7 +46,7 @@ def test_base_errors_name_the_file(tmp_path):
         load_config(str(tmp_path / "lost.yaml"))
     (tmp_path / "base.yaml").write_text("SOLVER:\n  NOPE: 1\n")
     (tmp_path / "child.yaml").write_text("_BASE_: base.yaml\n")
-    with pytest.raises(ConfigError, match=r"base.yaml: Non-existent config key: SOLVER.NOPE"):
+    with pytest.raises(ConfigError, match=r"base.yaml: unknown config key SOLVER.NOPE"):
         load_config(str(tmp_path / "child.yaml"))
     (tmp_path / "list.yaml").write_text("_BASE_: [base.yaml]\n")
     with pytest.raises(ConfigError, match="must name one yaml file"):

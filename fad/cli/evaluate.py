@@ -15,7 +15,7 @@ import json
 import sys
 
 from fad.data.base import quiet_coco
-from fad.engine.launch import run_tool, tool_parser
+from fad.engine.launch import add_verbose_flag, run_tool, tool_parser
 from fad.evaluation import EvalError, evaluate_coco, evaluate_voc, format_per_class, format_table
 from fad.evaluation.results import write_json
 from fad.evaluation.voc_io import read_classes
@@ -52,7 +52,7 @@ def _run_coco(args: argparse.Namespace) -> dict:
         raise EvalError(f"{args.dets}: a COCO results file is a JSON list of "
                         "{image_id, category_id, bbox, score}")
     coco_gt = quiet_coco(gt)
-    metrics = evaluate_coco(coco_gt, results, verbose=True)
+    metrics = evaluate_coco(coco_gt, results, verbose=args.verbose)
     print(format_table(metrics))
     return metrics
 
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     coco.add_argument("--gt", required=True, help="COCO-format ground-truth annotation JSON")
     coco.add_argument("--dets", required=True, help="COCO results JSON (bbox as xywh)")
     coco.add_argument("--out", required=True, help="metrics JSON to write")
+    add_verbose_flag(coco)
     voc = sub.add_parser("voc", help="devkit VOC mAP of comp4_det_<split>_<class>.txt files")
     voc.add_argument("--voc-root", required=True, help="folder holding Annotations/ and ImageSets/")
     voc.add_argument("--split", required=True, help="ImageSets/Main/<split>.txt to evaluate on")

@@ -1,8 +1,9 @@
 """Assemble the full default config and load yaml (with `_BASE_` inheritance) + overrides."""
 from __future__ import annotations
 
+import difflib
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import yaml
 from yacs.config import CfgNode as CN
@@ -55,10 +56,32 @@ def merge_config_file(cfg: CN, path: str, _chain: tuple[str, ...] = ()) -> None:
         if not os.path.isabs(base):
             base = os.path.join(os.path.dirname(path), base)
         merge_config_file(cfg, base, (*_chain, real))
+    for key in _leaf_keys(data):
+        _check_key(cfg, key, f"{path}: ", "fix the key in this file")
     try:
         cfg.merge_from_other_cfg(data)
     except (KeyError, ValueError, AssertionError) as exc:
         raise ConfigError(f"{path}: {_reason(exc)}; fix the key or value in this file") from None
+
+
+def _leaf_keys(node: CN, prefix: str = "") -> list[str]:
+    """Every full dotted key below `node` (the keys of nested nodes, not the nodes)."""
+    keys = []
+    for name, value in node.items():
+        keys += _leaf_keys(value, f"{prefix}{name}.") if isinstance(value, dict) else [
+            prefix + name]
+    return keys
+
+
+def _check_key(cfg: CN, key: str, where: str, fix: str) -> None:
+    """A ConfigError for a `key` that `cfg` does not have, with the closest known key."""
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, CN) or part not in node:
+            close = difflib.get_close_matches(key, _leaf_keys(cfg), n=1, cutoff=0.8)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{where}unknown config key {key}{hint}; {fix}")
+        node = node[part]
 
 
 def _reason(exc: BaseException) -> str:
@@ -70,8 +93,8 @@ def _reason(exc: BaseException) -> str:
 def load_config(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
     """Defaults <- yaml file (and its `_BASE_` chain) <- `KEY VALUE` pairs.
 
-    Raises a one-line ConfigError for a missing or malformed file and for unknown keys or
-    values of the wrong type.
+    Raises a one-line ConfigError for a missing or malformed file, for unknown keys (naming the
+    closest known key: "did you mean ...") and for values of the wrong type.
     """
     cfg = get_cfg_defaults()
     if config_file:
@@ -80,6 +103,8 @@ def load_config(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
         if len(opts) % 2:
             raise ConfigError(f"overrides must be KEY VALUE pairs, got {' '.join(opts)}; "
                               "give a value for every key")
+        for key in opts[0::2]:
+            _check_key(cfg, str(key), "bad override: ", "fix that KEY VALUE pair")
         try:
             cfg.merge_from_list(list(opts))
         except (KeyError, ValueError, AssertionError) as exc:

@@ -3,13 +3,17 @@
 Built-in names follow the layout in datasets/README.md; `cfg.DATASETS.REGISTER` adds names
 from the config as "name:format:path[:split]" (format voc or coco; a coco path is
 "images_dir,ann.json"; relative paths resolve under DATASETS.ROOT; a voc split defaults to
-trainval).
+trainval). An unknown name or a malformed entry is a one-line ConfigError.
 """
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterable
 
 from yacs.config import CfgNode
+
+from fad.errors import ConfigError
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -44,11 +48,14 @@ def _builtin() -> dict[str, dict]:
 
 def _parse_registered(entry: str) -> tuple[str, dict]:
     """One DATASETS.REGISTER entry -> (name, catalog entry with paths as written)."""
+    if not isinstance(entry, str):
+        raise ConfigError(f"bad DATASETS.REGISTER entry {entry!r}: entries are strings; write "
+                          "DATASETS.REGISTER \"('name:format:path',)\"")
     parts = entry.split(":")
     usage = ("expected 'name:voc:voc_root[:split]' or 'name:coco:images_dir,ann.json' in "
              "DATASETS.REGISTER")
     if len(parts) not in (3, 4) or not parts[0] or not parts[2]:
-        raise ValueError(f"bad DATASETS.REGISTER entry {entry!r}: {usage}")
+        raise ConfigError(f"bad DATASETS.REGISTER entry {entry!r}: {usage}")
     name, fmt, path = parts[:3]
     if fmt == "voc":
         split = parts[3] if len(parts) == 4 and parts[3] else "trainval"
@@ -56,9 +63,10 @@ def _parse_registered(entry: str) -> tuple[str, dict]:
     if fmt == "coco":
         paths = path.split(",")
         if len(parts) == 4 or len(paths) != 2 or not all(paths):
-            raise ValueError(f"bad DATASETS.REGISTER entry {entry!r}: {usage}")
+            raise ConfigError(f"bad DATASETS.REGISTER entry {entry!r}: {usage}")
         return name, {"format": "coco", "images": paths[0], "ann_file": paths[1]}
-    raise ValueError(f"bad DATASETS.REGISTER entry {entry!r}: format must be voc or coco; {usage}")
+    raise ConfigError(f"bad DATASETS.REGISTER entry {entry!r}: format must be voc or coco; "
+                      f"{usage}")
 
 
 def catalog(cfg: CfgNode) -> dict[str, dict]:
@@ -67,8 +75,8 @@ def catalog(cfg: CfgNode) -> dict[str, dict]:
     for entry in cfg.DATASETS.REGISTER:
         name, spec = _parse_registered(entry)
         if name in table:
-            raise ValueError(f"DATASETS.REGISTER entry {entry!r}: name {name!r} is already in the "
-                             "catalog; pick another name")
+            raise ConfigError(f"DATASETS.REGISTER entry {entry!r}: name {name!r} is already in "
+                              "the catalog; pick another name")
         table[name] = spec
     return table
 
@@ -82,8 +90,7 @@ def resolve(name: str, cfg: CfgNode) -> dict:
     """
     table = catalog(cfg)
     if name not in table:
-        raise ValueError(f"unknown dataset {name!r}; known names: {', '.join(sorted(table))} "
-                         "(or add one with DATASETS.REGISTER)")
+        raise _unknown(name, table)
     entry = dict(table[name])
     for key in ("root", "images", "ann_file"):
         if key in entry:
@@ -91,3 +98,19 @@ def resolve(name: str, cfg: CfgNode) -> dict:
     entry["name"] = name
     entry.setdefault("synthetic", False)
     return entry
+
+
+def check_dataset_names(cfg: CfgNode, names: Iterable[str]) -> None:
+    """A one-line ConfigError unless DATASETS.REGISTER is well formed and every name is known."""
+    table = catalog(cfg)
+    for name in names:
+        if name not in table:
+            raise _unknown(name, table)
+
+
+def _unknown(name: str, table: dict[str, dict]) -> ConfigError:
+    """The error of a dataset name absent from the catalog, with the closest known name."""
+    close = difflib.get_close_matches(name, list(table), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown dataset {name!r}{hint}; known names: {', '.join(sorted(table))} "
+                       "(or add one with DATASETS.REGISTER)")

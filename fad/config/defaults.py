@@ -55,7 +55,7 @@ _C.INPUT.SIZE_DIVISIBILITY = 32  # batched images are padded to a multiple of th
 _C.DATASETS = CN()
 _C.DATASETS.ROOT = "datasets"  # folder the catalog's relative paths resolve under
 _C.DATASETS.TRAIN = ("synthetic_coco_train",)  # catalog names used for training
-_C.DATASETS.TEST = ("synthetic_coco_val",)  # catalog names used for testing
+_C.DATASETS.TEST = ("synthetic_coco_val",)  # catalog names for testing (train/test; not search)
 # Extra datasets registered from the config, no code: a list of
 # "name:format:path[:split]" entries, format voc or coco; coco paths are "images_dir,ann.json".
 _C.DATASETS.REGISTER = ()  # e.g. ("mydata_train:voc:/data/MyVOC:train",)
@@ -78,6 +78,7 @@ _C.SOLVER.WARMUP_FACTOR = 1.0 / 3  # lr factor at iteration 0 of the linear warm
 _C.SOLVER.WARMUP_ITERS = 500  # linear warm-up length
 _C.SOLVER.IMS_PER_BATCH = 16  # images per iteration over all ranks
 _C.SOLVER.CHECKPOINT_PERIOD = 2500  # write a checkpoint every this many iterations
+_C.SOLVER.CHECKPOINT_KEEP = 0  # keep the newest N periodic checkpoints (+ model_final); 0 = all
 _C.SOLVER.CLIP_GRAD_NORM = 0.0  # max total grad norm (0 = no clipping)
 _C.SOLVER.AMP = True  # mixed precision: fp16 autocast + loss scaling on CUDA
 _C.SOLVER.AMP_CPU = False  # with SOLVER.AMP: bf16 autocast on the CPU too (bf16-capable CPUs)
@@ -88,3 +89,4 @@ _C.TEST.IMS_PER_BATCH = 8  # images per test batch over all ranks
 
 _C.OUTPUT_DIR = "output"  # where checkpoints, logs, metrics and genotypes go
 _C.SEED = 0  # random seed (python, numpy, torch); < 0 picks one from the clock
+_C.NUM_THREADS = 0  # intra-op CPU threads per process; 0 = torch default (1 on a busy machine)

@@ -10,12 +10,18 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from fad.utils.dist import (all_reduce_mean, get_rank, get_world_size, is_dist, is_main_process,
-                            synchronize)
+from fad.utils.dist import (
+    all_reduce_mean,
+    get_rank,
+    get_world_size,
+    is_dist,
+    is_main_process,
+    synchronize,
+)
 
 __all__ = ["all_gather_objects", "all_reduce_mean", "broadcast_tensors", "get_rank",
-           "get_world_size", "init_distributed", "is_dist", "is_main_process", "reduce_dict",
-           "synchronize"]
+           "get_world_size", "init_distributed", "is_dist", "is_main_process", "max_over_ranks",
+           "reduce_dict", "synchronize"]
 
 
 def init_distributed() -> bool:
@@ -36,6 +42,16 @@ def reduce_dict(d: dict[str, Tensor]) -> dict[str, Tensor]:
     keys = sorted(d)
     stacked = all_reduce_mean(torch.stack([d[k].detach().float().reshape(()) for k in keys]))
     return dict(zip(keys, stacked))
+
+
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest `value` over all ranks (one tiny all-reduce on `device`); `value` alone
+    outside DDP."""
+    if get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def broadcast_tensors(tensors: list[Tensor], src: int = 0) -> None:

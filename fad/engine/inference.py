@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 import torch
@@ -23,7 +24,8 @@ def inference(model: nn.Module, loader, device: torch.device) -> list[tuple[dict
     model.eval()
     pairs: list[tuple[dict, dict]] = []
     start = time.time()
-    for images, targets in tqdm(loader, desc="inference", disable=not is_main_process()):
+    bar = is_main_process() and sys.stderr.isatty()  # no bar characters in redirected logs
+    for images, targets in tqdm(loader, desc="inference", disable=not bar):
         outputs = model([img.to(device) for img in images])
         for t, o in zip(targets, outputs):
             pairs.append(({k: v for k, v in t.items() if k in ("image_id", "size", "orig_size")},

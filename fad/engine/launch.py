@@ -7,6 +7,10 @@
     ...
     if __name__ == "__main__":
         run_tool(main)                                 # FadError -> "error: ..." and exit 2
+
+`setup` checks before any work that OUTPUT_DIR is writable and that every DATASETS.TRAIN/TEST
+name is in the catalog, and sets the intra-op threads (NUM_THREADS; 0 = torch's default, or 1
+when the machine is already busy). `run_tool` exits 130/143 after a Ctrl-C/SIGTERM stop.
 """
 from __future__ import annotations
 
@@ -14,27 +18,39 @@ import argparse
 import logging
 import os
 import sys
-from typing import Callable, Sequence
+import tempfile
+from collections.abc import Sequence
+from typing import Callable
 
 import torch
 from yacs.config import CfgNode
 
 from fad.config import load_config
-from fad.errors import FadError
+from fad.config.catalog import check_dataset_names
+from fad.errors import ConfigError, FadError
 from fad.utils.device import resolve_device
 from fad.utils.io import atomic_write_text
 from fad.utils.seed import seed_everything
 
 from .distributed import get_rank, init_distributed
+from .interrupt import Interrupted
 from .logger import setup_logger
 
 EXIT_BAD_INPUT = 2
+EXIT_SIGINT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 def tool_parser(description: str | None) -> argparse.ArgumentParser:
     """The parser every tool starts from: the module docstring as help, kept as written."""
     return argparse.ArgumentParser(description=description,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    """`--verbose`: pycocotools' 12-line summary (and other debug lines) on the console too."""
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print debug lines, e.g. pycocotools' full summary (log.txt "
+                             "always has them)")
 
 
 def default_argument_parser(description: str | None,
@@ -47,6 +63,7 @@ def default_argument_parser(description: str | None,
         parser.add_argument("--genotype-file", default="", metavar="FILE",
                             help="genotype.log from tools/search_net.py: build FCOS with the "
                                  "searched towers")
+    add_verbose_flag(parser)
     parser.add_argument("opts", nargs="*", default=[], metavar="KEY VALUE",
                         help="config overrides, e.g. SOLVER.MAX_ITER 100 OUTPUT_DIR out; flags "
                              "may come before or after them")
@@ -66,21 +83,76 @@ def _configure_ops(cfg: CfgNode) -> None:
     configure_backends(cfg)
 
 
-def setup(args: argparse.Namespace) -> tuple[CfgNode, logging.Logger, torch.device]:
-    """Config (frozen), process group, logger, seed, op backends and device of a tool run.
+def check_output_dir(path: str) -> None:
+    """OUTPUT_DIR must be a folder this process can create files in (made when missing)."""
+    folder = path or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"OUTPUT_DIR {path} is not a writable folder ({exc.strerror}); "
+                          "give another one with OUTPUT_DIR PATH") from None
 
-    Writes the merged config to OUTPUT_DIR/config.yaml on the main rank.
+
+def _cpu_cores() -> int:
+    """CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def choose_num_threads(requested: int, default: int, cores: int, load: float,
+                       local_ranks: int) -> tuple[int, str]:
+    """(intra-op threads, the log line saying why) for one process.
+
+    `requested` is NUM_THREADS (> 0 wins); otherwise torch's `default`, unless the machine is
+    oversubscribed: the 1-minute `load` already reaches the `cores`, or `local_ranks` processes
+    (torchrun's LOCAL_WORLD_SIZE) x `default` threads exceed them. Then 1: OpenMP threads that
+    wait for a busy core make every step many times slower.
+    """
+    hint = "set NUM_THREADS N to choose"
+    if requested > 0:
+        return requested, f"{requested} intra-op threads per process (NUM_THREADS)"
+    if load >= cores:
+        return 1, (f"1 intra-op thread per process: the machine is busy (load {load:.1f} on "
+                   f"{cores} cores); {hint}")
+    if default * local_ranks > cores:
+        return 1, (f"1 intra-op thread per process: {local_ranks} processes x {default} threads "
+                   f"> {cores} cores; {hint}")
+    return default, (f"{default} intra-op threads per process (torch's default); {hint} "
+                     "(1 is much faster when other jobs keep the cores busy)")
+
+
+def _set_num_threads(requested: int) -> str:
+    """Apply `choose_num_threads` to this process; returns its log line."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    threads, line = choose_num_threads(requested, torch.get_num_threads(), _cpu_cores(), load,
+                                       int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    torch.set_num_threads(threads)
+    return line
+
+
+def setup(args: argparse.Namespace) -> tuple[CfgNode, logging.Logger, torch.device]:
+    """Config (frozen), process group, logger, seed, threads, op backends and device of a run.
+
+    Before any work: OUTPUT_DIR must be writable and the dataset names known (one-line
+    ConfigError). Writes the merged config to OUTPUT_DIR/config.yaml on the main rank.
     """
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
+    check_output_dir(cfg.OUTPUT_DIR)
+    check_dataset_names(cfg, (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST))
+    threads = _set_num_threads(cfg.NUM_THREADS)
     init_distributed()
     rank = get_rank()
-    logger = setup_logger(cfg.OUTPUT_DIR, rank)
+    logger = setup_logger(cfg.OUTPUT_DIR, rank, verbose=getattr(args, "verbose", False))
     seed_everything(cfg.SEED + rank if cfg.SEED >= 0 else cfg.SEED)
     if rank == 0:
         atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
     logger.info("config: %s%s", args.config_file or "(defaults)",
                 f" + {' '.join(args.opts)}" if args.opts else "")
+    logger.info("threads: %s", threads)
     _configure_ops(cfg)
     return cfg, logger, resolve_device(cfg)
 
@@ -102,7 +174,9 @@ def _log_to_files(line: str) -> None:
 
 def run_tool(main: Callable[[], object]) -> None:
     """Run a tool's `main`; bad input (any FadError) ends it with one line on stderr, also
-    written to OUTPUT_DIR/log.txt once the logger is set up, and exit code 2."""
+    written to OUTPUT_DIR/log.txt once the logger is set up, and exit code 2. A run the trainer
+    stopped on a signal (`Interrupted`, already logged with its checkpoint) exits 130 (SIGINT)
+    or 143 (SIGTERM); a Ctrl-C elsewhere (loading data, evaluating) exits 130 with one line."""
     try:
         main()
     except FadError as exc:
@@ -110,3 +184,10 @@ def run_tool(main: Callable[[], object]) -> None:
         _log_to_files(line)
         print(line, file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    except Interrupted as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        line = "interrupted (Ctrl-C)"
+        _log_to_files(line)
+        print(line, file=sys.stderr)
+        sys.exit(EXIT_SIGINT)

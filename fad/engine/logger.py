@@ -1,22 +1,25 @@
-"""Console/file logging, smoothed meters with ETA, and tensorboardX scalars."""
+"""Console/file logging, the log line's meters with ETA, and tensorboardX scalars."""
 from __future__ import annotations
 
 import datetime
 import logging
+import math
 import os
 import sys
 import time
 from collections import defaultdict, deque
 
+import numpy as np
 import torch
 
 from .distributed import is_main_process
 
 
-def setup_logger(output_dir: str | None, rank: int = 0) -> logging.Logger:
-    """The "fad" logger: INFO to stdout on rank 0 and to `output_dir/log.txt` (per rank suffix)."""
+def setup_logger(output_dir: str | None, rank: int = 0, verbose: bool = False) -> logging.Logger:
+    """The "fad" logger: to stdout on rank 0 (INFO, or DEBUG when `verbose`) and everything
+    (DEBUG too, e.g. pycocotools' summary) to `output_dir/log.txt` (per rank suffix)."""
     logger = logging.getLogger("fad")
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)
     logger.propagate = False
     for h in list(logger.handlers):
         logger.removeHandler(h)
@@ -24,6 +27,7 @@ def setup_logger(output_dir: str | None, rank: int = 0) -> logging.Logger:
     if rank == 0:
         out = logging.StreamHandler(sys.stdout)
         out.setFormatter(fmt)
+        out.setLevel(logging.DEBUG if verbose else logging.INFO)
         logger.addHandler(out)
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
@@ -35,41 +39,60 @@ def setup_logger(output_dir: str | None, rank: int = 0) -> logging.Logger:
 
 
 class MetricLogger:
-    """Windowed medians of scalars plus an ETA from the mean iteration time."""
+    """Scalars and iteration times for the periodic log line.
 
-    def __init__(self, max_iter: int, start_iter: int = 0, window: int = 20):
-        self.max_iter, self.start_iter = max_iter, start_iter
+    Each value on the line is the mean over the last interval (the iterations since the previous
+    line), followed in brackets by the median of the last `window` iterations; `time` is the real
+    time per iteration (data loading included) and the ETA is the last interval's time per
+    iteration times the iterations left, so it follows the machine's current speed.
+    """
+
+    def __init__(self, max_iter: int, window: int = 20):
+        self.max_iter, self.window = max_iter, window
         self.meters: dict[str, deque] = defaultdict(lambda: deque(maxlen=window))
-        self.start = time.time()
-        self.last = self.start
+        self.interval: dict[str, list[float]] = defaultdict(list)
+        self.last = time.time()
 
     def update(self, **scalars: float) -> None:
+        """Record one iteration's scalars."""
         for k, v in scalars.items():
             self.meters[k].append(float(v))
+            self.interval[k].append(float(v))
 
     def tick(self) -> float:
-        """Record one iteration's duration; returns it in seconds."""
+        """Record one iteration's duration (since the previous tick); returns it in seconds."""
         now = time.time()
         dt, self.last = now - self.last, now
         self.update(time=dt)
         return dt
 
     def median(self, key: str) -> float:
+        """Median of `key` over the last `window` iterations (nan when never recorded)."""
         values = sorted(self.meters[key])
         return values[len(values) // 2] if values else float("nan")
 
+    def mean(self, key: str) -> float:
+        """Mean of `key` over the current interval (nan when not recorded in it)."""
+        values = self.interval[key]
+        return sum(values) / len(values) if values else float("nan")
+
     def eta_seconds(self, iteration: int) -> float:
-        done = iteration + 1 - self.start_iter
-        return (time.time() - self.start) / max(done, 1) * (self.max_iter - iteration - 1)
+        """Seconds left after (0-based) `iteration` at the last interval's speed."""
+        per_iter = self.mean("time")
+        return 0.0 if math.isnan(per_iter) else per_iter * (self.max_iter - iteration - 1)
 
     def format(self, iteration: int, lr: float) -> str:
+        """The log line after (0-based) `iteration`; starts the next interval."""
         eta = datetime.timedelta(seconds=int(self.eta_seconds(iteration)))
-        meters = "  ".join(f"{k}: {self.median(k):.4f}" for k in sorted(self.meters) if k != "time")
+        meters = "  ".join(f"{k}: {self.mean(k):.4f} ({self.median(k):.4f})"
+                           for k in sorted(self.meters) if k != "time")
         mem = ""
         if torch.cuda.is_available():
             mem = f"  max mem: {torch.cuda.max_memory_allocated() / 2**20:.0f}M"
-        return (f"eta: {eta}  iter: {iteration + 1}/{self.max_iter}  {meters}  "
-                f"time: {self.median('time'):.3f}s  lr: {lr:.6f}{mem}")
+        line = (f"eta: {eta}  iter: {iteration + 1}/{self.max_iter}  {meters}  "
+                f"time: {self.mean('time'):.3f}s ({self.median('time'):.3f}s)  lr: {lr:.6f}{mem}")
+        self.interval.clear()
+        return line
 
 
 class TensorboardWriter:
@@ -86,6 +109,11 @@ class TensorboardWriter:
         if self.writer is not None:
             for k, v in scalars.items():
                 self.writer.add_scalar(k, float(v), step)
+
+    def add_image(self, tag: str, image: np.ndarray, step: int) -> None:
+        """An RGB uint8 image [H, W, 3] (e.g. a rendered matplotlib figure) under `tag`."""
+        if self.writer is not None:
+            self.writer.add_image(tag, image, step, dataformats="HWC")
 
     def close(self) -> None:
         if self.writer is not None:

@@ -2,10 +2,12 @@
 
 The trainer owns what every run needs: resume from `last_checkpoint` (model, optimizers,
 GradScaler, scheduler, RNG, iteration, extra state), periodic and final atomic checkpoints, the
-log line with ETA and tensorboardX scalars, the NaN guard, and ranks that start identical. A step
-owns one iteration's work: `DetectorStep` below (DDP-wrapped detector, one optimizer) or the
-search stage's alpha + weight step. `HookBase` subclasses add work after iterations and
-checkpoints (the search writes its genotypes there). Mixed precision: `fad.engine.amp`.
+log line with ETA and tensorboardX scalars, the NaN guard, ranks that start identical, the
+retention of SOLVER.CHECKPOINT_KEEP periodic checkpoints, and the clean stop on Ctrl-C/SIGTERM
+(a checkpoint, then `Interrupted`; `fad.engine.interrupt`). A step owns one iteration's work:
+`DetectorStep` below (DDP-wrapped detector, one optimizer) or the search stage's alpha + weight
+step. `HookBase` subclasses add work after iterations and checkpoints (the search writes its
+genotypes there). Mixed precision: `fad.engine.amp`.
 """
 from __future__ import annotations
 
@@ -28,8 +30,15 @@ from fad.modeling.hooks import ModelHooks
 
 from .amp import AmpPolicy, amp_policy
 from .checkpoint import Checkpointer, load_model_weights
-from .distributed import broadcast_tensors, get_world_size, is_main_process, reduce_dict
+from .distributed import (
+    broadcast_tensors,
+    get_world_size,
+    is_main_process,
+    max_over_ranks,
+    reduce_dict,
+)
 from .hooks import collect_aux_losses, collect_log_stats
+from .interrupt import Interrupted, StopRequest
 from .logger import MetricLogger, TensorboardWriter
 from .solver import build_lr_scheduler, build_optimizer
 
@@ -177,15 +186,18 @@ class Trainer:
         self.iter = 0
         self.log_now = False
         self.tb: TensorboardWriter | None = None
+        self.stop = StopRequest()
 
     def resume_or_load(self, resume: bool) -> None:
         """Continue from `last_checkpoint` when `resume` and there is one; otherwise start from
         MODEL.WEIGHT when set. Then every rank takes rank 0's parameters and buffers."""
         model, out = self.step.model, self.cfg.OUTPUT_DIR
         last = self.checkpointer.last() if resume else None
+        fit = {"cfg": self.cfg, "classes": self.extra_state.get("classes"),
+               "genotype": self.extra_state.get("genotype", "")}
         if last:
             state = Checkpointer.load(last)
-            load_model_weights(model, state, last)
+            load_model_weights(model, state, last, **fit)
             self.step.load_state_dict(state)
             self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
@@ -196,29 +208,35 @@ class Trainer:
                 logger.info("--resume: no checkpoint in %s, starting from scratch", out)
             weight = self.cfg.MODEL.WEIGHT
             if weight:
-                load_model_weights(model, Checkpointer.load(weight), weight)
+                load_model_weights(model, Checkpointer.load(weight), weight, **fit)
                 logger.info("initialised weights from %s", weight)
         broadcast_tensors([p.data for p in model.parameters()] + list(model.buffers()))
 
     def train(self) -> None:
-        """Run the remaining iterations, then write `model_final`."""
+        """Run the remaining iterations, then write `model_final`. On Ctrl-C/SIGTERM: finish the
+        iteration, write its checkpoint and raise `Interrupted` (a second signal exits at once).
+        """
         if self.iter >= self.max_iter:
             logger.info("%s already finished (%d/%d iterations)", self.prefix, self.iter,
                         self.max_iter)
             return
         start = self.iter
         self.step.model.train()
-        meters = MetricLogger(self.max_iter, start)
+        meters = MetricLogger(self.max_iter)
         self.tb = TensorboardWriter(self.cfg.OUTPUT_DIR)
-        logger.info("start %s at iteration %d of %d", self.prefix, start, self.max_iter)
+        logger.info("start %s at iteration %d of %d (log lines: mean since the previous line "
+                    "(median of the last %d iterations); ETA at the last interval's speed)",
+                    self.prefix, start, self.max_iter, meters.window)
         try:
-            for batch in self.make_loader(start):
-                reduced = self._reduce(self.step.run(batch))
-                self.scheduler.step()
-                self.iter += 1
-                self._log(reduced, meters, first=self.iter == start + 1)
-                self._after_iteration()
-            self.save_checkpoint("model_final")
+            with self.stop:
+                for batch in self.make_loader(start):
+                    reduced = self._reduce(self.step.run(batch))
+                    self.scheduler.step()
+                    self.iter += 1
+                    self._log(reduced, meters, first=self.iter == start + 1)
+                    self._after_iteration()
+                self.save_checkpoint("model_final")
+                self._stop_if_requested(checkpoint=False)
         finally:
             self.tb.close()
 
@@ -248,20 +266,38 @@ class Trainer:
                                 | {f"{self.prefix}/lr": lr}, self.iter)
 
     def _after_iteration(self) -> None:
-        """Hooks, then the periodic checkpoint (the final one is written after the loop)."""
+        """Hooks, then the periodic checkpoint (the final one is written after the loop), then
+        the stop on a signal."""
         for hook in self.hooks:
             hook.after_step(self)
-        if self.iter % self.cfg.SOLVER.CHECKPOINT_PERIOD == 0 and self.iter < self.max_iter:
+        periodic = self.iter % self.cfg.SOLVER.CHECKPOINT_PERIOD == 0
+        if periodic and self.iter < self.max_iter:
             self.save_checkpoint(f"model_{self.iter:07d}")
+        if self.iter < self.max_iter:
+            self._stop_if_requested(checkpoint=not periodic)
+
+    def _stop_if_requested(self, checkpoint: bool) -> None:
+        """When any rank got SIGINT/SIGTERM (the flag is reduced over ranks every iteration, so
+        all stop at the same one): the checkpoint of this iteration unless `checkpoint` is False
+        (already written), the log line, and `Interrupted`."""
+        signum = max_over_ranks(self.stop.signum, self.step.device)
+        if not signum:
+            return
+        if checkpoint:
+            self.save_checkpoint(f"model_{self.iter:07d}")
+        logger.warning("interrupted at iteration %d; continue with --resume", self.iter)
+        raise Interrupted(signum, self.iter)
 
     def save_checkpoint(self, name: str) -> None:
         """`OUTPUT_DIR/<name>.pth` on the main rank, atomically: all that a resume needs plus
-        `extra_state`; then every hook's `after_checkpoint` on every rank."""
+        `extra_state`; older periodic ones beyond SOLVER.CHECKPOINT_KEEP are deleted. Then every
+        hook's `after_checkpoint` on every rank."""
         if is_main_process():
             self.checkpointer.save(name, {
                 "model": self.step.model.state_dict(), **self.step.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng": rng_state(),
                 "iteration": self.iter, "cfg": self.cfg.dump(), **self.extra_state})
+            self.checkpointer.prune(self.cfg.SOLVER.CHECKPOINT_KEEP)
         for hook in self.hooks:
             hook.after_checkpoint(self)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -78,10 +78,11 @@ def evaluate_coco(coco_gt: COCO, results: Sequence[dict], img_ids: Iterable[int]
                   verbose: bool = False) -> dict[str, float]:
     """AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100 (percent) of `results` on `coco_gt`.
 
-    pycocotools' summary goes to this module's logger at INFO, and to stdout when `verbose`.
+    pycocotools' 12-line summary goes to this module's logger at DEBUG (the tools' log.txt;
+    their console with `--verbose`), and to stdout when `verbose`.
     """
     metrics, summary = run_cocoeval(coco_gt, results, img_ids)
-    logger.info("COCO bbox evaluation:\n%s", summary)
+    logger.debug("COCO bbox evaluation:\n%s", summary)
     if verbose:
         print(summary)
     return metrics

@@ -30,6 +30,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -128,9 +129,22 @@ def _check_cuda_toolchain() -> None:
                                    "CUDA_HOME to the toolkit root (e.g. /usr/local/cuda)")
 
 
+def _cpp_extension() -> ModuleType:
+    """torch.utils.cpp_extension, imported without the "No CUDA runtime is found" warning it
+    logs on a machine without a GPU (about CUDA_HOME, which CPU kernels do not use)."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension as cpp_extension
+    finally:
+        log.setLevel(level)
+    return cpp_extension
+
+
 def jit_build(name: str, build_directory: str | None = None, verbose: bool = False) -> None:
     """Compile (or reuse the cached build of) extension `name` with ninja and load it."""
-    from torch.utils.cpp_extension import load
+    load = _cpp_extension().load
 
     ext = EXTENSIONS[name]
     missing = [str(p) for p in ext.source_paths() if not p.exists()]

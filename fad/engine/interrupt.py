@@ -1,0 +1,68 @@
+"""Clean stops on Ctrl-C (SIGINT) and SIGTERM during training and search.
+
+While a `StopRequest` is active (the trainer's loop), the first SIGINT or SIGTERM only records
+the signal: the trainer finishes the current iteration, writes a checkpoint, logs
+"interrupted at iteration N; continue with --resume" and raises `Interrupted`, which
+`fad.engine.launch.run_tool` turns into exit code 128 + signal (130 for SIGINT, 143 for SIGTERM),
+without a traceback. A second signal exits at once (no checkpoint). Under torchrun the trainer
+takes the largest signal over all ranks every iteration, so every rank stops at the same one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType, TracebackType
+
+logger = logging.getLogger("fad")
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(Exception):
+    """The run stopped on signal `signum` after a checkpoint at `iteration`."""
+
+    def __init__(self, signum: int, iteration: int):
+        super().__init__(f"interrupted at iteration {iteration}; continue with --resume")
+        self.signum, self.iteration = signum, iteration
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a process the signal ended."""
+        return 128 + self.signum
+
+
+class StopRequest:
+    """Context manager that turns SIGINT/SIGTERM into a request to stop (`signum`, 0 = none).
+
+    Handlers are installed only in the main thread (elsewhere `signum` stays 0) and the previous
+    ones are restored on exit.
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        """First signal: record it; second: leave at once with 128 + signum."""
+        name = signal.Signals(signum).name
+        if self.signum:
+            sys.stderr.write(f"{name} again: exiting now, without a checkpoint\n")
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        self.signum = signum
+        logger.warning("%s: stopping after this iteration with a checkpoint (send it again to "
+                       "exit at once)", name)
