@@ -6,7 +6,8 @@ Adam (architect) on the disjoint val half. Under torchrun every gradient (weight
 averaged over ranks, so weights and alphas stay identical everywhere (no DDP wrapper: the
 architect takes gradients with `torch.autograd.grad`). Every CHECKPOINT_PERIOD and at the end:
 the trainer's atomic checkpoint (weights + alphas, both optimizer states, scaler, scheduler, RNG,
-iteration) and, on the main rank, OUTPUT_DIR/genotype.log plus genotype_{box,cls} diagrams.
+iteration) and, on the main rank, OUTPUT_DIR/genotype.log plus genotype_{box,cls} diagrams
+and the pictures of `visuals.py` (alphas.png, winning_ops.png, genotype_history.log).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from fad.nas.genotype import Genotype, format_genotype, write_genotype_file
 from .architect import Architect
 from .derive import derive_genotype, none_dominated_edges, softmax_alpha_scalars
 from .supernet import TOWERS, Supernet, build_supernet
+from .visuals import write_search_visuals
 
 logger = logging.getLogger("fad")
 GENOTYPE_FILE = "genotype.log"
@@ -108,7 +110,7 @@ def write_genotypes(genotypes: tuple[Genotype, Genotype], output_dir: str, itera
     write_genotype_file(os.path.join(output_dir, GENOTYPE_FILE), *genotypes)
     for tower, genotype in zip(TOWERS, genotypes):
         draw_genotype(genotype, os.path.join(output_dir, f"genotype_{tower}"),
-                      f"{tower} tower, iteration {iteration}", fmt)
+                      f"FAD cell of the {tower} tower", fmt, f"search iteration {iteration}")
     logger.info("iteration %d genotypes (%s):\n  box: %s\n  cls: %s", iteration,
                 os.path.join(output_dir, GENOTYPE_FILE), *map(format_genotype, genotypes))
 
@@ -128,7 +130,8 @@ def log_collapse(model: Supernet, iteration: int) -> None:
 
 class GenotypeHook(HookBase):
     """The search's extras: softmaxed alphas to tensorboard with every log line; after every
-    checkpoint genotype.log + diagrams (SEARCH.DIAGRAM_FORMAT) and the collapse watch."""
+    checkpoint genotype.log + diagrams (SEARCH.DIAGRAM_FORMAT), the alpha pictures and
+    histories (`visuals.py`) and the collapse watch."""
 
     def __init__(self, model: Supernet, output_dir: str, fmt: str):
         self.model, self.output_dir, self.fmt = model, output_dir, fmt
@@ -141,7 +144,11 @@ class GenotypeHook(HookBase):
             trainer.tb.add_scalars(scalars, trainer.iter)
 
     def after_checkpoint(self, trainer: Trainer) -> None:
-        write_genotypes(derive_genotypes(self.model), self.output_dir, trainer.iter, self.fmt)
+        genotypes = derive_genotypes(self.model)
+        write_genotypes(genotypes, self.output_dir, trainer.iter, self.fmt)
+        if is_main_process():
+            write_search_visuals(self.model.tower_alphas(), genotypes, self.output_dir,
+                                 trainer.iter, trainer.tb)
         log_collapse(self.model, trainer.iter)
 
 

@@ -86,7 +86,7 @@ def test_reference_genotype_files_parse_build_and_draw(tmp_path, text, space):
     for name, g in (("box", box), ("cls", cls)):
         written = draw_genotype(g, str(tmp_path / f"genotype_{name}"), f"{name} tower")
         source = open(written[0]).read()
-        labels = re.findall(r'label="?([^" \]]+)"? fillcolor', source)
+        labels = re.findall(r'tooltip="?([^" \]]+)', source)
         assert labels == [op for node in g.normal for op, _ in node]
         if dot_available():
             assert written[1].endswith(".png") and os.path.getsize(written[1]) > 0

@@ -1,9 +1,10 @@
 """Genotype text format, safe parser, genotype.log files and diagrams."""
 import os
+import re
 
 import pytest
 
-from fad.nas.draw import draw_genotype, genotype_digraph
+from fad.nas.draw import draw_genotype, genotype_digraph, op_label_lines
 from fad.nas.genotype import (Genotype, GenotypeError, format_genotype, parse_genotype,
                               read_genotype_file, write_genotype_file)
 
@@ -88,12 +89,19 @@ def test_node_count_must_fit_config():
 
 def test_diagram(tmp_path, monkeypatch):
     g = parse_genotype(BOX)
-    src = genotype_digraph(g, "box tower, iteration 7").source
-    assert "rankdir=LR" in src and "iteration 7" in src
-    assert src.count("label=") == 6 + 1  # 6 chosen edges + the caption
+    src = genotype_digraph(g, "FAD cell of the box tower", "search iteration 7").source
+    assert "rankdir=LR" in src and "labelloc=t" in src
+    assert "<B>FAD cell of the box tower</B>" in src and "search iteration 7" in src
+    assert "c<SUB>k-2</SUB>" in src and "c_{k" not in src  # subscripts, no raw markup
     for i in range(3):
-        assert f'{i} -> "c_{{k}}"' in src
-    assert '"c_{k-2}" -> 0 [label=sinSep_conv_3x3_x3' in src
+        assert f"node_{i} -> c_k" in src
+    # every chosen edge runs through its own op node, named in words, tooltip = genotype name
+    assert '"c_k-2" -> op_0_0' in src and "op_0_0 -> node_0" in src
+    assert "op_0_0 [label=<3×3 sep conv ×3> comment=sinSep_conv_3x3_x3" in src
+    assert re.findall(r"tooltip=\"?([^\" \]]+)", src) == [op for n in g.normal for op, _ in n]
+    assert op_label_lines("std_conv_3x3_x2+dil_conv_3x3") == ["3×3 conv ×2", "+ dil-2 sep 3×3"]
+    assert op_label_lines("sinSep_conv_3x3+dil_conv_3x3_r3") == ["3×3 sep conv",
+                                                                  "+ dil-3 sep 3×3"]
     paths = draw_genotype(g, str(tmp_path / "box"), "box tower")
     assert paths[0].endswith("box.gv") and os.path.isfile(paths[0])
     monkeypatch.setenv("PATH", "")

@@ -1,5 +1,5 @@
-"""A two-iteration search on the synthetic data: genotype.log, diagrams, checkpoints, exact
-resume; a second-order search through the shared loop."""
+"""A two-iteration search on the synthetic data: genotype.log, diagrams, alpha pictures and
+histories, checkpoints, exact resume; a second-order search through the shared loop."""
 import os
 
 import pytest
@@ -10,6 +10,7 @@ from fad.engine.checkpoint import Checkpointer
 from fad.nas.genotype import read_genotype_file
 from fad.search.derive import derive_genotype
 from fad.search.engine import run_search
+from fad.search.visuals import ALPHAS_PNG, GENOTYPE_HISTORY, WINNING_OPS_PNG, read_genotype_history
 from fad.utils.seed import seed_everything
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +47,7 @@ def test_two_iteration_search_writes_genotypes_and_resumes(synthetic_root, tmp_p
     for tower in ("box", "cls"):
         with open(os.path.join(out, f"genotype_{tower}.gv")) as f:
             source = f.read()
-        assert "iteration 2" in source and "c_{k-2}" in source
+        assert "search iteration 2" in source and "c<SUB>k-2</SUB>" in source
     assert any(name.startswith("events") for name in os.listdir(os.path.join(out, "tb")))
 
     first = Checkpointer.load(os.path.join(out, "model_0000001.pth"))
@@ -65,6 +66,11 @@ def test_two_iteration_search_writes_genotypes_and_resumes(synthetic_root, tmp_p
     assert resumed["iteration"] == 3
     assert all(int(s["step"]) == 3 for s in resumed["arch_optimizer"]["state"].values())
     assert read_genotype_file(os.path.join(out, "genotype.log"))[0] == box3
+    history = read_genotype_history(os.path.join(out, GENOTYPE_HISTORY))
+    assert [it for it, _, _ in history] == [1, 2, 3] and history[-1][1] == box3
+    assert history[1][1:] == (box, cls)  # the pair of every checkpoint, resume included
+    for name in (ALPHAS_PNG, WINNING_OPS_PNG):
+        assert os.path.getsize(os.path.join(out, name)) > 0
 
     straight_out = str(tmp_path / "straight")
     seed_everything(0)

@@ -26,7 +26,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     name = os.path.basename(args.genotype_file)
     for tower, genotype in zip(TOWERS, genotypes):
         stem = os.path.join(args.out, f"{tower}_tower")
-        for path in draw_genotype(genotype, stem, f"{tower} tower ({name})", args.format):
+        for path in draw_genotype(genotype, stem, f"FAD cell of the {tower} tower", args.format,
+                                  subtitle=name):
             print(path)
     if not dot_available():
         print(DOT_HINT)

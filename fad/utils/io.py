@@ -29,6 +29,11 @@ def atomic_write_text(path: str, text: str) -> None:
     _atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and an atomic rename."""
+    _atomic(path, lambda f: f.write(data))
+
+
 def atomic_torch_save(obj: Any, path: str) -> None:
     """`torch.save(obj, path)` through a temporary file and an atomic rename."""
     _atomic(path, lambda f: torch.save(obj, f))
