@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     images = list_images(args.input)
     args.opts = [*args.opts, "OUTPUT_DIR", args.output]
     cfg, logger, device = setup(args)
-    model, classes = load_trained_model(cfg, args.genotype_file)
+    model, classes, _ = load_trained_model(cfg, args.genotype_file)
     records = run_demo(model.to(device), classes, build_transforms(cfg, is_train=False), images,
                        args.output, args.score_threshold, device)
     total = sum(len(r["detections"]) for r in records)

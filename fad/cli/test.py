@@ -20,8 +20,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     and evaluate on DATASETS.TEST."""
     args = parse_args(default_argument_parser(__doc__, genotype_file=True), argv)
     cfg, _, device = setup(args)
-    model, classes = load_trained_model(cfg, args.genotype_file)
-    evaluate_all(cfg, model.to(device), device, classes)
+    trained = load_trained_model(cfg, args.genotype_file)
+    evaluate_all(cfg, trained.model.to(device), device, trained.classes, trained.iteration)
 
 
 def run() -> None:

@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         extra["genotype"] = genotype
     final = train(cfg, model, dataset, device, resume=args.resume, extra_state=extra)
     if not args.skip_test:
-        evaluate_all(cfg, model, device, dataset.classes)
+        evaluate_all(cfg, model, device, dataset.classes, cfg.SOLVER.MAX_ITER)
     logger.info("final checkpoint: %s", final)
 
 

@@ -8,6 +8,7 @@ model the config builds by `load_model_weights` (a one-line error when they do n
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 from torch import nn
 from yacs.config import CfgNode
@@ -42,8 +43,17 @@ def choose_genotype(stored: str, genotype_file: str, weight: str) -> tuple[str, 
     return stored, source
 
 
-def load_trained_model(cfg: CfgNode, genotype_file: str = "") -> tuple[nn.Module, list[str]]:
-    """(model on the CPU with MODEL.WEIGHT loaded, its class names).
+class TrainedModel(NamedTuple):
+    """A detector with the weights of a checkpoint (on the CPU), its class names, and the
+    training iteration the checkpoint was written at (0 when it does not say)."""
+
+    model: nn.Module
+    classes: list[str]
+    iteration: int
+
+
+def load_trained_model(cfg: CfgNode, genotype_file: str = "") -> TrainedModel:
+    """The detector of MODEL.WEIGHT, checked against the config.
 
     Class names come from the checkpoint, else from the first DATASETS.TEST set.
     """
@@ -60,4 +70,4 @@ def load_trained_model(cfg: CfgNode, genotype_file: str = "") -> tuple[nn.Module
                     len(classes), cfg.DATASETS.TEST[0])
     model = build_model(cfg, len(classes), genotype, source)
     load_model_weights(model, state, weight)
-    return model, list(classes)
+    return TrainedModel(model, list(classes), int(state.get("iteration", 0)))
