@@ -51,8 +51,23 @@ setup(
         "scipy",
         "tqdm",
         "Pillow",
+        "matplotlib",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout"]},
+    extras_require={
+        "viz": ["tensorboard"],  # `tensorboard --logdir OUTPUT_DIR` to read the tb/ logs
+        "test": ["pytest", "pytest-timeout", "tensorboard"],
+    },
+    entry_points={"console_scripts": [  # the tools of fad.cli (tools/*.py wrap the same mains)
+        "fad-search=fad.cli.search:run",
+        "fad-train=fad.cli.train:run",
+        "fad-test=fad.cli.test:run",
+        "fad-eval=fad.cli.evaluate:run",
+        "fad-demo=fad.cli.demo:run",
+        "fad-visualize=fad.cli.visualize:run",
+        "fad-bench=fad.cli.bench:run",
+        "fad-convert=fad.cli.convert:run",
+        "fad-make-data=fad.cli.make_data:run",
+    ]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

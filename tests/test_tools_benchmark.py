@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-
 from conftest import REPO
 
 TOOLS = os.path.join(REPO, "tools")
@@ -24,8 +23,7 @@ SLOW = {"msda", "sparse_resnet", "supernet"}  # C++ kernels may compile first; 3
 
 
 def _benchmark(monkeypatch):
-    """tools/benchmark.py as a module, with tools/ importable as it is for the script."""
-    monkeypatch.syspath_prepend(TOOLS)
+    """tools/benchmark.py as a module (a thin wrapper of fad.cli.bench)."""
     spec = importlib.util.spec_from_file_location("benchmark", os.path.join(TOOLS, "benchmark.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -71,7 +71,7 @@ class RepShare(nn.Module):
 class SeparateCandidates(nn.Module):
     """The same candidates as `RepShare`, each an independent op with its own weights.
 
-    The reference to check sharing against (tests, `tools/bench/supernet.py`); `tie_to` copies a
+    The reference to check sharing against (tests, `fad.cli.bench.supernet`); `tie_to` copies a
     RepShare's weights so both compute identical outputs.
     """
 

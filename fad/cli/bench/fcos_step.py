@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> dict:
     t = tv.transform
     tv.transform = _NoResize(1, 1, t.image_mean, t.image_std, size_divisible=32)
     images, targets = _batch(args, device)  # torchvision's FCOS also takes 0-based labels
-    opts = {n: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    opts = {n: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-4,
+                               momentum=0.9)
             for n, m in (("ours", ours), ("torchvision", tv))}
     times: dict[str, list[float]] = {"ours": [], "torchvision": []}
     for i in range(args.repeats + 1):

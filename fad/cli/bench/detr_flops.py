@@ -33,6 +33,12 @@ from fad.ops import get_msda_backend, set_msda_backend
 MSDA_OP = torch.ops.fad.ms_deform_attn
 
 
+def _is_msda(op) -> bool:
+    """Whether a FlopCounterMode key is the MSDA op (its count is MACs already; the other
+    ops' FLOPs are halved into MACs)."""
+    return op is MSDA_OP or str(op).startswith("fad.ms_deform")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, nargs=2, default=(850, 1040), metavar=("H", "W"),
                         help="input image for the FLOP count")
@@ -71,7 +77,7 @@ def count_macs(model: torch.nn.Module, image: torch.Tensor) -> dict:
 
     def macs(key: str) -> float:
         ops = counts.get(key, {})
-        msda = sum(v for op, v in ops.items() if op is MSDA_OP or str(op).startswith("fad.ms_deform"))
+        msda = sum(v for op, v in ops.items() if _is_msda(op))
         return (sum(ops.values()) - msda) / 2 + msda
 
     root = next(k for k in counts if k != "Global" and "." not in k)
@@ -79,9 +85,10 @@ def count_macs(model: torch.nn.Module, image: torch.Tensor) -> dict:
         ("backbone", "backbone"), ("encoder", "transformer.encoder"),
         ("decoder", "transformer.decoder"), ("scoring", "transformer.scoring"))}
     global_ops = counts["Global"]
-    msda = sum(v for op, v in global_ops.items() if op is MSDA_OP or str(op).startswith("fad.ms_deform"))
+    msda = sum(v for op, v in global_ops.items() if _is_msda(op))
     return {"gmacs": macs("Global") / 1e9, "counter_gflops": counter.get_total_flops() / 1e9,
-            "msda_gmacs": msda / 1e9, "parts_gmacs": {k: round(v, 2) for k, v in parts.items() if v}}
+            "msda_gmacs": msda / 1e9,
+            "parts_gmacs": {k: round(v, 2) for k, v in parts.items() if v}}
 
 
 def time_pair(models: dict, image: torch.Tensor, warmup: int, repeats: int) -> dict[str, float]:

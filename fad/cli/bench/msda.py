@@ -90,7 +90,7 @@ def _rss_kb(field: str) -> int:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise RuntimeError(f"tools/bench/msda.py: no {field} in /proc/self/status")
+    raise RuntimeError(f"msda benchmark: no {field} in /proc/self/status")
 
 
 def _mmap_large_blocks() -> None:
