@@ -39,8 +39,8 @@ def test_loads_torchvision_state_dict(tmp_path, depth, dcn):
     block = body.layer2[0]
     assert torch.all(block.conv1_mask.weight == 0) and torch.all(block.conv1_mask.bias == 3.0)
     assert block.interp1.scale.item() == 3.0
-    if any(dcn):
-        assert torch.all(block.conv2_offset.weight == 0)
+    if any(dcn):  # the reference keeps PyTorch's default offset init under ImageNet weights
+        assert block.conv2_offset.weight.abs().max() > 0
 
 
 def test_freeze_keeps_new_parameters_trainable():

@@ -52,14 +52,33 @@ def body_channels(depth: int) -> dict[str, int]:
     return {f"c{i + 2}": planes * expansion for i, planes in enumerate(STAGE_PLANES)}
 
 
-class ResNetBody(nn.Module):
-    """Wraps a torchvision ResNet; `forward(x [N,3,H,W])` -> OrderedDict c2..c5 (strides 4..32)."""
+def set_norm_eval(module: nn.Module) -> None:
+    """Every BatchNorm2d of `module` to eval mode: running statistics stay frozen while the affine
+    parameters keep training (MODEL.BACKBONE.NORM_EVAL; mmdetection's `norm_eval`)."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
 
-    def __init__(self, net: tv_resnet.ResNet):
+
+class ResNetBody(nn.Module):
+    """Wraps a torchvision ResNet; `forward(x [N,3,H,W])` -> OrderedDict c2..c5 (strides 4..32).
+
+    `norm_eval`: BatchNorm layers stay in eval mode when the body trains (see `set_norm_eval`).
+    """
+
+    def __init__(self, net: tv_resnet.ResNet, norm_eval: bool = False):
         super().__init__()
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2 = net.layer1, net.layer2
         self.layer3, self.layer4 = net.layer3, net.layer4
+        self.norm_eval = norm_eval
+        self.train()
+
+    def train(self, mode: bool = True) -> "ResNetBody":
+        super().train(mode)
+        if mode and self.norm_eval:
+            set_norm_eval(self)
+        return self
 
     def stages(self) -> list[nn.Module]:
         """Stem, layer1..layer4 (the order `freeze_stages` counts in)."""
@@ -143,6 +162,6 @@ def build_resnet_body(cfg: CfgNode) -> tuple[nn.Module, dict[str, int]]:
     net = tv_resnet.ResNet(block, list(STAGE_BLOCKS[bb.DEPTH]), groups=bb.GROUPS,
                            width_per_group=bb.WIDTH_PER_GROUP, norm_layer=norm_layer(bb.NORM))
     load_pretrained(net, bb.PRETRAINED, bb.DEPTH, bb.GROUPS, bb.WIDTH_PER_GROUP)
-    body = ResNetBody(net)
+    body = ResNetBody(net, bb.NORM_EVAL)
     freeze_stages(body.stages(), bb.FREEZE_AT)
     return body, body_channels(bb.DEPTH)

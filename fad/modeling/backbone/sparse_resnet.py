@@ -33,7 +33,7 @@ from yacs.config import CfgNode
 
 from ..hooks import ModelHooks
 from .resnet import (STAGE_BLOCKS, STAGE_PLANES, body_channels, check_depth, freeze_stages,
-                     load_pretrained, norm_layer)
+                     load_pretrained, norm_layer, set_norm_eval)
 from .sparse.execution import sparse_basic, sparse_bottleneck
 from .sparse.flops import backbone_macs
 from .sparse.interpolation import GaussianInterpolation
@@ -77,8 +77,6 @@ class SparseBlockMixin:
         self.conv2_offset = None
         if dcn:
             self.conv2_offset = nn.Conv2d(inplanes, 18, 3, strides[1], 1)
-            nn.init.zeros_(self.conv2_offset.weight)
-            nn.init.zeros_(self.conv2_offset.bias)
         self.masked = opts.masked
         self.loss_term: Tensor | None = None
         self.density: Tensor | None = None
@@ -177,11 +175,16 @@ class SparseResNetBody(nn.Module, ModelHooks):
     """Stem + res2..res5 of sparse blocks; `forward(x [N,3,H,W])` -> OrderedDict c2..c5.
 
     Module names follow torchvision's ResNet (conv1, bn1, layer1..layer4) so its state dicts load.
+    Init from scratch as the reference's: kaiming convs, DCN offset convs zero (`reset_offsets`
+    gives them PyTorch's default init, the reference's state under ImageNet weights).
+    `norm_eval`: BatchNorm layers stay in eval mode when the body trains (frozen statistics,
+    trainable affine parameters; the reference's `norm_eval`).
     """
 
     def __init__(self, depth: int, norm: type[nn.Module] = nn.BatchNorm2d,
                  opts: SparseOptions = SparseOptions(), loss_weight: float = 0.0,
-                 stage_with_dcn: Sequence[bool] = (False, False, False, False)):
+                 stage_with_dcn: Sequence[bool] = (False, False, False, False),
+                 norm_eval: bool = False):
         super().__init__()
         check_depth(depth)
         if len(stage_with_dcn) != 4:
@@ -211,12 +214,25 @@ class SparseResNetBody(nn.Module, ModelHooks):
         self._init_weights()
         self.execution = "dense_masked"
         self._input_size: tuple[int, int] | None = None
+        self.norm_eval = norm_eval
         self.train()
 
     def _init_weights(self) -> None:
         for name, m in self.named_modules():
             if isinstance(m, nn.Conv2d) and not name.endswith(NEW_MODULES):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for conv in self._offset_convs():
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def _offset_convs(self) -> list[nn.Conv2d]:
+        return [b.conv2_offset for b in self.blocks if b.conv2_offset is not None]
+
+    def reset_offsets(self) -> None:
+        """PyTorch's default init for the DCN offset convs (done before loading ImageNet weights,
+        as the reference, which zeroes them only when training from scratch)."""
+        for conv in self._offset_convs():
+            conv.reset_parameters()
 
     def stages(self) -> list[nn.Module]:
         """Stem (conv1 + bn1), layer1..layer4 (the order `freeze_stages` counts in)."""
@@ -254,8 +270,11 @@ class SparseResNetBody(nn.Module, ModelHooks):
         return feats
 
     def train(self, mode: bool = True) -> "SparseResNetBody":
-        """Switch mode; also restarts the inference statistics that `log_stats` averages."""
+        """Switch mode (BatchNorm stays in eval mode with `norm_eval`); also restarts the
+        inference statistics that `log_stats` averages."""
         super().train(mode)
+        if mode and self.norm_eval:
+            set_norm_eval(self)
         self._eval_stats: dict[str, float] = {"forwards": 0, "gmacs": 0.0}
         self._eval_density_sum: Tensor | None = None
         return self
@@ -316,8 +335,10 @@ def build_sparse_resnet_body(cfg: CfgNode) -> tuple[nn.Module, dict[str, int]]:
         raise ValueError("sparse_resnet supports plain ResNets only: set MODEL.BACKBONE.GROUPS 1 "
                          "and MODEL.BACKBONE.WIDTH_PER_GROUP 64")
     body = SparseResNetBody(bb.DEPTH, norm_layer(bb.NORM), SparseOptions.from_cfg(sp),
-                            sp.LOSS_WEIGHT, sp.STAGE_WITH_DCN)
+                            sp.LOSS_WEIGHT, sp.STAGE_WITH_DCN, bb.NORM_EVAL)
     body.execution = sp.EXECUTION
+    if bb.PRETRAINED:
+        body.reset_offsets()
     load_pretrained(body, bb.PRETRAINED, bb.DEPTH)
     freeze_stages(body.stages(), bb.FREEZE_AT, keep=NEW_MODULES)
     return body, body_channels(bb.DEPTH)

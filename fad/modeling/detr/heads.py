@@ -30,13 +30,17 @@ def _class_head(d_model: int, num_classes: int, prior_prob: float = 0.01) -> nn.
     return head
 
 
-def _box_head(d_model: int, wh_bias: float) -> MLP:
-    """Box-delta MLP whose last layer starts at zero, except the (w, h) bias = `wh_bias`."""
+def _box_head(d_model: int) -> MLP:
+    """Box-delta MLP whose last layer (weight and bias) starts at zero."""
     head = MLP(d_model, d_model, 4, 3)
     nn.init.zeros_(head.layers[-1].weight)
     nn.init.zeros_(head.layers[-1].bias)
-    nn.init.constant_(head.layers[-1].bias[2:], wh_bias)
     return head
+
+
+def _copies(head: nn.Module, n: int) -> nn.ModuleList:
+    """`n` independent copies of `head`, all with its current weights."""
+    return nn.ModuleList(copy.deepcopy(head) for _ in range(n))
 
 
 class DetrHeads(nn.Module):
@@ -44,29 +48,29 @@ class DetrHeads(nn.Module):
 
     - `class_embed[i]`, `bbox_embed[i]` for decoder layer i: independent copies with box
       refinement, one shared pair otherwise (use `cls(i)` / `box(i)`). Boxes are deltas in logit
-      space added to the inverse sigmoid of the reference. Single-stage heads start with a (w, h)
-      bias of -2 (sigmoid ~ 0.12, the references are points); two-stage ones with 0 (references
-      are boxes already).
+      space added to the inverse sigmoid of the reference.
     - two-stage: `enc_class`, `enc_bbox` score and refine one proposal per encoder token.
     - Sparse DETR encoder aux loss: `enc_aux_class[l]`, `enc_aux_bbox[l]` for encoder layer l
       (all but the last).
-    Class heads output `num_classes` logits with bias -log(99) (prior 0.01).
+    Init, as the reference code: every class head is a copy of one Linear (bias -log(99), prior
+    0.01) and every box head a copy of one MLP (last layer zero), so the encoder heads start as
+    copies of the decoder's. The (w, h) bias is -2 (sigmoid ~ 0.12) only where the reference is
+    a point (single-stage, the first decoder layer's head); 0 where it is a box already (later
+    layers with refinement, two-stage, encoder heads).
     """
 
     def __init__(self, d_model: int, num_classes: int, num_decoder_layers: int,
                  with_box_refine: bool, two_stage: bool, num_enc_aux: int = 0):
         super().__init__()
-        wh_bias = 0.0 if two_stage else -2.0
-        cls, box = _class_head(d_model, num_classes), _box_head(d_model, wh_bias)
+        cls, box = _class_head(d_model, num_classes), _box_head(d_model)
         copies = num_decoder_layers if with_box_refine else 1
         self.with_box_refine = with_box_refine
-        self.class_embed = nn.ModuleList(copy.deepcopy(cls) for _ in range(copies))
-        self.bbox_embed = nn.ModuleList(copy.deepcopy(box) for _ in range(copies))
+        self.class_embed, self.bbox_embed = _copies(cls, copies), _copies(box, copies)
         if two_stage:
-            self.enc_class = copy.deepcopy(cls)
-            self.enc_bbox = _box_head(d_model, 0.0)
-        self.enc_aux_class = nn.ModuleList(copy.deepcopy(cls) for _ in range(num_enc_aux))
-        self.enc_aux_bbox = nn.ModuleList(_box_head(d_model, 0.0) for _ in range(num_enc_aux))
+            self.enc_class, self.enc_bbox = copy.deepcopy(cls), copy.deepcopy(box)
+        else:
+            nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], -2.0)
+        self.enc_aux_class, self.enc_aux_bbox = _copies(cls, num_enc_aux), _copies(box, num_enc_aux)
 
     def cls(self, layer: int) -> nn.Module:
         """Class head of decoder layer `layer`."""

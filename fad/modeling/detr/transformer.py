@@ -66,18 +66,19 @@ class DeformableTransformer(nn.Module):
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
-        for part in (self.encoder, self.decoder, getattr(self, "enc_output", None),
-                     getattr(self, "pos_trans", None), getattr(self, "reference_points", None)):
-            if part is None:
-                continue
-            for p in part.parameters():
-                if p.dim() > 1:
-                    nn.init.xavier_uniform_(p)
-            if isinstance(part, nn.Linear):
-                nn.init.zeros_(part.bias)
+        """As the reference: xavier on every matrix (encoder, decoder, enc_output, pos_trans,
+        reference_points, the scoring network), the biases of enc_output, pos_trans and the
+        scoring network at PyTorch's default, reference_points' bias 0, MSDeformAttn's own init,
+        level_embed N(0, 1); query_embed (the reference keeps it outside its transformer) keeps
+        nn.Embedding's N(0, 1)."""
+        for name, p in self.named_parameters():
+            if p.dim() > 1 and not name.startswith("query_embed."):
+                nn.init.xavier_uniform_(p)
         for m in self.modules():
             if isinstance(m, MSDeformAttn):
                 m.reset_parameters()
+        if hasattr(self, "reference_points"):
+            nn.init.zeros_(self.reference_points.bias)
         nn.init.normal_(self.level_embed)
 
     def forward(self, features: list[tuple[Tensor, Tensor]], pos_embeds: list[Tensor],
