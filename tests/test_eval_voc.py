@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from fad.config import get_cfg_defaults
 from fad.config.catalog import VOC_CLASSES
-from fad.data.voc_format import read_voc_xml
+from fad.data import VOCDataset, build_transforms
+from fad.data.voc_format import ClassList, read_voc_xml
 from fad.errors import DataError
 from fad.evaluation import EvalError, evaluate_voc, write_voc_results
 from fad.evaluation.voc_ap import average_precision, inclusive_iou
@@ -177,13 +180,40 @@ def test_write_voc_results_inverts_the_xml_reading(tmp_path: Path):
 
 
 def test_classes_resolution(tmp_path: Path):
+    """The datasets' rule: classes.txt beside the data or beside its parent, else the sorted
+    names in the annotations, else the 20 VOC classes; an explicit file wins; the source is told."""
     root = write_voc(tmp_path / "VOC", {"a": []}, classes=["x", "y"])
-    assert read_classes(str(root)) == ["x", "y"]
+    assert read_classes(str(root)).names == ["x", "y"]
+    assert read_classes(str(root)).source == str(root / "classes.txt")
     other = tmp_path / "mine.txt"
     other.write_text("z\n")
-    assert read_classes(str(root), str(other)) == ["z"]
+    assert read_classes(str(root), str(other)) == ClassList(["z"], str(other))
     bare = write_voc(tmp_path / "bare", {"a": []})
-    assert read_classes(str(bare)) == list(VOC_CLASSES)
+    assert read_classes(str(bare)).names == list(VOC_CLASSES)
+    assert "20 VOC classes" in read_classes(str(bare)).source
+    named = write_voc(tmp_path / "named", {"a": [("zebra", 1, 1, 5, 5, 0)],
+                                           "b": [("ant", 1, 1, 5, 5, 1)]})
+    assert read_classes(str(named)) == ClassList(["ant", "zebra"],
+                                                 f"the object names in {named / 'Annotations'}")
+    (tmp_path / "kit").mkdir()
+    (tmp_path / "kit" / "classes.txt").write_text("b\na\n")
+    nested = write_voc(tmp_path / "kit" / "VOC2012", {"a": [("a", 1, 1, 5, 5, 0)]})
+    assert read_classes(str(nested)).names == ["b", "a"]
+    (nested / "JPEGImages").mkdir()
+    Image.new("RGB", (8, 8)).save(nested / "JPEGImages" / "a.jpg")
+    dataset = VOCDataset(nested, "test", build_transforms(get_cfg_defaults(), False), False)
+    assert dataset.classes == ["b", "a"]  # the datasets follow the same rule
+
+
+def test_cli_tells_which_classes(voc_case, tmp_path: Path, capsys):
+    root, dets = voc_case
+    spec = importlib.util.spec_from_file_location("eval_detections",
+                                                  REPO / "tools" / "eval_detections.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    (root / "classes.txt").unlink(missing_ok=True)
+    tool.main(_voc_cli_args(root, dets, tmp_path / "m.json"))
+    assert f"classes: 2 from the object names in {root / 'Annotations'}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("bad_line, match", [

@@ -59,7 +59,9 @@ def _run_coco(args: argparse.Namespace) -> dict:
 
 def _run_voc(args: argparse.Namespace) -> dict:
     classes = read_classes(args.voc_root, args.classes)
-    metrics = evaluate_voc(args.voc_root, args.split, args.dets, classes, args.use_07_metric)
+    print(f"classes: {len(classes.names)} from {classes.source}", file=sys.stderr)
+    metrics = evaluate_voc(args.voc_root, args.split, args.dets, classes.names,
+                           args.use_07_metric)
     print(format_per_class(metrics["per_class"]))
     if metrics["no_gt_classes"]:
         print(f"no ground truth (left out of the mean): {', '.join(metrics['no_gt_classes'])}")
@@ -83,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     voc.add_argument("--out", required=True, help="metrics JSON to write")
     voc.add_argument("--use-07-metric", action="store_true", help="11-point AP of VOC2007")
     voc.add_argument("--classes", default=None,
-                     help="class list, one a line (default: classes.txt beside Annotations/, "
-                          "else the 20 VOC classes)")
+                     help="class list, one a line (default, as for the datasets: classes.txt "
+                          "beside the data or its parent, else the sorted names in the "
+                          "annotations, else the 20 VOC classes; the one used is printed)")
     return parser
 
 

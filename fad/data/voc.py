@@ -7,8 +7,9 @@ back.
 """
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -17,8 +18,9 @@ from fad.errors import DataError
 from .base import DetectionDataset, ImageRecord, Transforms
 from .boxes import BoxFixes, sanitize_boxes
 from .image import read_image_size
-from .voc_format import VOCAnnotation, read_classes_file, read_split_file, read_voc_xml
+from .voc_format import VOCAnnotation, default_voc_classes, read_split_file, read_voc_xml
 
+logger = logging.getLogger("fad")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 
@@ -33,9 +35,9 @@ def _image_path(root: Path, file_id: str, ann: VOCAnnotation) -> Path:
 
 
 class VOCDataset(DetectionDataset):
-    """A VOC-format split. `classes` None: classes.txt beside Annotations/, else the sorted names
-    found in every annotation file. Training drops difficult objects; test data keeps them with
-    a `difficult` flag."""
+    """A VOC-format split. `classes` None: `voc_format.default_voc_classes` (classes.txt beside
+    the data or its parent, else the sorted names in every annotation file, else the 20 VOC
+    classes). Training drops difficult objects; test data keeps them with a `difficult` flag."""
 
     def __init__(self, root: str | Path, split: str, transforms: Transforms, is_train: bool,
                  classes: Sequence[str] | None = None, name: str | None = None):
@@ -52,11 +54,10 @@ class VOCDataset(DetectionDataset):
                                 "remove the line or add the annotation")
             anns[file_id] = read_voc_xml(xml)
         classes_source = "the given class list"
-        if classes is None and (self.voc_root / "classes.txt").is_file():
-            classes = read_classes_file(self.voc_root / "classes.txt")
-            classes_source = str(self.voc_root / "classes.txt")
-        elif classes is None:
-            classes = self._names_in_all_annotations(ann_dir, anns)
+        if classes is None:
+            found = default_voc_classes(self.voc_root, anns)
+            classes, classes_source = found.names, found.source
+            logger.info("%s: %d classes from %s", self.voc_root, len(classes), classes_source)
         index = {c: i for i, c in enumerate(classes)}
         fixes = BoxFixes()
         records = []
@@ -77,18 +78,6 @@ class VOCDataset(DetectionDataset):
                                        difficult[keep]))
         super().__init__(name or f"{self.voc_root}:{split}", list(classes), records, transforms,
                          is_train, fixes, {i: i + 1 for i in range(len(classes))})
-
-    @staticmethod
-    def _names_in_all_annotations(ann_dir: Path, anns: dict[str, VOCAnnotation]) -> list[str]:
-        """Sorted object names over every xml in `ann_dir` (so all splits agree)."""
-        names = set()
-        for xml in ann_dir.glob("*.xml"):
-            ann = anns.get(xml.stem) or read_voc_xml(xml)
-            names.update(o.name for o in ann.objects)
-        if not names:
-            raise DataError(f"{ann_dir}: no objects in any annotation, so no class list; add a "
-                            "classes.txt (one name a line) beside Annotations/")
-        return sorted(names)
 
     def file_id(self, image_id: int) -> str:
         """VOC id (file stem, e.g. "2007_000033") of `image_id`."""

@@ -1,5 +1,6 @@
 """The VOC devkit file format, read once for the datasets and the devkit evaluation: annotation
-xml, split lists (ImageSets/Main/<split>.txt) and class lists (one name a line).
+xml, split lists (ImageSets/Main/<split>.txt), class lists (one name a line) and the one rule
+for a folder's classes when none are given (`default_voc_classes`).
 
 Boxes are returned as written: 1-based inclusive pixel indices (xmin, ymin, xmax, ymax). The
 datasets turn them into continuous coordinates (`fad.data.voc`); the evaluation keeps them, as
@@ -9,9 +10,11 @@ the devkit does. `difficult` follows the devkit (VOCreadrecxml: `str2num(difficu
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from fad.config.catalog import VOC_CLASSES
 from fad.errors import DataError
 
 
@@ -113,3 +116,32 @@ def read_classes_file(path: str | Path) -> list[str]:
     if not names or len(set(names)) != len(names):
         raise DataError(f"{path}: needs one unique class name a line; fix the file")
     return names
+
+
+@dataclass
+class ClassList:
+    """Class names of a VOC-format folder and where they came from (for a log line)."""
+
+    names: list[str]
+    source: str
+
+
+def default_voc_classes(voc_root: str | Path,
+                        parsed: Mapping[str, VOCAnnotation] | None = None) -> ClassList:
+    """The classes of a VOC-format folder (the one holding Annotations/) when none are given,
+    the one rule of the datasets and the evaluation: `classes.txt` beside the data (in
+    `voc_root`) or beside its parent folder, else the sorted object names of every annotation
+    file, else the 20 VOC classes. `parsed` (file stem -> annotation) spares re-reading xml."""
+    root = Path(voc_root)
+    for path in (root / "classes.txt", root.parent / "classes.txt"):
+        if path.is_file():
+            return ClassList(read_classes_file(path), str(path))
+    ann_dir = root / "Annotations"
+    names: set[str] = set()
+    for xml in sorted(ann_dir.glob("*.xml")):
+        ann = (parsed or {}).get(xml.stem) or read_voc_xml(xml)
+        names.update(o.name for o in ann.objects)
+    if names:
+        return ClassList(sorted(names), f"the object names in {ann_dir}")
+    return ClassList(list(VOC_CLASSES), f"the 20 VOC classes (no classes.txt in {root} or its "
+                                        "parent, no objects in its annotations)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -51,13 +51,13 @@ def evaluate_voc(voc_root: str, split: str, dets_dir: str, classes: Sequence[str
                  use_07_metric: bool = False, image_ids: Iterable[str] | None = None) -> dict:
     """Devkit AP of the result files `dets_dir/comp4_det_<split>_<class>.txt`.
 
-    `classes` defaults to `voc_root/classes.txt`, else the 20 VOC classes. `image_ids`
+    `classes` defaults to the datasets' rule (`voc_io.read_classes`). `image_ids`
     restricts the evaluation to those images of the split (default: the whole split);
     detections on other images of the split are then left out.
     Returns {"mAP": percent, "per_class": {class: percent, or None without ground truth},
     "no_gt_classes": [classes without non-difficult objects, left out of the mean]}.
     """
-    classes = list(classes) if classes is not None else read_classes(voc_root)
+    classes = list(classes) if classes is not None else read_classes(voc_root).names
     split_ids = read_split_file(split_file(voc_root, split))
     known = set(split_ids)
     selected = split_ids if image_ids is None else list(dict.fromkeys(image_ids))

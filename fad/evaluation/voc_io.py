@@ -13,13 +13,12 @@ unchanged, so a detection equal to its ground truth has devkit IoU 1.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
-from fad.config.catalog import VOC_CLASSES
-from fad.data.voc_format import read_classes_file
+from fad.data.voc_format import ClassList, default_voc_classes, read_classes_file
 from fad.errors import EvalError
 from fad.utils.io import atomic_write_text
 
@@ -32,7 +31,7 @@ class ClassDetections:
     scores: np.ndarray
     boxes: np.ndarray
 
-    def subset(self, keep_ids: set[str]) -> "ClassDetections":
+    def subset(self, keep_ids: set[str]) -> ClassDetections:
         """The detections whose image id is in `keep_ids`, in the same order."""
         keep = np.asarray([i in keep_ids for i in self.image_ids], dtype=bool).reshape(-1)
         return ClassDetections([i for i, k in zip(self.image_ids, keep) if k],
@@ -49,12 +48,13 @@ def split_file(voc_root: str, split: str) -> str:
     return os.path.join(voc_root, "ImageSets", "Main", f"{split}.txt")
 
 
-def read_classes(voc_root: str, classes_file: str | None = None) -> list[str]:
-    """Classes from `classes_file`, else `voc_root/classes.txt`, else the 20 VOC classes."""
-    path = classes_file or os.path.join(voc_root, "classes.txt")
-    if not classes_file and not os.path.isfile(path):
-        return list(VOC_CLASSES)
-    return read_classes_file(path)
+def read_classes(voc_root: str, classes_file: str | None = None) -> ClassList:
+    """Classes from `classes_file`, else the datasets' rule (`default_voc_classes`: classes.txt
+    beside the data or its parent, else the names in the annotations, else the 20 VOC
+    classes), with where they came from."""
+    if classes_file:
+        return ClassList(read_classes_file(classes_file), classes_file)
+    return default_voc_classes(voc_root)
 
 
 def read_detections(path: str, known_ids: set[str]) -> ClassDetections:
