@@ -14,13 +14,18 @@ $py tools/train_net.py --config-file configs/fad/augment/fad-fcos_tiny_synthetic
     --genotype-file "$out/search/genotype.log" \
     SOLVER.MAX_ITER 200 SOLVER.STEPS "(160,)" SOLVER.CHECKPOINT_PERIOD 100 SOLVER.CHECKPOINT_KEEP 1 \
     OUTPUT_DIR "$out/augment"
+$py tools/demo.py --config-file configs/fad/augment/fad-fcos_tiny_synthetic.yaml \
+    MODEL.WEIGHT "$out/augment/model_final.pth" --input datasets/synthetic_coco/images/val \
+    --output "$out/detections"
 cat <<MSG
 
 Done. Outputs:
   search:    $out/search/genotype.log (box line, cls line), checkpoints, tb/ (tensorboard --logdir $out)
+  pictures:  $out/search/alphas.png (architecture weights), winning_ops.png, genotype_history.log
   diagrams:  $out/diagrams/*.png and *.gv
   augment:   $out/augment/model_final.pth, log.txt
   eval:      $out/augment/inference/synthetic_coco_val/metrics.json (table printed above)
+  demo:      $out/detections/*.jpg (boxes drawn), detections.json
 Re-evaluate: $py tools/test_net.py --config-file configs/fad/augment/fad-fcos_tiny_synthetic.yaml \\
     MODEL.WEIGHT $out/augment/model_final.pth OUTPUT_DIR $out/augment
 MSG
