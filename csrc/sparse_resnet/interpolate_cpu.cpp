@@ -70,7 +70,7 @@ struct Neighbour {
 // scale * acc + mask * own row (+ bias) (+ residual), ReLU.
 FAD_ALWAYS_INLINE void finish_channels(const Inputs& in, float* acc, float scale, float mp,
                                        const float* self, int64_t p, int64_t c_dim, int64_t c0,
-                                       int64_t len, float* __restrict__ out) {
+                                       int64_t len, float* out) {
   for (int64_t i = 0; i < len; ++i) acc[i] *= scale;
   if (self != nullptr) {
     for (int64_t i = 0; i < len; ++i) {
@@ -82,10 +82,10 @@ FAD_ALWAYS_INLINE void finish_channels(const Inputs& in, float* acc, float scale
     for (int64_t i = 0; i < len; ++i) acc[i] += in.bias[c0 + i];
   }
   if (in.residual != nullptr) {
-    const float* __restrict__ res = in.residual + p * c_dim + c0;
+    const float* res = in.residual + p * c_dim + c0;  // may be `out` (interpolate_into)
     for (int64_t i = 0; i < len; ++i) acc[i] += res[i];
   }
-  float* __restrict__ o = out + p * c_dim + c0;
+  float* o = out + p * c_dim + c0;
   if (in.relu) {
     for (int64_t i = 0; i < len; ++i) o[i] = acc[i] > 0.f ? acc[i] : 0.f;
   } else {
@@ -222,13 +222,12 @@ void interpolate_lines(const Inputs in, const Grid g, int64_t begin, int64_t end
   interpolate_lines_generic(in, g, begin, end, nb, out);
 }
 
-}  // namespace
-
-at::Tensor interpolate_cpu(const at::Tensor& rows, const at::Tensor& index,
-                           const at::Tensor& mask, const at::Tensor& taps, double eps,
-                           const std::optional<at::Tensor>& bias,
-                           const std::optional<at::Tensor>& residual, bool relu,
-                           bool relu_rows, int64_t n, int64_t h, int64_t w) {
+// Checks the inputs, builds the window and interpolates into out_p ([N*H*W, C]; may be the
+// residual, whose row p is read before row p of the output is written).
+void interpolate_checked(const at::Tensor& rows, const at::Tensor& index, const at::Tensor& mask,
+                         const at::Tensor& taps, double eps, const std::optional<at::Tensor>& bias,
+                         const std::optional<at::Tensor>& residual, bool relu, bool relu_rows,
+                         int64_t n, int64_t h, int64_t w, float* out_p) {
   check_float_cpu(rows, kOp, "rows");
   check_float_cpu(mask, kOp, "mask");
   check_float_cpu(taps, kOp, "taps");
@@ -271,15 +270,35 @@ at::Tensor interpolate_cpu(const at::Tensor& rows, const at::Tensor& index,
                 "fad_sparse.interpolate: residual must be [N*H*W, C]");
     in.residual = residual->data_ptr<float>();
   }
-  at::Tensor out = at::empty({positions, c_dim}, rows.options());
-  float* out_p = out.data_ptr<float>();
   const Grid g{h, w, c_dim};
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(w * c_dim, 1));
   at::parallel_for(0, n * h, grain, [&](int64_t begin, int64_t end) {
     std::vector<Neighbour> nb(window.size());
     interpolate_lines(in, g, begin, end, nb.data(), out_p);
   });
+}
+
+}  // namespace
+
+at::Tensor interpolate_cpu(const at::Tensor& rows, const at::Tensor& index,
+                           const at::Tensor& mask, const at::Tensor& taps, double eps,
+                           const std::optional<at::Tensor>& bias,
+                           const std::optional<at::Tensor>& residual, bool relu,
+                           bool relu_rows, int64_t n, int64_t h, int64_t w) {
+  check_float_cpu(rows, kOp, "rows");
+  at::Tensor out = at::empty({n * h * w, rows.dim() == 2 ? rows.size(1) : 0}, rows.options());
+  interpolate_checked(rows, index, mask, taps, eps, bias, residual, relu, relu_rows, n, h, w,
+                      out.data_ptr<float>());
   return out;
+}
+
+void interpolate_into_cpu(const at::Tensor& residual, const at::Tensor& rows,
+                          const at::Tensor& index, const at::Tensor& mask, const at::Tensor& taps,
+                          double eps, const std::optional<at::Tensor>& bias, bool relu,
+                          int64_t n, int64_t h, int64_t w) {
+  check_float_cpu(residual, kOp, "residual");
+  interpolate_checked(rows, index, mask, taps, eps, bias, residual, relu, false, n, h, w,
+                      residual.data_ptr<float>());
 }
 
 }  // namespace fad_sparse

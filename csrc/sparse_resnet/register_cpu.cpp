@@ -7,6 +7,8 @@
 
 TORCH_LIBRARY_IMPL(fad_sparse, CPU, m) {
   m.impl("interpolate", &fad_sparse::interpolate_cpu);
+  m.impl("interpolate_into", &fad_sparse::interpolate_into_cpu);
+  m.impl("gather_conv", &fad_sparse::gather_conv_cpu);
   m.impl("gather_windows", &fad_sparse::gather_windows_cpu);
   m.impl("tap_sum", &fad_sparse::tap_sum_cpu);
 }

@@ -1,8 +1,10 @@
 // SparseResNet inference kernels on the CPU (float32, contiguous), one file each:
-// interpolate_cpu.cpp (Gaussian interpolation of sparsely computed features),
-// gather_windows_cpu.cpp (im2col of a 3x3 conv at sampled positions) and tap_sum_cpu.cpp (the
-// tap sums of the mask convs computed as one GEMM over the pixels); register_cpu.cpp registers
-// them for the fad_sparse op schemas declared in fad/modeling/backbone/sparse/kernel.py.
+// interpolate_cpu.cpp (Gaussian interpolation of sparsely computed features, into a new tensor
+// or onto the residual), gather_conv_cpu.cpp (a conv at sampled positions: tiled gather + GEMM,
+// optionally + a second 1x1 conv), gather_windows_cpu.cpp (im2col of a 3x3 conv at sampled
+// positions) and tap_sum_cpu.cpp (the tap sums of the mask convs computed as one GEMM over the
+// pixels); register_cpu.cpp registers them for the fad_sparse op schemas declared in
+// fad/modeling/backbone/sparse/kernel.py.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -24,6 +26,17 @@ at::Tensor interpolate_cpu(const at::Tensor& rows, const at::Tensor& index,
                            const std::optional<at::Tensor>& bias,
                            const std::optional<at::Tensor>& residual, bool relu,
                            bool relu_rows, int64_t n, int64_t h, int64_t w);
+
+void interpolate_into_cpu(const at::Tensor& residual, const at::Tensor& rows,
+                          const at::Tensor& index, const at::Tensor& mask, const at::Tensor& taps,
+                          double eps, const std::optional<at::Tensor>& bias, bool relu,
+                          int64_t n, int64_t h, int64_t w);
+
+at::Tensor gather_conv_cpu(const at::Tensor& src, const at::Tensor& positions, int64_t n,
+                           int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
+                           int64_t kernel_size, int64_t stride, const at::Tensor& weight,
+                           const std::optional<at::Tensor>& bias, bool relu,
+                           const std::optional<at::Tensor>& weight2);
 
 at::Tensor gather_windows_cpu(const at::Tensor& src, const at::Tensor& positions, int64_t n,
                               int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,

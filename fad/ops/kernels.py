@@ -5,7 +5,7 @@ Extensions (`EXTENSIONS`; sources under csrc/, one `torch.ops` namespace each):
     msda_cpu       fad_msda    MSDA forward/backward, CPU
     msda_cuda      fad_msda    MSDA forward/backward, CUDA (opt-in backend "cuda")
     depthwise_cpu  fad_dw      depthwise 3x3 convolution, CPU
-    sparse_cpu     fad_sparse  SparseResNet interpolation, window gather, tap sums, CPU
+    sparse_cpu     fad_sparse  SparseResNet interpolation, gathered convs, tap sums, CPU
 
 Each is imported from an ahead-of-time build (`FAD_BUILD_OPS=1 pip install -e .` puts
 `fad/ops/_<name>*.so` in place; `setup_extensions` is the list setup.py builds) or else
@@ -80,8 +80,9 @@ EXTENSIONS: dict[str, Extension] = {ext.name: ext for ext in (
     Extension("depthwise_cpu", "depthwise 3x3 CPU kernel", "fad.ops.depthwise",
               ("depthwise/depthwise_cpu.cpp",)),
     Extension("sparse_cpu", "SparseResNet CPU kernels", "fad.modeling.backbone.sparse.kernel",
-              ("sparse_resnet/interpolate_cpu.cpp", "sparse_resnet/gather_windows_cpu.cpp",
-               "sparse_resnet/tap_sum_cpu.cpp", "sparse_resnet/register_cpu.cpp"),
+              ("sparse_resnet/interpolate_cpu.cpp", "sparse_resnet/gather_conv_cpu.cpp",
+               "sparse_resnet/gather_windows_cpu.cpp", "sparse_resnet/tap_sum_cpu.cpp",
+               "sparse_resnet/register_cpu.cpp"),
               cflags=("-Wno-psabi",)),
 )}
 

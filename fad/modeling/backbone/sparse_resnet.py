@@ -34,7 +34,7 @@ from yacs.config import CfgNode
 from ..hooks import ModelHooks
 from .resnet import (STAGE_BLOCKS, STAGE_PLANES, body_channels, check_depth, freeze_stages,
                      load_pretrained, norm_layer, set_norm_eval)
-from .sparse.execution import sparse_basic, sparse_bottleneck
+from .sparse.execution import run_stage, sparse_basic, sparse_bottleneck, sparse_stem
 from .sparse.flops import backbone_macs
 from .sparse.interpolation import GaussianInterpolation
 from .sparse.masks import MaskSampler, forced_density, small_conv3x3
@@ -70,6 +70,10 @@ class SparseOptions:
 
 class SparseBlockMixin:
     """Masks, interpolation sites, optional DCN offsets and statistics shared by both blocks."""
+
+    # sparse execution may write the output onto the input (set by `run_stage` while the body
+    # runs a stage: the input is then the previous block's output, which nothing else holds)
+    overwrite_input = False
 
     def _init_sparse(self, inplanes: int, strides: tuple[int, int], opts: SparseOptions,
                      unit_id: int, dcn: bool) -> None:
@@ -259,11 +263,14 @@ class SparseResNetBody(nn.Module, ModelHooks):
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
         self._input_size = (x.shape[-2], x.shape[-1])
         x = x.contiguous(memory_format=torch.channels_last)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        if self.execution == "sparse" and not self.training:
+            x = sparse_stem(self, x)
+        else:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         feats = OrderedDict()
         for name, layer in zip(("c2", "c3", "c4", "c5"),
                                (self.layer1, self.layer2, self.layer3, self.layer4)):
-            x = layer(x)
+            x = run_stage(layer, x)
             feats[name] = x
         if not self.training:
             self._accumulate_eval_stats()

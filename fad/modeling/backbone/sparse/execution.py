@@ -1,30 +1,39 @@
 """Sparse execution of SparseResNet blocks at inference: compute only the sampled positions.
 
 Feature maps are handled as rows: [N, C, H, W] in channels-last memory is an [N*H*W, C] matrix
-(row p = n*H*W + y*W + x) without copying. For a block with masks m1 (conv1) and m2 (conv2):
-1. conv1 at the P1 positions with m1 > 0: gather their rows (1x1: the rows themselves; 3x3:
-   im2col of the 9 neighbour rows, zeros for padding), one GEMM with the BN-folded weight and
-   bias;
+(row p = n*H*W + y*W + x) without copying. BatchNorm is folded into every conv (weight and
+bias). For a block with masks m1 (conv1) and m2 (conv2):
+1. conv1 at the P1 positions with m1 > 0 (`conv_at`: tiles of gathered input rows times the
+   weight; 3x3 convs gather the im2col window);
 2. interpolate ReLU(conv1 output) to every position (`interpolate_rows`, ReLU fused);
-3. conv2 at the P2 positions with m2 > 0 by im2col gather + GEMM (DCN: offsets from a gather of
-   the block input, bilinear sampling of the four corners), BN folded, ReLU; then conv3 (1x1)
-   by GEMM without its bias;
+3. conv2 at the P2 positions with m2 > 0, ReLU, and conv3 (1x1, without its bias) in the same
+   tiles (DCN: offsets from a gather of the block input, bilinear sampling of the four corners);
 4. one fused call interpolates conv3's output to every position and adds BN3's bias, the
-   shortcut and the ReLU.
+   shortcut and the ReLU, writing onto the shortcut tensor when nothing else holds it.
 Step 4 equals the dense order (interpolate conv2's output, then conv3 + BN3) because conv3 + BN3
 is affine per position and the interpolation is a per-position weighted average: moving the
 linear part across it is exact, so the result matches the masked dense path to float rounding
 while conv1/conv2/conv3 cost d1 / d2 / d2 of their dense work.
+
+Dense fallback: a conv whose mask density exceeds `DENSE_ABOVE` (measured, see
+docs/sparse_resnet.md) runs densely instead (one GEMM over every row for a 1x1 conv, the oneDNN
+convolution for a 3x3), and the interpolation then reads its rows by position; the result is the
+same function. The stem and the downsample shortcuts run as BN-folded dense convolutions.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .interpolation import interpolate_rows
 from .kernel import kernel_runs
+
+# A conv computes densely when the density of its mask exceeds this (measured per conv kind on
+# R-101 at 800x1344, 1 and 2 threads: docs/sparse_resnet.md, "Dense fallback").
+DENSE_ABOVE = {"conv1": 0.7, "conv2": 0.7}
 
 
 @dataclass
@@ -32,14 +41,14 @@ class Active:
     """The sampled positions of a mask [N, 1, H, W]."""
 
     positions: Tensor  # [P] flat positions with m > 0
-    row_of: Tensor  # [N*H*W] row of each position among `positions` (0 where not sampled)
+    row_of: Tensor  # [N*H*W] row of each position among the computed rows (0 where unused)
     values: Tensor  # [N*H*W] mask values
     n: int
     h: int
     w: int
 
     @classmethod
-    def of(cls, m: Tensor) -> "Active":
+    def of(cls, m: Tensor) -> Active:
         n, _, h, w = m.shape
         values = m.reshape(-1).contiguous()
         positions = torch.nonzero(values, as_tuple=True)[0]
@@ -47,9 +56,24 @@ class Active:
         row_of[positions] = torch.arange(positions.numel(), device=m.device)
         return cls(positions, row_of, values, n, h, w)
 
+    @property
+    def density(self) -> float:
+        """Share of positions with m > 0."""
+        return self.positions.numel() / max(self.values.numel(), 1)
+
+    def dense(self) -> Active:
+        """The same mask with rows computed at every position (row p = position p)."""
+        every = torch.arange(self.values.numel(), device=self.values.device)
+        return Active(every, every, self.values, self.n, self.h, self.w)
+
     def interpolate(self, rows: Tensor, taps: Tensor, **kwargs) -> Tensor:
         return interpolate_rows(rows, self.row_of, self.values, taps, (self.n, self.h, self.w),
                                 **kwargs)
+
+
+def runs_dense(kind: str, active: Active) -> bool:
+    """Whether conv `kind` ("conv1" or "conv2") computes every position (`DENSE_ABOVE`)."""
+    return active.density > DENSE_ABOVE[kind]
 
 
 def as_rows(x: Tensor) -> Tensor:
@@ -57,21 +81,27 @@ def as_rows(x: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
+def as_map(rows: Tensor, n: int, h: int, w: int) -> Tensor:
+    """[N*H*W, C] rows -> the [N, C, H, W] channels-last view."""
+    return rows.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
 def _with_zero_row(rows: Tensor) -> Tensor:
     """[M, C] -> [M + 1, C] with an all-zero last row (the target of padding taps)."""
     return torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
 
 
-def window_index(out: Active, in_h: int, in_w: int, stride: int) -> Tensor:
-    """[P, 9] input positions read by a 3x3 pad-1 conv at the active outputs (padding: N*H*W)."""
+def window_index(out: Active, in_h: int, in_w: int, stride: int, size: int = 3) -> Tensor:
+    """[P, size^2] input positions read by a size x size conv (padding size // 2) at the active
+    outputs (padding: N*H*W)."""
     p = out.positions
     n, rem = p // (out.h * out.w), p % (out.h * out.w)
-    offsets = torch.arange(-1, 2, device=p.device)
-    iy = (rem // out.w * stride)[:, None] + offsets  # [P, 3]
+    offsets = torch.arange(size, device=p.device) - size // 2
+    iy = (rem // out.w * stride)[:, None] + offsets  # [P, size]
     ix = (rem % out.w * stride)[:, None] + offsets
     valid = ((iy >= 0) & (iy < in_h))[:, :, None] & ((ix >= 0) & (ix < in_w))[:, None, :]
     src = (n * in_h * in_w)[:, None, None] + iy[:, :, None] * in_w + ix[:, None, :]
-    return torch.where(valid, src, out.n * in_h * in_w).view(-1, 9)
+    return torch.where(valid, src, out.n * in_h * in_w).view(-1, size * size)
 
 
 def gather_windows(rows: Tensor, out: Active, in_h: int, in_w: int, stride: int) -> Tensor:
@@ -82,6 +112,33 @@ def gather_windows(rows: Tensor, out: Active, in_h: int, in_w: int, stride: int)
                                                    in_w, out.h, out.w, stride)
     index = window_index(out, in_h, in_w, stride)
     return _with_zero_row(rows).index_select(0, index.view(-1)).view(index.shape[0], -1)
+
+
+def conv_at(rows: Tensor, out: Active, in_h: int, in_w: int, size: int, stride: int,
+            weight: Tensor, bias: Tensor | None = None, relu: bool = False,
+            weight2: Tensor | None = None) -> Tensor:
+    """A size x size (1 or 3, padding size // 2) conv at the active positions of `out`.
+
+    Args:
+        rows: [N*in_h*in_w, C] rows of the input grid.
+        weight: [size*size*C, C1] GEMM weight ordered (ky, kx, c); bias [C1] or None.
+        relu: ReLU after the bias.
+        weight2: optional [C1, C2]: the result is then multiplied by it (a following 1x1 conv).
+
+    Returns:
+        [P, C1] (or [P, C2]): row i is output position out.positions[i]. On the CPU the compiled
+        kernel gathers and multiplies tile by tile; elsewhere one gather and GEMM.
+    """
+    if kernel_runs(rows):
+        return torch.ops.fad_sparse.gather_conv(rows.contiguous(), out.positions, out.n, in_h,
+                                                in_w, out.h, out.w, size, stride, weight, bias,
+                                                relu, weight2)
+    index = window_index(out, in_h, in_w, stride, size)
+    cols = _with_zero_row(rows).index_select(0, index.view(-1)).view(index.shape[0], -1)
+    y = cols @ weight if bias is None else torch.addmm(bias, cols, weight)
+    if relu:
+        y = y.relu_()
+    return y if weight2 is None else y @ weight2
 
 
 def deform_windows(rows: Tensor, out: Active, offsets: Tensor, in_h: int, in_w: int,
@@ -115,8 +172,17 @@ def deform_windows(rows: Tensor, out: Active, offsets: Tensor, in_h: int, in_w: 
     return cols.reshape(p.shape[0], -1)
 
 
-def fold_bn(conv: nn.Conv2d, bn: nn.Module | None) -> tuple[Tensor, Tensor | None]:
-    """A conv (+ eval BN) as a GEMM: weight [kh*kw*Cin, Cout] ordered (ky, kx, c), bias [Cout]."""
+@dataclass(frozen=True)
+class Folded:
+    """A conv with its eval BatchNorm folded in, in both layouts."""
+
+    conv: Tensor  # [Cout, Cin, kh, kw] (F.conv2d)
+    gemm: Tensor  # [kh*kw*Cin, Cout] ordered (ky, kx, c)
+    bias: Tensor | None  # [Cout]
+
+
+def fold_bn(conv: nn.Conv2d, bn: nn.Module | None) -> Folded:
+    """A conv (+ eval BN) as one conv / GEMM with a bias."""
     weight = conv.weight
     bias = conv.bias
     if bn is not None:
@@ -126,56 +192,108 @@ def fold_bn(conv: nn.Conv2d, bn: nn.Module | None) -> tuple[Tensor, Tensor | Non
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         weight = weight * scale.view(-1, 1, 1, 1)
         bias = bn.bias - bn.running_mean * scale
-    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1).t().contiguous(), bias
+        if conv.bias is not None:
+            bias = bias + conv.bias * scale
+    gemm = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1).t().contiguous()
+    return Folded(weight.contiguous(memory_format=torch.channels_last), gemm, bias)
 
 
-def folded_weights(block: nn.Module) -> dict[str, tuple[Tensor, Tensor | None]]:
-    """BN-folded GEMM weights of a block, cached until a parameter or buffer changes."""
-    tensors = list(block.parameters()) + list(block.buffers())
-    key = tuple((t.data_ptr(), t._version) for t in tensors)
-    cache = getattr(block, "_folded_cache", None)
+def _folded(module: nn.Module, pairs: dict[str, tuple[nn.Conv2d, nn.Module | None]]
+            ) -> dict[str, Folded]:
+    """`fold_bn` of each (conv, bn) pair, cached on `module` until one of their tensors
+    changes."""
+    tensors = [t for pair in pairs.values() for m in pair if m is not None
+               for t in list(m.parameters()) + list(m.buffers())]
+    key = (tuple(pairs), tuple((t.data_ptr(), t._version) for t in tensors))
+    cache = getattr(module, "_folded_cache", None)
     if cache is not None and cache[0] == key:
         return cache[1]
     with torch.no_grad():
-        folded = {"conv1": fold_bn(block.conv1, block.bn1),
-                  "conv2": fold_bn(block.conv2, block.bn2)}
-        if hasattr(block, "conv3"):
-            folded["conv3"] = fold_bn(block.conv3, block.bn3)
-        if block.conv2_offset is not None:
-            folded["offset"] = fold_bn(block.conv2_offset, None)
-    block._folded_cache = (key, folded)
+        folded = {name: fold_bn(conv, bn) for name, (conv, bn) in pairs.items()}
+    module._folded_cache = (key, folded)
     return folded
 
 
-def _conv2_columns(block: nn.Module, f1: Tensor, x: Tensor, a2: Active,
-                   weights: dict) -> Tensor:
-    """im2col columns [P2, 9 * C] of conv2 (plain or deformable) at the active positions."""
+def _downsample_pair(block: nn.Module) -> tuple[nn.Conv2d, nn.Module] | None:
+    """(conv, bn) of a torchvision downsample shortcut, None when it has another form."""
+    ds = block.downsample
+    if (isinstance(ds, nn.Sequential) and len(ds) == 2 and isinstance(ds[0], nn.Conv2d)
+            and getattr(ds[1], "running_var", None) is not None):
+        return ds[0], ds[1]
+    return None
+
+
+def folded_weights(block: nn.Module) -> dict[str, Folded]:
+    """BN-folded convs of a block (conv1..3, DCN offsets, downsample), cached."""
+    pairs = {"conv1": (block.conv1, block.bn1), "conv2": (block.conv2, block.bn2)}
+    if hasattr(block, "conv3"):
+        pairs["conv3"] = (block.conv3, block.bn3)
+    if block.conv2_offset is not None:
+        pairs["offset"] = (block.conv2_offset, None)
+    if _downsample_pair(block) is not None:
+        pairs["downsample"] = _downsample_pair(block)
+    return _folded(block, pairs)
+
+
+def _shortcut(block: nn.Module, x: Tensor, weights: dict[str, Folded]) -> Tensor:
+    """The block's shortcut of x: x itself, or the BN-folded downsample conv."""
+    if block.downsample is None:
+        return x
+    if "downsample" not in weights:
+        return block.downsample(x)
+    ds = weights["downsample"]
+    return F.conv2d(x, ds.conv, ds.bias, block.downsample[0].stride)
+
+
+def _finish(block: nn.Module, x: Tensor, a2: Active, rows: Tensor, bias: Tensor,
+            weights: dict[str, Folded]) -> Tensor:
+    """Interpolate the last conv's rows, add `bias`, the shortcut and the ReLU -> [N, C, H, W].
+
+    The result is written onto the shortcut when it is a new tensor (downsample) or when the
+    block may overwrite its input (`overwrite_input`, set by `run_stage`)."""
+    identity = _shortcut(block, x, weights)
+    out = a2.interpolate(rows, block.interp2.taps(), bias=bias, residual=as_rows(identity),
+                         relu=True, into_residual=identity is not x or block.overwrite_input)
+    return as_map(out, a2.n, a2.h, a2.w)
+
+
+def _conv2_deform(block: nn.Module, f1: Tensor, x: Tensor, a2: Active,
+                  weights: dict[str, Folded]) -> Tensor:
+    """Deformable conv2 (BN, ReLU) then conv3 at the active positions -> [P2, 4C]."""
     _, _, h, w = x.shape
     stride = block.conv2.stride[0]
-    if block.conv2_offset is None:
-        return gather_windows(f1, a2, h, w, stride)
-    w_off, b_off = weights["offset"]
-    offsets = torch.addmm(b_off, gather_windows(as_rows(x), a2, h, w, stride), w_off)
-    return deform_windows(f1, a2, offsets, h, w, stride)
+    off = weights["offset"]
+    offsets = torch.addmm(off.bias, gather_windows(as_rows(x), a2, h, w, stride), off.gemm)
+    cols = deform_windows(f1, a2, offsets, h, w, stride)
+    conv2 = weights["conv2"]
+    return torch.addmm(conv2.bias, cols, conv2.gemm).relu_() @ weights["conv3"].gemm
 
 
 def sparse_bottleneck(block: nn.Module, x: Tensor) -> Tensor:
     """Inference of a SparseBottleneck computing only sampled positions; x [N, Cin, H, W]."""
-    n = x.shape[0]
+    n, _, h, w = x.shape
     m1, m2 = block.masks(x)
     a1, a2 = Active.of(m1), Active.of(m2)
     weights = folded_weights(block)
-    w1, b1 = weights["conv1"]
-    rows1 = torch.addmm(b1, as_rows(x).index_select(0, a1.positions), w1)
+    conv1, conv2, conv3 = weights["conv1"], weights["conv2"], weights["conv3"]
+    x_rows = as_rows(x)
+    if runs_dense("conv1", a1):
+        a1 = a1.dense()
+        rows1 = torch.addmm(conv1.bias, x_rows, conv1.gemm)
+    else:
+        rows1 = conv_at(x_rows, a1, h, w, 1, 1, conv1.gemm, conv1.bias, relu=True)
     f1 = a1.interpolate(rows1, block.interp1.taps(), relu_rows=True)
-    cols = _conv2_columns(block, f1, x, a2, weights)
-    w2, b2 = weights["conv2"]
-    w3, b3 = weights["conv3"]
-    rows3 = torch.addmm(b2, cols, w2).relu_() @ w3
-    identity = x if block.downsample is None else block.downsample(x)
-    out = a2.interpolate(rows3, block.interp2.taps(), bias=b3, residual=as_rows(identity),
-                         relu=True)
-    return out.view(n, a2.h, a2.w, -1).permute(0, 3, 1, 2)
+    stride = block.conv2.stride[0]
+    if block.conv2_offset is not None:
+        rows3 = _conv2_deform(block, f1, x, a2, weights)
+    elif runs_dense("conv2", a2):
+        a2 = a2.dense()
+        f2 = F.conv2d(as_map(f1, n, h, w), conv2.conv, conv2.bias, stride, 1).relu_()
+        rows3 = as_rows(f2) @ conv3.gemm
+    else:
+        rows3 = conv_at(f1, a2, h, w, 3, stride, conv2.gemm, conv2.bias, relu=True,
+                        weight2=conv3.gemm)
+    return _finish(block, x, a2, rows3, conv3.bias, weights)
 
 
 def sparse_basic(block: nn.Module, x: Tensor) -> Tensor:
@@ -184,13 +302,38 @@ def sparse_basic(block: nn.Module, x: Tensor) -> Tensor:
     m1, m2 = block.masks(x)
     a1, a2 = Active.of(m1), Active.of(m2)
     weights = folded_weights(block)
-    w1, b1 = weights["conv1"]
-    cols1 = gather_windows(as_rows(x), a1, h, w, block.conv1.stride[0])
-    rows1 = torch.addmm(b1, cols1, w1)
+    conv1, conv2 = weights["conv1"], weights["conv2"]
+    stride = block.conv1.stride[0]
+    if runs_dense("conv1", a1):
+        a1 = a1.dense()
+        rows1 = as_rows(F.conv2d(x, conv1.conv, conv1.bias, stride, 1))
+    else:
+        rows1 = conv_at(as_rows(x), a1, h, w, 3, stride, conv1.gemm, conv1.bias, relu=True)
     f1 = a1.interpolate(rows1, block.interp1.taps(), relu_rows=True)
-    w2, b2 = weights["conv2"]
-    rows2 = gather_windows(f1, a2, a1.h, a1.w, 1) @ w2
-    identity = x if block.downsample is None else block.downsample(x)
-    out = a2.interpolate(rows2, block.interp2.taps(), bias=b2, residual=as_rows(identity),
-                         relu=True)
-    return out.view(n, a2.h, a2.w, -1).permute(0, 3, 1, 2)
+    if runs_dense("conv2", a2):
+        a2 = a2.dense()
+        rows2 = as_rows(F.conv2d(as_map(f1, n, a1.h, a1.w), conv2.conv, None, 1, 1))
+    else:
+        rows2 = conv_at(f1, a2, a1.h, a1.w, 3, 1, conv2.gemm)
+    return _finish(block, x, a2, rows2, conv2.bias, weights)
+
+
+def sparse_stem(body: nn.Module, x: Tensor) -> Tensor:
+    """The body's stem (conv1, BN, ReLU, max pool) with BN folded into the conv; x channels-last
+    [N, 3, H, W] -> [N, 64, H / 4, W / 4]."""
+    stem = _folded(body, {"stem": (body.conv1, body.bn1)})["stem"]
+    y = F.conv2d(x, stem.conv, stem.bias, body.conv1.stride, body.conv1.padding).relu_()
+    return body.maxpool(y)
+
+
+def run_stage(layer: nn.Sequential, x: Tensor) -> Tensor:
+    """The blocks of a stage in order. From the second block on, a block's input is the previous
+    block's output, which nothing else holds, so sparse blocks may write their output onto it
+    (`overwrite_input`): no new memory to fault in per block."""
+    for i, block in enumerate(layer):
+        block.overwrite_input = i > 0
+        try:
+            x = block(x)
+        finally:
+            block.overwrite_input = False
+    return x

@@ -9,8 +9,8 @@ The published R-101 numbers are for a fixed canvas per resolution (`reference_ca
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..resnet import STAGE_BLOCKS, STAGE_PLANES, check_depth
 

@@ -52,7 +52,8 @@ def interpolate_dense(f: Tensor, m: Tensor, taps: Tensor, eps: float = EPS) -> T
 def interpolate_rows(rows: Tensor, index: Tensor, mask: Tensor, taps: Tensor,
                      size: tuple[int, int, int], bias: Tensor | None = None,
                      residual: Tensor | None = None, relu: bool = False,
-                     relu_rows: bool = False, eps: float = EPS) -> Tensor:
+                     relu_rows: bool = False, into_residual: bool = False,
+                     eps: float = EPS) -> Tensor:
     """Interpolate features known only at sampled positions, then add bias/residual, ReLU.
 
     Args:
@@ -66,11 +67,24 @@ def interpolate_rows(rows: Tensor, index: Tensor, mask: Tensor, taps: Tensor,
         residual: optional [N*H*W, C] added after the bias.
         relu: apply ReLU last.
         relu_rows: use ReLU(rows) as the features (fuses the producer's ReLU).
+        into_residual: write the result onto `residual` (contiguous; no new memory) and return
+            it; not with relu_rows.
 
     Returns:
         [N*H*W, C]: row p is the interpolated feature of position p.
     """
     n, h, w = size
+    if into_residual:
+        if residual is None or relu_rows or not residual.is_contiguous():
+            raise ValueError("into_residual needs a contiguous residual and relu_rows False")
+        if kernel_runs(rows):
+            torch.ops.fad_sparse.interpolate_into(
+                residual, rows.contiguous(), index.contiguous(), mask.contiguous(),
+                taps.detach().float().contiguous(), eps,
+                None if bias is None else bias.contiguous(), relu, n, h, w)
+            return residual
+        return residual.copy_(interpolate_rows(rows, index, mask, taps, size, bias, residual,
+                                               relu, eps=eps))
     if kernel_runs(rows):
         return torch.ops.fad_sparse.interpolate(
             rows.contiguous(), index.contiguous(), mask.contiguous(),

@@ -18,6 +18,11 @@ __all__ = ["kernel_available", "kernel_runs"]
 _KERNEL_LIB = kernels.define_library("fad_sparse", (
     "interpolate(Tensor rows, Tensor index, Tensor mask, Tensor taps, float eps, Tensor? bias, "
     "Tensor? residual, bool relu, bool relu_rows, int n, int h, int w) -> Tensor",
+    "interpolate_into(Tensor(a!) residual, Tensor rows, Tensor index, Tensor mask, Tensor taps, "
+    "float eps, Tensor? bias, bool relu, int n, int h, int w) -> ()",
+    "gather_conv(Tensor src, Tensor positions, int n, int in_h, int in_w, int out_h, int out_w, "
+    "int kernel_size, int stride, Tensor weight, Tensor? bias, bool relu, Tensor? weight2) "
+    "-> Tensor",
     "gather_windows(Tensor src, Tensor positions, int n, int in_h, int in_w, int out_h, "
     "int out_w, int stride) -> Tensor",
     "tap_sum(Tensor y, Tensor bias, int n, int in_h, int in_w, int start, int stride) -> Tensor",

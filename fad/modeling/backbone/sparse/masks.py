@@ -15,7 +15,7 @@ logits give p = sigmoid(logits); `MaskSampler` turns them into the mask m:
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
