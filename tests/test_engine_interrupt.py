@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from conftest import REPO
 from torch import nn
 
@@ -132,6 +133,32 @@ def test_prune_never_deletes_the_last_checkpoint(tmp_path):
         torch.save({"iteration": i}, tmp_path / f"model_{i:07d}.pth")
     assert [os.path.basename(p) for p in ck.prune(1)] == ["model_0000002.pth", "model_0000004.pth"]
     assert ck.prune(0) == [] and os.path.exists(ck.last())
+
+
+def _ddp_worker(rank: int, world: int, out: str, port: int) -> None:
+    """Rank 1 alone gets SIGINT during iteration 3; every rank records where it stopped."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from fad.engine.distributed import init_distributed
+
+    torch.set_num_threads(1)
+    assert init_distributed()
+    cfg = _cfg(out)
+    trainer = _trainer(cfg, LinearStep(cfg, kill_at=3 if rank == 1 else 0))
+    try:
+        trainer.train()
+    except Interrupted as exc:
+        with open(os.path.join(out, f"rank{rank}.txt"), "w") as f:
+            f.write(str(exc.iteration))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_all_ranks_stop_at_the_same_iteration(tmp_path):
+    port = 29600 + os.getpid() % 1000
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path), port), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["3", "3"]
+    assert os.path.basename(Checkpointer(str(tmp_path)).last()) == "model_0000003.pth"
 
 
 # ---- through the tools, as a user meets it: a real process gets the signal -----------------

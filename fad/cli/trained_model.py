@@ -69,5 +69,5 @@ def load_trained_model(cfg: CfgNode, genotype_file: str = "") -> TrainedModel:
         logger.info("%s stores no class names; using the %d classes of %s", weight,
                     len(classes), cfg.DATASETS.TEST[0])
     model = build_model(cfg, len(classes), genotype, source)
-    load_model_weights(model, state, weight)
+    load_model_weights(model, state, weight, cfg=cfg, classes=classes, genotype=genotype)
     return TrainedModel(model, list(classes), int(state.get("iteration", 0)))
