@@ -8,6 +8,9 @@ where the Hessian-vector product is the central finite difference
   (grad_alpha L_train(w + eps v) - grad_alpha L_train(w - eps v)) / (2 * eps),  eps = 0.01 / ||v||.
 Per-parameter learning rates (bias lr x2) are folded into v, so the perturbation of w is
 0.01 * grad_w' L_val / ||grad_w' L_val||, as in DARTS.
+A cost penalty P(alpha) (`fad.search.cost`, MODEL.FAD.COST) is added to L_val in both orders;
+it depends on the alphas only, so it adds grad_alpha P to dalpha and nothing to the weight
+gradients or the Hessian-vector product. Without one the objective is exactly L_val.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 LossFn = Callable[[Any], Tensor]
+Penalty = Callable[[], Tensor]
 GradReducer = Callable[[list[Tensor]], None]
 
 
@@ -64,13 +68,17 @@ class Architect:
     An enabled `scaler` (fp16, first order only; see `fad.engine.amp`) scales the val loss and
     unscales the alpha gradients in its `step`, which skips the Adam step on an overflow; the
     caller runs `scaler.update()` once per iteration after its weight step.
+    `penalty() -> 0-dim Tensor` (a function of the alphas only), when given, is added to the val
+    loss of the alpha objective (first and second order).
     """
 
     def __init__(self, loss_fn: LossFn, weights: list[nn.Parameter], alphas: list[nn.Parameter],
                  lr: float = 3e-4, betas: tuple[float, float] = (0.5, 0.999),
                  weight_decay: float = 1e-3, second_order: bool = False,
-                 reduce: GradReducer = _no_reduce, scaler: torch.amp.GradScaler | None = None):
+                 reduce: GradReducer = _no_reduce, scaler: torch.amp.GradScaler | None = None,
+                 penalty: Penalty | None = None):
         self.loss_fn, self.weights, self.alphas = loss_fn, weights, alphas
+        self.penalty = penalty
         self.second_order, self.reduce = second_order, reduce
         self.scaler = scaler if scaler is not None else torch.amp.GradScaler("cpu", enabled=False)
         if second_order and self.scaler.is_enabled():
@@ -80,7 +88,8 @@ class Architect:
 
     def step(self, val_batch: Any, train_batch: Any = None,
              weight_optimizer: torch.optim.Optimizer | None = None) -> float:
-        """Set alpha grads (first or second order), Adam step; returns the val loss."""
+        """Set alpha grads (first or second order), Adam step; returns the val loss (without
+        the penalty)."""
         if self.second_order:
             if train_batch is None or weight_optimizer is None:
                 raise ValueError("second-order alpha steps need the train batch and the weight "
@@ -88,13 +97,17 @@ class Architect:
             grads, loss = self.unrolled_grads(val_batch, train_batch, weight_optimizer)
         else:
             loss = self.loss_fn(val_batch)
-            grads = _grads(self.scaler.scale(loss), self.alphas)
+            grads = _grads(self.scaler.scale(self._objective(loss)), self.alphas)
             self.reduce(grads)
         for a, g in zip(self.alphas, grads):
             a.grad = g
         self.scaler.step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
+
+    def _objective(self, val_loss: Tensor) -> Tensor:
+        """The alpha objective: the val loss, plus the penalty when there is one."""
+        return val_loss if self.penalty is None else val_loss + self.penalty()
 
     def _sgd_hyper(self, optimizer: torch.optim.Optimizer
                    ) -> dict[int, tuple[float, float, float, Tensor | None]]:
@@ -127,7 +140,7 @@ class Architect:
                 p.sub_(lr * step)
                 lrs.append(lr)
         val_loss = self.loss_fn(val_batch)
-        grads = _grads(val_loss, self.alphas + self.weights)
+        grads = _grads(self._objective(val_loss), self.alphas + self.weights)
         self.reduce(grads)
         dalpha, dw = grads[: len(self.alphas)], grads[len(self.alphas):]
         _copy_into(self.weights, backup)

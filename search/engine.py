@@ -8,6 +8,9 @@ architect takes gradients with `torch.autograd.grad`). Every CHECKPOINT_PERIOD a
 the trainer's atomic checkpoint (weights + alphas, both optimizer states, scaler, scheduler, RNG,
 iteration) and, on the main rank, OUTPUT_DIR/genotype.log plus genotype_{box,cls} diagrams
 and the pictures of `visuals.py` (alphas.png, winning_ops.png, genotype_history.log).
+Cost (`cost.py`): the expected head cost is logged with the losses (`head_gflops`, or `head_ms`
+with MODEL.FAD.COST latency); unless MODEL.FAD.COST is none its penalty joins the alpha
+objective; genotype_cost.json is written beside genotype.log at every checkpoint.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from fad.nas.draw import FORMATS, draw_genotype
 from fad.nas.genotype import Genotype, format_genotype, write_genotype_file
 
 from .architect import Architect
+from .cost import CostHook, HeadCounter, SearchCost
 from .derive import derive_genotype, none_dominated_edges, softmax_alpha_scalars
 from .supernet import TOWERS, Supernet, build_supernet
 from .visuals import write_search_visuals
@@ -63,11 +67,13 @@ class SearchStep(TrainStep):
         super().__init__(cfg, model, build_optimizer(cfg, model.weight_named_parameters()),
                          amp_policy(cfg, device, second_order=second_order), device)
         self.weights = model.weight_parameters()
+        self.cost = SearchCost(cfg, model.tower_alphas, model.num_classes)
         self.architect = Architect(self.loss, self.weights, model.arch_parameters(),
                                    lr=cfg.SEARCH.ARCH_LR, betas=cfg.SEARCH.ARCH_BETAS,
                                    weight_decay=cfg.SEARCH.ARCH_WEIGHT_DECAY,
                                    second_order=second_order, reduce=mean_over_ranks,
-                                   scaler=self.scaler)
+                                   scaler=self.scaler,
+                                   penalty=self.cost.penalty if self.cost.active else None)
 
     def loss(self, batch: Batch) -> Tensor:
         """The supernet's total loss on one batch (the architect's loss function)."""
@@ -84,8 +90,10 @@ class SearchStep(TrainStep):
                 p.grad = torch.zeros_like(p)
         mean_over_ranks([p.grad for p in self.weights])
         self.apply_gradients(self.weights)
+        with torch.no_grad():
+            cost = self.cost.expected()
         return StepOutput({k: v.detach() for k, v in losses.items()},
-                          {"val_loss": torch.tensor(val_loss)})
+                          {"val_loss": torch.tensor(val_loss), self.cost.scalar_name: cost})
 
     def state_dict(self) -> dict:
         return super().state_dict() | {"arch_optimizer": self.architect.optimizer.state_dict()}
@@ -153,16 +161,23 @@ class GenotypeHook(HookBase):
 
 
 def search(cfg: CfgNode, model: Supernet, train_set, val_set, device: torch.device,
-           resume: bool = False, extra_state: dict | None = None) -> tuple[Genotype, Genotype]:
-    """Run (or resume) the bilevel search; returns the final (box, cls) genotypes."""
+           resume: bool = False, extra_state: dict | None = None,
+           count_head: HeadCounter | None = None) -> tuple[Genotype, Genotype]:
+    """Run (or resume) the bilevel search; returns the final (box, cls) genotypes.
+
+    `count_head` (e.g. `fad.augment.flops.head_flops`) counts the derived head's real FLOPs for
+    genotype_cost.json.
+    """
     fmt = cfg.SEARCH.DIAGRAM_FORMAT
     if fmt not in FORMATS:
         raise ConfigError(f"SEARCH.DIAGRAM_FORMAT must be one of {FORMATS}, got {fmt!r}")
-    trainer = Trainer(cfg, SearchStep(cfg, model, device),
+    step = SearchStep(cfg, model, device)
+    cost_hook = CostHook(cfg, step.cost, model.num_classes, cfg.OUTPUT_DIR, count_head)
+    trainer = Trainer(cfg, step,
                       lambda start: zip(make_train_loader(cfg, train_set, start),
                                         make_train_loader(cfg, val_set, start)),
-                      hooks=[GenotypeHook(model, cfg.OUTPUT_DIR, fmt)], extra_state=extra_state,
-                      prefix="search")
+                      hooks=[GenotypeHook(model, cfg.OUTPUT_DIR, fmt), cost_hook],
+                      extra_state=extra_state, prefix="search")
     trainer.resume_or_load(resume)
     logger.info("search: %d train / %d val images, %s alpha steps", len(train_set), len(val_set),
                 "second-order" if cfg.SEARCH.SECOND_ORDER else "first-order")
@@ -170,9 +185,10 @@ def search(cfg: CfgNode, model: Supernet, train_set, val_set, device: torch.devi
     return derive_genotypes(model)
 
 
-def run_search(cfg: CfgNode, device: torch.device, resume: bool = False
-               ) -> tuple[Genotype, Genotype]:
-    """Build the search set, split it into disjoint train/val halves, build the supernet, search.
+def run_search(cfg: CfgNode, device: torch.device, resume: bool = False,
+               count_head: HeadCounter | None = None) -> tuple[Genotype, Genotype]:
+    """Build the search set, split it into disjoint train/val halves, build the supernet, search
+    (`count_head`: see `search`).
 
     DATASETS.TEST is not used (the search evaluates no detector); a value other than the default
     gets a warning.
@@ -193,4 +209,4 @@ def run_search(cfg: CfgNode, device: torch.device, resume: bool = False
                 len(dataset), num_classes, len(train_set), len(val_set))
     model = build_supernet(cfg, num_classes).to(device)
     return search(cfg, model, train_set, val_set, device, resume,
-                  extra_state={"classes": list(dataset.classes)})
+                  extra_state={"classes": list(dataset.classes)}, count_head=count_head)

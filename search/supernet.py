@@ -43,6 +43,11 @@ class Supernet(nn.Module):
         head = self.detector.head
         return {"box": list(head.box_tower.alphas), "cls": list(head.cls_tower.alphas)}
 
+    @property
+    def num_classes(self) -> int:
+        """Classes of the head's classifier (the cost of `cls_logits` depends on it)."""
+        return self.detector.head.cls_logits.out_channels
+
     def arch_parameters(self) -> list[nn.Parameter]:
         return [a for tower in TOWERS for a in self.tower_alphas()[tower]]
 

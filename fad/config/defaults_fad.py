@@ -14,6 +14,13 @@ def add_fad_config(cfg: CN) -> None:
     # alphas per edge); off as in the paper's reference, which found it hurt detection
     cfg.MODEL.FAD.DIL3 = False
     cfg.MODEL.FAD.SEARCH_CELLS = 1  # search: cells per tower in the supernet (alphas shared by cells)
+    # search cost term (docs/fad.md): penalty on the derived head's expected cost, alpha loss
+    cfg.MODEL.FAD.COST = "none"  # none (the original objective), flops or latency
+    cfg.MODEL.FAD.COST_TARGET = 0.0  # head budget: GFLOPs (flops) or ms (latency), COST_INPUT_SIZE
+    cfg.MODEL.FAD.COST_PENALTY = "hinge"  # hinge: w*max(0, cost/target-1); log: w*log(cost/target)
+    cfg.MODEL.FAD.COST_WEIGHT = 1.0  # w, the penalty's weight next to the val loss
+    cfg.MODEL.FAD.COST_INPUT_SIZE = ()  # (H, W) of the cost; (): search input
+    cfg.MODEL.FAD.COST_LATENCY_TABLE = ""  # COST latency: JSON of `fad-bench op_latency`
 
     cfg.SEARCH = CN()
     cfg.SEARCH.VAL_FRACTION = 0.5  # share of the search set held out as the alpha ("val") half
