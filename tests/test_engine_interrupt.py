@@ -169,17 +169,24 @@ TINY_TRAIN = ["MODEL.DEVICE", "cpu", "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.FCOS
               "SOLVER.LOG_PERIOD", "1", "SOLVER.WARMUP_ITERS", "2"]
 
 
-def _interrupt(tool: str, args: list[str], signum: int) -> tuple[int, str, str, int]:
-    """Start tools/<tool>.py, send `signum` once it logged iteration 2; (rc, out, err, N)."""
+def _interrupt(tool: str, args: list[str], signum: int,
+               group: bool = False) -> tuple[int, str, str, int]:
+    """Start tools/<tool>.py, send `signum` once it logged iteration 2 (to its whole process
+    group, loader workers included, as a terminal's Ctrl-C does, when `group`);
+    returns (rc, stdout, stderr, N of "interrupted at iteration N")."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "tools", f"{tool}.py"), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
     lines = []
     deadline = time.time() + 300
     for line in proc.stdout:
         lines.append(line)
         if re.search(r"iter: 2/", line):
-            proc.send_signal(signum)
+            if group:
+                os.killpg(proc.pid, signum)
+            else:
+                proc.send_signal(signum)
             break
         assert time.time() < deadline, "".join(lines)
     out, err = proc.communicate(timeout=300)
@@ -202,8 +209,11 @@ def test_train_net_ctrl_c_then_resume(synthetic_root, tmp_path):
     config = os.path.join(REPO, "configs", "fcos", "fcos_tiny_synthetic.yaml")
     args = ["--config-file", config, "DATASETS.ROOT", synthetic_root, "OUTPUT_DIR",
             str(tmp_path), *TINY_TRAIN, "--skip-test"]
-    rc, out, err, n = _interrupt("train_net", [*args, "SOLVER.MAX_ITER", "200"], signal.SIGINT)
+    rc, out, err, n = _interrupt("train_net", [*args, "SOLVER.MAX_ITER", "200",
+                                               "DATALOADER.NUM_WORKERS", "2"], signal.SIGINT,
+                                 group=True)
     assert rc == 130, err
+    assert out.count("SIGINT: stopping after this iteration") == 1  # not once per worker
     _check_stopped(tmp_path, n, err)
     done = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train_net.py"), *args,
                            "SOLVER.MAX_ITER", str(n + 1), "--resume"],

@@ -38,14 +38,17 @@ class StopRequest:
     """Context manager that turns SIGINT/SIGTERM into a request to stop (`signum`, 0 = none).
 
     Handlers are installed only in the main thread (elsewhere `signum` stays 0) and the previous
-    ones are restored on exit.
+    ones are restored on exit. Processes forked meanwhile (data loader workers, which get a
+    terminal's Ctrl-C too) inherit the handler and ignore the signals: the main process stops them.
     """
 
     def __init__(self) -> None:
         self.signum = 0
         self._previous: dict[int, object] = {}
+        self._pid = os.getpid()
 
     def __enter__(self) -> StopRequest:
+        self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
         return self
@@ -58,6 +61,8 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         """First signal: record it; second: leave at once with 128 + signum."""
+        if os.getpid() != self._pid:
+            return
         name = signal.Signals(signum).name
         if self.signum:
             sys.stderr.write(f"{name} again: exiting now, without a checkpoint\n")
