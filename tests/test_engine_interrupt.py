@@ -115,6 +115,20 @@ def test_a_second_signal_exits_at_once(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_under_torchrun_the_forwarded_repeat_is_the_same_stop():
+    script = textwrap.dedent("""
+        import os, signal
+        from fad.engine.interrupt import StopRequest
+        with StopRequest() as stop:
+            os.kill(os.getpid(), signal.SIGINT)  # from the terminal
+            os.kill(os.getpid(), signal.SIGINT)  # torchrun passing it on
+        print("still stopping cleanly", stop.signum == signal.SIGINT)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, cwd=REPO, env=dict(os.environ, TORCHELASTIC_RUN_ID="x"))
+    assert proc.returncode == 0 and "still stopping cleanly True" in proc.stdout, proc.stderr
+
+
 def test_retention_keeps_the_newest_periodic_checkpoints_and_the_final(tmp_path):
     cfg = _cfg(tmp_path, max_iter=10, period=2, keep=2)
     _trainer(cfg, LinearStep(cfg)).train()

@@ -5,7 +5,10 @@ the signal: the trainer finishes the current iteration, writes a checkpoint, log
 "interrupted at iteration N; continue with --resume" and raises `Interrupted`, which
 `fad.engine.launch.run_tool` turns into exit code 128 + signal (130 for SIGINT, 143 for SIGTERM),
 without a traceback. A second signal exits at once (no checkpoint). Under torchrun the trainer
-takes the largest signal over all ranks every iteration, so every rank stops at the same one.
+takes the largest signal over all ranks every iteration, so every rank stops at the same one;
+torchrun passes a Ctrl-C on to its workers, who also get it from the terminal, so there a repeat
+within FORWARD_WINDOW_S seconds is the same stop, and the step plus the checkpoint must end within
+torchrun's shutdown grace period (30 s by default) before it kills the workers.
 """
 from __future__ import annotations
 
@@ -14,11 +17,13 @@ import os
 import signal
 import sys
 import threading
+import time
 from types import FrameType, TracebackType
 
 logger = logging.getLogger("fad")
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+FORWARD_WINDOW_S = 2.0  # under torchrun: a repeat this soon is the agent forwarding the first
 
 
 class Interrupted(Exception):
@@ -46,6 +51,7 @@ class StopRequest:
         self.signum = 0
         self._previous: dict[int, object] = {}
         self._pid = os.getpid()
+        self._first = 0.0
 
     def __enter__(self) -> StopRequest:
         self._pid = os.getpid()
@@ -64,10 +70,14 @@ class StopRequest:
         if os.getpid() != self._pid:
             return
         name = signal.Signals(signum).name
+        now = time.monotonic()
+        if self.signum and "TORCHELASTIC_RUN_ID" in os.environ and (
+                now - self._first < FORWARD_WINDOW_S):
+            return
         if self.signum:
             sys.stderr.write(f"{name} again: exiting now, without a checkpoint\n")
             sys.stderr.flush()
             os._exit(128 + signum)
-        self.signum = signum
+        self.signum, self._first = signum, now
         logger.warning("%s: stopping after this iteration with a checkpoint (send it again to "
                        "exit at once)", name)
