@@ -18,11 +18,11 @@ Expected cost of one node i with incoming edges j (softmax weights p_jk, candida
 i.e. each edge's softmax-weighted candidate cost, with the node's non-`none` mass spread over the
 K edges the derived node keeps. With one-hot alphas whose K chosen edges are non-`none` and the
 others `none`, this is exactly the derived node's cost; at uniform alphas it is the mean cost of a
-randomly derived node. Moving mass to `none` does not lower it: the derivation never picks
-`none`, so a plain sum over all edges (which `none` would drive to zero) would reward a collapse
-that the derived head does not pay for. Head cost = fixed + box_cells * cell(box alphas) +
-cls_cells * cell(cls alphas) with the augment cell counts (MODEL.FAD.BOX_CELLS, CLS_CELLS), as
-the alphas are shared by the cells of a tower.
+randomly derived node. The same share of `none` on every edge of a node leaves it unchanged:
+the derivation never picks `none`, so a plain sum over all edges (which `none` would drive to
+zero) would reward a collapse that the derived head does not pay for.
+Head cost = fixed + box_cells * cell(box alphas) + cls_cells * cell(cls alphas) with the augment
+cell counts (MODEL.FAD.BOX_CELLS, CLS_CELLS), as the alphas are shared by the cells of a tower.
 """
 from __future__ import annotations
 
