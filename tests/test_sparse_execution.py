@@ -4,10 +4,22 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d, deform_conv2d
 
-from fad.modeling.backbone.sparse.execution import Active, deform_windows, gather_windows
+from fad.modeling.backbone.sparse import execution
+from fad.modeling.backbone.sparse.execution import (
+    Active,
+    conv_at,
+    deform_windows,
+    gather_windows,
+    runs_dense,
+)
+from fad.modeling.backbone.sparse.interpolation import gaussian_taps
 from fad.modeling.backbone.sparse.masks import forced_density
-from fad.modeling.backbone.sparse_resnet import (SparseBasicBlock, SparseBottleneck,
-                                                 SparseOptions, SparseResNetBody)
+from fad.modeling.backbone.sparse_resnet import (
+    SparseBasicBlock,
+    SparseBottleneck,
+    SparseOptions,
+    SparseResNetBody,
+)
 
 BACKENDS = ["auto", "reference"]
 
@@ -56,6 +68,18 @@ def test_block_sparse_equals_masked_dense(monkeypatch, backend, sampling, name, 
                                           planes, stride, dcn):
     monkeypatch.setenv("FAD_SPARSE_BACKEND", backend)
     torch.manual_seed(0)
+    block = _block(name, inplanes, planes, stride, dcn, sampling)
+    x = torch.randn(2, inplanes, 21, 26).relu().contiguous(memory_format=torch.channels_last)
+    dense = _run(block, x, "dense_masked")
+    sparse = _run(block, x, "sparse")
+    d1, d2 = block.density.tolist()
+    assert 0.05 < d1 < 0.95 and 0.05 < d2 < 0.95  # a mix of computed and skipped positions
+    assert sparse.shape == dense.shape
+    torch.testing.assert_close(sparse, dense, atol=2e-5, rtol=1e-4)
+
+
+def _block(name: str, inplanes: int, planes: int, stride: int, dcn: bool,
+           sampling: str = "stochastic") -> nn.Module:
     cls = SparseBottleneck if name.startswith("bottleneck") else SparseBasicBlock
     out_ch = planes * cls.expansion
     downsample = None
@@ -65,14 +89,107 @@ def test_block_sparse_equals_masked_dense(monkeypatch, backend, sampling, name, 
     block = cls(inplanes, planes, stride, downsample, FrozenBatchNorm2d,
                 SparseOptions(sampling=sampling), unit_id=3, dcn=dcn)
     _randomise(block)
-    block.eval()
-    x = torch.randn(2, inplanes, 21, 26).relu().contiguous(memory_format=torch.channels_last)
+    return block.eval()
+
+
+@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
+def threads(request):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(previous)
+
+
+def _assert_equal_to_masked_dense(block: nn.Module, x: torch.Tensor) -> None:
+    """Sparse == masked dense within 1e-5 of the output's largest magnitude; x not modified."""
+    x_before = x.clone()
     dense = _run(block, x, "dense_masked")
     sparse = _run(block, x, "sparse")
-    d1, d2 = block.density.tolist()
-    assert 0.05 < d1 < 0.95 and 0.05 < d2 < 0.95  # a mix of computed and skipped positions
+    assert torch.equal(x, x_before)
     assert sparse.shape == dense.shape
-    torch.testing.assert_close(sparse, dense, atol=2e-5, rtol=1e-4)
+    assert (sparse - dense).abs().max() <= 1e-5 * dense.abs().max().clamp_min(1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("name, inplanes, planes, stride, dcn", BLOCKS)
+def test_block_sparse_equals_masked_dense_at_forced_density(monkeypatch, threads, backend,
+                                                            density, name, inplanes, planes,
+                                                            stride, dcn):
+    """Every block kind at densities 0 .. 1 (1 runs the dense fallback), 1 and 2 threads; the
+    map is large enough that the kernels split their work over both threads."""
+    monkeypatch.setenv("FAD_SPARSE_BACKEND", backend)
+    torch.manual_seed(0)
+    block = _block(name, inplanes, planes, stride, dcn)
+    x = torch.randn(2, inplanes, 30, 36).relu().contiguous(memory_format=torch.channels_last)
+    with forced_density(block, density, seed=4):
+        _assert_equal_to_masked_dense(block, x)
+    if 0 < density < 1:
+        assert all(abs(d - density) < 0.05 for d in block.density.tolist())
+
+
+@pytest.mark.parametrize("name, inplanes, planes, stride, dcn",
+                         [b for b in BLOCKS if not b[-1]])
+def test_dense_fallback_decision(monkeypatch, name, inplanes, planes, stride, dcn):
+    """Above `DENSE_ABOVE` a conv runs densely (no gathered conv), below it sparsely; both equal
+    the masked dense path."""
+    torch.manual_seed(0)
+    block = _block(name, inplanes, planes, stride, dcn)
+    x = torch.randn(1, inplanes, 24, 20).relu().contiguous(memory_format=torch.channels_last)
+    calls = []
+
+    def counting_conv_at(*args, **kwargs):
+        calls.append(args[1].positions.numel())
+        return conv_at(*args, **kwargs)
+
+    assert runs_dense("conv2", Active.of(torch.ones(1, 1, 4, 4)))
+    assert not runs_dense("conv2", Active.of(torch.zeros(1, 1, 4, 4)))
+    monkeypatch.setattr(execution, "conv_at", counting_conv_at)
+    with forced_density(block, 0.5, seed=1):
+        for limit, sparse_convs in ((0.6, 2), (0.4, 0), (0.0, 0), (1.0, 2)):
+            monkeypatch.setitem(execution.DENSE_ABOVE, "conv1", limit)
+            monkeypatch.setitem(execution.DENSE_ABOVE, "conv2", limit)
+            calls.clear()
+            _assert_equal_to_masked_dense(block, x)
+            assert len(calls) == sparse_convs
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("size, stride, second", [(1, 1, False), (1, 2, True), (3, 1, True),
+                                                  (3, 2, False)])
+def test_conv_at_matches_conv2d(monkeypatch, threads, backend, size, stride, second):
+    monkeypatch.setenv("FAD_SPARSE_BACKEND", backend)
+    torch.manual_seed(0)
+    n, c, h, w, c1, c2 = 2, 8, 23, 29, 12, 5
+    x = torch.randn(n, c, h, w)
+    weight, bias = torch.randn(c1, c, size, size), torch.randn(c1)
+    weight2 = torch.randn(c1, c2)
+    want = torch.nn.functional.conv2d(x, weight, bias, stride, size // 2).relu()
+    want = want.permute(0, 2, 3, 1).reshape(-1, c1)
+    if second:
+        want = want @ weight2
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    out = Active.of((torch.rand(n, 1, ho, wo) < 0.6).float())
+    got = conv_at(x.permute(0, 2, 3, 1).reshape(-1, c), out, h, w, size, stride,
+                  weight.permute(2, 3, 1, 0).reshape(-1, c1).contiguous(), bias, relu=True,
+                  weight2=weight2 if second else None)
+    torch.testing.assert_close(got, want[out.positions], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_interpolate_into_residual(monkeypatch, backend):
+    monkeypatch.setenv("FAD_SPARSE_BACKEND", backend)
+    torch.manual_seed(0)
+    n, h, w, c = 1, 9, 13, 6
+    active = Active.of((torch.rand(n, 1, h, w) < 0.4).float())
+    rows, bias = torch.randn(active.positions.numel(), c), torch.randn(c)
+    residual = torch.randn(n * h * w, c)
+    taps = gaussian_taps(torch.tensor(1.5), 7)
+    want = active.interpolate(rows, taps, bias=bias, residual=residual, relu=True)
+    got = active.interpolate(rows, taps, bias=bias, residual=residual, relu=True,
+                             into_residual=True)
+    assert got.data_ptr() == residual.data_ptr()
+    torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("size", [(33, 47), (32, 32)])

@@ -111,7 +111,8 @@ def gather_windows(rows: Tensor, out: Active, in_h: int, in_w: int, stride: int)
         return torch.ops.fad_sparse.gather_windows(rows.contiguous(), out.positions, out.n, in_h,
                                                    in_w, out.h, out.w, stride)
     index = window_index(out, in_h, in_w, stride)
-    return _with_zero_row(rows).index_select(0, index.view(-1)).view(index.shape[0], -1)
+    return _with_zero_row(rows).index_select(0, index.view(-1)).view(index.shape[0],
+                                                                     9 * rows.shape[1])
 
 
 def conv_at(rows: Tensor, out: Active, in_h: int, in_w: int, size: int, stride: int,
@@ -134,7 +135,8 @@ def conv_at(rows: Tensor, out: Active, in_h: int, in_w: int, size: int, stride: 
                                                 in_w, out.h, out.w, size, stride, weight, bias,
                                                 relu, weight2)
     index = window_index(out, in_h, in_w, stride, size)
-    cols = _with_zero_row(rows).index_select(0, index.view(-1)).view(index.shape[0], -1)
+    cols = _with_zero_row(rows).index_select(0, index.view(-1)).view(index.shape[0],
+                                                                      weight.shape[0])
     y = cols @ weight if bias is None else torch.addmm(bias, cols, weight)
     if relu:
         y = y.relu_()
@@ -166,10 +168,10 @@ def deform_windows(rows: Tensor, out: Active, offsets: Tensor, in_h: int, in_w: 
             yy, xx = y0 + dy, x0 + dx
             valid = (yy >= 0) & (yy < in_h) & (xx >= 0) & (xx < in_w)
             src = torch.where(valid, base + yy * in_w + xx, out.n * in_h * in_w)
-            corner = rows_ext.index_select(0, src.view(-1)).view(*src.shape, -1)
+            corner = rows_ext.index_select(0, src.view(-1)).view(*src.shape, rows.shape[1])
             term = corner * (wy * wx)[..., None]
             cols = term if cols is None else cols + term
-    return cols.reshape(p.shape[0], -1)
+    return cols.reshape(p.shape[0], 9 * rows.shape[1])
 
 
 @dataclass(frozen=True)
@@ -327,13 +329,13 @@ def sparse_stem(body: nn.Module, x: Tensor) -> Tensor:
 
 
 def run_stage(layer: nn.Sequential, x: Tensor) -> Tensor:
-    """The blocks of a stage in order. From the second block on, a block's input is the previous
+    """`layer(x)` for a stage of blocks. From the second block on, a block's input is the previous
     block's output, which nothing else holds, so sparse blocks may write their output onto it
     (`overwrite_input`): no new memory to fault in per block."""
     for i, block in enumerate(layer):
         block.overwrite_input = i > 0
-        try:
-            x = block(x)
-        finally:
+    try:
+        return layer(x)
+    finally:
+        for block in layer:
             block.overwrite_input = False
-    return x
