@@ -243,3 +243,19 @@ def test_latency_table_from_json_and_mismatch(tmp_path):
     cfg.merge_from_list(["MODEL.FAD.COST_LATENCY_TABLE", str(tmp_path / "missing.json")])
     with pytest.raises(ConfigError, match="op_latency"):
         latency_table(cfg, 4)
+
+
+def test_op_latency_benchmark_writes_a_table_the_search_reads(tmp_path):
+    from fad.cli.bench import main as bench
+
+    path = str(tmp_path / "op_latency.json")
+    sizes = ["MODEL.FPN.OUT_CHANNELS", "48", "MODEL.FAD.TOWER_CHANNELS", "32",
+             "MODEL.FAD.EDGE_CHANNELS", "16", "MODEL.FAD.BOX_CELLS", "2",
+             "MODEL.FAD.CLS_CELLS", "1", "MODEL.FAD.COST_INPUT_SIZE", "(100,150)"]
+    bench(["op_latency", "--num-classes", "5", "--repeats", "1", "--device", "cpu",
+           "--json", path, *sizes])
+    cfg = _cfg("MODEL.FAD.COST", "latency", "MODEL.FAD.COST_TARGET", 1.0,
+               "MODEL.FAD.COST_LATENCY_TABLE", path)
+    table = latency_table(cfg, 5)
+    assert table.input_size == (128, 160) and set(table.ops) == set(PRIMITIVES[:-1])
+    assert table.fixed > 0 and all(v > 0 for v in table.ops.values())
