@@ -259,3 +259,16 @@ def test_op_latency_benchmark_writes_a_table_the_search_reads(tmp_path):
     table = latency_table(cfg, 5)
     assert table.input_size == (128, 160) and set(table.ops) == set(PRIMITIVES[:-1])
     assert table.fixed > 0 and all(v > 0 for v in table.ops.values())
+
+
+def test_visualize_prints_head_gflops(tmp_path, capsys):
+    from fad.cli.visualize import main as visualize
+
+    cfg_file = tmp_path / "small.yaml"
+    cfg_file.write_text(_cfg().dump())
+    visualize([PAPER, "--out", str(tmp_path), "--format", "svg", "--input-size", "100", "150",
+               "--config-file", str(cfg_file), "--num-classes", "5"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    head = head_flops(_cfg(), 5, *read_genotype_file(PAPER), (100, 150))["head"]
+    assert line.startswith("head GFLOPs at 100x150 (5 classes, towers 32 wide, C = 16, 2 + 1")
+    assert line.endswith(f"head {head / 1e9:.4f}")
