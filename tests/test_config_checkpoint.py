@@ -14,13 +14,14 @@ def test_every_default_key_is_commented():
     import re
 
     import fad.config.defaults as d
+    import fad.config.defaults_asag as asag
     import fad.config.defaults_detr as detr
     import fad.config.defaults_fad as fad_
     import fad.config.defaults_rcnn as rcnn
     import fad.config.defaults_sparse as sparse
 
     checked = 0
-    for module in (d, detr, fad_, rcnn, sparse):
+    for module in (d, asag, detr, fad_, rcnn, sparse):
         previous = ""
         for line in inspect.getsource(module).splitlines():
             code = line.strip()

@@ -51,6 +51,9 @@ class Structural(nn.Module):
     def optimizer_param_groups(self, cfg):
         return None
 
+    def set_progress(self, iteration, epoch):
+        pass
+
 
 def test_modules_implementing_the_protocol_are_recognised():
     assert isinstance(SparseLike(), ModelHooks) and isinstance(Structural(), ModelHooks)
@@ -85,3 +88,38 @@ def test_wrap_ddp_asks_the_model_about_unused_parameters(monkeypatch):
     for model in (Detector(), SparseLike(), nn.Linear(2, 2)):
         trainer.wrap_ddp(model, torch.device("cpu"))
     assert seen == [True, False, False]
+
+
+class Counting(nn.Module, ModelHooks):
+    """Records what the trainer tells it before each step."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+        self.seen = []
+
+    def set_progress(self, iteration, epoch):
+        self.seen.append((iteration, epoch))
+
+
+class NoOpStep(trainer.TrainStep):
+    def run(self, batch):
+        return trainer.StepOutput({"loss": self.model.w.sum() * 0})
+
+
+def test_trainer_tells_the_model_iteration_and_epoch(tmp_path):
+    """Epoch = iteration * IMS_PER_BATCH // images per epoch, also after a resume."""
+    from fad.engine.amp import amp_policy
+
+    cfg = get_cfg_defaults()
+    cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", 5, "SOLVER.AMP", False,
+                         "SOLVER.IMS_PER_BATCH", 4, "SOLVER.CHECKPOINT_PERIOD", 100])
+    cpu = torch.device("cpu")
+    for start, expected in ((0, [(0, 0), (1, 0), (2, 0), (3, 1), (4, 1)]), (3, [(3, 1), (4, 1)])):
+        model = Counting()
+        step = NoOpStep(cfg, model, torch.optim.SGD(model.parameters(), lr=0.1),
+                        amp_policy(cfg, cpu), cpu)
+        loop = trainer.Trainer(cfg, step, lambda s: range(s, 5), epoch_size=10)
+        loop.iter = start
+        loop.train()
+        assert model.seen == expected

@@ -11,6 +11,7 @@ from yacs.config import CfgNode as CN
 from fad.errors import ConfigError
 
 from .defaults import _C
+from .defaults_asag import add_asag_config
 from .defaults_detr import add_detr_config
 from .defaults_fad import add_fad_config
 from .defaults_rcnn import add_rcnn_config
@@ -26,6 +27,7 @@ def get_cfg_defaults() -> CN:
     add_sparse_config(cfg)
     add_rcnn_config(cfg)
     add_detr_config(cfg)
+    add_asag_config(cfg)
     return cfg
 
 

@@ -25,3 +25,9 @@ def collect_log_stats(model: nn.Module) -> dict[str, float]:
     for m in _hooked_modules(model):
         out.update(m.log_stats())
     return out
+
+
+def set_progress(model: nn.Module, iteration: int, epoch: int) -> None:
+    """Tell every submodule the training step about to run (`ModelHooks.set_progress`)."""
+    for m in _hooked_modules(model):
+        m.set_progress(iteration, epoch)

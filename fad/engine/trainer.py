@@ -37,7 +37,7 @@ from .distributed import (
     max_over_ranks,
     reduce_dict,
 )
-from .hooks import collect_aux_losses, collect_log_stats
+from .hooks import collect_aux_losses, collect_log_stats, set_progress
 from .interrupt import Interrupted, StopRequest
 from .logger import MetricLogger, TensorboardWriter
 from .solver import build_lr_scheduler, build_optimizer
@@ -170,15 +170,17 @@ class Trainer:
     """Runs `step` over `make_loader(start_iter)` up to SOLVER.MAX_ITER.
 
     `make_loader(start_iter)` yields the batches of iterations start_iter..MAX_ITER-1 (exactly
-    those of an uninterrupted run). Scalars go to tensorboard under `prefix/`. Between two
-    iterations everything happens in `_after_iteration`; every checkpoint is written by
-    `save_checkpoint`.
+    those of an uninterrupted run). `epoch_size` (images per epoch; 0 = unknown, epoch 0) gives
+    the epoch that `ModelHooks.set_progress` reports before each step. Scalars go to
+    tensorboard under `prefix/`. Between two iterations everything happens in
+    `_after_iteration`; every checkpoint is written by `save_checkpoint`.
     """
 
     def __init__(self, cfg: CfgNode, step: TrainStep, make_loader: Callable[[int], Iterable],
                  hooks: Sequence[HookBase] = (), extra_state: dict | None = None,
-                 prefix: str = "train"):
+                 prefix: str = "train", epoch_size: int = 0):
         self.cfg, self.step, self.make_loader = cfg, step, make_loader
+        self.epoch_size = epoch_size
         self.hooks, self.extra_state, self.prefix = list(hooks), extra_state or {}, prefix
         self.scheduler = build_lr_scheduler(cfg, step.optimizer)
         self.checkpointer = Checkpointer(cfg.OUTPUT_DIR)
@@ -230,6 +232,9 @@ class Trainer:
         try:
             with self.stop:
                 for batch in self.make_loader(start):
+                    epoch = (self.iter * self.cfg.SOLVER.IMS_PER_BATCH // self.epoch_size
+                             if self.epoch_size else 0)
+                    set_progress(self.step.model, self.iter, epoch)
                     reduced = self._reduce(self.step.run(batch))
                     self.scheduler.step()
                     self.iter += 1
@@ -310,7 +315,7 @@ def train(cfg: CfgNode, model: nn.Module, dataset, device: torch.device, resume:
     """
     trainer = Trainer(cfg, DetectorStep(cfg, model, device),
                       lambda start: make_train_loader(cfg, dataset, start),
-                      extra_state=extra_state)
+                      extra_state=extra_state, epoch_size=len(dataset))
     trainer.resume_or_load(resume)
     trainer.train()
     final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")

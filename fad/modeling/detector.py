@@ -21,6 +21,7 @@ _BUILDERS = {
     "FasterRCNN": "fad.modeling.faster_rcnn:build_faster_rcnn",
     "DeformableDETR": "fad.modeling.detr.build:build_deformable_detr",
     "SparseDETR": "fad.modeling.detr.build:build_deformable_detr",
+    "ASAG": "fad.modeling.asag.build:build_asag",
 }
 
 

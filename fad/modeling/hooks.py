@@ -32,6 +32,12 @@ class ModelHooks(Protocol):
         Collected from every submodule after each step and by the test tool; {} by default."""
         return {}
 
+    def set_progress(self, iteration: int, epoch: int) -> None:
+        """Told by the trainer before every training step: the 0-based `iteration` about to run
+        and the 0-based `epoch` its images come from (iteration * SOLVER.IMS_PER_BATCH // the
+        training set size); for schedules inside a model (ASAG's ground-truth patches and
+        denoising noise). Called on every submodule; nothing by default."""
+
     def optimizer_param_groups(self, cfg: CfgNode) -> list[dict] | None:
         """Optimizer parameter groups (`params`, optionally `lr`, `weight_decay`) of the whole
         model, read from the top-level model only; None (the default) keeps the solver's two
