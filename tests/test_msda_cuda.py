@@ -8,7 +8,7 @@ from fad.ops import (
     kernels,
     ms_deform_attn_reference,
     multi_scale_deformable_attention,
-    set_msda_backend,
+    set_backend,
 )
 from fad.ops.msda_inputs import random_msda_inputs
 from fad.ops.msda_reference import ms_deform_attn_reference_backward
@@ -27,9 +27,9 @@ def cuda_kernel():
 
 @pytest.fixture(autouse=True)
 def _cuda_backend():
-    set_msda_backend("cuda")
+    set_backend("msda", "cuda")
     yield
-    set_msda_backend(None)
+    set_backend("msda", None)
 
 
 def _inputs(dim, dtype=torch.float64, **kw):

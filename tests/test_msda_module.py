@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fad.ops import MSDeformAttn, ms_deform_attn_reference, set_msda_backend
+from fad.ops import MSDeformAttn, ms_deform_attn_reference, set_backend
 from fad.ops.msda_inputs import level_tensors
 
 SHAPES = [(6, 5), (3, 3)]
@@ -10,9 +10,9 @@ SHAPES = [(6, 5), (3, 3)]
 
 @pytest.fixture(autouse=True)
 def _reference_backend():
-    set_msda_backend("reference")
+    set_backend("msda", "reference")
     yield
-    set_msda_backend(None)
+    set_backend("msda", None)
 
 
 def _data(n=2, lq=4, c=16, seed=0):
@@ -99,7 +99,7 @@ def test_kernel_backend_matches_reference_backend():
     ref = torch.rand(2, 4, 2, 2, generator=g)
     out_ref = layer(query, ref, memory, shapes, starts)
     grads_ref = torch.autograd.grad(out_ref.square().sum(), list(layer.parameters()))
-    set_msda_backend("cpp")
+    set_backend("msda", "cpp")
     out = layer(query, ref, memory, shapes, starts)
     grads = torch.autograd.grad(out.square().sum(), list(layer.parameters()))
     torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-5)
@@ -123,7 +123,7 @@ def test_inductor_compiles_the_layer():
     layer = MSDeformAttn(d_model=16, n_levels=2, n_heads=4, n_points=2)
     torch.nn.init.normal_(layer.sampling_offsets.weight, std=0.5)
     ref = torch.rand(2, 4, 2, 2, generator=g)
-    set_msda_backend("cpp")
+    set_backend("msda", "cpp")
     eager = layer(query, ref, memory, shapes, starts)
     eager_grads = torch.autograd.grad(eager.sum(), list(layer.parameters()))
     compiled = torch.compile(layer, fullgraph=True)(query, ref, memory, shapes, starts)

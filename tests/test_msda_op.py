@@ -1,6 +1,5 @@
 """MSDA op: compiled CPU kernel vs the grid_sample reference, gradients, custom-op machinery,
 input checks and backend selection."""
-import importlib.util
 import logging
 import os
 import shutil
@@ -16,12 +15,11 @@ from fad.ops import (
     kernels,
     ms_deform_attn_reference,
     multi_scale_deformable_attention,
-    set_msda_backend,
+    set_backend,
 )
 from fad.ops.msda_inputs import random_msda_inputs
 from fad.ops.msda_reference import ms_deform_attn_reference_backward
 
-HAS_TRITON_MODULE = importlib.util.find_spec("fad.ops.msda_triton") is not None
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 LEVELS = [(6, 4), (3, 2), (1, 1), (5, 7)]
@@ -40,9 +38,9 @@ def cpu_kernel():
 @pytest.fixture(autouse=True)
 def _cpp_backend():
     """Each test starts on the compiled backend and leaves no override behind."""
-    set_msda_backend("cpp")
+    set_backend("msda", "cpp")
     yield
-    set_msda_backend(None)
+    set_backend("msda", None)
 
 
 def _inputs(dim, dtype=torch.float64, **kw):
@@ -92,7 +90,7 @@ def test_forward_hand_computed():
     attn = torch.full((1, 1, 1, 1, 1), 0.5, dtype=torch.float64)
     expected = 0.5 * (0.75 * 0.5 * 1 + 0.25 * 0.5 * 2 + 0.75 * 0.5 * 3 + 0.25 * 0.5 * 4)
     for backend in ("reference", "cpp"):
-        set_msda_backend(backend)
+        set_backend("msda", backend)
         out = multi_scale_deformable_attention(value, shapes, starts, loc.view(1, 1, 1, 1, 1, 2),
                                                attn)
         assert out.item() == pytest.approx(expected, abs=1e-12)
@@ -117,7 +115,7 @@ def test_gradcheck(cpu_kernel, backend, dim):
     value, shapes, starts, loc, attn = random_msda_inputs(1, [(4, 3), (2, 2)], 2, dim, 3, 2,
                                                           seed=4, margin=0.0)
     leaves = [t.requires_grad_() for t in (value, loc, attn)]
-    set_msda_backend(backend)
+    set_backend("msda", backend)
     assert torch.autograd.gradcheck(
         lambda v, loc_, a: multi_scale_deformable_attention(v, shapes, starts, loc_, a), leaves,
         eps=1e-6, atol=1e-5, rtol=1e-4)
@@ -127,7 +125,7 @@ def test_gradcheck(cpu_kernel, backend, dim):
 def test_opcheck(cpu_kernel, backend):
     value, shapes, starts, loc, attn = random_msda_inputs(2, [(4, 3), (2, 2)], 2, 5, 3, 2,
                                                           dtype=torch.float32, seed=5)
-    set_msda_backend(backend)
+    set_backend("msda", backend)
     for t in (value, loc, attn):
         t.requires_grad_()
     torch.library.opcheck(torch.ops.fad.ms_deform_attn.default, (value, shapes, starts, loc, attn))
@@ -188,8 +186,6 @@ def test_bad_inputs_raise_one_line_errors():
 
 def _triton_cpu(monkeypatch) -> None:
     """The triton backend on CPU tensors: Triton's interpreter."""
-    if not HAS_TRITON_MODULE:
-        pytest.skip("fad/ops/msda_triton.py is not there yet")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
 
 
@@ -199,7 +195,7 @@ def test_levels_that_do_not_fit_value_are_an_error_on_every_backend(monkeypatch,
         pytest.skip("no C++ compiler on PATH")
     if backend == "triton":
         _triton_cpu(monkeypatch)
-    set_msda_backend(backend)
+    set_backend("msda", backend)
     value, shapes, starts, loc, attn = random_msda_inputs(1, [(3, 2), (2, 2)], 2, 4, 3, 2)
     bad = [(shapes * 2, starts), (shapes, starts + 1), (shapes, starts.flip(0)),
            (shapes - 3, starts)]
@@ -216,14 +212,12 @@ def test_triton_backend_matches_reference_under_the_interpreter():
     """The dispatch reaches fad.ops.msda_triton (forward, the three gradients, opcheck of the
     custom op, torch.compile fullgraph). A fresh process: Triton must be imported with
     TRITON_INTERPRET=1 already set."""
-    if not HAS_TRITON_MODULE:
-        pytest.skip("fad/ops/msda_triton.py is not there yet")
     code = """
 import torch
-from fad.ops import ms_deform_attn_reference, multi_scale_deformable_attention, set_msda_backend
+from fad.ops import ms_deform_attn_reference, multi_scale_deformable_attention, set_backend
 from fad.ops.msda import backend_for
 from fad.ops.msda_inputs import random_msda_inputs
-set_msda_backend("triton")
+set_backend("msda", "triton")
 assert backend_for("cpu") == "triton"
 args = random_msda_inputs(2, [(4, 3), (2, 5)], 2, 8, 3, 2, dtype=torch.float32, seed=8)
 leaves = [args[i].requires_grad_() for i in (0, 3, 4)]
@@ -293,12 +287,12 @@ def test_backend_setting_config_and_environment(monkeypatch):
     with pytest.raises(OpError, match="unknown depthwise backend 'triton'"):
         kernels.set_backend("depthwise", "triton")
     for name in ("auto", "reference", "cpp", "cuda", "triton"):
-        set_msda_backend(name)
+        set_backend("msda", name)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert "TRITON_INTERPRET=1" in msda.backend_unavailable("triton", "cpu")
     assert "runs cuda tensors" in msda.backend_unavailable("cuda", "cpu")
     assert "runs cpu tensors" in msda.backend_unavailable("cpp", "cuda")
-    set_msda_backend("cuda")
+    set_backend("msda", "cuda")
     with pytest.raises(kernels.ExtensionUnavailable, match="msda backend 'cuda'"):
         multi_scale_deformable_attention(*random_msda_inputs(1, [(3, 2)], 2, 4, 3, 2))
 
@@ -308,11 +302,11 @@ def test_auto_falls_back_once_with_a_warning(monkeypatch, caplog):
     monkeypatch.setattr(kernels, "_errors", {"msda_cpu": "no C++ compiler (test)"})
     monkeypatch.setattr(kernels, "_warned", set())
     args = random_msda_inputs(1, [(3, 2)], 2, 4, 3, 2)
-    set_msda_backend("auto")
+    set_backend("msda", "auto")
     with caplog.at_level(logging.WARNING, logger="fad.ops.kernels"):
         out1 = multi_scale_deformable_attention(*args)
         out2 = multi_scale_deformable_attention(*args)
-    set_msda_backend("cpp")
+    set_backend("msda", "cpp")
     with pytest.raises(kernels.ExtensionUnavailable,
                        match="msda backend 'cpp' .* no C\\+\\+ compiler"):
         multi_scale_deformable_attention(*args)

@@ -48,6 +48,7 @@ def test_sub_command_prints_one_json_line(monkeypatch, capsys, tmp_path, name):
 
 
 def _run_msda(extra: list[str], env_extra: dict):
+    """`tools/benchmark.py msda` at the tiny size in a fresh process."""
     import subprocess
     import sys
 

@@ -6,7 +6,7 @@ pure-PyTorch reference runs where they cannot (see `fad.ops.kernels` and docs/op
 `python -m fad.ops.selftest` checks every available backend against the reference.
 """
 from .kernels import configure_backends, get_backend, set_backend
-from .msda import get_msda_backend, multi_scale_deformable_attention, set_msda_backend
+from .msda import multi_scale_deformable_attention
 from .msda_layer import MSDeformAttn
 from .msda_reference import ms_deform_attn_reference
 
@@ -14,9 +14,7 @@ __all__ = [
     "MSDeformAttn",
     "configure_backends",
     "get_backend",
-    "get_msda_backend",
     "ms_deform_attn_reference",
     "multi_scale_deformable_attention",
     "set_backend",
-    "set_msda_backend",
 ]

@@ -285,16 +285,6 @@ def _msda_backward_flop(grad_output_shape, value_shape, spatial_shapes_shape,
     return 2 * msda_flops(value_shape, sampling_locations_shape)
 
 
-def set_msda_backend(name: str | None) -> None:
-    """`kernels.set_backend("msda", name)`: "auto", "reference", "cpp", "cuda", "triton"."""
-    kernels.set_backend(OP, name)
-
-
-def get_msda_backend() -> str:
-    """`kernels.get_backend("msda")`: the MSDA backend setting in force."""
-    return kernels.get_backend(OP)
-
-
 def multi_scale_deformable_attention(
     value: Tensor,
     spatial_shapes: Tensor,

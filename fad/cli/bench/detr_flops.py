@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fad.config import get_cfg_defaults
 from fad.modeling import build_detector
-from fad.ops import get_msda_backend, set_msda_backend
+from fad.ops import get_backend, set_backend
 
 MSDA_OP = torch.ops.fad.ms_deform_attn
 
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.msda_backend:
-        set_msda_backend(args.msda_backend)
+        set_backend("msda", args.msda_backend)
     models = build_pair(args.depth, args.rho, args.classes)
     g = torch.Generator().manual_seed(0)
     image = torch.rand(3, *args.size, generator=g)
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> dict:
         "deformable_parts_gmacs": flops["deformable"]["parts_gmacs"],
         "sparse_parts_gmacs": flops["sparse"]["parts_gmacs"],
         "published_flops_ratio": round(105.4 / 177.3, 4),
-        "msda_backend": get_msda_backend(), "threads": torch.get_num_threads(),
+        "msda_backend": get_backend("msda"), "threads": torch.get_num_threads(),
     }
     if args.repeats > 0:
         size = args.latency_size or args.size

@@ -1,4 +1,10 @@
-"""MSDA forward+backward: compiled kernel vs the grid_sample reference, side by side.
+"""MSDA forward+backward: every available backend vs the grid_sample reference, side by side.
+
+Backends timed: on CUDA `triton`, `cuda` (the C++ CUDA kernel) and `reference`; on the CPU
+`cpp` and `reference` (`--backends` picks others, e.g. `triton` on the CPU under
+TRITON_INTERPRET=1, which is far too slow to time). A backend that cannot run here is listed
+under `unavailable` with the reason. `speedup_<backend>` = reference / backend (fwd+bwd);
+`speedup` is that of the backend `auto` picks on the device (triton on CUDA, cpp on the CPU).
 
 Default size = a Deformable DETR encoder layer on a 640x640 input: batch 1, levels 80x80, 40x40,
 20x20, 10x10 (S = 8500 tokens), queries = all tokens, 8 heads, D = 32, 4 points. Sampling
@@ -7,7 +13,7 @@ offset pattern (head direction x (p+1) px) plus N(0, 2 px) noise on every level;
 `--locations uniform` draws them uniformly over [0, 1] instead (no cache locality).
 
 Timing: `--warmup` untimed runs, then `--repeats` rounds, kernel and reference alternating;
-medians reported. `speedup` = reference / kernel (forward+backward); target >= 2.0.
+medians reported; target: speedup >= 2.0.
 Peak memory: on CUDA torch.cuda.max_memory_allocated after reset_peak_memory_stats; on the CPU
 the process RSS high-water mark (VmHWM, reset by writing 5 to /proc/self/clear_refs) minus the
 RSS before the run, i.e. the extra memory of one forward+backward including outputs and
@@ -26,8 +32,10 @@ import time
 import torch
 
 from fad.errors import OpError
-from fad.ops import ms_deform_attn_reference, multi_scale_deformable_attention, set_msda_backend
+from fad.ops import kernels, ms_deform_attn_reference, multi_scale_deformable_attention
 from fad.ops.msda import backend_unavailable
+
+DEFAULT_BACKENDS = {"cuda": ("triton", "cuda"), "cpu": ("cpp",)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = keep)")
+    parser.add_argument("--backends", nargs="+", default=None,
+                        choices=["triton", "cuda", "cpp"],
+                        help="kernels to time against the reference (default: triton and cuda "
+                             "on CUDA, cpp on the CPU)")
 
 
 def _token_centres(size: int, dtype: torch.dtype) -> torch.Tensor:
@@ -126,22 +138,41 @@ def _peak_bytes(fn, device) -> int | None:
     return (_rss_kb("VmHWM") - base) * 1024
 
 
+def _backend_impl(name: str):
+    """`fn(*msda_args)` running MSDA on backend `name` (the reference is called directly)."""
+    if name == "reference":
+        return ms_deform_attn_reference
+
+    def call(*msda_args):
+        with kernels.using("msda", name):
+            return multi_scale_deformable_attention(*msda_args)
+    return call
+
+
+def _mb(peak: int | None) -> float | None:
+    return None if peak is None else round(peak / 2**20, 1)
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise OpError("msda benchmark: --device cuda needs a usable CUDA GPU and there is none "
+                      "here; run it on a GPU machine (docs/BENCHMARKS.md has the command)")
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     if device.type == "cpu":
         _mmap_large_blocks()
-    backend = "cpp" if device.type == "cpu" else "cuda"
-    set_msda_backend(backend)
-    reason = backend_unavailable(backend, device.type)
-    if reason is not None:
-        raise OpError(f"msda benchmark: the compiled MSDA kernel is unavailable on {device.type}: "
-                      f"{reason}; see docs/ops.md")
+    wanted = args.backends or DEFAULT_BACKENDS.get(device.type, ())
+    unavailable = {b: r for b in wanted if (r := backend_unavailable(b, device.type))}
+    kernel_names = [b for b in wanted if b not in unavailable]
+    if not kernel_names:
+        raise OpError(f"msda benchmark: no MSDA kernel can run on {device.type} here "
+                      f"({'; '.join(f'{b}: {r}' for b, r in unavailable.items())}); "
+                      "see docs/ops.md")
     value, shapes, starts, loc, attn, grad = _inputs(args, device, dtype)
     leaves = [t.requires_grad_() for t in (value, loc, attn)]
-    impls = {"kernel": multi_scale_deformable_attention, "reference": ms_deform_attn_reference}
+    impls = {name: _backend_impl(name) for name in [*kernel_names, "reference"]}
 
     def step(name: str, backward: bool = True):
         def call():
@@ -155,8 +186,9 @@ def run(args: argparse.Namespace) -> dict:
         return call
 
     with torch.no_grad():
-        max_diff = (impls["kernel"](value, shapes, starts, loc, attn)
-                    - impls["reference"](value, shapes, starts, loc, attn)).abs().max().item()
+        ref = impls["reference"](value, shapes, starts, loc, attn)
+        max_diff = {name: (impls[name](value, shapes, starts, loc, attn) - ref).abs().max().item()
+                    for name in kernel_names}
     times = {f"{name}_{kind}": [] for name in impls for kind in ("fwd", "fwd_bwd")}
     for i in range(args.warmup + args.repeats):
         for name in impls:
@@ -174,20 +206,25 @@ def run(args: argparse.Namespace) -> dict:
         for t in leaves:
             t.grad = None  # the previous run's gradients must not sit in the baseline
         peak[name] = _peak_bytes(step(name), device)
+    main = kernel_names[0]
     result = {
         "device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
         "batch": args.batch, "levels": [list(s) for s in shapes.tolist()],
         "queries": int(loc.shape[1]), "heads": args.heads, "dim": args.dim,
         "points": args.points, "locations": args.locations, "repeats": args.repeats,
+        "backends": kernel_names, "unavailable": unavailable,
         **{f"{k}_ms": round(v * 1e3, 2) for k, v in med.items()},
-        "forward_speedup": round(med["reference_fwd"] / med["kernel_fwd"], 3),
-        "speedup": round(med["reference_fwd_bwd"] / med["kernel_fwd_bwd"], 3),
-        "kernel_peak_mb": None if peak["kernel"] is None else round(peak["kernel"] / 2**20, 1),
-        "reference_peak_mb": (None if peak["reference"] is None
-                              else round(peak["reference"] / 2**20, 1)),
-        "memory_ratio": (None if not peak["kernel"] or peak["reference"] is None
-                         else round(peak["reference"] / peak["kernel"], 3)),
-        "max_abs_diff": max_diff, "target": "speedup >= 2.0",
+        **{f"forward_speedup_{n}": round(med["reference_fwd"] / med[f"{n}_fwd"], 3)
+           for n in kernel_names},
+        **{f"speedup_{n}": round(med["reference_fwd_bwd"] / med[f"{n}_fwd_bwd"], 3)
+           for n in kernel_names},
+        "speedup": round(med["reference_fwd_bwd"] / med[f"{main}_fwd_bwd"], 3),
+        **{f"{n}_peak_mb": _mb(peak[n]) for n in impls},
+        **{f"memory_ratio_{n}": (None if not peak[n] or peak["reference"] is None
+                                 else round(peak["reference"] / peak[n], 3))
+           for n in kernel_names},
+        **{f"max_abs_diff_{n}": d for n, d in max_diff.items()},
+        "target": "speedup >= 2.0",
     }
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
