@@ -55,7 +55,7 @@ setup(
     ],
     extras_require={
         "viz": ["tensorboard"],  # `tensorboard --logdir OUTPUT_DIR` to read the tb/ logs
-        "test": ["pytest", "pytest-timeout", "tensorboard"],
+        "test": ["pytest", "pytest-timeout", "tensorboard", "ruff"],  # ruff: .ci/run lints first
     },
     entry_points={"console_scripts": [  # the tools of fad.cli (tools/*.py wrap the same mains)
         "fad-search=fad.cli.search:run",
