@@ -2,11 +2,12 @@
 
     fad-convert KIND --config-file CFG IN.pth OUT.pth [KEY VALUE ...]
 
-KIND: deformable_detr (fundamentalvision/Deformable-DETR), sparse_detr (kakaobrain/sparse-detr)
-or sai (SAI SparseResNet Faster R-CNN, MMDetection v0.6). OUT.pth holds {"model": state_dict}
-and loads strictly into the model that CFG builds: use it as MODEL.WEIGHT in test_net.py or as a
-fine-tuning start in train_net.py. With --backbone-only (sai), OUT.pth holds only the
-SparseResNet body, for MODEL.BACKBONE.PRETRAINED of another detector (e.g. configs/sai/fcos_*).
+KIND: deformable_detr (fundamentalvision/Deformable-DETR), sparse_detr (kakaobrain/sparse-detr),
+sai (SAI SparseResNet Faster R-CNN, MMDetection v0.6) or asag (iSEE-Laboratory/ASAG). OUT.pth
+holds {"model": state_dict} and loads strictly into the model that CFG builds: use it as
+MODEL.WEIGHT in test_net.py or as a fine-tuning start in train_net.py. With --backbone-only
+(sai), OUT.pth holds only the SparseResNet body, for MODEL.BACKBONE.PRETRAINED of another
+detector (e.g. configs/sai/fcos_*).
 The converter refuses tensors left over on either side, shape mismatches and settings that the
 checkpoint contradicts (queries, levels, two-stage, box refinement, heads), naming them.
 See docs/model_zoo.md for the released models and the config of each.

@@ -3,9 +3,9 @@
     result = convert_checkpoint("deformable_detr", cfg, "r50_deformable_detr-checkpoint.pth")
     torch.save({"model": result.state}, "out.pth")      # what tools/convert_checkpoint.py writes
 
-One module per KIND (`deformable_detr`, `sparse_detr`, `sai`) holds the name mapping; `common`
-holds the steps they share. The result loads strictly into the model the config builds (for
-`backbone_only`, into its backbone body); that is checked here before it is returned.
+One module per KIND (`deformable_detr`, `sparse_detr`, `sai`, `asag`) holds the name mapping;
+`common` holds the steps they share. The result loads strictly into the model the config builds
+(for `backbone_only`, into its backbone body); that is checked here before it is returned.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ KINDS = {
     "deformable_detr": ("fad.convert.deformable_detr", "model"),
     "sparse_detr": ("fad.convert.sparse_detr", "model"),
     "sai": ("fad.convert.sai", "state_dict"),
+    "asag": ("fad.convert.asag", "model"),
 }
 
 
