@@ -1,14 +1,25 @@
-"""Shared fixtures: a small synthetic dataset made once per test session, tiny configs."""
+"""Shared fixtures and helpers: a small synthetic dataset made once per test session, tiny
+configs, VOC folders written by hand, the real-VOC fixture, tools loaded as modules, and the few
+optimizer steps of the "a tiny model learns" tests."""
+import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fad.config import get_cfg_defaults
+from fad.engine.hooks import collect_aux_losses
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# real VOC2012 images and annotations, kept beside the repository (not shipped with it)
+VOC_FIXTURE = Path(os.environ.get(
+    "FAD_VOC_FIXTURE", os.path.join(os.path.dirname(REPO), "shared", "fixtures", "voc_real_mini")))
 
 torch.set_num_threads(1)  # tiny tests: threads cost more than they save
 
@@ -37,3 +48,73 @@ def tiny_fcos_cfg(root: str, out: str):
         "TEST.IMS_PER_BATCH", 4,
     ])
     return cfg
+
+
+def write_voc(root: Path, images: dict[str, list[tuple]], split: str = "test",
+              classes: list[str] | None = None, image_size: tuple[int, int] | None = None,
+              image_suffix: str = ".png") -> Path:
+    """A VOC folder at `root`: `images` maps file id -> [(name, xmin, ymin, xmax, ymax,
+    difficult)] as the XML holds them (1-based inclusive pixels; `difficult` written as given,
+    a bool as 0 / 1). `image_size` (H, W) also writes one flat image per id (a grey level of its
+    own) and the XML's <size>; without it there are only annotations (enough to evaluate)."""
+    for sub in ("Annotations", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    size = ""
+    if image_size is not None:
+        h, w = image_size
+        size = f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>"
+        (root / "JPEGImages").mkdir(exist_ok=True)
+    for k, (file_id, objects) in enumerate(images.items()):
+        if image_size is not None:
+            pixels = np.full((*image_size, 3), 10 * k, dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "JPEGImages" / f"{file_id}{image_suffix}")
+        objs = "".join(
+            f"<object><name>{n}</name><difficult>{int(d) if isinstance(d, bool) else d}"
+            f"</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
+            f"<ymax>{y1}</ymax></bndbox></object>" for n, x0, y0, x1, y1, d in objects)
+        (root / "Annotations" / f"{file_id}.xml").write_text(
+            f"<annotation><filename>{file_id}{image_suffix}</filename>{size}{objs}</annotation>")
+    (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(i + "\n" for i in images))
+    if classes is not None:
+        (root / "classes.txt").write_text("".join(c + "\n" for c in classes))
+    return root
+
+
+def voc_fixture(*parts: str) -> Path:
+    """A path inside the real-VOC fixture; a test that needs it skips, saying what is missing."""
+    path = VOC_FIXTURE.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs the real VOC fixture (VOC2012 images and XML): {path} not found; it is "
+                    "../shared/fixtures/voc_real_mini beside the repository (not shipped with it) "
+                    "or the folder FAD_VOC_FIXTURE names")
+    return path
+
+
+def load_tool(name: str) -> ModuleType:
+    """tools/<name>.py as a module (calling its main in-process is much faster than a run)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train_steps(model: torch.nn.Module, images: list, targets: list,
+                optimizer: torch.optim.Optimizer, steps: int, max_norm: float,
+                aux_losses: bool = False) -> list[float]:
+    """`steps` optimizer steps on one fixed batch, gradient norm clipped to `max_norm`; returns
+    the summed detector loss of every step. `aux_losses` adds the model's aux losses (ModelHooks)
+    to what is minimised, not to what is returned."""
+    history = []
+    for _ in range(steps):
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        if aux_losses:
+            aux = collect_aux_losses(model)
+            assert aux, "the model reports no aux losses"
+            loss = loss + sum(aux.values())
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        optimizer.step()
+        history.append(sum(v.item() for v in losses.values()))
+    return history

@@ -1,20 +1,18 @@
 """Synthetic data: deterministic files, same data in both layouts, tight boxes, auto-generation."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_tool
 
 from fad.config import get_cfg_defaults
-from fad.data import build_dataset
-from fad.data import synthetic
+from fad.data import build_dataset, synthetic
 from fad.data.synthetic import CLASSES, draw_scene, generate
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import make_synthetic_data  # noqa: E402
+make_synthetic_data = load_tool("make_synthetic_data")
 
 
 def _files(root: Path) -> dict[str, bytes]:

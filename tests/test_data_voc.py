@@ -5,9 +5,9 @@ import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from conftest import voc_fixture, write_voc
 from PIL import Image
 
 from fad.config import get_cfg_defaults
@@ -16,30 +16,8 @@ from fad.data.transforms import DetectionTransforms
 from fad.data.voc_format import parse_difficult, read_voc_xml
 from fad.evaluation.voc_eval import load_ground_truth
 
-REAL_VOC = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "voc_real_mini" / "VOC2012"
 IDENTITY = DetectionTransforms([])
-
-
-def write_voc(root: Path, images: dict[str, list[tuple]], split: str = "train",
-              size: tuple[int, int] = (40, 60), classes: list[str] | None = None) -> Path:
-    """Tiny VOC folder; `images` maps id -> [(name, xmin, ymin, xmax, ymax, difficult), ...]."""
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    h, w = size
-    for k, (file_id, objects) in enumerate(images.items()):
-        pixels = np.full((h, w, 3), 10 * k, dtype=np.uint8)
-        Image.fromarray(pixels).save(root / "JPEGImages" / f"{file_id}.png")
-        objs = "".join(f"<object><name>{n}</name><difficult>{d}</difficult><bndbox>"
-                       f"<xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax>"
-                       "</bndbox></object>"
-                       for n, x0, y0, x1, y1, d in objects)
-        (root / "Annotations" / f"{file_id}.xml").write_text(
-            f"<annotation><filename>{file_id}.png</filename><size><width>{w}</width>"
-            f"<height>{h}</height><depth>3</depth></size>{objs}</annotation>")
-    (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(i + "\n" for i in images))
-    if classes is not None:
-        (root / "classes.txt").write_text("\n".join(classes) + "\n")
-    return root
+SIZE = (40, 60)
 
 
 @pytest.fixture
@@ -48,7 +26,7 @@ def small_voc(tmp_path: Path) -> Path:
         "a": [("dog", 1, 1, 10, 20, 0), ("cat", 5, 6, 30, 35, 1)],
         "b": [("cat", 11, 2, 60, 40, 0)],
         "empty": [],
-    })
+    }, split="train", image_size=SIZE)
 
 
 def test_boxes_follow_the_xml_and_difficult_is_dropped_for_training(small_voc):
@@ -82,7 +60,7 @@ def test_difficult_follows_the_devkit(text, difficult):
 
 def test_dataset_and_evaluation_read_difficult_alike(tmp_path):
     root = write_voc(tmp_path / "voc", {"a": [("cat", 1, 1, 10, 10, d) for d in
-                                              (0, 1, 2, "true", "false")]}, split="test")
+                                              (0, 1, 2, "true", "false")]}, image_size=SIZE)
     xml = root / "Annotations" / "a.xml"
     xml.write_text(xml.read_text().replace("<object>", "<object><name>dog</name><bndbox><xmin>2"
                                            "</xmin><ymin>2</ymin><xmax>9</xmax><ymax>9</ymax>"
@@ -117,8 +95,8 @@ def test_coco_gt_marks_difficult_as_crowd_and_uses_target_ids(small_voc):
 
 
 def test_classes_txt_sets_order_and_given_list_wins(tmp_path):
-    root = write_voc(tmp_path / "voc", {"a": [("dog", 1, 1, 5, 5, 0)]},
-                     classes=["dog", "cat", "bird"])
+    root = write_voc(tmp_path / "voc", {"a": [("dog", 1, 1, 5, 5, 0)]}, split="train",
+                     classes=["dog", "cat", "bird"], image_size=SIZE)
     assert VOCDataset(root, "train", IDENTITY, True).classes == ["dog", "cat", "bird"]
     given = VOCDataset(root, "train", IDENTITY, True, classes=["bird", "dog"])
     assert given.classes == ["bird", "dog"] and given[0][1]["labels"].tolist() == [1]
@@ -126,7 +104,7 @@ def test_classes_txt_sets_order_and_given_list_wins(tmp_path):
 
 def test_sorted_names_come_from_every_annotation_so_splits_agree(tmp_path):
     root = write_voc(tmp_path / "voc", {"a": [("zebra", 1, 1, 5, 5, 0)],
-                                        "b": [("ant", 1, 1, 5, 5, 0)]})
+                                        "b": [("ant", 1, 1, 5, 5, 0)]}, image_size=SIZE)
     (root / "ImageSets" / "Main" / "val.txt").write_text("b\n")
     (root / "ImageSets" / "Main" / "train.txt").write_text("a\n")
     assert VOCDataset(root, "train", IDENTITY, True).classes == ["ant", "zebra"]
@@ -137,7 +115,7 @@ def test_degenerate_and_outside_boxes_are_clipped_or_dropped_with_one_warning(tm
     root = write_voc(tmp_path / "voc", {
         "a": [("dog", 1, 1, 10, 10, 0), ("dog", -5, 3, 20, 50, 0), ("dog", 9, 8, 7, 20, 0)],
         "b": [("dog", 70, 1, 90, 10, 0), ("dog", 50, 30, 70, 45, 0)],
-    })
+    }, split="train", image_size=SIZE)
     with caplog.at_level(logging.WARNING, logger="fad.data.base"):
         ds = VOCDataset(root, "train", IDENTITY, True, name="bad_boxes")
     assert (ds.box_fixes.clipped, ds.box_fixes.dropped) == (2, 2)
@@ -220,19 +198,18 @@ def _xml_objects(xml: Path) -> list[tuple[str, list[float]]]:
 
 
 def test_real_voc_fixture_registered_from_config():
-    if not REAL_VOC.is_dir():
-        pytest.skip(f"real VOC fixture not found at {REAL_VOC} (../shared beside the repo)")
+    real_voc = voc_fixture("VOC2012")
     cfg = get_cfg_defaults()
-    cfg.DATASETS.REGISTER = (f"real_mini:voc:{REAL_VOC}:trainval",)
+    cfg.DATASETS.REGISTER = (f"real_mini:voc:{real_voc}:trainval",)
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 96, 160
     ds = build_dataset(cfg, ["real_mini"], is_train=False)
-    ids = (REAL_VOC / "ImageSets" / "Main" / "trainval.txt").read_text().split()
-    names = sorted({n for i in ids for n, _ in _xml_objects(REAL_VOC / "Annotations" / f"{i}.xml")})
+    ids = (real_voc / "ImageSets" / "Main" / "trainval.txt").read_text().split()
+    names = sorted({n for i in ids for n, _ in _xml_objects(real_voc / "Annotations" / f"{i}.xml")})
     assert len(ds) == len(ids) == 12 and ds.classes == names and "pillow" in ds.classes
     for index in range(len(ds)):
         image, target = ds[index]
-        objects = _xml_objects(REAL_VOC / "Annotations" / f"{ds.file_id(target['image_id'])}.xml")
-        with Image.open(REAL_VOC / "JPEGImages" / f"{ds.file_id(target['image_id'])}.jpg") as img:
+        objects = _xml_objects(real_voc / "Annotations" / f"{ds.file_id(target['image_id'])}.xml")
+        with Image.open(real_voc / "JPEGImages" / f"{ds.file_id(target['image_id'])}.jpg") as img:
             assert target["orig_size"].tolist() == [img.height, img.width]
         assert len(target["boxes"]) == len(objects)
         assert [ds.classes[k] for k in target["labels"]] == [n for n, _ in objects]

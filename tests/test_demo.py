@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, tiny_fcos_cfg
+from conftest import REPO, tiny_fcos_cfg, voc_fixture
 
 from fad.augment import build_model
 from fad.cli.trained_model import choose_genotype
@@ -16,8 +16,6 @@ from fad.data.image import read_image
 from fad.engine.demo import class_name, draw_detections, list_images
 from fad.errors import DataError
 
-IMAGES = Path(os.environ.get("FAD_VOC_FIXTURE", "/work/shared/fixtures/voc_real_mini")) / (
-    "VOC2012/JPEGImages")
 CONFIG = os.path.join(REPO, "configs", "fcos", "fcos_tiny_synthetic.yaml")
 PAPER = os.path.join(REPO, "configs", "fad", "genotypes", "fad_paper.log")
 SMALL = ["MODEL.DEVICE", "cpu", "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.FCOS.NUM_CONVS", "1",
@@ -74,16 +72,16 @@ def test_stored_genotype_wins_and_a_disagreeing_file_is_reported(tmp_path, caplo
     assert choose_genotype("", "", "w.pth") == ("", "")
 
 
-@pytest.mark.skipif(not IMAGES.is_dir(), reason=f"real VOC fixture images not found at {IMAGES}")
 def test_demo_on_real_voc_images(tmp_path):
     from fad.cli.demo import main
 
+    images = voc_fixture("VOC2012", "JPEGImages")
     weights = tmp_path / "model.pth"
     _confident_checkpoint(weights)
     out = tmp_path / "out"
     records = main(["--config-file", CONFIG, "MODEL.WEIGHT", str(weights), *SMALL,
-                    "--input", str(IMAGES), "--output", str(out), "--score-threshold", "0.5"])
-    inputs = list_images(str(IMAGES))
+                    "--input", str(images), "--output", str(out), "--score-threshold", "0.5"])
+    inputs = list_images(str(images))
     assert len(records) == len(inputs) > 0
     assert json.loads((out / "detections.json").read_text()) == records
     for source, record in zip(inputs, records):

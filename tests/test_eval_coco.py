@@ -1,17 +1,16 @@
 """COCO evaluation through pycocotools on hand-computed cases, and the `coco` CLI."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_tool
 from pycocotools.coco import COCO
 
 from fad.evaluation import EvalError, evaluate_coco
 from fad.evaluation.coco_eval import COCO_METRICS, run_cocoeval
 
-REPO = Path(__file__).resolve().parents[1]
 # xywh boxes: one small (20x20), one medium (50x50), one large (120x120) object of category 7
 GT_BOXES = {1: [[10, 10, 20, 20], [100, 100, 50, 50]], 2: [[20, 20, 120, 120]]}
 
@@ -118,11 +117,7 @@ def test_bad_results(bad, match):
 
 def _cli(*args: str) -> dict:
     """Run tools/eval_detections.py's main in this process (importing torch again is slow)."""
-    spec = importlib.util.spec_from_file_location("eval_detections",
-                                                  REPO / "tools" / "eval_detections.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool.main(["coco", *args])
+    return load_tool("eval_detections").main(["coco", *args])
 
 
 def test_cli_coco(tmp_path: Path, capsys):

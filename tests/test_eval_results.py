@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_voc
 from pycocotools.coco import COCO
 
 from fad.evaluation import EvalError, evaluate_voc, format_per_class, format_table, run_evaluation
@@ -53,17 +54,11 @@ class FakeVocDataset(FakeCocoDataset):
 
 
 def write_voc_folder(root: Path) -> Path:
-    (root / "Annotations").mkdir(parents=True)
-    (root / "ImageSets" / "Main").mkdir(parents=True)
-    for image_id, objs in OBJECTS.items():
-        body = "".join(
-            f"<object><name>{FakeCocoDataset.classes[c]}</name><difficult>{int(d)}</difficult>"
-            f"<bndbox><xmin>{x1 + 1:g}</xmin><ymin>{y1 + 1:g}</ymin><xmax>{x2:g}</xmax>"
-            f"<ymax>{y2:g}</ymax></bndbox></object>" for c, x1, y1, x2, y2, d in objs)
-        xml = root / "Annotations" / f"{FILE_IDS[image_id]}.xml"
-        xml.write_text(f"<annotation>{body}</annotation>")
-    (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(FILE_IDS.values()) + "\n")
-    return root
+    """OBJECTS as VOC annotations (xml boxes are 1-based: xmin + 1, ymin + 1, xmax, ymax)."""
+    images = {FILE_IDS[i]: [(FakeCocoDataset.classes[c], int(x1) + 1, int(y1) + 1, int(x2),
+                             int(y2), d) for c, x1, y1, x2, y2, d in objs]
+              for i, objs in OBJECTS.items()}
+    return write_voc(root, images)
 
 
 def predictions(scale: float = 2.0, drop_last: bool = False) -> list[tuple[dict, dict]]:
@@ -166,26 +161,13 @@ def test_end_to_end_with_the_data_package(tmp_path: Path):
     Tiny 2x2-pixel objects make the coordinate conventions of reading and writing matter: a
     box written one pixel too wide would have devkit IoU 4/9 and be a false positive.
     """
-    from PIL import Image
-
     from fad.config import load_config
     from fad.data import build_dataset
 
-    root = tmp_path / "VOC2012"
-    (root / "JPEGImages").mkdir(parents=True)
     objects = {"a": [("cat", 5, 5, 6, 6, 0), ("dog", 20, 10, 60, 40, 0)],
                "b": [("cat", 30, 20, 31, 21, 0), ("dog", 1, 1, 10, 10, 1)]}
-    (root / "Annotations").mkdir()
-    (root / "ImageSets" / "Main").mkdir(parents=True)
-    for file_id, objs in objects.items():
-        Image.new("RGB", (64, 48), (90, 120, 30)).save(root / "JPEGImages" / f"{file_id}.jpg")
-        body = "".join(f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{a}"
-                       f"</xmin><ymin>{b}</ymin><xmax>{c}</xmax><ymax>{e}</ymax></bndbox></object>"
-                       for n, a, b, c, e, d in objs)
-        (root / "Annotations" / f"{file_id}.xml").write_text(
-            f"<annotation><size><width>64</width><height>48</height></size>{body}</annotation>")
-    (root / "ImageSets" / "Main" / "test.txt").write_text("a\nb\n")
-    (root / "classes.txt").write_text("cat\ndog\n")
+    root = write_voc(tmp_path / "VOC2012", objects, classes=["cat", "dog"], image_size=(48, 64),
+                     image_suffix=".jpg")
     cfg = load_config(opts=["DATASETS.REGISTER", f"('tiny:voc:{root}:test',)",
                             "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "200"])
     dataset = build_dataset(cfg, ["tiny"], is_train=False)
@@ -201,5 +183,6 @@ def test_end_to_end_with_the_data_package(tmp_path: Path):
     assert metrics["AP"] == pytest.approx(100.0)
     assert metrics["VOC_mAP"] == pytest.approx(100.0)
     cat_file = tmp_path / "out" / "voc_results" / "comp4_det_test_cat.txt"
-    boxes = sorted([float(v) for v in line.split()[2:]] for line in cat_file.read_text().splitlines())
+    lines = cat_file.read_text().splitlines()
+    boxes = sorted([float(v) for v in line.split()[2:]] for line in lines)
     assert boxes == [pytest.approx([5, 5, 6, 6]), pytest.approx([30, 20, 31, 21])]

@@ -1,31 +1,21 @@
 """The tools' one error path: bad input is one `error: ...` line and exit code 2, flags work
 before or after the KEY VALUE overrides, and no tool needs sys.path tricks."""
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
+from conftest import REPO, load_tool
 
 from fad.engine.launch import default_argument_parser, parse_args, run_tool
-
-from conftest import REPO
 
 TOOLS = os.path.join(REPO, "tools")
 CONFIG = os.path.join(REPO, "configs", "fcos", "fcos_tiny_synthetic.yaml")
 
 
-def _tool(name: str):
-    """Import tools/<name>.py as a module (running its main in-process is much faster)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _fails_in_one_line(capsys, name: str, *argv: str) -> str:
     """Run tool `name` through run_tool; assert exit code 2 and one stderr line; return it."""
-    main = _tool(name).main
+    main = load_tool(name).main
     with pytest.raises(SystemExit) as info:
         run_tool(lambda: main(list(argv)))
     err = capsys.readouterr().err
