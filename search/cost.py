@@ -286,9 +286,11 @@ class SearchCost:
         return "head_" + self.table.unit.lower()
 
     def expected(self) -> Tensor:
+        """The expected derived-head cost under the current alphas (0-dim, `table.unit`)."""
         return expected_head_cost(self.table, self.tower_alphas())
 
     def penalty(self) -> Tensor:
+        """MODEL.FAD.COST_PENALTY of the expected cost (0-dim; joins the alpha objective)."""
         return cost_penalty(self.penalty_kind, self.expected(), self.target, self.weight)
 
     def summary(self, box: Genotype, cls: Genotype) -> dict:
