@@ -21,6 +21,8 @@ TINY = {
     "op_latency": ["--num-classes", "3", "--repeats", "1", "--device", "cpu",
                    "MODEL.FPN.OUT_CHANNELS", "16", "MODEL.FAD.TOWER_CHANNELS", "16",
                    "MODEL.FAD.EDGE_CHANNELS", "8", "MODEL.FAD.COST_INPUT_SIZE", "(64,64)"],
+    "asag": ["--depth", "18", "--size", "96", "128", "--classes", "3", "--images", "1",
+             "--anchor-logit", "-0.4", "--warmup", "0", "--repeats", "1"],
 }
 SLOW = {"msda", "sparse_resnet", "supernet"}  # C++ kernels may compile first; 30-60 s on 2 CPUs
 

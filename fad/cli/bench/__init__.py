@@ -3,7 +3,7 @@
 Each sub-command is a module of this package, `fad.cli.bench.NAME` (`add_arguments(parser)`,
 `run(args) -> dict`), measures its ratios side by side in one process, and prints one JSON line
 (also written to `--json FILE`). Sub-commands: fcos_step, supernet, msda, sparse_resnet,
-detr_flops, op_latency.
+detr_flops, op_latency, asag.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from fad.engine.launch import run_tool, tool_parser
 from fad.utils.io import atomic_write_text
 
-COMMANDS = ["fcos_step", "supernet", "msda", "sparse_resnet", "detr_flops", "op_latency"]
+COMMANDS = ["fcos_step", "supernet", "msda", "sparse_resnet", "detr_flops", "op_latency",
+            "asag"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
