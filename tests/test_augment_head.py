@@ -3,6 +3,7 @@ import os
 
 import pytest
 import torch
+from conftest import REPO, train_steps
 from torch import nn
 
 from fad.augment import AugmentCell, build_fad_fcos, build_fad_head, build_model
@@ -13,7 +14,6 @@ from fad.nas.primitives import FAMILIES, PRIMITIVES, PRIMITIVES_DIL3
 from fad.search.cells import SearchCell
 from fad.search.derive import derive_genotype
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER = os.path.join(REPO, "configs", "fad", "genotypes", "fad_paper.log")
 
 
@@ -136,12 +136,6 @@ def test_tiny_training_loss_falls(synthetic_root):
     images, targets = zip(*[dataset[i] for i in range(2)])
     model = build_fad_fcos(cfg, dataset.num_classes, read_genotype_text(PAPER)).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    losses = []
-    for _ in range(16):  # flat for ~10 iterations: cls_reduce starts at N(0, 0.01) (reference)
-        loss = sum(model(list(images), list(targets)).values())
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
-        losses.append(loss.item())
+    # flat for ~10 iterations: cls_reduce starts at N(0, 0.01) (reference)
+    losses = train_steps(model, list(images), list(targets), opt, steps=16, max_norm=10.0)
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses

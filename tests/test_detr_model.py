@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from conftest import REPO, train_steps
 from torchvision.ops import box_iou
 
 from fad.config import get_cfg_defaults, load_config
@@ -12,14 +13,14 @@ from fad.engine.solver import build_optimizer
 from fad.modeling import build_detector
 from fad.modeling.detr.build import build_deformable_detr
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
     "single_stage": [],
     "refine": ["MODEL.DETR.WITH_BOX_REFINE", True],
     "two_stage": ["MODEL.DETR.WITH_BOX_REFINE", True, "MODEL.DETR.TWO_STAGE", True],
     "sparse": ["MODEL.META_ARCHITECTURE", "SparseDETR", "MODEL.DETR.WITH_BOX_REFINE", True,
-               "MODEL.DETR.TWO_STAGE", True, "MODEL.DETR.RHO", 0.3, "MODEL.DETR.USE_ENC_AUX_LOSS", True,
-               "MODEL.DETR.EFF_QUERY_INIT", True, "MODEL.DETR.EFF_SPECIFIC_HEAD", True],
+               "MODEL.DETR.TWO_STAGE", True, "MODEL.DETR.RHO", 0.3,
+               "MODEL.DETR.USE_ENC_AUX_LOSS", True, "MODEL.DETR.EFF_QUERY_INIT", True,
+               "MODEL.DETR.EFF_SPECIFIC_HEAD", True],
 }
 
 
@@ -69,23 +70,11 @@ def _recall_at_5(model, images, targets) -> float:
     hits = total = 0
     for o, t in zip(out, targets):
         top = o["scores"].topk(5).indices
-        ok = (box_iou(t["boxes"], o["boxes"][top]) > 0.5) & (t["labels"][:, None] == o["labels"][top][None])
+        same_label = t["labels"][:, None] == o["labels"][top][None]
+        ok = (box_iou(t["boxes"], o["boxes"][top]) > 0.5) & same_label
         hits += int(ok.any(1).sum())
         total += len(t["labels"])
     return hits / total
-
-
-def _train(model, cfg, images, targets, steps):
-    opt = build_optimizer(cfg, model)
-    losses = []
-    for _ in range(steps):
-        loss = sum(model(images, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-        opt.step()
-        losses.append(loss.item())
-    return losses
 
 
 def test_config_errors_name_the_keys():
@@ -124,7 +113,8 @@ def test_detector_api_in_training_and_eval(variant):
         out = model(images)
     assert len(out) == 2
     for o, img in zip(out, images):
-        assert o["boxes"].shape == (30, 4) and o["scores"].shape == (30,) and o["labels"].dtype == torch.int64
+        assert o["boxes"].shape == (30, 4) and o["scores"].shape == (30,)
+        assert o["labels"].dtype == torch.int64
         assert (o["scores"][:-1] >= o["scores"][1:]).all()
         assert o["labels"].min() >= 0 and o["labels"].max() < 3
         h, w = img.shape[-2:]
@@ -190,7 +180,7 @@ def test_tiny_model_loss_falls_on_two_images():
     cfg = tiny_cfg("single_stage")
     model = build_detector(cfg, 2)
     images, targets = two_images()
-    losses = _train(model, cfg, images, targets, 15)
+    losses = train_steps(model, images, targets, build_optimizer(cfg, model), 15, max_norm=0.1)
     assert sum(losses[-3:]) / 3 < 0.75 * sum(losses[:3]) / 3, losses
 
 
@@ -201,7 +191,7 @@ def test_tiny_sparse_detr_overfits_two_images():
     model = build_detector(cfg, 2)
     images, targets = two_images()
     before = _recall_at_5(model, images, targets)
-    losses = _train(model, cfg, images, targets, 80)
+    losses = train_steps(model, images, targets, build_optimizer(cfg, model), 80, max_norm=0.1)
     assert sum(losses[-5:]) / 5 < 0.15 * sum(losses[:5]) / 5, losses
     assert before < 0.4 and _recall_at_5(model, images, targets) >= before + 0.6
 
@@ -239,7 +229,8 @@ def test_checkpoint_resume_gives_the_same_outputs_and_steps(tmp_path):
         assert torch.equal(p, q), name
 
 
-@pytest.mark.parametrize("name", ["deformable_detr/tiny_synthetic.yaml", "sparse_detr/tiny_synthetic.yaml",
+@pytest.mark.parametrize("name", ["deformable_detr/tiny_synthetic.yaml",
+                                  "sparse_detr/tiny_synthetic.yaml",
                                   "sparse_detr/r50_sparse_detr_rho_0.1.yaml",
                                   "deformable_detr/r50_deformable_detr.yaml"])
 def test_shipped_configs_build(name):

@@ -1,5 +1,6 @@
 """FCOS detector: head output layout, post-processing decode, and overfitting two images."""
 import torch
+from conftest import train_steps
 
 from fad.config import get_cfg_defaults
 from fad.modeling import build_detector
@@ -52,12 +53,5 @@ def test_tiny_fcos_overfits_two_images():
     targets = [{"boxes": torch.tensor([[30.0, 20.0, 90.0, 70.0]]), "labels": torch.tensor([0])},
                {"boxes": torch.tensor([[10.0, 60.0, 60.0, 120.0]]), "labels": torch.tensor([1])}]
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    losses = []
-    for _ in range(40):
-        loss = sum(model(images, targets).values())
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10)
-        opt.step()
-        losses.append(loss.item())
+    losses = train_steps(model, images, targets, opt, steps=40, max_norm=10.0)
     assert losses[-1] < 0.5 * losses[0], losses

@@ -1,6 +1,7 @@
 """Faster R-CNN FPN on SparseResNet: detector API, label shift, and a tiny model that learns."""
 import pytest
 import torch
+from conftest import train_steps
 
 from fad.config import get_cfg_defaults
 from fad.engine.hooks import collect_aux_losses, collect_log_stats
@@ -79,16 +80,7 @@ def test_tiny_sparse_faster_rcnn_loss_falls():
     images, targets = _synthetic_batch()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01,
                           momentum=0.9)
-    history = []
-    for _ in range(30):
-        losses = model(images, targets)
-        losses.update(collect_aux_losses(model))
-        assert "loss_sparse" in losses
-        total = sum(losses.values())
-        opt.zero_grad()
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
-        history.append(sum(v.item() for k, v in losses.items() if k != "loss_sparse"))
+    history = train_steps(model, images, targets, opt, steps=30, max_norm=10.0, aux_losses=True)
+    assert set(collect_aux_losses(model)) == {"loss_sparse"}
     first, last = sum(history[:5]) / 5, sum(history[-5:]) / 5
     assert last < 0.6 * first, history
