@@ -3,7 +3,7 @@
 // or onto the residual), gather_conv_cpu.cpp (a conv at sampled positions: tiled gather + GEMM,
 // optionally + a second 1x1 conv), gather_windows_cpu.cpp (im2col of a 3x3 conv at sampled
 // positions) and tap_sum_cpu.cpp (the tap sums of the mask convs computed as one GEMM over the
-// pixels); register_cpu.cpp registers them for the fad_sparse op schemas declared in
+// pixels) and active_rows_cpu.cpp (the sampled positions of a mask); register_cpu.cpp registers them for the fad_sparse op schemas declared in
 // fad/modeling/backbone/sparse/kernel.py.
 #pragma once
 
@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <tuple>
 
 namespace fad_sparse {
 
@@ -41,6 +42,8 @@ at::Tensor gather_conv_cpu(const at::Tensor& src, const at::Tensor& positions, i
 at::Tensor gather_windows_cpu(const at::Tensor& src, const at::Tensor& positions, int64_t n,
                               int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
                               int64_t stride);
+
+std::tuple<at::Tensor, at::Tensor> active_rows_cpu(const at::Tensor& values);
 
 at::Tensor tap_sum_cpu(const at::Tensor& y, const at::Tensor& bias, int64_t n, int64_t in_h,
                        int64_t in_w, int64_t start, int64_t stride);

@@ -82,7 +82,7 @@ EXTENSIONS: dict[str, Extension] = {ext.name: ext for ext in (
     Extension("sparse_cpu", "SparseResNet CPU kernels", "fad.modeling.backbone.sparse.kernel",
               ("sparse_resnet/interpolate_cpu.cpp", "sparse_resnet/gather_conv_cpu.cpp",
                "sparse_resnet/gather_windows_cpu.cpp", "sparse_resnet/tap_sum_cpu.cpp",
-               "sparse_resnet/register_cpu.cpp"),
+               "sparse_resnet/active_rows_cpu.cpp", "sparse_resnet/register_cpu.cpp"),
               cflags=("-Wno-psabi",)),
 )}
 

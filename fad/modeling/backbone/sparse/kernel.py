@@ -25,6 +25,7 @@ _KERNEL_LIB = kernels.define_library("fad_sparse", (
     "-> Tensor",
     "gather_windows(Tensor src, Tensor positions, int n, int in_h, int in_w, int out_h, "
     "int out_w, int stride) -> Tensor",
+    "active_rows(Tensor values) -> (Tensor positions, Tensor row_of)",
     "tap_sum(Tensor y, Tensor bias, int n, int in_h, int in_w, int start, int stride) -> Tensor",
 ))
 
