@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_fcos_cfg
 from torch import nn
 
-from conftest import tiny_fcos_cfg
 from fad.config import get_cfg_defaults
 from fad.data import build_dataset, make_train_loader
 from fad.engine.amp import amp_policy
@@ -72,7 +72,9 @@ def _tiny_architect(scaler=None, second_order=False):
 
 def test_scaled_alpha_step_equals_the_plain_one_and_skips_overflows():
     plain, alpha_plain = _tiny_architect()
+    start = alpha_plain.detach().clone()
     plain.step(None)
+    assert not torch.equal(alpha_plain.detach(), start)  # the step moves alpha
     scaled, alpha_scaled = _tiny_architect(torch.amp.GradScaler("cpu", init_scale=1024.0))
     scaled.step(None)
     torch.testing.assert_close(alpha_scaled, alpha_plain)

@@ -4,6 +4,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import resnet as tv_resnet
 
+from fad.config import get_cfg_defaults
+from fad.modeling.backbone import build_backbone_body
 from fad.modeling.backbone.sparse.flops import backbone_macs, block_specs, reference_canvas
 
 DCN = (False, True, True, True)
@@ -26,15 +28,26 @@ def test_uniform_half_density():
 
 
 def test_density_one_adds_only_the_mask_convs():
-    dense = backbone_macs(50, 320, 480)
-    full = backbone_macs(50, 320, 480, 1.0)
-    masks = 0
-    h, w = 80, 120
-    for b in block_specs(50):
-        ho, wo = (h - 1) // b.stride + 1, (w - 1) // b.stride + 1
-        masks += 9 * b.in_channels * (h * w + ho * wo)
-        h, w = ho, wo
-    assert full - dense == masks
+    """At density 1 the interpolation term vanishes: the count is the dense one plus the two
+    one-channel 3x3 mask convs of every block, counted here by torch's FlopCounterMode on the mask
+    convs of a built SparseResNet-50 at the input each block sees."""
+    cfg = get_cfg_defaults()
+    cfg.merge_from_list(["MODEL.BACKBONE.NAME", "sparse_resnet", "MODEL.BACKBONE.DEPTH", 50])
+    body, _ = build_backbone_body(cfg)
+    inputs = []
+    hooks = [b.register_forward_pre_hook(lambda _, args: inputs.append(args[0].shape))
+             for b in body.blocks]
+    with torch.no_grad():
+        body.eval()(torch.zeros(1, 3, 128, 192))
+    for hook in hooks:
+        hook.remove()
+    assert len(inputs) == len(block_specs(50)) == 16
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        for block, shape in zip(body.blocks, inputs):
+            block.conv1_mask(torch.zeros(shape))
+            block.conv2_mask(torch.zeros(shape))
+    mask_macs = counter.get_flop_counts()["Global"][torch.ops.aten.convolution] / 2
+    assert backbone_macs(50, 128, 192, 1.0) - backbone_macs(50, 128, 192) == mask_macs
 
 
 @pytest.mark.parametrize("depth", [18, 50])

@@ -105,7 +105,6 @@ def test_unmasked_body_is_a_plain_resnet():
 
 
 def test_fcos_with_sparse_backbone_adds_sparse_loss():
-    pytest.importorskip("fad.modeling.fcos")
     from fad.modeling.detector import build_detector
 
     cfg = _cfg(18, LOSS_WEIGHT=0.05)
