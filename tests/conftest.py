@@ -118,3 +118,20 @@ def train_steps(model: torch.nn.Module, images: list, targets: list,
         optimizer.step()
         history.append(sum(v.item() for v in losses.values()))
     return history
+
+
+def randomized_detector(cfg, num_classes: int, std: float = 0.1, seed: int = 0):
+    """build_detector(cfg, num_classes) in eval mode with every float tensor random, so that a
+    converter that swaps or drops a tensor shows: variances and Gumbel temperatures in
+    [0.5, 1.5), the other floats N(0, std^2)."""
+    from fad.modeling import build_detector
+
+    torch.manual_seed(seed)
+    model = build_detector(cfg, num_classes)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith(("running_var", "temperature")):
+                t.copy_(torch.rand_like(t) + 0.5)
+            elif t.is_floating_point():
+                t.copy_(torch.randn_like(t) * std)
+    return model.eval()

@@ -13,8 +13,8 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO, randomized_detector
 
-from conftest import REPO
 from fad.config import load_config
 from fad.convert import Options, convert_checkpoint
 from fad.convert.common import COCO_CATEGORY_IDS
@@ -61,21 +61,14 @@ def tiny_cfg(variant, *extra):
     return load_config(path, SMALL + overrides + list(extra))
 
 
-def randomized(cfg, num_classes, seed=0):
+def randomized(cfg, num_classes):
     """Our model with every float tensor random (so swapped or dropped tensors show)."""
-    torch.manual_seed(seed)
-    model = build_detector(cfg, num_classes)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if name.endswith("running_var"):
-                t.copy_(torch.rand_like(t) + 0.5)
-            elif t.is_floating_point():
-                t.copy_(torch.randn_like(t) * 0.2)
+    model = randomized_detector(cfg, num_classes, std=0.2)
     d = cfg.MODEL.DETR
     if d.TWO_STAGE and not d.WITH_BOX_REFINE:  # the original shares these with the decoder head
         model.heads.enc_class.load_state_dict(model.heads.class_embed[0].state_dict())
         model.heads.enc_bbox.load_state_dict(model.heads.bbox_embed[0].state_dict())
-    return model.eval()
+    return model
 
 
 def head_list(cfg):

@@ -10,8 +10,8 @@ import re
 
 import pytest
 import torch
+from conftest import REPO, randomized_detector
 
-from conftest import REPO
 from fad.config import load_config
 from fad.convert import Options, convert_checkpoint
 from fad.errors import CheckpointError
@@ -38,18 +38,13 @@ MMDET_NAMES = [  # ours -> mmdet v1
 ]
 
 
-def randomized(cfg, num_classes, seed=0):
-    torch.manual_seed(seed)
-    model = build_detector(cfg, num_classes)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if name.endswith("running_var") or name.endswith("temperature"):
-                t.copy_(torch.rand_like(t) + 0.5)
-            elif name.endswith("num_batches_tracked"):
-                t.fill_(1234)
-            elif t.is_floating_point():
-                t.copy_(torch.randn_like(t) * 0.1)
-    return model.eval()
+def randomized(cfg, num_classes):
+    """Our model with random float tensors and BatchNorm counters 1234."""
+    model = randomized_detector(cfg, num_classes)
+    for name, t in model.state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            t.fill_(1234)
+    return model
 
 
 def to_mmdet(state):
