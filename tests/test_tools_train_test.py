@@ -6,8 +6,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO
+from pycocotools.coco import COCO
 
 TINY = ["MODEL.DEVICE", "cpu", "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.FCOS.NUM_CONVS", "1",
         "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "96",
@@ -26,14 +26,24 @@ def test_train_then_test_writes_metrics(synthetic_root, tmp_path):
     common = ["DATASETS.ROOT", synthetic_root, "OUTPUT_DIR", str(tmp_path)] + TINY
     run = tool("train_net.py", "--config-file", cfg, "--skip-test", *common)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert os.path.isfile(tmp_path / "model_0000002.pth") and os.path.isfile(tmp_path / "model_final.pth")
+    assert os.path.isfile(tmp_path / "model_0000002.pth")
+    assert os.path.isfile(tmp_path / "model_final.pth")
     assert (tmp_path / "last_checkpoint").read_text().strip() == "model_final.pth"
-    run = tool("test_net.py", "--config-file", cfg, "MODEL.WEIGHT", str(tmp_path / "model_final.pth"), *common)
+    # an almost untrained model: keep every score so that there are results to evaluate
+    run = tool("test_net.py", "--config-file", cfg, "MODEL.WEIGHT",
+               str(tmp_path / "model_final.pth"), *common, "MODEL.FCOS.SCORE_THRESH", "0.0",
+               "MODEL.FCOS.DETECTIONS_PER_IMG", "20")
     assert run.returncode == 0, run.stderr[-2000:]
     out = tmp_path / "inference" / "synthetic_coco_val"
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= metrics.keys()
-    assert isinstance(json.loads((out / "coco_results.json").read_text()), list)
+    # the written results: 20 per image of the annotation file, in its image and category ids
+    gt = COCO(os.path.join(synthetic_root, "synthetic_coco", "annotations", "instances_val.json"))
+    results = json.loads((out / "coco_results.json").read_text())
+    per_image = [sum(r["image_id"] == i for r in results) for i in gt.getImgIds()]
+    assert per_image == [20] * len(gt.getImgIds()) and len(results) == sum(per_image)
+    assert {r["category_id"] for r in results} <= set(gt.getCatIds())
+    assert all(len(r["bbox"]) == 4 and r["bbox"][2] >= 0 and r["bbox"][3] >= 0 for r in results)
     assert "| AP" in run.stdout
 
 
@@ -43,9 +53,11 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     assert run.returncode != 0 and "MODEL.WEIGHT" in run.stderr and "Traceback" not in run.stderr
     bad = tmp_path / "broken.pth"
     bad.write_bytes(b"garbage")
-    run = tool("test_net.py", "--config-file", cfg, "MODEL.WEIGHT", str(bad), "OUTPUT_DIR", str(tmp_path))
+    run = tool("test_net.py", "--config-file", cfg, "MODEL.WEIGHT", str(bad),
+               "OUTPUT_DIR", str(tmp_path))
     assert run.returncode != 0 and "broken.pth" in run.stderr and "Traceback" not in run.stderr
-    run = tool("train_net.py", "--config-file", cfg, "SOLVER.NOPE", "1", "OUTPUT_DIR", str(tmp_path))
+    run = tool("train_net.py", "--config-file", cfg, "SOLVER.NOPE", "1",
+               "OUTPUT_DIR", str(tmp_path))
     assert run.returncode != 0 and "SOLVER.NOPE" in run.stderr and "Traceback" not in run.stderr
 
 
