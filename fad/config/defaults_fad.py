@@ -13,7 +13,7 @@ def add_fad_config(cfg: CN) -> None:
     # search: add the dilation-3 candidate `A_conv_3x3+dil_conv_3x3_r3` per family (12 + none
     # alphas per edge); off as in the paper's reference, which found it hurt detection
     cfg.MODEL.FAD.DIL3 = False
-    cfg.MODEL.FAD.SEARCH_CELLS = 1  # search: cells per tower in the supernet (alphas shared by cells)
+    cfg.MODEL.FAD.SEARCH_CELLS = 1  # search: cells per tower in the supernet (alphas shared)
     # search cost term (docs/fad.md): penalty on the derived head's expected cost, alpha loss
     cfg.MODEL.FAD.COST = "none"  # none (the original objective), flops or latency
     cfg.MODEL.FAD.COST_TARGET = 0.0  # head budget: GFLOPs (flops) or ms (latency), COST_INPUT_SIZE
