@@ -162,15 +162,16 @@ def test_torch_export(cpu_kernel):
 
 
 def test_flop_counter_counts_msda(cpu_kernel):
-    n, lq, m, d, levels, points = 2, 8, 2, 6, len(LEVELS), 3
-    value, shapes, starts, loc, attn = _inputs(d, torch.float32)
+    """5 per channel of every sampling point (4 bilinear corners + the weighting), all sizes
+    distinct: 3 images x 7 queries x 2 heads x 4 levels x 5 points x 6 channels x 5 = 25200."""
+    value, shapes, starts, loc, attn = random_msda_inputs(3, LEVELS, 2, 6, 7, 5,
+                                                          dtype=torch.float32)
     value.requires_grad_()
     with FlopCounterMode(display=False) as counter:
         multi_scale_deformable_attention(value, shapes, starts, loc, attn).sum().backward()
     counts = counter.get_flop_counts()["Global"]
-    forward = n * lq * m * levels * points * 5 * d
-    assert counts[torch.ops.fad.ms_deform_attn] == forward
-    assert counts[torch.ops.fad.ms_deform_attn_backward] == 2 * forward
+    assert counts[torch.ops.fad.ms_deform_attn] == 25200
+    assert counts[torch.ops.fad.ms_deform_attn_backward] == 2 * 25200
 
 
 def test_bad_inputs_raise_one_line_errors():
