@@ -2,6 +2,7 @@
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import FrozenBatchNorm2d, deform_conv2d
 
 from fad.modeling.backbone.sparse import execution
@@ -174,6 +175,19 @@ def test_conv_at_matches_conv2d(monkeypatch, threads, backend, size, stride, sec
                   weight.permute(2, 3, 1, 0).reshape(-1, c1).contiguous(), bias, relu=True,
                   weight2=weight2 if second else None)
     torch.testing.assert_close(got, want[out.positions], atol=1e-4, rtol=1e-4)
+
+
+def test_conv_at_flop_count_is_the_same_on_both_backends(monkeypatch):
+    torch.manual_seed(0)
+    rows, out = torch.randn(2 * 9 * 11, 6), Active.of((torch.rand(2, 1, 9, 11) < 0.5).float())
+    weight, weight2 = torch.randn(54, 4), torch.randn(4, 3)
+    counts = []
+    for backend in BACKENDS:
+        monkeypatch.setenv("FAD_SPARSE_BACKEND", backend)
+        with FlopCounterMode(display=False) as counter:
+            conv_at(rows, out, 9, 11, 3, 1, weight, torch.randn(4), relu=True, weight2=weight2)
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] == 2 * out.positions.numel() * (54 * 4 + 4 * 3)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,13 +1,14 @@
 // A convolution (1x1 or 3x3 pad 1, any stride) at the sampled output positions of SparseResNet's
 // sparse execution, optionally followed by a second 1x1 convolution (`fad_sparse::gather_conv`).
 //
-// The P sampled positions are cut into tiles of about kTileRows rows, a multiple of the thread
-// count so that one parallel region splits evenly. Per tile a thread gathers the input rows its
-// outputs read (im2col; zeros outside the grid) into a thread-local buffer that stays in cache,
-// multiplies them by the GEMM weight [k*k*C, C1] (BLAS, one thread), adds the bias, applies the
-// ReLU and, with `weight2` [C1, C2], multiplies once more. So no im2col matrix of the whole layer
-// is written to memory, the weights are packed once per tile (>= kTileRows rows each, so the
-// packing costs a few percent of the multiply-adds), and a conv costs one parallel region.
+// The P sampled positions are cut into tiles of at most kTileRows rows, their number a multiple
+// of the thread count; the threads take tiles one after another (`parallel_chunks`). Per tile a
+// thread gathers the input rows its outputs read (im2col; zeros outside the grid) into a
+// thread-local buffer that stays in cache, multiplies them by the GEMM weight [k*k*C, C1] (BLAS,
+// one thread), adds the bias, applies the ReLU and, with `weight2` [C1, C2], multiplies once
+// more. So no im2col matrix of the whole layer is written to memory, the weights are packed once
+// per tile (of >= kMinTileRows rows, so packing costs little next to the multiply-adds), and a
+// conv costs one parallel region.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
@@ -28,7 +29,7 @@ constexpr const char* kOp = "fad_sparse.gather_conv";
 // Rows per tile aimed at: enough that packing the weight costs little next to the multiply-adds.
 constexpr int64_t kTileRows = 256;
 // Below this many rows per thread the layer runs as one tile (BLAS threads it by itself).
-constexpr int64_t kMinRowsPerThread = 64;
+constexpr int64_t kMinTileRows = 128;
 
 struct Geometry {
   int64_t in_h, in_w, out_h, out_w, kernel, stride, c;
@@ -121,40 +122,33 @@ at::Tensor gather_conv_cpu(const at::Tensor& src, const at::Tensor& positions, i
   const float* src_p = src.data_ptr<float>();
   float* out_p = out.data_ptr<float>();
 
+  // Tiles of at most kTileRows rows, a multiple of the thread count (an even split on an idle
+  // machine; threads take tiles dynamically). Layers under kMinTileRows rows per thread run as
+  // one tile, which BLAS threads by itself.
   const int64_t threads = at::get_num_threads();
-  int64_t tiles = 1;
-  if (num >= threads * kMinRowsPerThread) {
-    tiles = threads * std::max<int64_t>(1, (num + threads * kTileRows / 2) / (threads * kTileRows));
+  int64_t tile = num;
+  if (num >= threads * kMinTileRows) {
+    const int64_t tiles = threads * ((num + threads * kTileRows - 1) / (threads * kTileRows));
+    tile = (num + tiles - 1) / tiles;
   }
-  const int64_t tile = (num + tiles - 1) / tiles;
-  tiles = (num + tile - 1) / tile;
-
-  auto run_tiles = [&](int64_t first, int64_t last) {
+  auto run_tile = [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> cols, mid;
-    cols.resize(std::max<size_t>(cols.size(), static_cast<size_t>(tile * k)));
-    if (weight2.has_value()) {
-      mid.resize(std::max<size_t>(mid.size(), static_cast<size_t>(tile * c1)));
+    const int64_t m = end - begin;
+    if (cols.size() < static_cast<size_t>(m * k)) cols.resize(m * k);
+    gather_tile(src_p, pos, g, begin, end, cols.data());
+    at::Tensor dst = matrix(out_p + begin * c_out, m, c_out);
+    if (!weight2.has_value()) {
+      at::mm_out(dst, matrix(cols.data(), m, k), weight);
+      epilogue(dst.data_ptr<float>(), m, c1, bias_p, relu);
+      return;
     }
-    for (int64_t t = first; t < last; ++t) {
-      const int64_t begin = t * tile, end = std::min(num, begin + tile), m = end - begin;
-      gather_tile(src_p, pos, g, begin, end, cols.data());
-      at::Tensor dst = matrix(out_p + begin * c_out, m, c_out);
-      if (!weight2.has_value()) {
-        at::mm_out(dst, matrix(cols.data(), m, k), weight);
-        epilogue(dst.data_ptr<float>(), m, c1, bias_p, relu);
-      } else {
-        at::Tensor hidden = matrix(mid.data(), m, c1);
-        at::mm_out(hidden, matrix(cols.data(), m, k), weight);
-        epilogue(mid.data(), m, c1, bias_p, relu);
-        at::mm_out(dst, hidden, *weight2);
-      }
-    }
+    if (mid.size() < static_cast<size_t>(m * c1)) mid.resize(m * c1);
+    at::Tensor hidden = matrix(mid.data(), m, c1);
+    at::mm_out(hidden, matrix(cols.data(), m, k), weight);
+    epilogue(mid.data(), m, c1, bias_p, relu);
+    at::mm_out(dst, hidden, *weight2);
   };
-  if (tiles == 1) {
-    run_tiles(0, 1);
-  } else {
-    at::parallel_for(0, tiles, 1, run_tiles);
-  }
+  parallel_chunks(num, tile, run_tile);
   return out;
 }
 

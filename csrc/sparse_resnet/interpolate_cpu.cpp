@@ -271,8 +271,11 @@ void interpolate_checked(const at::Tensor& rows, const at::Tensor& index, const 
     in.residual = residual->data_ptr<float>();
   }
   const Grid g{h, w, c_dim};
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(w * c_dim, 1));
-  at::parallel_for(0, n * h, grain, [&](int64_t begin, int64_t end) {
+  // chunks of >= 2^16 outputs, about eight per thread
+  const int64_t lines = n * h;
+  const int64_t min_lines = std::max<int64_t>(1, 65536 / std::max<int64_t>(w * c_dim, 1));
+  const int64_t chunk = std::max(min_lines, lines / (8 * at::get_num_threads()));
+  parallel_chunks(lines, chunk, [&](int64_t begin, int64_t end) {
     std::vector<Neighbour> nb(window.size());
     interpolate_lines(in, g, begin, end, nb.data(), out_p);
   });

@@ -7,9 +7,12 @@
 // fad/modeling/backbone/sparse/kernel.py.
 #pragma once
 
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <optional>
 #include <tuple>
@@ -20,6 +23,26 @@ namespace fad_sparse {
 inline void check_float_cpu(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(), op,
               ": ", name, " must be a contiguous float32 CPU tensor");
+}
+
+// Runs fn(begin, end) over [0, total) in chunks of `chunk` on the intra-op threads, each thread
+// taking the next chunk when it is done (dynamic scheduling: a thread that another process
+// slows down takes fewer chunks instead of holding up the whole region). With one thread, or a
+// single chunk, the chunks run in order without a parallel region.
+template <typename F>
+void parallel_chunks(int64_t total, int64_t chunk, const F& fn) {
+  const int64_t chunks = (total + chunk - 1) / chunk;
+  const int64_t threads = std::min<int64_t>(chunks, at::get_num_threads());
+  if (threads <= 1 || at::in_parallel_region()) {
+    for (int64_t i = 0; i < chunks; ++i) fn(i * chunk, std::min(total, (i + 1) * chunk));
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t i = next++; i < chunks; i = next++) {
+      fn(i * chunk, std::min(total, (i + 1) * chunk));
+    }
+  });
 }
 
 at::Tensor interpolate_cpu(const at::Tensor& rows, const at::Tensor& index,

@@ -9,7 +9,9 @@ count t: median latencies, the median of the per-repetition ratios
 `speedup_at_density_<d>_threads_<t>` (dense-masked / sparse) and
 `speedup_vs_plain_at_density_<d>_threads_<t>` (plain ResNet / sparse), and the largest difference
 between the two paths' outputs relative to the output's largest magnitude; the keys without
-`_threads_<t>` repeat the last thread count of `--threads`. Per density: the theoretical ratio
+`_threads_<t>` repeat the last thread count of `--threads`. `cpu_time_speedup_vs_plain_...` is
+the same ratio of process CPU time (less disturbed by other jobs on a shared machine, but it
+counts the time threads spin while they wait). Per density: the theoretical ratio
 from the FLOPs calculator. `dense_r101_gmacs_1000` is the published dense R-101 (DCN in
 res3-res5) baseline at resolution 1000 from the calculator. `--profile` adds, per density and
 thread count, the milliseconds of one sparse forward under torch.profiler by stage and op
@@ -53,14 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, input and masks")
 
 
-def _timed(fn, device: torch.device) -> float:
+def _timed(fn, device: torch.device) -> tuple[float, float]:
+    """(wall ms, process CPU ms) of fn()."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) * 1e3
+    return (time.perf_counter() - start) * 1e3, (time.process_time() - cpu_start) * 1e3
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -134,11 +137,15 @@ def _measure(sparse: SparseResNetBody, plain: nn.Module, x: torch.Tensor, densit
         ref, out = forward("dense_masked"), forward("sparse")
         diff = max(((ref[k] - out[k]).abs().max() / ref[k].abs().max()).item() for k in ref)
         plain(x_plain)
-        times = {"dense": [], "sparse": [], "plain": []}
+        times, cpu = {"dense": [], "sparse": [], "plain": []}, {"sparse": [], "plain": []}
+        runs = {"dense": lambda: forward("dense_masked"), "sparse": lambda: forward("sparse"),
+                "plain": lambda: plain(x_plain)}
         for _ in range(args.repeats):
-            times["dense"].append(_timed(lambda: forward("dense_masked"), device))
-            times["sparse"].append(_timed(lambda: forward("sparse"), device))
-            times["plain"].append(_timed(lambda: plain(x_plain), device))
+            for name, fn in runs.items():
+                wall, cpu_ms = _timed(fn, device)
+                times[name].append(wall)
+                if name in cpu:
+                    cpu[name].append(cpu_ms)
         profile = profile_forward(sparse, x) if args.profile else None
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
@@ -146,6 +153,8 @@ def _measure(sparse: SparseResNetBody, plain: nn.Module, x: torch.Tensor, densit
             a / b for a, b in zip(times["dense"], times["sparse"])),
         "speedup_vs_plain_at_density": statistics.median(
             a / b for a, b in zip(times["plain"], times["sparse"])),
+        "cpu_time_speedup_vs_plain_at_density": statistics.median(
+            a / b for a, b in zip(cpu["plain"], cpu["sparse"])),
         "dense_masked_ms_at_density": med["dense"], "sparse_ms_at_density": med["sparse"],
         "plain_ms_at_density": med["plain"], "max_rel_diff_at_density": diff,
     }

@@ -1,15 +1,20 @@
 """The compiled SparseResNet CPU kernels: op schemas and when they run.
 
-`torch.ops.fad_sparse.interpolate`, `.gather_windows` and `.tap_sum` (CPU, float32; kernels in
-csrc/sparse_resnet, loaded by `fad.ops.kernels`) replace gathers and elementwise sums of the
-pure-PyTorch path at inference, so they have no FLOP formula (FlopCounterMode counts neither
-path's gathers and sums; the GEMMs around them are counted as usual). The backend setting
-MODEL.OPS.SPARSE_BACKEND / FAD_SPARSE_BACKEND picks "auto", "reference" or "cpp"; CUDA tensors
-always use the reference (gathers, cuDNN depthwise convolutions).
+`torch.ops.fad_sparse.*` (CPU, float32; kernels in csrc/sparse_resnet, loaded by
+`fad.ops.kernels`) replace parts of the pure-PyTorch path at inference: `interpolate` /
+`interpolate_into` (the Gaussian interpolation, into a new tensor or onto the residual),
+`gather_conv` (a conv at sampled positions: tiled gather + GEMM, optionally a second 1x1 conv),
+`gather_windows` (im2col at sampled positions), `tap_sum` (mask-conv tap sums) and
+`active_rows` (the sampled positions of a mask). `gather_conv` has a FLOP formula (its GEMMs, as
+FlopCounterMode counts the reference's addmm/mm); the others replace gathers and elementwise sums
+that FlopCounterMode counts on neither path. The backend setting MODEL.OPS.SPARSE_BACKEND /
+FAD_SPARSE_BACKEND picks "auto", "reference" or "cpp"; CUDA tensors always use the reference
+(gathers, GEMMs, cuDNN convolutions).
 """
 from __future__ import annotations
 
 import torch
+from torch.utils.flop_counter import register_flop_formula
 
 from fad.ops import kernels
 
@@ -28,6 +33,16 @@ _KERNEL_LIB = kernels.define_library("fad_sparse", (
     "active_rows(Tensor values) -> (Tensor positions, Tensor row_of)",
     "tap_sum(Tensor y, Tensor bias, int n, int in_h, int in_w, int start, int stride) -> Tensor",
 ))
+
+
+@register_flop_formula(torch.ops.fad_sparse.gather_conv)
+def _gather_conv_flops(src_shape, positions_shape, *args, out_shape=None, **kwargs) -> int:
+    """2 per multiply-add of the GEMMs: [P, k*k*C] x [k*k*C, C1] (then x [C1, C2])."""
+    weight_shape, weight2_shape = args[7], args[10]
+    flops = 2 * positions_shape[0] * weight_shape[0] * weight_shape[1]
+    if weight2_shape is not None:
+        flops += 2 * positions_shape[0] * weight2_shape[0] * weight2_shape[1]
+    return flops
 
 
 def kernel_available(device_type: str) -> bool:
