@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from yacs.config import CfgNode
 
 from fad.augment import build_model
@@ -11,8 +12,6 @@ from fad.config import load_config
 from fad.errors import ConfigError
 from fad.nas.genotype import read_genotype_text
 from fad.search import build_supernet
-
-from conftest import REPO
 
 CONFIGS = Path(REPO) / "configs"
 PAPER_GENOTYPE = CONFIGS / "fad" / "genotypes" / "fad_paper.log"

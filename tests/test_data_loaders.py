@@ -224,6 +224,7 @@ def _perfect_ap(dataset) -> float:
 def test_targets_evaluate_perfectly_against_coco_gt(cfg):
     for names in (["synthetic_voc_val"], ["synthetic_coco_val"],
                   ["synthetic_voc_val", "synthetic_coco_val"]):
-        assert _perfect_ap(build_dataset(cfg, names, is_train=False)) == pytest.approx(1.0, abs=1e-3)
+        ap = _perfect_ap(build_dataset(cfg, names, is_train=False))
+        assert ap == pytest.approx(1.0, abs=1e-3)
     _, val = split_dataset(build_dataset(cfg, ["synthetic_voc_train"], is_train=False), 0.5, 0)
     assert _perfect_ap(val) == pytest.approx(1.0, abs=1e-3)

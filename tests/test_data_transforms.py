@@ -5,8 +5,12 @@ import pytest
 import torch
 
 from fad.config import get_cfg_defaults
-from fad.data.transforms import (DetectionTransforms, RandomHorizontalFlip, ResizeShortSide,
-                                  build_transforms)
+from fad.data.transforms import (
+    DetectionTransforms,
+    RandomHorizontalFlip,
+    ResizeShortSide,
+    build_transforms,
+)
 
 
 def painted(height: int, width: int, boxes: list[list[int]]) -> torch.Tensor:

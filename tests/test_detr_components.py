@@ -36,7 +36,8 @@ def test_position_encoding_matches_the_formula_inside_the_valid_region():
         for j in range(valid_w):
             y = (i + 1 - 0.5) / valid_h * 2 * math.pi
             x = (j + 1 - 0.5) / valid_w * 2 * math.pi
-            want = [_sine(y, k, feats) for k in range(feats)] + [_sine(x, k, feats) for k in range(feats)]
+            want = ([_sine(y, k, feats) for k in range(feats)]
+                    + [_sine(x, k, feats) for k in range(feats)])
             assert torch.allclose(pos[0, :, i, j], torch.tensor(want), atol=1e-5), (i, j)
 
 
@@ -57,7 +58,8 @@ def test_multilevel_backbone_levels_and_masks():
     mask = torch.zeros(2, 64, 96, dtype=torch.bool)
     mask[1, :, 48:] = True
     out = net(images, mask)
-    assert [tuple(f.shape) for f, _ in out] == [(2, 32, 8, 12), (2, 32, 4, 6), (2, 32, 2, 3), (2, 32, 1, 2)]
+    assert [tuple(f.shape) for f, _ in out] == [(2, 32, 8, 12), (2, 32, 4, 6), (2, 32, 2, 3),
+                                                (2, 32, 1, 2)]
     for f, m in out:
         assert m.shape == (2,) + f.shape[-2:]
         assert not m[0].any()
@@ -100,7 +102,8 @@ def test_two_stage_proposals_mask_padding_and_borders():
     # token (row 1, col 2) of level 0: centre (2.5 / 3, 1.5 / 4), size 0.05; level 1: size 0.1
     box = torch.sigmoid(props[0, 4 + 2])
     assert torch.allclose(box, torch.tensor([2.5 / 3, 1.5 / 4, 0.05, 0.05]), atol=1e-6)
-    assert torch.allclose(torch.sigmoid(props[0, 16]), torch.tensor([0.25, 0.25, 0.1, 0.1]), atol=1e-6)
+    want = torch.tensor([0.25, 0.25, 0.1, 0.1])
+    assert torch.allclose(torch.sigmoid(props[0, 16]), want, atol=1e-6)
     # a wider margin invalidates the border tokens too: centres 1/6 and 1/8 < 0.2
     _, props, valid = encoder_proposals(memory, mask, shapes, margin=0.2)
     assert not valid[0, :16].view(4, 4)[0].any() and not valid[0, 16:].any()

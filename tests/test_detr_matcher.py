@@ -25,7 +25,8 @@ def _cost(logit_row, box, label, tgt_box, alpha=0.25, gamma=2.0):
     pos = alpha * (1 - p) ** gamma * -math.log(p + 1e-8)
     neg = (1 - alpha) * p ** gamma * -math.log(1 - p + 1e-8)
     l1 = sum(abs(float(x) - float(y)) for x, y in zip(box, tgt_box))
-    return 2 * (pos - neg) + 5 * l1 - 2 * _giou([float(v) for v in box], [float(v) for v in tgt_box])
+    giou = _giou([float(v) for v in box], [float(v) for v in tgt_box])
+    return 2 * (pos - neg) + 5 * l1 - 2 * giou
 
 
 def _random_case(gen, q, t, c=3):
@@ -42,7 +43,8 @@ def test_cost_matrix_matches_the_hand_formula():
     cost = HungarianMatcher().cost_matrix(logits, boxes, labels, tgt)
     for i in range(4):
         for j in range(3):
-            assert cost[i, j].item() == pytest.approx(_cost(logits[i], boxes[i], labels[j], tgt[j]), abs=1e-4)
+            want = _cost(logits[i], boxes[i], labels[j], tgt[j])
+            assert cost[i, j].item() == pytest.approx(want, abs=1e-4)
 
 
 @pytest.mark.parametrize("q,t", [(3, 2), (4, 4), (5, 3), (2, 3), (4, 1)])
@@ -53,9 +55,11 @@ def test_matcher_is_optimal_against_brute_force(q, t):
         logits, boxes, labels, tgt = _random_case(gen, q, t)
         cost = [[_cost(logits[i], boxes[i], labels[j], tgt[j]) for j in range(t)] for i in range(q)]
         if q >= t:  # every target gets a distinct query
-            best = min(sum(cost[p[j]][j] for j in range(t)) for p in itertools.permutations(range(q), t))
+            best = min(sum(cost[p[j]][j] for j in range(t))
+                       for p in itertools.permutations(range(q), t))
         else:  # every query gets a distinct target
-            best = min(sum(cost[i][p[i]] for i in range(q)) for p in itertools.permutations(range(t), q))
+            best = min(sum(cost[i][p[i]] for i in range(q))
+                       for p in itertools.permutations(range(t), q))
         rows, cols = matcher(logits[None], boxes[None], [{"labels": labels, "boxes": tgt}])[0]
         assert len(rows) == min(q, t) and len(set(rows.tolist())) == len(rows)
         assert len(set(cols.tolist())) == len(cols)
@@ -118,12 +122,15 @@ def test_criterion_binary_labels_masks_and_empty_targets():
     tgt = [{"labels": torch.tensor([2]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
     all_neg = 3 * _focal(1.0, 0) + 6 * _focal(0.0, 0)
     binary = crit.set_losses({"pred_logits": logits, "pred_boxes": boxes, "binary": True}, tgt, 1.0)
-    assert binary["loss_ce"].item() == pytest.approx(all_neg - _focal(1.0, 0) + _focal(1.0, 1), rel=1e-5)
+    want = all_neg - _focal(1.0, 0) + _focal(1.0, 1)
+    assert binary["loss_ce"].item() == pytest.approx(want, rel=1e-5)
     real = crit.set_losses({"pred_logits": logits, "pred_boxes": boxes}, tgt, 1.0)
-    assert real["loss_ce"].item() == pytest.approx(all_neg - _focal(0.0, 0) + _focal(0.0, 1), rel=1e-5)
+    want = all_neg - _focal(0.0, 0) + _focal(0.0, 1)
+    assert real["loss_ce"].item() == pytest.approx(want, rel=1e-5)
     masked = crit.set_losses({"pred_logits": logits, "pred_boxes": boxes,
                               "query_mask": torch.tensor([[True, False, False]])}, tgt, 1.0)
-    assert masked["loss_ce"].item() == pytest.approx(_focal(1.0, 0) + _focal(0.0, 0) + _focal(0.0, 1), rel=1e-5)
+    want = _focal(1.0, 0) + _focal(0.0, 0) + _focal(0.0, 1)
+    assert masked["loss_ce"].item() == pytest.approx(want, rel=1e-5)
     empty = [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}]
     losses = crit({"pred_logits": logits, "pred_boxes": boxes}, empty)
     assert losses["loss_bbox"].item() == 0 and losses["loss_giou"].item() == 0

@@ -5,10 +5,19 @@ import torch
 import torch.nn.functional as F
 
 from fad.modeling.detr.dam import attention_to_token_map, dam_loss, dam_target, token_coverage
-from fad.modeling.detr.encoder import (DeformableEncoder, EncoderLayer, encoder_reference_points,
-                                       valid_ratios)
-from fad.modeling.detr.sparse_encoder import (ScoringNetwork, SparseEncoder, gather_tokens,
-                                              select_tokens, sparse_token_counts)
+from fad.modeling.detr.encoder import (
+    DeformableEncoder,
+    EncoderLayer,
+    encoder_reference_points,
+    valid_ratios,
+)
+from fad.modeling.detr.sparse_encoder import (
+    ScoringNetwork,
+    SparseEncoder,
+    gather_tokens,
+    select_tokens,
+    sparse_token_counts,
+)
 
 SHAPES = [(6, 6), (3, 3)]
 
@@ -41,7 +50,8 @@ def test_token_budget_formula():
     mask = torch.zeros(3, 12, dtype=torch.bool)
     mask[1, 7:] = True  # 7 valid
     mask[2, 3:] = True  # 3 valid
-    assert sparse_token_counts(mask, 0.3).tolist() == [4, 3, 1]  # floor(3.6)+1, floor(2.1)+1, floor(0.9)+1
+    # floor(3.6)+1, floor(2.1)+1, floor(0.9)+1
+    assert sparse_token_counts(mask, 0.3).tolist() == [4, 3, 1]
     assert sparse_token_counts(mask, 0.5).tolist() == [7, 4, 2]
     assert sparse_token_counts(mask, 1.0).tolist() == [12, 8, 4]  # capped at S = 12
 
@@ -134,7 +144,8 @@ def test_dam_bilinear_split_of_a_hand_placed_point():
     want[0, 16 + 2] = 0.2
     assert torch.allclose(dam, want, atol=1e-6)
     assert dam.sum().item() == pytest.approx(1.0)
-    # without the half-pixel shift the same normalised location lands half a pixel further right/down
+    # without the half-pixel shift the same normalised location lands half a pixel further
+    # right/down
     locs[0, 0, 1, 0] = torch.tensor(_loc(1.0, 1.0, 3, 2, half_pixel=False))
     dam = attention_to_token_map(locs, weights, shapes, start, half_pixel=False)
     assert dam[0, 16 + 1 * 3 + 1].item() == pytest.approx(0.2)
@@ -146,13 +157,16 @@ def test_dam_drops_corners_outside_the_map():
     locs = locs.view(1, 3, 1, 1, 2)
     weights = torch.ones(1, 3, 1, 1)
     dam = attention_to_token_map(locs, weights, shapes, start)
-    assert dam[0, 0].item() == pytest.approx(0.5)  # half of the first point, the other corner is off-map
-    assert dam[0, 15].item() == pytest.approx(0.5)  # half of the third point (row 3.5 -> rows 3 and 4)
+    # half of the first point, the other corner is off-map
+    assert dam[0, 0].item() == pytest.approx(0.5)
+    # half of the third point (row 3.5 -> rows 3 and 4)
+    assert dam[0, 15].item() == pytest.approx(0.5)
     assert dam.sum().item() == pytest.approx(1.0)
 
 
 def test_dam_is_the_adjoint_of_bilinear_sampling():
-    """Scattering weights = gradient of sum(w * grid_sample(V)) w.r.t. V (random, partly off-map)."""
+    """Scattering weights = gradient of sum(w * grid_sample(V)) w.r.t. V (random, partly
+    off-map)."""
     gen = torch.Generator().manual_seed(0)
     shapes, start = torch.tensor(SHAPES), torch.tensor([0, 36])
     locs = torch.rand(2, 5, 3, 2, 4, 2, generator=gen) * 1.4 - 0.2  # [N, Q, M, L, P, 2]
@@ -161,7 +175,8 @@ def test_dam_is_the_adjoint_of_bilinear_sampling():
     for level, (h, w) in enumerate(SHAPES):
         value = torch.zeros(2, 1, h, w, requires_grad=True)
         grid = (2 * locs[:, :, :, level] - 1).reshape(2, 1, -1, 2)
-        sampled = F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        sampled = F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=False)
         (sampled.view(2, -1) * weights[:, :, :, level].reshape(2, -1)).sum().backward()
         begin = int(start[level])
         assert torch.allclose(dam[:, begin:begin + h * w], value.grad.view(2, -1), atol=1e-5)

@@ -4,8 +4,8 @@ import os
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from conftest import tiny_fcos_cfg
+
 from fad.data import build_dataset
 from fad.engine import trainer
 from fad.engine.checkpoint import Checkpointer
@@ -56,9 +56,11 @@ def _ddp_worker(rank: int, world: int, root: str, out: str, port: int) -> None:
     torch.set_num_threads(1)
     assert init_distributed() and get_world_size() == world
     cfg = tiny_fcos_cfg(root, out)
-    cfg.merge_from_list(["SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", 3, "MODEL.BACKBONE.NORM", "FrozenBN"])
+    cfg.merge_from_list(["SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", 3,
+                         "MODEL.BACKBONE.NORM", "FrozenBN"])
     model = _run(cfg)
-    torch.save({k: v.clone() for k, v in model.state_dict().items()}, os.path.join(out, f"rank{rank}.pt"))
+    torch.save({k: v.clone() for k, v in model.state_dict().items()},
+               os.path.join(out, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
 

@@ -34,7 +34,8 @@ def test_centre_sampling_size_range_and_smallest_box_tie():
 
 def test_no_boxes_gives_all_background():
     points, strides, ranges = make_locations([(3, 3)], (8,), torch.device("cpu"))
-    cls, reg = assign_targets(points, strides, ranges, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    cls, reg = assign_targets(points, strides, ranges, torch.zeros(0, 4),
+                              torch.zeros(0, dtype=torch.long))
     assert (cls == -1).all() and reg.shape == (9, 4)
 
 

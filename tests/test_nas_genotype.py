@@ -5,13 +5,20 @@ import re
 import pytest
 
 from fad.nas.draw import draw_genotype, genotype_digraph, op_label_lines
-from fad.nas.genotype import (Genotype, GenotypeError, format_genotype, parse_genotype,
-                              read_genotype_file, write_genotype_file)
+from fad.nas.genotype import (
+    Genotype,
+    GenotypeError,
+    format_genotype,
+    parse_genotype,
+    read_genotype_file,
+    write_genotype_file,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER = os.path.join(ROOT, "configs", "fad", "genotypes", "fad_paper.log")
-BOX = ("Genotype(normal=[[('sinSep_conv_3x3_x3', 0), ('std_conv_3x3_x3', 1)], [('std_conv_3x3', 2), "
-       "('sinSep_conv_3x3+dil_conv_3x3', 1)], [('sinSep_conv_3x3_x2', 2), ('std_conv_3x3_x2', 3)]], "
+BOX = ("Genotype(normal=[[('sinSep_conv_3x3_x3', 0), ('std_conv_3x3_x3', 1)], "
+       "[('std_conv_3x3', 2), ('sinSep_conv_3x3+dil_conv_3x3', 1)], "
+       "[('sinSep_conv_3x3_x2', 2), ('std_conv_3x3_x2', 3)]], "
        "normal_concat=range(2, 5))")
 
 

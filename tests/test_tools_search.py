@@ -4,10 +4,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 from fad.nas.genotype import read_genotype_file
-
-from conftest import REPO
 
 SEARCH_CONFIG = os.path.join(REPO, "configs", "fad", "search", "fad-fcos_tiny_synthetic.yaml")
 TINY_SEARCH = ["MODEL.DEVICE", "cpu", "MODEL.FPN.OUT_CHANNELS", "16",

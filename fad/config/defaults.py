@@ -24,7 +24,7 @@ _C.MODEL.BACKBONE.DEPTH = 50  # ResNet depth: 18, 34, 50, 101 (152 also works)
 _C.MODEL.BACKBONE.FREEZE_AT = 2  # freeze stem (1) and up to this stage (2 = stem+res2); 0 = none
 _C.MODEL.BACKBONE.NORM = "FrozenBN"  # backbone norm: "FrozenBN" or "BN"
 _C.MODEL.BACKBONE.NORM_EVAL = False  # NORM BN: frozen running stats, trainable affine (mmdet)
-_C.MODEL.BACKBONE.PRETRAINED = ""  # "" (random init), a local .pth path, or "torchvision" (download)
+_C.MODEL.BACKBONE.PRETRAINED = ""  # "" random init, a local .pth path, or "torchvision" (download)
 _C.MODEL.BACKBONE.WIDTH_PER_GROUP = 64  # ResNeXt width per group (64 = plain ResNet)
 _C.MODEL.BACKBONE.GROUPS = 1  # ResNeXt groups (1 = plain ResNet)
 

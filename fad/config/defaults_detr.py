@@ -36,7 +36,7 @@ def add_detr_config(cfg: CN) -> None:
     d.LR_LINEAR_PROJ_NAMES = ("reference_points", "sampling_offsets")  # name fragments
     # Sparse DETR
     d.RHO = 0.0  # encoder token keep ratio; 0 = dense encoder; > 0 needs TWO_STAGE
-    d.USE_ENC_AUX_LOSS = False  # detection losses on the selected tokens after encoder layers 1..L-1
+    d.USE_ENC_AUX_LOSS = False  # detection losses on selected tokens after encoder layers 1..L-1
     d.EFF_QUERY_INIT = False  # decoder content queries = encoder memory at the top proposals
     d.EFF_SPECIFIC_HEAD = False  # proposal objectness = max class logit, trained with real labels
     d.MASK_PREDICTION_COEF = 1.0  # weight of the scoring network's DAM loss

@@ -26,10 +26,11 @@ KINDS = {
 }
 
 
-def convert_checkpoint(kind: str, cfg: CfgNode, path: str, options: Options = Options(),
+def convert_checkpoint(kind: str, cfg: CfgNode, path: str, options: Options | None = None,
                        trust_file: bool = False) -> Conversion:
-    """Convert the original release at `path` for the model of `cfg`; CheckpointError if the
-    file, its tensors or its settings do not fit."""
+    """Convert the original release at `path` for the model of `cfg` (default `Options()`);
+    CheckpointError if the file, its tensors or its settings do not fit."""
+    options = options or Options()
     if kind not in KINDS:
         raise CheckpointError(f"unknown KIND {kind!r}; choose one of {sorted(KINDS)}")
     if options.backbone_only and kind != "sai":

@@ -23,8 +23,9 @@ import argparse
 import os
 import pickle
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn

@@ -22,17 +22,31 @@ Class heads of the COCO release have 91 logits indexed by category id; see `comm
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from torch import Tensor
 from yacs.config import CfgNode
 
 from fad.errors import CheckpointError
 
-from .common import (COCO_CATEGORY_IDS, Conversion, Options, Rule, Setting, build_model,
-                     check_settings, coco_id_layout, count_indexed, drop_aliases, match_state,
-                     rename, select_rows, stored_args)
+from .common import (
+    COCO_CATEGORY_IDS,
+    Conversion,
+    Options,
+    Rule,
+    Setting,
+    build_model,
+    check_settings,
+    coco_id_layout,
+    count_indexed,
+    drop_aliases,
+    match_state,
+    rename,
+    select_rows,
+    stored_args,
+)
 
 TRANSFORMER_RULES: list[Rule] = [
     (r"transformer\.encoder\.layers\.(\d+)\.norm1\.", r"transformer.encoder.layers.\1.norm."),

@@ -30,8 +30,18 @@ from yacs.config import CfgNode
 from fad.errors import CheckpointError
 from fad.modeling.backbone.resnet import STAGE_BLOCKS
 
-from .common import (Conversion, Options, Rule, Setting, backbone_body, build_model,
-                     check_settings, count_indexed, match_state, rename)
+from .common import (
+    Conversion,
+    Options,
+    Rule,
+    Setting,
+    backbone_body,
+    build_model,
+    check_settings,
+    count_indexed,
+    match_state,
+    rename,
+)
 
 BODY = "model.backbone.body."
 HEAD_RULES: list[Rule] = [

@@ -1,9 +1,9 @@
 """Datasets (VOC, COCO, synthetic), transforms and iteration-based loaders."""
-from .base import DetectionDataset
-from .build import (build_dataset, check_num_classes, collate, make_test_loader,
-                    make_train_loader)
-from .coco import COCODataset
 from fad.errors import DataError
+
+from .base import DetectionDataset
+from .build import build_dataset, check_num_classes, collate, make_test_loader, make_train_loader
+from .coco import COCODataset
 from .split import split_dataset
 from .transforms import build_transforms
 from .views import DetectionConcat, DetectionSubset

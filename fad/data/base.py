@@ -12,8 +12,9 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from .boxes import BoxFixes
 from fad.errors import DataError
+
+from .boxes import BoxFixes
 from .image import read_image
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Datasets and loaders from the config: catalog names -> datasets -> iteration-based loaders."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch.utils.data import DataLoader

@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 from pycocotools.coco import COCO
 
+from fad.errors import DataError
+
 from .base import DetectionDataset, ImageRecord, Transforms, quiet_coco
 from .boxes import BoxFixes, sanitize_boxes
-from fad.errors import DataError
 
 
 def _load_json(path: Path) -> dict:

@@ -1,9 +1,9 @@
 """Read image files into uint8 tensors, turning every failure into a one-line `DataError`."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch

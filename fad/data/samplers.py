@@ -8,7 +8,7 @@ yielding at k, so batches and their augmentation seeds match an uninterrupted ru
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import Sampler

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import bisect
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from .base import CachedCocoGT, SampleKey, quiet_coco, unpack_key
 from fad.errors import DataError
+
+from .base import CachedCocoGT, SampleKey, quiet_coco, unpack_key
 
 
 class DatasetView(CachedCocoGT, Dataset):

@@ -1,6 +1,7 @@
 """Evaluation: COCO metrics (pycocotools), devkit-exact VOC mAP, result writers, tables."""
-from .coco_eval import evaluate_coco
 from fad.errors import EvalError
+
+from .coco_eval import evaluate_coco
 from .results import run_evaluation
 from .table import format_per_class, format_table
 from .voc_eval import evaluate_voc, write_voc_results

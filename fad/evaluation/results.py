@@ -4,15 +4,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 
+from fad.errors import EvalError
 from fad.utils.io import atomic_write_text
 
 from .coco_eval import evaluate_coco
-from fad.errors import EvalError
 from .voc_eval import evaluate_voc, write_voc_results
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Fixed-width text tables of metrics (markdown-compatible, so they paste into docs)."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 _COLUMNS = (("AP", "AP"), ("AP50", "AP50"), ("AP75", "AP75"), ("APs", "APs"), ("APm", "APm"),
             ("APl", "APl"))

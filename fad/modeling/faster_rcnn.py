@@ -34,7 +34,7 @@ class BodyWithFPNP2P6(nn.Module):
                                          extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
 
-    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         feats = self.body(x)
         pyramid = self.fpn(OrderedDict((k, feats[k]) for k in self.in_features))
         return OrderedDict(zip(["0", "1", "2", "3", "pool"], pyramid.values()))

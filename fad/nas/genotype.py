@@ -1,7 +1,7 @@
 """The Genotype type, its one-line text form and a parser that never calls eval().
 
 Text form (one line per tower; genotype.log holds the box tower, then the cls tower):
-`Genotype(normal=[[('sinSep_conv_3x3_x3', 0), ('std_conv_3x3_x3', 1)], ...], normal_concat=range(2, 5))`
+`Genotype(normal=[[('sinSep_conv_3x3_x3', 0), ...], ...], normal_concat=range(2, 5))`
 `normal[i]` lists the 2 chosen `(op_name, source)` edges of intermediate node i; source 0 = s0,
 1 = s1, j >= 2 = node j-2 (so a source of node i is < i + 2); `normal_concat` = range(2, 2 + N).
 """
@@ -71,8 +71,9 @@ def validate_genotype(genotype: Genotype, where: str = "<genotype>",
 
 
 def _fail(where: str, what: str) -> GenotypeError:
-    return GenotypeError(f"{where}: {what}; expected one line like Genotype(normal=[[('std_conv_3x3',"
-                         " 0), ('sinSep_conv_3x3', 1)], ...], normal_concat=range(2, 5))")
+    return GenotypeError(f"{where}: {what}; expected one line like "
+                         "Genotype(normal=[[('std_conv_3x3', 0), ('sinSep_conv_3x3', 1)], ...], "
+                         "normal_concat=range(2, 5))")
 
 
 def _int(node: ast.AST, where: str, what: str) -> int:
@@ -108,7 +109,8 @@ def _range(node: ast.AST, where: str) -> range:
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
             and node.func.id == "range" and len(node.args) == 2 and not node.keywords):
         raise _fail(where, "normal_concat= must be range(start, stop)")
-    return range(_int(node.args[0], where, "a range bound"), _int(node.args[1], where, "a range bound"))
+    return range(_int(node.args[0], where, "a range bound"),
+                 _int(node.args[1], where, "a range bound"))
 
 
 def parse_genotype(text: str, where: str = "<string>", num_nodes: int | None = None) -> Genotype:
@@ -126,7 +128,8 @@ def parse_genotype(text: str, where: str = "<string>", num_nodes: int | None = N
     keywords = {k.arg: k.value for k in tree.keywords}
     if tree.args or set(keywords) != {"normal", "normal_concat"} or len(tree.keywords) != 2:
         raise _fail(where, "Genotype takes exactly the keywords normal= and normal_concat=")
-    genotype = Genotype(_normal(keywords["normal"], where), _range(keywords["normal_concat"], where))
+    genotype = Genotype(_normal(keywords["normal"], where),
+                        _range(keywords["normal_concat"], where))
     return validate_genotype(genotype, where, num_nodes)
 
 

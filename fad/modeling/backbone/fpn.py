@@ -23,7 +23,7 @@ class BodyWithFPN(nn.Module):
             extra_blocks=LastLevelP6P7(p6_in, out_channels))
         self.out_channels = out_channels
 
-    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         feats = self.body(x)
         pyramid = self.fpn(OrderedDict((k, feats[k]) for k in self.in_features))
         return OrderedDict(zip(["p3", "p4", "p5", "p6", "p7"], pyramid.values()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -74,7 +74,7 @@ class ResNetBody(nn.Module):
         self.norm_eval = norm_eval
         self.train()
 
-    def train(self, mode: bool = True) -> "ResNetBody":
+    def train(self, mode: bool = True) -> ResNetBody:
         super().train(mode)
         if mode and self.norm_eval:
             set_norm_eval(self)
@@ -84,7 +84,7 @@ class ResNetBody(nn.Module):
         """Stem, layer1..layer4 (the order `freeze_stages` counts in)."""
         return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
 
-    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         c2 = self.layer1(self.stem(x))
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)
@@ -131,7 +131,8 @@ def load_pretrained(net: nn.Module, spec: str, depth: int, groups: int = 1,
     wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if wrong:
         raise ValueError(f"MODEL.BACKBONE.PRETRAINED {spec}: {len(wrong)} tensors do not fit a "
-                         f"ResNet-{depth} with {groups} groups x {width_per_group}, e.g. {wrong[0]} "
+                         f"ResNet-{depth} with {groups} groups x {width_per_group}, "
+                         f"e.g. {wrong[0]} "
                          f"{tuple(state[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)}; check "
                          "MODEL.BACKBONE.DEPTH / GROUPS / WIDTH_PER_GROUP")
     result = net.load_state_dict(state, strict=False)

@@ -22,8 +22,8 @@ positions averaged over all forwards since `eval()`).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -32,8 +32,16 @@ from torchvision.ops import deform_conv2d
 from yacs.config import CfgNode
 
 from ..hooks import ModelHooks
-from .resnet import (STAGE_BLOCKS, STAGE_PLANES, body_channels, check_depth, freeze_stages,
-                     load_pretrained, norm_layer, set_norm_eval)
+from .resnet import (
+    STAGE_BLOCKS,
+    STAGE_PLANES,
+    body_channels,
+    check_depth,
+    freeze_stages,
+    load_pretrained,
+    norm_layer,
+    set_norm_eval,
+)
 from .sparse.execution import run_stage, sparse_basic, sparse_bottleneck, sparse_stem
 from .sparse.flops import backbone_macs
 from .sparse.interpolation import GaussianInterpolation
@@ -62,7 +70,7 @@ class SparseOptions:
     interp_init_scale: float = 3.0
 
     @classmethod
-    def from_cfg(cls, sp: CfgNode) -> "SparseOptions":
+    def from_cfg(cls, sp: CfgNode) -> SparseOptions:
         return cls(sp.MASKED, sp.MASK_INIT_BIAS, sp.TEMPERATURE_INIT, sp.TEMPERATURE_DECAY,
                    sp.TEST_TEMPERATURE, sp.SAMPLING, sp.GRID_INTERVAL, sp.INTERP_KERNEL,
                    sp.INTERP_INIT_SCALE)
@@ -260,7 +268,7 @@ class SparseResNetBody(nn.Module, ModelHooks):
         for b in self.blocks:
             b.execution = mode
 
-    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         self._input_size = (x.shape[-2], x.shape[-1])
         x = x.contiguous(memory_format=torch.channels_last)
         if self.execution == "sparse" and not self.training:
@@ -276,7 +284,7 @@ class SparseResNetBody(nn.Module, ModelHooks):
             self._accumulate_eval_stats()
         return feats
 
-    def train(self, mode: bool = True) -> "SparseResNetBody":
+    def train(self, mode: bool = True) -> SparseResNetBody:
         """Switch mode (BatchNorm stays in eval mode with `norm_eval`); also restarts the
         inference statistics that `log_stats` averages."""
         super().train(mode)

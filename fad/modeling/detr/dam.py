@@ -44,7 +44,8 @@ def attention_to_token_map(locations: Tensor, weights: Tensor, spatial_shapes: T
         for cx, cy, cw in ((x0, y0, (1 - fx) * (1 - fy)), (x0 + 1, y0, fx * (1 - fy)),
                            (x0, y0 + 1, (1 - fx) * fy), (x0 + 1, y0 + 1, fx * fy)):
             inside = (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h)
-            index = (cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)).long() + int(level_start_index[level])
+            index = (cy.clamp(0, h - 1) * w + cx.clamp(0, w - 1)).long()
+            index = index + int(level_start_index[level])
             out.scatter_add_(1, index, wt * cw * inside)
     return out
 

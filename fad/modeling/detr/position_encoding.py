@@ -1,4 +1,4 @@
-"""Sine positional encodings: of feature-map positions (encoder) and of boxes (two-stage queries)."""
+"""Sine positional encodings of feature-map positions (encoder) and of boxes (two-stage queries)."""
 from __future__ import annotations
 
 import math

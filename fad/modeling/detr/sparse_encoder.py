@@ -76,7 +76,8 @@ class SparseEncoder(DeformableEncoder):
         """
         if topk_idx is None or counts is None:
             raise ValueError("SparseEncoder needs topk_idx "
-                             "and counts (set MODEL.DETR.RHO > 0 so the transformer selects tokens)")
+                             "and counts (set MODEL.DETR.RHO > 0 so the transformer selects "
+                             "tokens)")
         ref = encoder_reference_points([tuple(s) for s in spatial_shapes.tolist()], ratios)
         query = gather_tokens(src, topk_idx)
         query_pos = gather_tokens(pos, topk_idx)

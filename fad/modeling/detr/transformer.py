@@ -14,8 +14,13 @@ from .encoder import DeformableEncoder, EncoderLayer, valid_ratios
 from .heads import DetrHeads
 from .position_encoding import box_sine_embedding
 from .proposals import encoder_proposals
-from .sparse_encoder import (ScoringNetwork, SparseEncoder, gather_tokens, select_tokens,
-                             sparse_token_counts)
+from .sparse_encoder import (
+    ScoringNetwork,
+    SparseEncoder,
+    gather_tokens,
+    select_tokens,
+    sparse_token_counts,
+)
 
 
 class DeformableTransformer(nn.Module):
@@ -108,7 +113,8 @@ class DeformableTransformer(nn.Module):
         shapes = torch.as_tensor(shapes_list, dtype=torch.long, device=src.device)
         level_start = torch.cat([shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]])
         ratios = torch.stack([valid_ratios(m) for _, m in features], 1).to(src.dtype)
-        out: dict = {"padding_mask": mask, "spatial_shapes": shapes, "level_start_index": level_start}
+        out: dict = {"padding_mask": mask, "spatial_shapes": shapes,
+                     "level_start_index": level_start}
 
         if self.rho > 0:
             tokens, proposals, valid = encoder_proposals(src + pos, mask, shapes_list)
