@@ -52,6 +52,11 @@ _C.INPUT.FLIP_PROB_TRAIN = 0.5  # horizontal flip probability in training
 _C.INPUT.PIXEL_MEAN = (0.485, 0.456, 0.406)  # RGB mean of [0,1] images (ImageNet)
 _C.INPUT.PIXEL_STD = (0.229, 0.224, 0.225)  # RGB std of [0,1] images (ImageNet)
 _C.INPUT.SIZE_DIVISIBILITY = 32  # batched images are padded to a multiple of this
+_C.INPUT.CROP = CN()  # DETR-style crop branch (ASAG 3x): flip, [resize + crop], MIN_SIZE_TRAIN
+_C.INPUT.CROP.ENABLED = False  # after the flip, the resize + random crop branch with prob PROB
+_C.INPUT.CROP.PROB = 0.5  # probability of the resize + crop branch (else the plain resize only)
+_C.INPUT.CROP.RESIZE_SIZES = (400, 500, 600)  # short side before the crop, no long-side cap
+_C.INPUT.CROP.SIZE = (384, 600)  # crop h and w each drawn from [min, min(image side, max)]
 
 _C.DATASETS = CN()
 _C.DATASETS.ROOT = "datasets"  # folder the catalog's relative paths resolve under

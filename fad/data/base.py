@@ -21,9 +21,10 @@ logger = logging.getLogger(__name__)
 
 # A dataset key: a plain index, or (index, seed) where the seed drives the random augmentation.
 SampleKey = Union[int, tuple[int, int]]
-# (uint8 image [3, H, W], boxes [K, 4], generator or None) -> (float image [3, h, w], boxes [K, 4])
-Transforms = Callable[[torch.Tensor, torch.Tensor, Union[torch.Generator, None]],
-                      tuple[torch.Tensor, torch.Tensor]]
+# (uint8 image [3, H, W], boxes [K, 4], labels [K], generator or None)
+#   -> (float image [3, h, w], boxes [K', 4], labels [K']) (K' < K when a crop drops boxes)
+Transforms = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Union[torch.Generator, None]],
+                      tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -129,7 +130,7 @@ class DetectionDataset(CachedCocoGT, Dataset):
         if self.is_train and difficult is not None:
             boxes, labels, difficult = boxes[~difficult], labels[~difficult], None
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        image, boxes = self.transforms(image, boxes, generator)
+        image, boxes, labels = self.transforms(image, boxes, labels, generator)
         target = {
             "boxes": boxes,
             "labels": labels.clone(),

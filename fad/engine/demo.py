@@ -32,7 +32,7 @@ logger = logging.getLogger("fad")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DETECTIONS_FILE = "detections.json"
-Transforms = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+Transforms = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
 
 def list_images(path: str) -> list[Path]:
@@ -58,7 +58,7 @@ def predict(model: nn.Module, image: Tensor, transforms: Transforms,
     Returns `boxes` float [K, 4] xyxy in the image's own pixel frame, `scores` [K] and `labels`
     [K] (0-based class indices), on the CPU, best score first.
     """
-    resized, _ = transforms(image, torch.zeros(0, 4))
+    resized, _, _ = transforms(image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
     output = model([resized.to(device)])[0]
     boxes = rescale_boxes(output["boxes"], resized.shape[-2:], image.shape[-2:]).float()
     scores = output["scores"].detach().cpu().float()
