@@ -11,6 +11,7 @@ import re
 
 import pytest
 import torch
+from conftest import randomized_detector
 
 from fad.cli.convert import main as convert_main
 from fad.config import get_cfg_defaults
@@ -78,19 +79,6 @@ def tiny_cfg(*overrides):
     return cfg
 
 
-def randomized(cfg, num_classes=3, seed=0):
-    """Our model with every float tensor random (so swapped or dropped tensors show)."""
-    torch.manual_seed(seed)
-    model = build_detector(cfg, num_classes)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if name.endswith("running_var"):
-                t.copy_(torch.rand_like(t) + 0.5)
-            elif t.is_floating_point():
-                t.copy_(torch.randn_like(t) * 0.1)
-    return model.eval()
-
-
 def to_reference(model, cfg):
     """The reference release's state dict of `model`."""
     heads = OURS_TO_REFERENCE_HEADS[cfg.MODEL.ASAG.DECODER]
@@ -134,7 +122,7 @@ def _images():
                                       "aux_1"]], ids=["adamixer", "sparsercnn", "300q_aux_1"])
 def test_round_trip_gives_identical_detections(variant, tmp_path):
     cfg = tiny_cfg(*variant)
-    ours = randomized(cfg)
+    ours = randomized_detector(cfg, 3)
     reference = to_reference(ours, cfg)
     assert not any(k.startswith(("relation.", "decoder.heads.")) for k in reference)
     path = save_release(tmp_path / "release.pth", reference, used_head="main")
@@ -155,7 +143,7 @@ def test_round_trip_gives_identical_detections(variant, tmp_path):
 
 def test_leftovers_and_missing_tensors_are_named(tmp_path):
     cfg = tiny_cfg()
-    reference = to_reference(randomized(cfg), cfg)
+    reference = to_reference(randomized_detector(cfg, 3), cfg)
     extra = dict(reference, **{"query_pattern.weight": torch.zeros(3)})
     with pytest.raises(CheckpointError, match=r"no place in the model: query_pattern\.weight"):
         convert_checkpoint("asag", cfg, save_release(tmp_path / "a.pth", extra))
@@ -166,7 +154,7 @@ def test_leftovers_and_missing_tensors_are_named(tmp_path):
 
 def test_settings_that_do_not_fit_the_config_are_refused(tmp_path):
     four = tiny_cfg()
-    path = save_release(tmp_path / "four.pth", to_reference(randomized(four), four))
+    path = save_release(tmp_path / "four.pth", to_reference(randomized_detector(four, 3), four))
     with pytest.raises(CheckpointError, match="MODEL.ASAG.NUM_DECODER_HEADS is 1 but the "
                                               "checkpoint has 4"):
         convert_checkpoint("asag", tiny_cfg("MODEL.ASAG.NUM_DECODER_HEADS", 1), path)
@@ -178,7 +166,7 @@ def test_settings_that_do_not_fit_the_config_are_refused(tmp_path):
 
 def test_tool_writes_a_checkpoint_that_loads(tmp_path, capsys):
     cfg = tiny_cfg()
-    path = save_release(tmp_path / "in.pth", to_reference(randomized(cfg), cfg))
+    path = save_release(tmp_path / "in.pth", to_reference(randomized_detector(cfg, 3), cfg))
     opts = [str(x) for x in TINY]
     convert_main(["asag", path, str(tmp_path / "out.pth"), *opts])
     assert "wrote" in capsys.readouterr().out
