@@ -75,8 +75,8 @@ def _depthwise_run(device: str) -> list[Tensor]:
 
 
 def _sparse_run(device: str) -> list[Tensor]:
-    """Outputs of the three sparse execution kernels' call sites (inference, no gradients)."""
-    from fad.modeling.backbone.sparse.execution import Active, as_rows, gather_windows
+    """Outputs of the sparse execution kernels' call sites (inference, no gradients)."""
+    from fad.modeling.backbone.sparse.execution import Active, as_rows, conv_at, gather_windows
     from fad.modeling.backbone.sparse.interpolation import gaussian_taps, interpolate_rows
     from fad.modeling.backbone.sparse.masks import small_conv3x3
 
@@ -100,9 +100,15 @@ def _sparse_run(device: str) -> list[Tensor]:
         interpolated = interpolate_rows(rows, index, mask, taps, (n, h, w), relu=True,
                                         relu_rows=True, bias=torch.ones(c, device=device),
                                         residual=as_rows(x))
-        windows = gather_windows(as_rows(x), Active.of(out_mask), h, w, 2)
+        active = Active.of(out_mask)
+        windows = gather_windows(as_rows(x), active, h, w, 2)
+        conv = conv_at(as_rows(x), active, h, w, 3, 2, windows.new_ones(9 * c, 3) / c,
+                       torch.ones(3, device=device), relu=True,
+                       weight2=windows.new_ones(3, 2))
+        onto = interpolate_rows(rows, index, mask, taps, (n, h, w), relu=True,
+                                residual=as_rows(x).clone(), into_residual=True)
         tap_sums = small_conv3x3(x, convs)
-    return [interpolated, windows, *tap_sums]
+    return [interpolated, windows, conv, onto, active.row_of, *tap_sums]
 
 
 def _check(op: str, backend: str, device: str, run: Callable[[str], list[Tensor]],

@@ -158,7 +158,7 @@ def _measure(sparse: SparseResNetBody, plain: nn.Module, x: torch.Tensor, densit
         "dense_masked_ms_at_density": med["dense"], "sparse_ms_at_density": med["sparse"],
         "plain_ms_at_density": med["plain"], "max_rel_diff_at_density": diff,
     }
-    result = {k: round(v, 3 if k.startswith("speedup") else 1) if "diff" not in k else v
+    result = {k: v if "diff" in k else round(v, 3 if "speedup" in k else 1)
               for k, v in result.items()}
     if profile is not None:
         result["profile_at_density"] = profile
