@@ -6,10 +6,9 @@ from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 from yacs.config import CfgNode
 
-from fad.errors import DataError
-from fad.modeling.detr.box_ops import normalize_boxes
 from fad.modeling.hooks import ModelHooks
 from fad.modeling.image_batch import batch_images
+from fad.modeling.targets import normalized_targets
 
 from .anchor_generator import AdaptiveAnchorGenerator
 from .anchor_loss import AnchorLoss
@@ -94,9 +93,8 @@ class ASAG(nn.Module, ModelHooks):
             image_hw = features[0].new_tensor(sizes)
             if not self.training:
                 return self._detect(features, sizes, image_hw)
-            self._check_targets(targets, len(images))
-            norm_targets = [{"labels": t["labels"], "boxes": normalize_boxes(t["boxes"], h, w)}
-                            for t, (h, w) in zip(targets, sizes)]
+            norm_targets = normalized_targets(targets, sizes, self.criterion.num_classes,
+                                              "ASAG targets")
             return self._losses(features, sizes, image_hw, norm_targets)
 
     def _detect(self, features: list[Tensor], sizes: list[tuple[int, int]], image_hw: Tensor
@@ -125,21 +123,6 @@ class ASAG(nn.Module, ModelHooks):
         outputs["heads"] = self.decoder(features, outputs["rpn"], image_hw, mask)
         losses.update(self.criterion(outputs, targets))
         return losses
-
-    def _check_targets(self, targets: list[dict], num_images: int) -> None:
-        """One-line errors for targets the losses cannot use."""
-        where = "ASAG targets"
-        if len(targets) != num_images:
-            raise DataError(f"{where}: got {num_images} images but {len(targets)} targets")
-        num_classes = self.criterion.num_classes
-        for i, tgt in enumerate(targets):
-            boxes, labels = tgt.get("boxes"), tgt.get("labels")
-            if boxes is None or labels is None or boxes.dim() != 2 or boxes.shape[-1] != 4 \
-                    or labels.shape != boxes.shape[:1]:
-                raise DataError(f"{where}: target {i} needs 'boxes' [K, 4] xyxy and 'labels' [K]")
-            if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-                raise DataError(f"{where}: target {i} has labels outside 0..{num_classes - 1}; "
-                                "labels must be 0-based class indices of the training dataset")
 
     def optimizer_param_groups(self, cfg: CfgNode) -> list[dict]:
         """AdamW groups: the backbone body at MODEL.ASAG.LR_BACKBONE, the rest (FPN included) at

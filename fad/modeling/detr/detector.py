@@ -5,12 +5,12 @@ import torch
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
-from fad.errors import DataError
 from fad.modeling.hooks import ModelHooks
 from fad.modeling.image_batch import batch_images
+from fad.modeling.targets import normalized_targets
 
 from .backbone import MultiLevelBackbone
-from .box_ops import normalize_boxes, refine_boxes
+from .box_ops import refine_boxes
 from .criterion import SetCriterion
 from .dam import attention_to_token_map, dam_loss, dam_target, token_coverage
 from .heads import DetrHeads
@@ -73,28 +73,12 @@ only; empty otherwise).
             boxes = refine_boxes(self.heads.box(last)(t["hs"][last]), ref)
             return postprocess(logits, boxes, sizes, self.num_detections)
 
-        self._check_targets(targets, len(images))
-        norm_targets = [{"labels": tgt["labels"], "boxes": normalize_boxes(tgt["boxes"], h, w)}
-                        for tgt, (h, w) in zip(targets, sizes)]
+        norm_targets = normalized_targets(targets, sizes, self.criterion.num_classes,
+                                          "DETR targets")
         losses = self.criterion(self._training_outputs(t), norm_targets)
         if with_dam:
             losses["loss_mask_prediction"] = self.mask_prediction_coef * self._dam_loss(t)
         return losses
-
-    def _check_targets(self, targets: list[dict], num_images: int) -> None:
-        """One-line errors for targets the losses cannot use."""
-        where = "DETR targets"
-        if len(targets) != num_images:
-            raise DataError(f"{where}: got {num_images} images but {len(targets)} targets")
-        num_classes = self.criterion.num_classes
-        for i, tgt in enumerate(targets):
-            boxes, labels = tgt.get("boxes"), tgt.get("labels")
-            if boxes is None or labels is None or boxes.dim() != 2 or boxes.shape[-1] != 4 \
-                    or labels.shape != boxes.shape[:1]:
-                raise DataError(f"{where}: target {i} needs 'boxes' [K, 4] xyxy and 'labels' [K]")
-            if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-                raise DataError(f"{where}: target {i} has labels outside 0..{num_classes - 1}; "
-                                "labels must be 0-based class indices of the training dataset")
 
     def _training_outputs(self, t: dict) -> dict:
         """Prediction sets for the criterion: last decoder layer, aux layers, encoder sets."""

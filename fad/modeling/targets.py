@@ -1,0 +1,27 @@
+"""Training targets of the set-prediction detectors (DETR family, ASAG): checked, then turned into
+the normalised boxes their losses use."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from fad.errors import DataError
+from fad.modeling.detr.box_ops import normalize_boxes
+
+
+def normalized_targets(targets: list[dict], sizes: list[tuple[int, int]], num_classes: int,
+                       where: str) -> list[dict[str, Tensor]]:
+    """`targets` (per image `boxes` [K, 4] xyxy pixels, `labels` [K] int64 0-based) of images of
+    `sizes` (H, W) -> per image `labels` [K] and `boxes` [K, 4] cxcywh in [0, 1] fractions of
+    the image. A target the losses cannot use is a one-line DataError starting with `where`."""
+    if len(targets) != len(sizes):
+        raise DataError(f"{where}: got {len(sizes)} images but {len(targets)} targets")
+    for i, tgt in enumerate(targets):
+        boxes, labels = tgt.get("boxes"), tgt.get("labels")
+        if boxes is None or labels is None or boxes.dim() != 2 or boxes.shape[-1] != 4 \
+                or labels.shape != boxes.shape[:1]:
+            raise DataError(f"{where}: target {i} needs 'boxes' [K, 4] xyxy and 'labels' [K]")
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            raise DataError(f"{where}: target {i} has labels outside 0..{num_classes - 1}; "
+                            "labels must be 0-based class indices of the training dataset")
+    return [{"labels": t["labels"], "boxes": normalize_boxes(t["boxes"], h, w)}
+            for t, (h, w) in zip(targets, sizes)]
