@@ -5,6 +5,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.ops import box_iou
 
 from fad.config import get_cfg_defaults
 from fad.engine.hooks import collect_aux_losses
@@ -98,14 +100,47 @@ def load_tool(name: str) -> ModuleType:
     return module
 
 
+def painted_scene(boxes: list[tuple[int, int, int, int]], labels: list[int], height: int,
+                  width: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Float image [3, H, W] of grey 0.5 with each integer xyxy box filled in its label's colour
+    (0 red, 1 blue), and its target: `boxes` float32 [K, 4], `labels` int64 [K]."""
+    image = torch.full((3, height, width), 0.5)
+    colours = [torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.1, 0.2, 0.9])]
+    for (x0, y0, x1, y1), label in zip(boxes, labels):
+        image[:, y0:y1, x0:x1] = colours[label][:, None, None]
+    return image, {"boxes": torch.tensor(boxes, dtype=torch.float32),
+                   "labels": torch.tensor(labels)}
+
+
+def recall_at_k(model: torch.nn.Module, images: list, targets: list, k: int) -> float:
+    """Share of target boxes hit (IoU > 0.5, right label) by one of their image's top-k
+    detections of `model` in eval mode; the model is back in training mode afterwards."""
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    model.train()
+    hits = total = 0
+    for o, t in zip(out, targets):
+        top = o["scores"].topk(min(k, len(o["scores"]))).indices
+        ok = (box_iou(t["boxes"], o["boxes"][top]) > 0.5) & (
+            t["labels"][:, None] == o["labels"][top][None])
+        hits += int(ok.any(1).sum())
+        total += len(t["labels"])
+    return hits / total
+
+
 def train_steps(model: torch.nn.Module, images: list, targets: list,
                 optimizer: torch.optim.Optimizer, steps: int, max_norm: float,
-                aux_losses: bool = False) -> list[float]:
+                aux_losses: bool = False,
+                before_step: Callable[[int], None] | None = None) -> list[float]:
     """`steps` optimizer steps on one fixed batch, gradient norm clipped to `max_norm`; returns
     the summed detector loss of every step. `aux_losses` adds the model's aux losses (ModelHooks)
-    to what is minimised, not to what is returned."""
+    to what is minimised, not to what is returned; `before_step(i)` runs before step i (e.g. the
+    trainer's `set_progress`)."""
     history = []
-    for _ in range(steps):
+    for step in range(steps):
+        if before_step is not None:
+            before_step(step)
         losses = model(images, targets)
         loss = sum(losses.values())
         if aux_losses:

@@ -4,8 +4,7 @@ import os
 
 import pytest
 import torch
-from conftest import REPO, train_steps
-from torchvision.ops import box_iou
+from conftest import REPO, painted_scene, recall_at_k, train_steps
 
 from fad.config import get_cfg_defaults, load_config
 from fad.engine.checkpoint import Checkpointer
@@ -47,34 +46,10 @@ def tiny_cfg(variant: str = "single_stage", **overrides):
     return cfg
 
 
-def _scene(boxes, labels, h=64, w=64):
-    img = torch.full((3, h, w), 0.5)
-    colours = [torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.1, 0.2, 0.9])]
-    for (x0, y0, x1, y1), label in zip(boxes, labels):
-        img[:, y0:y1, x0:x1] = colours[label][:, None, None]
-    return img, {"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels)}
-
-
 def two_images():
-    a = _scene([(8, 10, 30, 40), (40, 36, 60, 58)], [0, 1])
-    b = _scene([(20, 4, 56, 28)], [1], h=64, w=80)
+    a = painted_scene([(8, 10, 30, 40), (40, 36, 60, 58)], [0, 1], 64, 64)
+    b = painted_scene([(20, 4, 56, 28)], [1], 64, 80)
     return [a[0], b[0]], [a[1], b[1]]
-
-
-def _recall_at_5(model, images, targets) -> float:
-    """Share of target boxes hit (IoU > 0.5, right label) by one of the image's top-5 detections."""
-    model.eval()
-    with torch.no_grad():
-        out = model(images)
-    model.train()
-    hits = total = 0
-    for o, t in zip(out, targets):
-        top = o["scores"].topk(5).indices
-        same_label = t["labels"][:, None] == o["labels"][top][None]
-        ok = (box_iou(t["boxes"], o["boxes"][top]) > 0.5) & same_label
-        hits += int(ok.any(1).sum())
-        total += len(t["labels"])
-    return hits / total
 
 
 def test_config_errors_name_the_keys():
@@ -190,10 +165,10 @@ def test_tiny_sparse_detr_overfits_two_images():
     cfg = tiny_cfg("sparse")
     model = build_detector(cfg, 2)
     images, targets = two_images()
-    before = _recall_at_5(model, images, targets)
+    before = recall_at_k(model, images, targets, 5)
     losses = train_steps(model, images, targets, build_optimizer(cfg, model), 80, max_norm=0.1)
     assert sum(losses[-5:]) / 5 < 0.15 * sum(losses[:5]) / 5, losses
-    assert before < 0.4 and _recall_at_5(model, images, targets) >= before + 0.6
+    assert before < 0.4 and recall_at_k(model, images, targets, 5) >= before + 0.6
 
 
 def test_checkpoint_resume_gives_the_same_outputs_and_steps(tmp_path):
