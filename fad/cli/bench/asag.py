@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import statistics
-import time
 from typing import Callable
 
 import torch
@@ -37,6 +37,8 @@ from fad.config import get_cfg_defaults
 from fad.modeling import build_detector
 from fad.modeling.asag import ASAG
 from fad.modeling.image_batch import batch_images
+
+from .timing import interleaved_medians
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,20 +143,6 @@ def count_queries(model: nn.Module, images: list[torch.Tensor]) -> float:
     return statistics.mean(counts)
 
 
-def time_all(fns: dict[str, Callable], image: torch.Tensor, warmup: int, repeats: int
-             ) -> dict[str, float]:
-    """Median seconds per call of each function, rounds alternating between them."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    with torch.no_grad():
-        for round_ in range(warmup + repeats):
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn(image)
-                if round_ >= warmup:
-                    times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -178,8 +166,8 @@ def run(args: argparse.Namespace) -> dict:
         fast.fast_inference = True
         models["asag_fast"] = fast
         heads = {f"{name}_head": head_only(m, images[0]) for name, m in models.items()}
-        calls = {name: (lambda im, m=m: m([im])) for name, m in (models | heads).items()}
-        times = time_all(calls, images[0], args.warmup, args.repeats)
+        calls = {name: functools.partial(m, [images[0]]) for name, m in (models | heads).items()}
+        times = interleaved_medians(calls, args.warmup, args.repeats)
         for name in models:
             result[f"{name}_latency_s"] = round(times[name], 4)
             result[f"{name}_head_latency_s"] = round(times[f"{name}_head"], 4)

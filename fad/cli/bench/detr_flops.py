@@ -20,8 +20,7 @@ allows a smaller image where the full one is too slow for the CPU at hand.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import functools
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -29,6 +28,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from fad.config import get_cfg_defaults
 from fad.modeling import build_detector
 from fad.ops import get_backend, set_backend
+
+from .timing import interleaved_medians
 
 MSDA_OP = torch.ops.fad.ms_deform_attn
 
@@ -91,19 +92,6 @@ def count_macs(model: torch.nn.Module, image: torch.Tensor) -> dict:
             "parts_gmacs": {k: round(v, 2) for k, v in parts.items() if v}}
 
 
-def time_pair(models: dict, image: torch.Tensor, warmup: int, repeats: int) -> dict[str, float]:
-    """Median seconds of one forward per model, rounds alternating between the models."""
-    times: dict[str, list[float]] = {name: [] for name in models}
-    with torch.no_grad():
-        for round_ in range(warmup + repeats):
-            for name, model in models.items():
-                t0 = time.perf_counter()
-                model([image])
-                if round_ >= warmup:
-                    times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -132,7 +120,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.repeats > 0:
         size = args.latency_size or args.size
         latency_image = torch.rand(3, *size, generator=g)
-        times = time_pair(models, latency_image, args.warmup, args.repeats)
+        times = interleaved_medians(
+            {n: functools.partial(m, [latency_image]) for n, m in models.items()},
+            args.warmup, args.repeats)
         result.update({
             "latency_size": list(size), "repeats": args.repeats,
             "deformable_latency_s": round(times["deformable"], 4),
