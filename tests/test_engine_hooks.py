@@ -1,5 +1,6 @@
 """ModelHooks: the one declaration of what a model tells the engine (aux losses, log stats,
 optimizer groups, DDP's unused-parameter search), and the engine reading it."""
+import pytest
 import torch
 from torch import nn
 
@@ -107,6 +108,8 @@ class NoOpStep(trainer.TrainStep):
         return trainer.StepOutput({"loss": self.model.w.sum() * 0})
 
 
+# NoOpStep never steps the optimizer, so torch warns about the scheduler order
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`:UserWarning")
 def test_trainer_tells_the_model_iteration_and_epoch(tmp_path):
     """Epoch = iteration * IMS_PER_BATCH // images per epoch, also after a resume."""
     from fad.engine.amp import amp_policy
