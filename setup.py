@@ -6,7 +6,7 @@ docs/ops.md lists the ops, their backends and the build options.
 """
 import os
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
 
 def _ext_modules():
@@ -28,7 +28,10 @@ def _ext_modules():
 packages = [p for p in find_packages(include=["fad", "fad.*"])]
 packages += ["fad.search"] + ["fad.search." + p for p in find_packages("search")]
 packages += ["fad.augment"] + ["fad.augment." + p for p in find_packages("augment")]
-packages += ["fad._csrc"]  # kernel sources, so installed copies can JIT-build them
+# kernel sources, so installed copies can JIT-build them: every csrc/ folder is a (data-only)
+# package of its own, or setuptools warns that it is "absent from the packages configuration"
+csrc_packages = ["fad._csrc"] + ["fad._csrc." + p for p in find_namespace_packages("csrc")]
+packages += csrc_packages
 ext_modules, cmdclass = _ext_modules()
 
 setup(
@@ -39,7 +42,7 @@ setup(
     packages=packages,
     package_dir={"fad.search": "search", "fad.augment": "augment", "fad._csrc": "csrc"},
     include_package_data=True,
-    package_data={"fad._csrc": ["*/*.h", "*/*.cpp", "*/*/*.cpp", "*/*/*.cu"]},
+    package_data={p: ["*.h", "*.cpp", "*.cu"] for p in csrc_packages},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",
