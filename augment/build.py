@@ -7,9 +7,8 @@ from yacs.config import CfgNode
 from fad.errors import ConfigError
 from fad.modeling import build_detector
 from fad.modeling.fcos import TowerHead, build_fcos, check_fad_config
+from fad.nas.cells import AugmentTower
 from fad.nas.genotype import Genotype, parse_genotype_text
-
-from .cells import AugmentTower
 
 
 def build_fad_head(cfg: CfgNode, num_classes: int, box: Genotype, cls: Genotype) -> TowerHead:
