@@ -39,7 +39,7 @@ class Detector(nn.Module, ModelHooks):
 
 
 class Structural(nn.Module):
-    """Implements every member without naming the protocol."""
+    """Implements every member without the base class: not asked (explicit opt-in)."""
 
     ddp_find_unused_parameters = False
 
@@ -56,8 +56,11 @@ class Structural(nn.Module):
         pass
 
 
-def test_modules_implementing_the_protocol_are_recognised():
-    assert isinstance(SparseLike(), ModelHooks) and isinstance(Structural(), ModelHooks)
+def test_only_subclasses_of_the_plain_base_class_are_hooked():
+    """A plain class (no runtime-checkable Protocol, whose isinstance costs ~11 us)."""
+    assert type(ModelHooks) is type and not getattr(ModelHooks, "_is_protocol", False)
+    assert isinstance(SparseLike(), ModelHooks)
+    assert not isinstance(Structural(), ModelHooks)
     assert not isinstance(nn.Linear(2, 2), ModelHooks)
     assert SparseLike().optimizer_param_groups(None) is None
     assert SparseLike().ddp_find_unused_parameters is False
@@ -66,7 +69,7 @@ def test_modules_implementing_the_protocol_are_recognised():
 def test_aux_losses_and_stats_are_collected_from_submodules():
     model = nn.Sequential(Detector(), Structural(), nn.ReLU())
     aux = collect_aux_losses(model)
-    assert set(aux) == {"loss_sparse", "loss_extra"}
+    assert set(aux) == {"loss_sparse"}
     torch.testing.assert_close(aux["loss_sparse"], model[0].body.conv.weight.sum())
     assert collect_log_stats(model) == {"density": 0.5}
     assert collect_aux_losses(nn.Linear(2, 2)) == {}
@@ -126,3 +129,51 @@ def test_trainer_tells_the_model_iteration_and_epoch(tmp_path):
         loop.iter = start
         loop.train()
         assert model.seen == expected
+
+
+class HookedStep(trainer.TrainStep):
+    """What DetectorStep asks of the hooks every step: the aux losses."""
+
+    def run(self, batch):
+        losses = trainer.forward_losses(self.model, [], [], self.amp)
+        return trainer.StepOutput({k: v.detach() for k, v in losses.items()})
+
+
+class HookedPart(Counting):
+    def aux_losses(self):
+        return {"loss_aux": self.w.sum()}
+
+
+class HookedModel(nn.Module):
+    """A plain top-level module whose hooked part is a submodule."""
+
+    def __init__(self):
+        super().__init__()
+        self.part, self.head = HookedPart(), nn.Linear(2, 2)
+
+    def forward(self, images, targets):
+        return {"loss": self.part.w.sum() * 0}
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`:UserWarning")
+def test_the_trainer_walks_the_model_for_hooked_modules_once(tmp_path, monkeypatch):
+    """Every step calls set_progress, aux_losses and log_stats, but `modules()` runs once per
+    model (and isinstance is never asked of the step's modules again)."""
+    from fad.engine.amp import amp_policy
+
+    cfg = get_cfg_defaults()
+    cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", 4, "SOLVER.AMP", False,
+                         "SOLVER.CHECKPOINT_PERIOD", 100])
+    cpu = torch.device("cpu")
+    model = HookedModel()
+    walks = []
+    real_modules = model.modules
+    monkeypatch.setattr(model, "modules", lambda: walks.append(1) or real_modules())
+    step = HookedStep(cfg, model, torch.optim.SGD(model.parameters(), lr=0.1),
+                      amp_policy(cfg, cpu), cpu)
+    seen = []
+    real_stats = trainer.collect_log_stats
+    monkeypatch.setattr(trainer, "collect_log_stats", lambda m: seen.append(1) or real_stats(m))
+    trainer.Trainer(cfg, step, lambda s: range(s, 4)).train()
+    assert model.part.seen == [(0, 0), (1, 0), (2, 0), (3, 0)] and len(seen) == 4
+    assert len(walks) == 1

@@ -1,20 +1,20 @@
 """`ModelHooks`: everything a model (or any of its submodules) may tell the training engine.
 
-A module opts in by listing `ModelHooks` among its bases and overriding what it needs; the
+A module opts in by listing `ModelHooks` among its bases (a plain base class, not a protocol:
+a module with the same members but not the base is not asked) and overriding what it needs; the
 defaults below are what the engine assumes for every other module. The engine
 (`fad.engine.hooks`, `fad.engine.solver`, `fad.engine.trainer.wrap_ddp`) checks
 `isinstance(module, ModelHooks)` and calls these members; nothing else is probed by name.
+`fad.engine.hooks` finds the hooked submodules of a model once and keeps the list, so the
+module tree must be complete before training starts.
 """
 from __future__ import annotations
-
-from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 from yacs.config import CfgNode
 
 
-@runtime_checkable
-class ModelHooks(Protocol):
+class ModelHooks:
     """Optional training hooks of a module (see the module docstring)."""
 
     ddp_find_unused_parameters: bool = False
