@@ -12,10 +12,8 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from fad.errors import DataError
-
 from .boxes import BoxFixes
-from .image import read_image
+from .image import check_image_size, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +121,7 @@ class DetectionDataset(CachedCocoGT, Dataset):
         index, seed = unpack_key(key)
         rec = self.records[index]
         image = read_image(rec.path)
-        if tuple(image.shape[1:]) != (rec.height, rec.width):
-            raise DataError(f"{rec.path}: image is {image.shape[1]}x{image.shape[2]} (h x w) but "
-                            f"its annotation says {rec.height}x{rec.width}; fix the annotation")
+        check_image_size(rec.path, tuple(image.shape[1:]), (rec.height, rec.width))
         boxes, labels, difficult = rec.boxes, rec.labels, rec.difficult
         if self.is_train and difficult is not None:
             boxes, labels, difficult = boxes[~difficult], labels[~difficult], None

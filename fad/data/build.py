@@ -11,6 +11,7 @@ from fad.config.catalog import resolve
 from fad.errors import ConfigError
 from fad.utils.dist import get_rank, get_world_size, synchronize
 
+from .check import check_images
 from .coco import COCODataset
 from .samplers import ShardSampler, TrainBatchSampler
 from .synthetic import ensure_synthetic
@@ -30,7 +31,9 @@ def _ensure_synthetic_once(root: str) -> None:
 
 def build_dataset(cfg: CfgNode, names: Sequence[str], is_train: bool):
     """One dataset over the catalog `names` (a concatenation when several; they must share one
-    class list). Synthetic names generate their data under DATASETS.ROOT when missing."""
+    class list). Synthetic names generate their data under DATASETS.ROOT when missing. Every
+    image is checked when DATASETS.CHECK_IMAGES (`fad.data.check`; a DataError listing the bad
+    files)."""
     names = [names] if isinstance(names, str) else list(names)
     if not names:
         raise ConfigError("no dataset names given; set DATASETS.TRAIN / DATASETS.TEST")
@@ -46,6 +49,7 @@ def build_dataset(cfg: CfgNode, names: Sequence[str], is_train: bool):
         else:
             datasets.append(COCODataset(entry["images"], entry["ann_file"], transforms, is_train,
                                         name=name))
+        check_images(cfg, datasets[-1], name)
     return datasets[0] if len(datasets) == 1 else DetectionConcat(datasets)
 
 

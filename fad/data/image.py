@@ -37,3 +37,19 @@ def read_image_size(path: Path) -> tuple[int, int]:
     with _open(path) as img:
         width, height = img.size
     return height, width
+
+
+def decode_image_size(path: Path) -> tuple[int, int]:
+    """(height, width) after decoding every pixel, which finds the truncated or damaged files a
+    header read misses (no RGB copy is made)."""
+    with _open(path) as img:
+        img.load()
+        width, height = img.size
+    return height, width
+
+
+def check_image_size(path: Path, actual: tuple[int, int], annotated: tuple[int, int]) -> None:
+    """A one-line `DataError` when the image's (height, width) differs from its annotation's."""
+    if tuple(actual) != tuple(annotated):
+        raise DataError(f"{path}: image is {actual[0]}x{actual[1]} (h x w) but its annotation "
+                        f"says {annotated[0]}x{annotated[1]}; fix the annotation")

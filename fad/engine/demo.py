@@ -123,7 +123,8 @@ def run_demo(model: nn.Module, classes: Sequence[str], transforms: Transforms,
              device: torch.device) -> list[dict]:
     """Detect, draw and write every image of `images`; returns what detections.json holds.
 
-    Only detections scoring >= `score_threshold` are drawn and listed.
+    Only detections scoring >= `score_threshold` are drawn and listed. An image that cannot
+    be read gets one warning line and is left out; the others go on.
     """
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"score threshold must be in [0, 1], got {score_threshold}")
@@ -131,7 +132,11 @@ def run_demo(model: nn.Module, classes: Sequence[str], transforms: Transforms,
     model.eval()
     records, taken = [], set()
     for path in images:
-        image = read_image(path)
+        try:
+            image = read_image(path)
+        except DataError as exc:
+            logger.warning("skipped: %s", exc)
+            continue
         dets = predict(model, image, transforms, device)
         keep = dets["scores"] >= score_threshold
         dets = {k: v[keep] for k, v in dets.items()}

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from yacs.config import CfgNode
 
 from fad.data import make_train_loader
+from fad.errors import DataError
 from fad.modeling.hooks import ModelHooks
 
 from .amp import AmpPolicy, amp_policy
@@ -217,6 +218,8 @@ class Trainer:
     def train(self) -> None:
         """Run the remaining iterations, then write `model_final`. On Ctrl-C/SIGTERM: finish the
         iteration, write its checkpoint and raise `Interrupted` (a second signal exits at once).
+        A `DataError` from the loader (a bad file) writes the checkpoint of the last finished
+        iteration, then goes on up.
         """
         if self.iter >= self.max_iter:
             logger.info("%s already finished (%d/%d iterations)", self.prefix, self.iter,
@@ -242,8 +245,22 @@ class Trainer:
                     self._after_iteration()
                 self.save_checkpoint("model_final")
                 self._stop_if_requested(checkpoint=False)
+        except DataError:
+            self._checkpoint_on_data_error(start)
+            raise
         finally:
             self.tb.close()
+
+    def _checkpoint_on_data_error(self, start: int) -> None:
+        """A file that fails mid-run (e.g. damaged after the image check): keep the iterations
+        since the last checkpoint, so the run continues with --resume once the file is fixed."""
+        if self.iter > start and self.iter % self.cfg.SOLVER.CHECKPOINT_PERIOD:
+            self.save_checkpoint(f"model_{self.iter:07d}")
+        if self.iter == 0:
+            logger.error("bad data before the first iteration; fix the file named below")
+            return
+        logger.error("bad data after iteration %d; its checkpoint is in %s: fix the file named "
+                     "below and continue with --resume", self.iter, self.cfg.OUTPUT_DIR)
 
     def _reduce(self, out: StepOutput) -> dict[str, float]:
         """Step scalars averaged over ranks, with the summed `loss`; the NaN guard (every rank
