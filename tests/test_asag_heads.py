@@ -14,9 +14,10 @@ from fad.modeling.asag.adamixer import (
     sample_3d,
 )
 from fad.modeling.asag.blocks import padding_attention_mask
-from fad.modeling.asag.boxes import normalize_xyxy, xyxy_to_xyzr
+from fad.modeling.asag.boxes import xyxy_to_xyzr
 from fad.modeling.asag.dynamic_conv import DynamicConv, SparseRcnnHead, apply_box_deltas
 from fad.modeling.asag.heads import DecoderHeads, used_head_index
+from fad.modeling.set_prediction import normalize_xyxy
 
 STRIDES = (4, 8, 16, 32)
 SIZES = torch.tensor([[64, 96], [60, 90]])
@@ -61,7 +62,7 @@ def test_adamixer_forward_shapes_and_zero_deltas():
                padding_attention_mask(torch.ones(2, 6, dtype=torch.bool)))
     assert out["logits"].shape == (2, 6, 5) and out["content"].shape == (2, 6, 32)
     assert out["xyzr"].shape == (2, 6, 4)
-    assert torch.allclose(out["boxes"], normalize_xyxy(boxes, SIZES), atol=1e-4)
+    assert torch.allclose(out["boxes"], normalize_xyxy(boxes, SIZES[:, None]), atol=1e-4)
 
 
 def test_sample_points_follow_the_box():
@@ -110,7 +111,7 @@ def test_sparse_rcnn_deltas_and_shapes():
     assert conv(torch.randn(5, 16), torch.randn(5, 49, 16)).shape == (5, 16)
     torch.manual_seed(0)
     head = SparseRcnnHead(5, dim=32, **TINY_SPARSE)
-    norm_boxes = normalize_xyxy(_boxes(), SIZES)
+    norm_boxes = normalize_xyxy(_boxes(), SIZES[:, None])
     out = head(_features(), norm_boxes, torch.randn(2, 6, 32), SIZES,
                padding_attention_mask(torch.ones(2, 6, dtype=torch.bool)))
     assert out["logits"].shape == (2, 6, 5) and out["content"].shape == (2, 6, 32)
@@ -130,7 +131,7 @@ def _proposals(batch=2, num=6, dim=32, seed=0):
     gen = torch.Generator().manual_seed(seed)
     boxes = _boxes(batch, num, seed)
     return {"content": torch.randn(batch, num, dim, generator=gen),
-            "xyzr": xyxy_to_xyzr(boxes), "boxes": normalize_xyxy(boxes, SIZES)}
+            "xyzr": xyxy_to_xyzr(boxes), "boxes": normalize_xyxy(boxes, SIZES[:, None])}
 
 
 @pytest.mark.parametrize("decoder", ["adamixer", "sparsercnn"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fad.modeling.detr.criterion import SetCriterion
-from fad.modeling.detr.matcher import HungarianMatcher
+from fad.modeling.set_prediction import HungarianMatcher
 
 
 def _giou(a, b):

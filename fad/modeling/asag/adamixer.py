@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fad.modeling.layers import prior_bias
+from fad.modeling.set_prediction import normalize_xyxy
 
 from .blocks import IoFSelfAttention, branch, ffn
-from .boxes import normalize_xyxy, refine_xyzr, xyzr_to_wh, xyzr_to_xyxy
+from .boxes import refine_xyzr, xyzr_to_wh, xyzr_to_xyxy
 from .relation import xavier_init
 
 
@@ -163,5 +164,5 @@ class AdaMixerHead(nn.Module):
         content = self.ffn_norm(content + self.ffn(content))
         logits = self.cls_logits(self.cls_branch(content))
         xyzr = refine_xyzr(xyzr, self.box_delta(self.reg_branch(content)))
-        boxes = normalize_xyxy(xyzr_to_xyxy(xyzr, self.strides[0]), image_sizes)
+        boxes = normalize_xyxy(xyzr_to_xyxy(xyzr, self.strides[0]), image_sizes[:, None])
         return {"logits": logits, "boxes": boxes, "xyzr": xyzr, "content": content}

@@ -1,4 +1,5 @@
-"""ASAG box helpers: xyzr encoding, IoF, area weights (tensor shapes in each docstring).
+"""ASAG box helpers: xyzr encoding, IoF, area weights (tensor shapes in each docstring); the
+normalised cxcywh <-> pixel conversions are `fad.modeling.set_prediction.boxes`.
 
 xyzr is the AdaMixer box parameterisation used by the RelationBlock and the AdaMixer heads:
 (x, y) the box centre, z = log2(sqrt(w * h)) and r = log2(h / w) / 2, all in units of the
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_convert
 
 
 def xyxy_to_xyzr(boxes: Tensor, stride: float = 4.0) -> Tensor:
@@ -41,23 +41,6 @@ def refine_xyzr(xyzr: Tensor, delta: Tensor) -> Tensor:
     """Apply predicted deltas [..., 4] to boxes [..., 4] (xyzr): xy += dxy * 2^z, zr += dzr."""
     xy = xyzr[..., :2] + delta[..., :2] * 2.0 ** xyzr[..., 2:3]
     return torch.cat([xy, xyzr[..., 2:] + delta[..., 2:]], -1)
-
-
-def normalize_xyxy(boxes: Tensor, image_sizes: Tensor) -> Tensor:
-    """[B, Q, 4] xyxy pixels -> [B, Q, 4] cxcywh as fractions of the unpadded image size.
-
-    `image_sizes` [B, 2] holds (h, w) of each unpadded image.
-    """
-    h, w = image_sizes[:, 0].to(boxes), image_sizes[:, 1].to(boxes)
-    whwh = torch.stack([w, h, w, h], -1)[:, None, :]
-    return box_convert(boxes, "xyxy", "cxcywh") / whwh
-
-
-def denormalize_cxcywh(boxes: Tensor, image_sizes: Tensor) -> Tensor:
-    """Inverse of `normalize_xyxy`: [B, Q, 4] normalised cxcywh -> [B, Q, 4] xyxy pixels."""
-    h, w = image_sizes[:, 0].to(boxes), image_sizes[:, 1].to(boxes)
-    whwh = torch.stack([w, h, w, h], -1)[:, None, :]
-    return box_convert(boxes * whwh, "cxcywh", "xyxy")
 
 
 def box_iof(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:

@@ -7,9 +7,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss
+from torchvision.ops import box_iou, generalized_box_iou_loss
 
-from fad.modeling.detr.criterion import average_num_boxes
+from fad.modeling.set_prediction import average_num_boxes, cxcywh_to_xyxy, matched_pairs
 
 from .boxes import area_weights
 from .matcher import AreaWeightedMatcher
@@ -90,15 +90,11 @@ class AsagCriterion(nn.Module):
         """Unweighted loss_ce / loss_bbox / loss_giou of one set ([B, Q, C], [B, Q, 4]) under
         the matching `indices`; `valid` [B, Q] masks the class loss."""
         device = logits.device
-        image = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(indices)]).to(device)
-        query = torch.cat([q for q, _ in indices]).to(device)
-        labels = torch.cat([t["labels"][j.to(t["labels"].device)]
-                            for t, (_, j) in zip(targets, indices)]).to(device)
-        tgt_boxes = torch.cat([t["boxes"][j.to(t["boxes"].device)]
-                               for t, (_, j) in zip(targets, indices)]).to(boxes)
+        image, query, labels, tgt_boxes = matched_pairs(indices, targets)
+        image, query, labels = image.to(device), query.to(device), labels.to(device)
+        tgt_boxes = tgt_boxes.to(boxes)
         matched = boxes[image, query]
-        src_xyxy = box_convert(matched, "cxcywh", "xyxy")
-        tgt_xyxy = box_convert(tgt_boxes, "cxcywh", "xyxy")
+        src_xyxy, tgt_xyxy = cxcywh_to_xyxy(matched), cxcywh_to_xyxy(tgt_boxes)
         with torch.no_grad():
             iou = box_iou(src_xyxy, tgt_xyxy).diagonal()
             prob = logits[image, query, labels].sigmoid()

@@ -8,7 +8,7 @@ from yacs.config import CfgNode
 
 from fad.modeling.hooks import ModelHooks
 from fad.modeling.image_batch import batch_images
-from fad.modeling.targets import normalized_targets
+from fad.modeling.set_prediction import normalized_targets
 
 from .anchor_generator import AdaptiveAnchorGenerator
 from .anchor_loss import AnchorLoss

@@ -8,9 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from fad.modeling.layers import prior_bias
+from fad.modeling.set_prediction import denormalize_cxcywh
 
 from .blocks import branch, ffn
-from .boxes import denormalize_cxcywh
 from .pooling import multiscale_roi_align
 from .relation import xavier_init
 
@@ -104,7 +104,7 @@ class SparseRcnnHead(nn.Module):
     def forward(self, features: list[Tensor], boxes: Tensor, content: Tensor,
                 image_sizes: Tensor, attn_mask: Tensor | None = None) -> dict[str, Tensor]:
         batch, num_queries, dim = content.shape
-        pixels = denormalize_cxcywh(boxes, image_sizes)
+        pixels = denormalize_cxcywh(boxes, image_sizes[:, None])
         rois = multiscale_roi_align(features, pixels, self.strides, self.roi_size,
                                     self.sampling_ratio)  # [B * Q, C, 7, 7]
         rois = rois.flatten(2).transpose(1, 2)  # [B * Q, 49, C]

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from fad.errors import ConfigError
-from fad.modeling.detr.matcher import HungarianMatcher
+from fad.modeling.set_prediction import HungarianMatcher
 
 from .boxes import area_weights
 
@@ -21,10 +20,7 @@ class AreaWeightedMatcher(HungarianMatcher):
 
     def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
                  area_weight: float = 4.0, inverse: bool = False):
-        if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
-            raise ConfigError("all ASAG matching costs are 0; set MODEL.ASAG.SET_COST_CLASS, "
-                              "SET_COST_BBOX or SET_COST_GIOU")
-        super().__init__(cost_class, cost_bbox, cost_giou)
+        super().__init__(cost_class, cost_bbox, cost_giou, config_node="MODEL.ASAG")
         self.area_weight = area_weight
         self.inverse = inverse
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from fad.modeling.layers import prior_bias
+from fad.modeling.set_prediction import normalize_xyxy
 
 from .blocks import IoFSelfAttention, branch, ffn
-from .boxes import normalize_xyxy, refine_xyzr, xyxy_to_xyzr, xyzr_to_xyxy
+from .boxes import refine_xyzr, xyxy_to_xyzr, xyzr_to_xyxy
 from .pooling import multiscale_roi_align
 
 
@@ -68,6 +69,6 @@ class RelationBlock(nn.Module):
         content = self.ffn_norm(content + self.ffn(content))
         logits = self.cls_logits(self.cls_branch(content))
         xyzr = refine_xyzr(xyzr, self.box_delta(self.reg_branch(content)))
-        proposals = normalize_xyxy(xyzr_to_xyxy(xyzr, self.strides[0]), image_sizes)
+        proposals = normalize_xyxy(xyzr_to_xyxy(xyzr, self.strides[0]), image_sizes[:, None])
         return {"logits": logits, "boxes": proposals, "content": content,
                 "xyzr": xyzr.detach()}

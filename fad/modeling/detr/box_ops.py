@@ -1,9 +1,9 @@
-"""Box helpers shared by the DETR decoder, detector, matcher and criterion."""
+"""Box refinement in logit space, shared by the DETR decoder and detector (the conversions
+shared with ASAG are in `fad.modeling.set_prediction.boxes`)."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_convert
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -23,13 +23,3 @@ def refine_boxes(delta: Tensor, reference: Tensor) -> Tensor:
         return (delta + ref).sigmoid()
     return torch.cat([delta[..., :2] + ref, delta[..., 2:]], -1).sigmoid()
 
-
-def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """[..., 4] (cx, cy, w, h) -> [..., 4] (x0, y0, x1, y1)."""
-    return box_convert(boxes, "cxcywh", "xyxy")
-
-
-def normalize_boxes(boxes_xyxy: Tensor, height: int, width: int) -> Tensor:
-    """[K, 4] xyxy pixels -> [K, 4] (cx, cy, w, h) as fractions of the image size."""
-    scale = boxes_xyxy.new_tensor([width, height, width, height])
-    return box_convert(boxes_xyxy, "xyxy", "cxcywh") / scale

@@ -4,12 +4,12 @@ from __future__ import annotations
 from yacs.config import CfgNode
 
 from fad.errors import ConfigError
+from fad.modeling.set_prediction import HungarianMatcher
 
 from .backbone import MultiLevelBackbone, build_body
 from .criterion import SetCriterion
 from .detector import DeformableDETR
 from .heads import DetrHeads
-from .matcher import HungarianMatcher
 from .transformer import DeformableTransformer
 
 

@@ -6,16 +6,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
-from fad.utils.dist import all_reduce_mean
-
-from .box_ops import cxcywh_to_xyxy
-from .matcher import HungarianMatcher
-
-
-def average_num_boxes(targets: list[dict], device: torch.device) -> float:
-    """Target boxes in the batch, averaged over ranks when distributed, at least 1."""
-    num = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
-    return max(float(all_reduce_mean(num)), 1.0)
+from fad.modeling.set_prediction import (
+    HungarianMatcher,
+    average_num_boxes,
+    cxcywh_to_xyxy,
+    matched_pairs,
+)
 
 
 class SetCriterion(nn.Module):
@@ -48,12 +44,7 @@ class SetCriterion(nn.Module):
             targets = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]}
                        for t in targets]
         indices = self.matcher(logits, boxes, targets, mask)
-        batch_idx = torch.cat([torch.full_like(q, i) for i, (q, _) in enumerate(indices)])
-        query_idx = torch.cat([q for q, _ in indices])
-        labels = torch.cat([t["labels"][j.to(t["labels"].device)]
-                            for t, (_, j) in zip(targets, indices)])
-        tgt_boxes = torch.cat([t["boxes"][j.to(t["boxes"].device)]
-                               for t, (_, j) in zip(targets, indices)])
+        batch_idx, query_idx, labels, tgt_boxes = matched_pairs(indices, targets)
         batch_idx, query_idx = batch_idx.to(logits.device), query_idx.to(logits.device)
 
         onehot = torch.zeros_like(logits)

@@ -7,7 +7,7 @@ from yacs.config import CfgNode
 
 from fad.modeling.hooks import ModelHooks
 from fad.modeling.image_batch import batch_images
-from fad.modeling.targets import normalized_targets
+from fad.modeling.set_prediction import normalized_targets
 
 from .backbone import MultiLevelBackbone
 from .box_ops import refine_boxes

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .box_ops import cxcywh_to_xyxy
+from fad.modeling.set_prediction import cxcywh_to_xyxy
 
 
 @torch.no_grad()

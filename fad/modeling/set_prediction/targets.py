@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from fad.errors import DataError
-from fad.modeling.detr.box_ops import normalize_boxes
+
+from .boxes import normalize_xyxy
 
 
 def normalized_targets(targets: list[dict], sizes: list[tuple[int, int]], num_classes: int,
@@ -23,5 +24,6 @@ def normalized_targets(targets: list[dict], sizes: list[tuple[int, int]], num_cl
         if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
             raise DataError(f"{where}: target {i} has labels outside 0..{num_classes - 1}; "
                             "labels must be 0-based class indices of the training dataset")
-    return [{"labels": t["labels"], "boxes": normalize_boxes(t["boxes"], h, w)}
+    return [{"labels": t["labels"],
+             "boxes": normalize_xyxy(t["boxes"], t["boxes"].new_tensor([h, w]))}
             for t, (h, w) in zip(targets, sizes)]

@@ -1,4 +1,5 @@
-"""Hungarian matching of predictions to targets (scipy's linear_sum_assignment)."""
+"""Hungarian matching of predictions to targets (scipy's linear_sum_assignment), the base of
+DETR's matcher and ASAG's area-weighted one."""
 from __future__ import annotations
 
 import torch
@@ -8,7 +9,7 @@ from torchvision.ops import generalized_box_iou
 
 from fad.errors import ConfigError
 
-from .box_ops import cxcywh_to_xyxy
+from .boxes import cxcywh_to_xyxy
 
 
 def focal_class_cost(logits: Tensor, labels: Tensor, alpha: float = 0.25, gamma: float = 2.0
@@ -29,12 +30,16 @@ class HungarianMatcher:
     targets are dicts with `labels` [T_i] and `boxes` [T_i, 4] (normalised cxcywh);
     `query_mask` [N, Q] bool (optional) marks the queries that may be matched.
     Returns per image (query indices [M_i], target indices [M_i]) int64, M_i = min(Q_i, T_i).
+    Subclasses change the cost by overriding `cost_matrix`. `config_node` names the config node
+    of the costs in the error raised when they are all 0.
     """
 
     def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                 config_node: str = "MODEL.DETR"):
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
-            raise ConfigError("all matching costs are 0; set MODEL.DETR.SET_COST_CLASS/BBOX/GIOU")
+            raise ConfigError(f"all matching costs are 0; set {config_node}.SET_COST_CLASS, "
+                              "SET_COST_BBOX or SET_COST_GIOU")
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
