@@ -16,6 +16,7 @@ from .defaults_detr import add_detr_config
 from .defaults_fad import add_fad_config
 from .defaults_rcnn import add_rcnn_config
 from .defaults_sparse import add_sparse_config
+from .validate import validate_config
 
 BASE_KEY = "_BASE_"
 
@@ -31,11 +32,13 @@ def get_cfg_defaults() -> CN:
     return cfg
 
 
-def merge_config_file(cfg: CN, path: str, _chain: tuple[str, ...] = ()) -> None:
+def merge_config_file(cfg: CN, path: str, _chain: tuple[str, ...] = (),
+                      sources: dict[str, str] | None = None) -> None:
     """Merge the yaml file `path` into `cfg`, its `_BASE_` file (relative to it) first.
 
     A file's keys override those of its base, recursively; a base that includes itself again is
     a ConfigError naming the chain, as are unreadable files, bad yaml and unknown keys.
+    `sources` (if given) gets {key: the file that set it last}.
     """
     real = os.path.realpath(path)
     if real in _chain:
@@ -57,9 +60,11 @@ def merge_config_file(cfg: CN, path: str, _chain: tuple[str, ...] = ()) -> None:
         base = os.path.expanduser(base)
         if not os.path.isabs(base):
             base = os.path.join(os.path.dirname(path), base)
-        merge_config_file(cfg, base, (*_chain, real))
+        merge_config_file(cfg, base, (*_chain, real), sources)
     for key in _leaf_keys(data):
         _check_key(cfg, key, f"{path}: ", "fix the key in this file")
+        if sources is not None:
+            sources[key] = path
     try:
         cfg.merge_from_other_cfg(data)
     except (KeyError, ValueError, AssertionError) as exc:
@@ -96,11 +101,13 @@ def load_config(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
     """Defaults <- yaml file (and its `_BASE_` chain) <- `KEY VALUE` pairs.
 
     Raises a one-line ConfigError for a missing or malformed file, for unknown keys (naming the
-    closest known key: "did you mean ...") and for values of the wrong type.
+    closest known key: "did you mean ..."), for values of the wrong type and for values outside
+    their key's choices or range or inconsistent with other keys (`validate_config`).
     """
     cfg = get_cfg_defaults()
+    sources: dict[str, str] = {}
     if config_file:
-        merge_config_file(cfg, config_file)
+        merge_config_file(cfg, config_file, sources=sources)
     if opts:
         if len(opts) % 2:
             raise ConfigError(f"overrides must be KEY VALUE pairs, got {' '.join(opts)}; "
@@ -111,4 +118,6 @@ def load_config(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
             cfg.merge_from_list(list(opts))
         except (KeyError, ValueError, AssertionError) as exc:
             raise ConfigError(f"bad override: {_reason(exc)}; fix that KEY VALUE pair") from None
+        sources.update((str(key), "the KEY VALUE overrides") for key in opts[0::2])
+    validate_config(cfg, sources)
     return cfg

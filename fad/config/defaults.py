@@ -70,8 +70,7 @@ _C.DATASETS.TEST = ("synthetic_coco_val",)  # catalog names for testing (train/t
 # "name:format:path[:split]" entries, format voc or coco; coco paths are "images_dir,ann.json".
 _C.DATASETS.REGISTER = ()  # e.g. ("mydata_train:voc:/data/MyVOC:train",)
 _C.DATASETS.CHECK_IMAGES = True  # decode every image before the first step (cached; docs/data.md)
-# processes decoding for that check; 0 = one per CPU core
-_C.DATASETS.CHECK_WORKERS = non_negative(0)
+_C.DATASETS.CHECK_WORKERS = non_negative(0)  # processes decoding that check; 0 = one per core
 
 _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = non_negative(2)  # loader worker processes per rank
@@ -91,8 +90,7 @@ _C.SOLVER.WARMUP_FACTOR = in_range(1.0 / 3, 0, 1, low_open=True)  # lr factor at
 _C.SOLVER.WARMUP_ITERS = non_negative(500)  # linear warm-up length
 _C.SOLVER.IMS_PER_BATCH = positive(16)  # images per iteration over all ranks
 _C.SOLVER.CHECKPOINT_PERIOD = positive(2500)  # write a checkpoint every this many iterations
-# keep the newest N periodic checkpoints (+ model_final); 0 = all
-_C.SOLVER.CHECKPOINT_KEEP = non_negative(0)
+_C.SOLVER.CHECKPOINT_KEEP = non_negative(0)  # keep the newest N periodic checkpoints; 0 = all
 _C.SOLVER.CLIP_GRAD_NORM = non_negative(0.0)  # max total grad norm (0 = no clipping)
 _C.SOLVER.AMP = True  # mixed precision: fp16 autocast + loss scaling on CUDA
 _C.SOLVER.AMP_CPU = False  # with SOLVER.AMP: bf16 autocast on the CPU too (bf16-capable CPUs)
@@ -103,5 +101,4 @@ _C.TEST.IMS_PER_BATCH = positive(8)  # images per test batch over all ranks
 
 _C.OUTPUT_DIR = "output"  # where checkpoints, logs, metrics and genotypes go
 _C.SEED = 0  # random seed (python, numpy, torch); < 0 picks one from the clock
-# intra-op CPU threads per process; 0 = torch default (1 on a busy machine)
-_C.NUM_THREADS = non_negative(0)
+_C.NUM_THREADS = non_negative(0)  # intra-op CPU threads per process; 0 = torch default
