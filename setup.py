@@ -70,6 +70,7 @@ setup(
         "fad-bench=fad.cli.bench:run",
         "fad-convert=fad.cli.convert:run",
         "fad-make-data=fad.cli.make_data:run",
+        "fad-check-data=fad.cli.check_data:run",
     ]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO
 
 COMMANDS = ("fad-search", "fad-train", "fad-test", "fad-eval", "fad-demo", "fad-visualize",
-            "fad-bench", "fad-convert", "fad-make-data")
+            "fad-bench", "fad-convert", "fad-make-data", "fad-check-data")
 SKIP = shutil.ignore_patterns(".venv", ".git", "datasets", "output*", "build", "dist",
                               "*.egg-info", "__pycache__", ".ruff_cache", ".pytest_cache", "*.so")
 

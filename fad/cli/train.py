@@ -26,6 +26,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg, logger, device = setup(args)
     dataset = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
     num_classes = check_num_classes(cfg, dataset)
+    if not args.skip_test:  # the test sets' annotations and images, checked before the first step
+        for name in cfg.DATASETS.TEST:
+            build_dataset(cfg, [name], is_train=False)
     logger.info("training on %s: %d images, %d classes", cfg.DATASETS.TRAIN, len(dataset),
                 num_classes)
     genotype = read_genotype_text(args.genotype_file) if args.genotype_file else ""

@@ -5,11 +5,11 @@
 
 Each image must exist, decode fully (truncated or damaged files fail here, not at iteration
 25 000) and have the size its annotation gives. The full decode runs in a pool of worker
-processes. Images found good are cached by path, file size and mtime in
-`$XDG_CACHE_HOME/fad/image_check/` (default `~/.cache/fad/image_check/`, one JSON file per image
-image folder), outside the data, so read-only data folders work and a second run only stats the
-files. `check_images(cfg, dataset, name)` is what `build_dataset` calls (DATASETS.CHECK_IMAGES);
-`fad-check-data` runs the check alone. Timings for COCO are in docs/data.md.
+processes. Images found good are cached by path, file size and mtime in `cache_dir()`
+(`~/.cache/fad/image_check/`, one JSON file per image folder), outside the data, so read-only
+data folders work and a second run only stats the files. `check_images(cfg, dataset, name)` is
+what `build_dataset` calls (DATASETS.CHECK_IMAGES); `fad-check-data` runs the check alone.
+Timings for COCO are in docs/data.md.
 """
 from __future__ import annotations
 
@@ -63,7 +63,10 @@ class CheckReport:
 
 
 def cache_dir() -> Path:
-    """Folder of the check's cache files: $XDG_CACHE_HOME/fad/image_check (~/.cache/...)."""
+    """Folder of the check's cache files: $FAD_CACHE_DIR/image_check when that is set, else
+    $XDG_CACHE_HOME/fad/image_check (default ~/.cache/fad/image_check)."""
+    if os.environ.get("FAD_CACHE_DIR"):
+        return Path(os.environ["FAD_CACHE_DIR"]) / "image_check"
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "fad" / "image_check"
 
