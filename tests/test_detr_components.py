@@ -13,6 +13,7 @@ from fad.modeling.detr.box_ops import inverse_sigmoid, refine_boxes
 from fad.modeling.detr.decoder import DecoderLayer, DeformableDecoder
 from fad.modeling.detr.encoder import encoder_reference_points, valid_ratios
 from fad.modeling.detr.heads import DetrHeads
+from fad.modeling.detr.outputs import TransformerOutputs
 from fad.modeling.detr.position_encoding import PositionEmbeddingSine, box_sine_embedding
 from fad.modeling.detr.postprocess import postprocess
 from fad.modeling.detr.proposals import encoder_proposals
@@ -135,11 +136,11 @@ def test_two_stage_queries_never_come_from_invalid_tokens():
     pos = [torch.randn(2, 16, 6, 6), torch.randn(2, 16, 3, 3)]
     with torch.no_grad():
         out = tr(feats, pos, heads)
-    assert out["enc_valid"][1].sum() >= 12 and not out["enc_valid"].all()
-    ref = out["init_reference"]
+    assert out.proposals.valid[1].sum() >= 12 and not out.proposals.valid.all()
+    ref = out.init_reference
     assert ref.shape == (2, 12, 4)
     assert (ref < 0.99).all() and (ref > 0.01).all()
-    assert out["hs"].shape == (1, 2, 12, 16)
+    assert out.hs.shape == (1, 2, 12, 16)
 
 
 def test_postprocess_decodes_query_and_label_from_the_flat_index():
@@ -186,6 +187,16 @@ def test_decoder_refines_references_with_refine_boxes(ref_dim):
     torch.testing.assert_close(refs[0], refine_boxes(heads.box(0)(hs[0]), ref))
     torch.testing.assert_close(refs[1], refine_boxes(heads.box(1)(hs[1]), refs[0]))
     assert not refs.requires_grad
+
+
+def test_layer_reference_is_the_one_the_previous_layer_passed_on():
+    """Layer i's box deltas refine the initial reference (i = 0) or references[i - 1]."""
+    init, refs = torch.rand(1, 5, 4), torch.rand(3, 1, 5, 4)
+    out = TransformerOutputs(torch.zeros(3, 1, 5, 8), init, refs, torch.zeros(1, 6).bool(),
+                             torch.tensor([[2, 3]]), torch.tensor([0]))
+    assert out.layer_reference(0) is init
+    assert torch.equal(out.layer_reference(1), refs[0])
+    assert torch.equal(out.layer_reference(2), refs[1])
 
 
 def test_class_heads_start_at_the_focal_prior():

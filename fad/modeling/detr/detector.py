@@ -14,6 +14,7 @@ from .box_ops import refine_boxes
 from .criterion import SetCriterion
 from .dam import attention_to_token_map, dam_loss, dam_target, token_coverage
 from .heads import DetrHeads
+from .outputs import TransformerOutputs
 from .position_encoding import PositionEmbeddingSine
 from .postprocess import postprocess
 from .transformer import DeformableTransformer
@@ -67,10 +68,9 @@ only; empty otherwise).
         with_dam = self.training and self.transformer.rho > 0
         t = self.transformer(features, pos, self.heads, return_sampling=with_dam)
         if not self.training:
-            last = len(t["hs"]) - 1
-            ref = t["references"][-2] if last > 0 else t["init_reference"]
-            logits = self.heads.cls(last)(t["hs"][last])
-            boxes = refine_boxes(self.heads.box(last)(t["hs"][last]), ref)
+            last = len(t.hs) - 1
+            logits = self.heads.cls(last)(t.hs[last])
+            boxes = refine_boxes(self.heads.box(last)(t.hs[last]), t.layer_reference(last))
             return postprocess(logits, boxes, sizes, self.num_detections)
 
         norm_targets = normalized_targets(targets, sizes, self.criterion.num_classes,
@@ -80,36 +80,37 @@ only; empty otherwise).
             losses["loss_mask_prediction"] = self.mask_prediction_coef * self._dam_loss(t)
         return losses
 
-    def _training_outputs(self, t: dict) -> dict:
+    def _training_outputs(self, t: TransformerOutputs) -> dict:
         """Prediction sets for the criterion: last decoder layer, aux layers, encoder sets."""
-        refs = [t["init_reference"]] + list(t["references"][:-1])
         preds = [{"pred_logits": self.heads.cls(i)(hs), "pred_boxes":
-                  refine_boxes(self.heads.box(i)(hs), refs[i])} for i, hs in enumerate(t["hs"])]
+                  refine_boxes(self.heads.box(i)(hs), t.layer_reference(i))}
+                 for i, hs in enumerate(t.hs)]
         out = dict(preds[-1])
         if self.aux_loss:
             out["aux_outputs"] = preds[:-1]
-        if "enc_logits" in t:
-            out["enc_outputs"] = {"pred_logits": t["enc_logits"], "pred_boxes": t["enc_boxes"],
-                                  "query_mask": t["enc_valid"],
+        if t.proposals is not None:
+            out["enc_outputs"] = {"pred_logits": t.proposals.logits,
+                                  "pred_boxes": t.proposals.boxes,
+                                  "query_mask": t.proposals.valid,
                                   "binary": not self.transformer.eff_specific_head}
-        if self.use_enc_aux_loss and "enc_inter" in t:
-            h = self.heads
+        if self.use_enc_aux_loss and t.sparse is not None:
+            h, s = self.heads, t.sparse
             out["enc_aux_outputs"] = [
                 {"pred_logits": h.enc_aux_class[i](x),
-                 "pred_boxes": (h.enc_aux_bbox[i](x) + t["enc_inter_proposals"]).sigmoid(),
-                 "query_mask": t["enc_inter_valid"]}
-                for i, x in enumerate(t["enc_inter"][:len(h.enc_aux_class)])]
+                 "pred_boxes": (h.enc_aux_bbox[i](x) + s.proposals).sigmoid(),
+                 "query_mask": s.valid}
+                for i, x in enumerate(s.layer_outputs[:len(h.enc_aux_class)])]
         return out
 
-    def _dam_loss(self, t: dict) -> Tensor:
-        """Scoring-network loss against the decoder attention map; records `corr`."""
-        locations, weights = t["sampling"]  # [D, N, Q, M, L, P, 2], [D, N, Q, M, L, P]
+    def _dam_loss(self, t: TransformerOutputs) -> Tensor:
+        """Scoring-network loss against the decoder attention map; records `corr`. Needs
+        `t.sampling` and `t.sparse` (training Sparse DETR)."""
+        locations, weights = t.sampling  # [D, N, Q, M, L, P, 2], [D, N, Q, M, L, P]
         dam = attention_to_token_map(locations.transpose(0, 1), weights.transpose(0, 1),
-                                     t["spatial_shapes"], t["level_start_index"],
-                                     self.dam_half_pixel)
-        target = dam_target(dam, t["padding_mask"], t["token_counts"])
-        self._stats = {"corr": token_coverage(dam, t["token_idx"], t["token_counts"])}
-        return dam_loss(t["token_scores"], target, t["padding_mask"])
+                                     t.spatial_shapes, t.level_start_index, self.dam_half_pixel)
+        target = dam_target(dam, t.padding_mask, t.sparse.counts)
+        self._stats = {"corr": token_coverage(dam, t.sparse.index, t.sparse.counts)}
+        return dam_loss(t.sparse.scores, target, t.padding_mask)
 
     def log_stats(self) -> dict[str, float]:
         """Values to log, not to optimise (Sparse DETR: `corr`)."""

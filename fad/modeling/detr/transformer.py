@@ -12,6 +12,7 @@ from fad.ops import MSDeformAttn
 from .decoder import DecoderLayer, DeformableDecoder
 from .encoder import DeformableEncoder, EncoderLayer, valid_ratios
 from .heads import DetrHeads
+from .outputs import SparseTokens, TransformerOutputs, TwoStageProposals
 from .position_encoding import box_sine_embedding
 from .proposals import encoder_proposals
 from .sparse_encoder import (
@@ -87,7 +88,7 @@ class DeformableTransformer(nn.Module):
         nn.init.normal_(self.level_embed)
 
     def forward(self, features: list[tuple[Tensor, Tensor]], pos_embeds: list[Tensor],
-                heads: DetrHeads, return_sampling: bool = False) -> dict:
+                heads: DetrHeads, return_sampling: bool = False) -> TransformerOutputs:
         """Run the transformer.
 
         Args:
@@ -96,12 +97,9 @@ class DeformableTransformer(nn.Module):
             heads: the detector's heads (box refinement, two-stage scoring).
             return_sampling: also return the decoder's cross-attention sampling (for the DAM).
 
-        Returns a dict with `hs` [D, N, Q, C], `init_reference` [N, Q, 2|4], `references`
-        [D, N, Q, 2|4] (see `DeformableDecoder`), `padding_mask` [N, S], `spatial_shapes`
-        [L, 2], `level_start_index` [L], `sampling` (or None); two-stage adds `enc_logits`
-        [N, S, C'], `enc_boxes` [N, S, 4] (sigmoid), `enc_valid` [N, S]; Sparse DETR adds
-        `token_scores` [N, S], `token_idx` [N, K], `token_counts` [N], `enc_inter` (per encoder
-        layer [N, K, C]), `enc_inter_proposals` [N, K, 4] (logits) and `enc_inter_valid` [N, K].
+        Returns `TransformerOutputs` (`outputs.py`, shapes there): the decoder's outputs and
+        references, the token layout, the sampling (when asked), the two-stage proposals and
+        Sparse DETR's selected tokens.
         """
         src, mask, pos = [], [], []
         for level, ((src_l, mask_l), pos_l) in enumerate(zip(features, pos_embeds)):
@@ -113,9 +111,7 @@ class DeformableTransformer(nn.Module):
         shapes = torch.as_tensor(shapes_list, dtype=torch.long, device=src.device)
         level_start = torch.cat([shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]])
         ratios = torch.stack([valid_ratios(m) for _, m in features], 1).to(src.dtype)
-        out: dict = {"padding_mask": mask, "spatial_shapes": shapes,
-                     "level_start_index": level_start}
-
+        sparse = None
         if self.rho > 0:
             tokens, proposals, valid = encoder_proposals(src + pos, mask, shapes_list)
             scores = self.scoring(self.enc_output_norm(self.enc_output(tokens)), mask)
@@ -124,15 +120,16 @@ class DeformableTransformer(nn.Module):
             memory, inter = self.encoder(src, pos, shapes, level_start, ratios, mask, token_idx,
                                          counts)
             keep = torch.arange(token_idx.shape[1], device=src.device)[None] < counts[:, None]
-            out.update(token_scores=scores, token_idx=token_idx, token_counts=counts,
-                       enc_inter=inter, enc_inter_proposals=gather_tokens(proposals, token_idx),
-                       enc_inter_valid=keep & gather_tokens(valid, token_idx))
+            sparse = SparseTokens(scores, token_idx, counts, inter,
+                                  gather_tokens(proposals, token_idx),
+                                  keep & gather_tokens(valid, token_idx))
         else:
             memory, _ = self.encoder(src, pos, shapes, level_start, ratios, mask)
 
+        two_stage = None
         if self.two_stage:
-            tgt, query_pos, reference_points = self._two_stage_queries(memory, mask, shapes_list,
-                                                                       heads, out)
+            tgt, query_pos, reference_points, two_stage = self._two_stage_queries(
+                memory, mask, shapes_list, heads)
         else:
             query_pos, tgt = self.query_embed.weight.split(self.d_model, 1)
             query_pos = query_pos[None].expand(src.shape[0], -1, -1)
@@ -142,15 +139,15 @@ class DeformableTransformer(nn.Module):
         box_head = heads.box if heads.with_box_refine else None
         hs, refs, sampling = self.decoder(tgt, reference_points, memory, shapes, level_start,
                                           ratios, query_pos, mask, box_head, return_sampling)
-        out.update(hs=hs, init_reference=reference_points, references=refs, sampling=sampling)
-        return out
+        return TransformerOutputs(hs, reference_points, refs, mask, shapes, level_start,
+                                  sampling, two_stage, sparse)
 
-    def _two_stage_queries(self, memory: Tensor, mask: Tensor, shapes_list: list, heads: DetrHeads,
-                           out: dict) -> tuple[Tensor, Tensor, Tensor]:
+    def _two_stage_queries(self, memory: Tensor, mask: Tensor, shapes_list: list, heads: DetrHeads
+                           ) -> tuple[Tensor, Tensor, Tensor, TwoStageProposals]:
         """Score every token's proposal, keep the top `num_queries` valid ones as queries.
 
-        Returns tgt [N, Q, C], query_pos [N, Q, C] and reference boxes [N, Q, 4] (detached);
-        stores the encoder predictions in `out`.
+        Returns tgt [N, Q, C], query_pos [N, Q, C], reference boxes [N, Q, 4] (detached) and
+        the encoder's proposals.
         """
         tokens, proposals, valid = encoder_proposals(memory, mask, shapes_list)
         tokens = self.enc_output_norm(self.enc_output(tokens))
@@ -167,5 +164,5 @@ class DeformableTransformer(nn.Module):
             tgt, query_pos = gather_tokens(memory, top), pos_feats
         else:
             query_pos, tgt = pos_feats.split(self.d_model, -1)
-        out.update(enc_logits=logits, enc_boxes=boxes_unact.sigmoid(), enc_valid=valid)
-        return tgt, query_pos, top_boxes.sigmoid()
+        scored = TwoStageProposals(logits, boxes_unact.sigmoid(), valid)
+        return tgt, query_pos, top_boxes.sigmoid(), scored
