@@ -1,4 +1,4 @@
-"""FAD search: `fad-search --config-file CFG [--resume] [KEY VALUE ...]`.
+"""FAD search: `fad-search --config-file CFG [--resume | --overwrite] [KEY VALUE ...]`.
 
 Runs on one GPU, on the CPU, or under `torchrun --nproc_per_node N` (alphas stay identical
 across ranks). Writes to OUTPUT_DIR: genotype.log (box line, cls line) and the diagrams
@@ -21,9 +21,7 @@ from fad.search import run_search
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse `argv` and run (or resume) the search."""
-    parser = default_argument_parser(__doc__)
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUTPUT_DIR/last_checkpoint")
+    parser = default_argument_parser(__doc__, resumable=True)
     args = parse_args(parser, argv)
     cfg, logger, device = setup(args)
     run_search(cfg, device, resume=args.resume, count_head=head_flops)

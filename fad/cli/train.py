@@ -1,4 +1,4 @@
-"""Train a detector: `fad-train --config-file CFG [--resume] [KEY VALUE ...]`.
+"""Train a detector: `fad-train --config-file CFG [--resume | --overwrite] [KEY VALUE ...]`.
 
 With `--genotype-file genotype.log` the FCOS towers are rebuilt from a FAD search (augment); the
 checkpoints then carry the genotype, so fad-test (tools/test_net.py) needs no genotype file.
@@ -18,9 +18,7 @@ from fad.nas.genotype import read_genotype_text
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse `argv`, train, then evaluate on DATASETS.TEST."""
-    parser = default_argument_parser(__doc__, genotype_file=True)
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from OUTPUT_DIR/last_checkpoint")
+    parser = default_argument_parser(__doc__, genotype_file=True, resumable=True)
     parser.add_argument("--skip-test", action="store_true", help="do not evaluate after training")
     args = parse_args(parser, argv)
     cfg, logger, device = setup(args)

@@ -1,16 +1,18 @@
 """The one start-up of every command-line tool: arguments, setup and the error path.
 
-    parser = default_argument_parser(__doc__)          # --config-file, KEY VALUE overrides
-    parser.add_argument("--resume", action="store_true")
-    args = parse_args(parser)                          # flags before or after the overrides
-    cfg, logger, device = setup(args)                  # config, process group, log, seed, device
+    parser = default_argument_parser(__doc__, resumable=True)  # --config-file, KEY VALUE
+    args = parse_args(parser)              # overrides, --resume, --overwrite, in any order
+    cfg, logger, device = setup(args)      # config, process group, log, seed, device
     ...
     if __name__ == "__main__":
-        run_tool(main)                                 # FadError -> "error: ..." and exit 2
+        run_tool(main)                     # FadError -> "error: ..." and exit 2
 
 `setup` checks before any work that OUTPUT_DIR is writable and that every DATASETS.TRAIN/TEST
 name is in the catalog, and sets the intra-op threads (NUM_THREADS; 0 = torch's default, or 1
-when the machine is already busy). `run_tool` exits 130/143 after a Ctrl-C/SIGTERM stop.
+when the machine is already busy). Tools that write a run (`default_argument_parser(...,
+resumable=True)`: train, search) get `--resume` and `--overwrite`, and `setup` refuses an
+OUTPUT_DIR holding checkpoints without one of them (`fad.engine.output_dir`). `run_tool` exits
+130/143 after a Ctrl-C/SIGTERM stop.
 """
 from __future__ import annotations
 
@@ -32,9 +34,10 @@ from fad.utils.device import resolve_device
 from fad.utils.io import atomic_write_text
 from fad.utils.seed import seed_everything
 
-from .distributed import get_rank, init_distributed
+from .distributed import get_rank, init_distributed, synchronize
 from .interrupt import Interrupted
 from .logger import setup_logger
+from .output_dir import check_run_folder, clear_run_files
 
 EXIT_BAD_INPUT = 2
 EXIT_SIGINT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
@@ -53,9 +56,11 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
                              "always has them)")
 
 
-def default_argument_parser(description: str | None,
-                            genotype_file: bool = False) -> argparse.ArgumentParser:
-    """`--config-file FILE` and `KEY VALUE` config overrides (plus `--genotype-file` if asked)."""
+def default_argument_parser(description: str | None, genotype_file: bool = False,
+                            resumable: bool = False) -> argparse.ArgumentParser:
+    """`--config-file FILE` and `KEY VALUE` config overrides (plus `--genotype-file` if asked;
+    plus `--resume` / `--overwrite` for a tool that writes a run into OUTPUT_DIR if
+    `resumable`)."""
     parser = tool_parser(description)
     parser.add_argument("--config-file", default="", metavar="FILE",
                         help="yaml config (may name a `_BASE_: other.yaml` it extends)")
@@ -63,6 +68,13 @@ def default_argument_parser(description: str | None,
         parser.add_argument("--genotype-file", default="", metavar="FILE",
                             help="genotype.log from tools/search_net.py: build FCOS with the "
                                  "searched towers")
+    if resumable:
+        run = parser.add_mutually_exclusive_group()
+        run.add_argument("--resume", action="store_true",
+                         help="continue from OUTPUT_DIR/last_checkpoint")
+        run.add_argument("--overwrite", action="store_true",
+                         help="delete the files of an earlier run in OUTPUT_DIR (checkpoints, "
+                              "logs, tb/, inference/, genotypes; nothing else) and start again")
     add_verbose_flag(parser)
     parser.add_argument("opts", nargs="*", default=[], metavar="KEY VALUE",
                         help="config overrides, e.g. SOLVER.MAX_ITER 100 OUTPUT_DIR out; flags "
@@ -136,17 +148,28 @@ def _set_num_threads(requested: int) -> str:
 def setup(args: argparse.Namespace) -> tuple[CfgNode, logging.Logger, torch.device]:
     """Config (frozen), process group, logger, seed, threads, op backends and device of a run.
 
-    Before any work: OUTPUT_DIR must be writable and the dataset names known (one-line
-    ConfigError). Writes the merged config to OUTPUT_DIR/config.yaml on the main rank.
+    Before any work: OUTPUT_DIR must be writable, hold no checkpoints of an earlier run unless
+    the tool is not `resumable` or `args.resume` / `args.overwrite` is set, and the dataset
+    names must be known (one-line ConfigError). With `args.overwrite` the main rank deletes the
+    earlier run's files first (the others wait). Writes the merged config to
+    OUTPUT_DIR/config.yaml on the main rank.
     """
     cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     check_output_dir(cfg.OUTPUT_DIR)
+    resumable = hasattr(args, "overwrite")
+    if resumable:
+        check_run_folder(cfg.OUTPUT_DIR, args.resume, args.overwrite)
     check_dataset_names(cfg, (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST))
     threads = _set_num_threads(cfg.NUM_THREADS)
     init_distributed()
     rank = get_rank()
+    deleted = clear_run_files(cfg.OUTPUT_DIR) if resumable and args.overwrite and rank == 0 else []
+    synchronize()
     logger = setup_logger(cfg.OUTPUT_DIR, rank, verbose=getattr(args, "verbose", False))
+    if deleted:
+        logger.info("--overwrite: deleted the %d files of the earlier run in %s", len(deleted),
+                    cfg.OUTPUT_DIR)
     seed_everything(cfg.SEED + rank if cfg.SEED >= 0 else cfg.SEED)
     if rank == 0:
         atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
