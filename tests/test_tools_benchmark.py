@@ -4,7 +4,11 @@ import json
 import os
 
 import pytest
+import torch
 from conftest import REPO
+
+from fad.cli.bench import BENCHMARKS, timing
+from fad.errors import FadError
 
 TOOLS = os.path.join(REPO, "tools")
 
@@ -24,6 +28,23 @@ TINY = {
     "asag": ["--depth", "18", "--size", "96", "128", "--classes", "3", "--images", "1",
              "--anchor-logit", "-0.4", "--warmup", "0", "--repeats", "1"],
 }
+# keys that docs/BENCHMARKS.md and the per-topic docs quote
+KEYS = {
+    "fcos_step": {"ours_step_s", "torchvision_step_s", "time_ratio"},
+    "supernet": {"speedup", "peak_memory_ratio", "flop_ratio", "fraction_of_limit",
+                 "shared_step_s", "separate_step_s"},
+    "msda": {"speedup", "speedup_cpp", "forward_speedup_cpp", "memory_ratio_cpp", "cpp_fwd_ms",
+             "reference_fwd_bwd_ms", "cpp_peak_mb", "max_abs_diff_cpp"},
+    "sparse_resnet": {"speedup_at_density_0.5", "speedup_vs_plain_at_density_0.5",
+                      "cpu_time_speedup_vs_plain_at_density_0.5", "sparse_ms_at_density_0.5",
+                      "theory_speedup_vs_plain_at_density_0.5",
+                      "fraction_of_limit_at_density_0.5",
+                      "fraction_of_limit_at_density_0.5_threads_2"},
+    "detr_flops": {"flops_ratio", "deformable_gmacs", "sparse_gmacs"},
+    "op_latency": {"ops_ms", "fixed_ms"},
+    "asag": {"asag_head_latency_s", "fast_vs_full_head_latency", "asag_vs_deformable_head_latency",
+             "mean_queries"},
+}
 SLOW = {"msda", "sparse_resnet", "supernet"}  # C++ kernels may compile first; 30-60 s on 2 CPUs
 
 
@@ -35,8 +56,8 @@ def _benchmark(monkeypatch):
     return module
 
 
-def test_every_sub_command_has_a_tiny_case(monkeypatch):
-    assert set(_benchmark(monkeypatch).COMMANDS) == set(TINY)
+def test_every_sub_command_has_a_tiny_case():
+    assert set(BENCHMARKS.names()) == set(TINY)
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
@@ -47,6 +68,65 @@ def test_sub_command_prints_one_json_line(monkeypatch, capsys, tmp_path, name):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(line)
     assert result["benchmark"] == name and json.loads(out.read_text()) == result
+    assert KEYS[name] <= set(result), KEYS[name] - set(result)
+    if name == "supernet":
+        assert result["fraction_of_limit"] == pytest.approx(
+            result["speedup"] / result["flop_ratio"], abs=2e-3)
+    if name == "sparse_resnet":
+        assert result["fraction_of_limit_at_density_0.5"] == pytest.approx(
+            result["speedup_vs_plain_at_density_0.5"]
+            / result["theory_speedup_vs_plain_at_density_0.5"], abs=2e-3)
+
+
+class _FakeClock:
+    """perf_counter / process_time stand-ins that move only when a fake call says so."""
+
+    def __init__(self):
+        self.now, self.cpu = 0.0, 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def process_time(self) -> float:
+        return self.cpu
+
+
+def test_timer_interleaves_skips_the_warmup_and_takes_medians(monkeypatch):
+    clock, order = _FakeClock(), []
+    monkeypatch.setattr(timing, "time", clock)
+    durations = {"a": iter([9.0, 9.0, 1.0, 5.0, 2.0]), "b": iter([7.0, 7.0, 4.0, 2.0, 6.0])}
+
+    def call(name):
+        def run():
+            order.append(name)
+            seconds = next(durations[name])
+            clock.now += seconds
+            clock.cpu += 2 * seconds
+        return run
+
+    samples = timing.time_rounds({"a": call("a"), "b": call("b")}, warmup=2, repeats=3)
+    assert order == ["a", "b"] * 5
+    assert samples.wall == {"a": [1.0, 5.0, 2.0], "b": [4.0, 2.0, 6.0]}
+    assert samples.cpu == {"a": [2.0, 10.0, 4.0], "b": [8.0, 4.0, 12.0]}
+    assert samples.medians() == {"a": 2.0, "b": 4.0}
+    assert samples.medians(cpu=True) == {"a": 4.0, "b": 8.0}
+    assert samples.median_ratio("b", "a") == 3.0  # median of 4/1, 2/5, 6/2
+
+
+def test_timer_synchronises_cuda_around_each_call_and_sets_autograd(monkeypatch):
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
+
+    def call():
+        events.append(f"call grad={torch.is_grad_enabled()}")
+
+    timing.time_rounds({"x": call}, warmup=0, repeats=2, device=torch.device("cuda"), grad=True)
+    assert events == ["sync", "call grad=True", "sync"] * 2
+    events.clear()
+    timing.time_rounds({"x": call}, warmup=1, repeats=1, device=torch.device("cpu"))
+    assert events == ["call grad=False"] * 2
+    with pytest.raises(FadError, match="--repeats must be at least 1"):
+        timing.time_rounds({"x": call}, warmup=1, repeats=0)
 
 
 def _run_msda(extra: list[str], env_extra: dict):

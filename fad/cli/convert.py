@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fad.config import load_config
-from fad.convert import KINDS, Options, convert_checkpoint
+from fad.convert import CONVERTERS, Options, convert_checkpoint
 from fad.engine.launch import parse_args, run_tool, tool_parser
 from fad.utils.io import atomic_torch_save
 
@@ -25,8 +25,8 @@ from fad.utils.io import atomic_torch_save
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse `argv`, convert IN to OUT and print what was decided or could not be mapped."""
     parser = tool_parser(__doc__)
-    parser.add_argument("kind", choices=sorted(KINDS), metavar="KIND",
-                        help=f"release format: {', '.join(sorted(KINDS))}")
+    parser.add_argument("kind", choices=CONVERTERS.names(), metavar="KIND",
+                        help=f"release format: {', '.join(CONVERTERS.names())}")
     parser.add_argument("input", metavar="IN.pth", help="the released checkpoint")
     parser.add_argument("output", metavar="OUT.pth", help="where to write ours")
     parser.add_argument("--config-file", default="", metavar="FILE",

@@ -35,6 +35,7 @@ from .common import (
     stored_args,
 )
 
+STATE_KEY = "model"  # where the release file keeps its state dict
 BACKBONE_RULES: list[Rule] = [
     (r"backbone\.0\.body\.conv1\.", "backbone.body.stem.0."),
     (r"backbone\.0\.body\.bn1\.", "backbone.body.stem.1."),

@@ -48,6 +48,7 @@ from .common import (
     stored_args,
 )
 
+STATE_KEY = "model"  # where the release file keeps its state dict
 TRANSFORMER_RULES: list[Rule] = [
     (r"transformer\.encoder\.layers\.(\d+)\.norm1\.", r"transformer.encoder.layers.\1.norm."),
     (r"transformer\.encoder\.layers\.(\d+)\.norm2\.", r"transformer.encoder.layers.\1.ffn.norm."),

@@ -43,6 +43,7 @@ from .common import (
     rename,
 )
 
+STATE_KEY = "state_dict"  # where the release file keeps its state dict
 BODY = "model.backbone.body."
 HEAD_RULES: list[Rule] = [
     (r"neck\.lateral_convs\.(\d+)\.conv\.", r"model.backbone.fpn.inner_blocks.\1.0."),

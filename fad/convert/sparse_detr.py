@@ -22,6 +22,7 @@ from yacs.config import CfgNode
 from .common import Conversion, Options, stored_args
 from .deformable_detr import convert_detr
 
+STATE_KEY = "model"  # where the release file keeps its state dict
 SCORING_RULES = [(r"transformer\.enc_mask_predictor\.", "transformer.scoring.")]
 
 

@@ -38,7 +38,7 @@ from fad.modeling import build_detector
 from fad.modeling.asag import ASAG
 from fad.modeling.image_batch import batch_images
 
-from .timing import interleaved_medians
+from .timing import time_rounds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> dict:
         models["asag_fast"] = fast
         heads = {f"{name}_head": head_only(m, images[0]) for name, m in models.items()}
         calls = {name: functools.partial(m, [images[0]]) for name, m in (models | heads).items()}
-        times = interleaved_medians(calls, args.warmup, args.repeats)
+        times = time_rounds(calls, args.warmup, args.repeats).medians()
         for name in models:
             result[f"{name}_latency_s"] = round(times[name], 4)
             result[f"{name}_head_latency_s"] = round(times[f"{name}_head"], 4)

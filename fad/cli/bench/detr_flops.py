@@ -29,7 +29,7 @@ from fad.config import get_cfg_defaults
 from fad.modeling import build_detector
 from fad.ops import get_backend, set_backend
 
-from .timing import interleaved_medians
+from .timing import time_rounds
 
 MSDA_OP = torch.ops.fad.ms_deform_attn
 
@@ -120,9 +120,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.repeats > 0:
         size = args.latency_size or args.size
         latency_image = torch.rand(3, *size, generator=g)
-        times = interleaved_medians(
+        times = time_rounds(
             {n: functools.partial(m, [latency_image]) for n, m in models.items()},
-            args.warmup, args.repeats)
+            args.warmup, args.repeats).medians()
         result.update({
             "latency_size": list(size), "repeats": args.repeats,
             "deformable_latency_s": round(times["deformable"], 4),

@@ -7,15 +7,17 @@ interleaved, medians reported; `time_ratio` = ours / torchvision (target <= 1.05
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+from collections.abc import Callable
 
 import torch
+from torch import nn
 from torchvision.models.detection import fcos_resnet50_fpn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from fad.config import get_cfg_defaults
 from fad.modeling import build_detector
+
+from .timing import time_rounds
 
 
 class _NoResize(GeneralizedRCNNTransform):
@@ -44,17 +46,15 @@ def _batch(args, device):
     return images, targets
 
 
-def _step(model, opt, images, targets, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    loss = sum(model(images, targets).values())
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+def _step(model: nn.Module, opt: torch.optim.Optimizer, images: list[torch.Tensor],
+          targets: list[dict]) -> Callable[[], None]:
+    """One training step of `model` on the batch: forward, backward, optimizer step."""
+    def step() -> None:
+        loss = sum(model(images, targets).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -70,16 +70,12 @@ def run(args: argparse.Namespace) -> dict:
     t = tv.transform
     tv.transform = _NoResize(1, 1, t.image_mean, t.image_std, size_divisible=32)
     images, targets = _batch(args, device)  # torchvision's FCOS also takes 0-based labels
-    opts = {n: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-4,
-                               momentum=0.9)
-            for n, m in (("ours", ours), ("torchvision", tv))}
-    times: dict[str, list[float]] = {"ours": [], "torchvision": []}
-    for i in range(args.repeats + 1):
-        for name, model in (("ours", ours), ("torchvision", tv)):
-            dt = _step(model, opts[name], images, targets, device)
-            if i > 0:
-                times[name].append(dt)
-    ours_s, tv_s = statistics.median(times["ours"]), statistics.median(times["torchvision"])
+    models = {"ours": ours, "torchvision": tv}
+    steps = {n: _step(m, torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-4,
+                                         momentum=0.9), images, targets)
+             for n, m in models.items()}
+    times = time_rounds(steps, 1, args.repeats, device, grad=True).medians()
+    ours_s, tv_s = times["ours"], times["torchvision"]
     return {"device": str(device), "input": list(args.size), "batch": args.batch,
             "ours_step_s": round(ours_s, 4), "torchvision_step_s": round(tv_s, 4),
             "time_ratio": round(ours_s / tv_s, 4), "target": "<= 1.05"}

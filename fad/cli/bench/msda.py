@@ -26,14 +26,16 @@ from __future__ import annotations
 import argparse
 import ctypes
 import math
-import statistics
-import time
+from collections.abc import Callable
 
 import torch
 
 from fad.errors import OpError
-from fad.ops import kernels, ms_deform_attn_reference, multi_scale_deformable_attention
+from fad.ops import ms_deform_attn_reference, multi_scale_deformable_attention
+from fad.ops.backends import using
 from fad.ops.msda import backend_unavailable
+
+from .timing import synchronize, time_rounds
 
 DEFAULT_BACKENDS = {"cuda": ("triton", "cuda"), "cpu": ("cpp",)}
 
@@ -92,11 +94,6 @@ def _inputs(args, device, dtype):
     return [t.to(device) for t in (value, shapes, starts, loc, attn, grad)]
 
 
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _rss_kb(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -128,7 +125,7 @@ def _peak_bytes(fn, device) -> int | None:
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         fn()
-        _sync(device)
+        synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
     try:
         base = _reset_cpu_peak()
@@ -138,13 +135,13 @@ def _peak_bytes(fn, device) -> int | None:
     return (_rss_kb("VmHWM") - base) * 1024
 
 
-def _backend_impl(name: str):
+def _backend_impl(name: str) -> Callable[..., torch.Tensor]:
     """`fn(*msda_args)` running MSDA on backend `name` (the reference is called directly)."""
     if name == "reference":
         return ms_deform_attn_reference
 
     def call(*msda_args):
-        with kernels.using("msda", name):
+        with using("msda", name):
             return multi_scale_deformable_attention(*msda_args)
     return call
 
@@ -153,76 +150,115 @@ def _mb(peak: int | None) -> float | None:
     return None if peak is None else round(peak / 2**20, 1)
 
 
-def run(args: argparse.Namespace) -> dict:
+def _device(args: argparse.Namespace) -> torch.device:
+    """The benchmark's device; a one-line OpError for CUDA where there is none."""
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise OpError("msda benchmark: --device cuda needs a usable CUDA GPU and there is none "
                       "here; run it on a GPU machine (docs/BENCHMARKS.md has the command)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
-    if device.type == "cpu":
-        _mmap_large_blocks()
-    wanted = args.backends or DEFAULT_BACKENDS.get(device.type, ())
+    return device
+
+
+def _kernel_backends(wanted: list[str], device: torch.device) -> tuple[list[str], dict[str, str]]:
+    """(the backends of `wanted` that can run on `device`, {backend: why not} for the others);
+    OpError if none can."""
     unavailable = {b: r for b in wanted if (r := backend_unavailable(b, device.type))}
-    kernel_names = [b for b in wanted if b not in unavailable]
-    if not kernel_names:
+    names = [b for b in wanted if b not in unavailable]
+    if not names:
         raise OpError(f"msda benchmark: no MSDA kernel can run on {device.type} here "
                       f"({'; '.join(f'{b}: {r}' for b, r in unavailable.items())}); "
                       "see docs/ops.md")
-    value, shapes, starts, loc, attn, grad = _inputs(args, device, dtype)
-    leaves = [t.requires_grad_() for t in (value, loc, attn)]
-    impls = {name: _backend_impl(name) for name in [*kernel_names, "reference"]}
+    return names, unavailable
 
-    def step(name: str, backward: bool = True):
-        def call():
-            for t in leaves:
-                t.grad = None
+
+class _Problem:
+    """The MSDA inputs (value, shapes, starts, loc, attn), the output gradient and the leaves
+    that receive gradients; `step(impl, backward)` is one timed call."""
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        value, self.shapes, self.starts, loc, attn, self.grad = tensors
+        self.queries = int(loc.shape[1])  # loc: [N, Lq, M, L, P, 2]
+        self.leaves = [t.requires_grad_() for t in (value, loc, attn)]
+
+    @property
+    def msda_args(self) -> tuple[torch.Tensor, ...]:
+        value, loc, attn = self.leaves
+        return value, self.shapes, self.starts, loc, attn
+
+    def clear_grads(self) -> None:
+        for t in self.leaves:
+            t.grad = None
+
+    def step(self, impl: Callable[..., torch.Tensor], backward: bool) -> Callable[[], None]:
+        """Forward (no autograd) or forward+backward of `impl`, gradients cleared first."""
+        def call() -> None:
+            self.clear_grads()
             if backward:
-                impls[name](value, shapes, starts, loc, attn).backward(grad)
+                impl(*self.msda_args).backward(self.grad)
             else:
                 with torch.no_grad():
-                    impls[name](value, shapes, starts, loc, attn)
+                    impl(*self.msda_args)
         return call
 
+
+def _max_abs_diffs(impls: dict[str, Callable], kernel_names: list[str],
+                   problem: _Problem) -> dict[str, float]:
+    """Largest |kernel - reference| of the forward output, per kernel backend."""
     with torch.no_grad():
-        ref = impls["reference"](value, shapes, starts, loc, attn)
-        max_diff = {name: (impls[name](value, shapes, starts, loc, attn) - ref).abs().max().item()
-                    for name in kernel_names}
-    times = {f"{name}_{kind}": [] for name in impls for kind in ("fwd", "fwd_bwd")}
-    for i in range(args.warmup + args.repeats):
-        for name in impls:
-            for kind, backward in (("fwd", False), ("fwd_bwd", True)):
-                call = step(name, backward)
-                _sync(device)
-                t0 = time.perf_counter()
-                call()
-                _sync(device)
-                if i >= args.warmup:
-                    times[f"{name}_{kind}"].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    peak = {}
-    for name in impls:
-        for t in leaves:
-            t.grad = None  # the previous run's gradients must not sit in the baseline
-        peak[name] = _peak_bytes(step(name), device)
+        ref = impls["reference"](*problem.msda_args)
+        return {name: (impls[name](*problem.msda_args) - ref).abs().max().item()
+                for name in kernel_names}
+
+
+def _peaks(impls: dict[str, Callable], problem: _Problem,
+           device: torch.device) -> dict[str, int | None]:
+    """Extra peak memory of one forward+backward per backend (None where it cannot be read)."""
+    peaks = {}
+    for name, impl in impls.items():
+        problem.clear_grads()  # the previous run's gradients must not sit in the baseline
+        peaks[name] = _peak_bytes(problem.step(impl, backward=True), device)
+    return peaks
+
+
+def _ratios(med: dict[str, float], peak: dict[str, int | None], kernel_names: list[str]) -> dict:
+    """The JSON keys of the timings (ms, speed-ups) and memory (MB, ratios)."""
     main = kernel_names[0]
-    result = {
-        "device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
-        "batch": args.batch, "levels": [list(s) for s in shapes.tolist()],
-        "queries": int(loc.shape[1]), "heads": args.heads, "dim": args.dim,
-        "points": args.points, "locations": args.locations, "repeats": args.repeats,
-        "backends": kernel_names, "unavailable": unavailable,
+    return {
         **{f"{k}_ms": round(v * 1e3, 2) for k, v in med.items()},
         **{f"forward_speedup_{n}": round(med["reference_fwd"] / med[f"{n}_fwd"], 3)
            for n in kernel_names},
         **{f"speedup_{n}": round(med["reference_fwd_bwd"] / med[f"{n}_fwd_bwd"], 3)
            for n in kernel_names},
         "speedup": round(med["reference_fwd_bwd"] / med[f"{main}_fwd_bwd"], 3),
-        **{f"{n}_peak_mb": _mb(peak[n]) for n in impls},
+        **{f"{n}_peak_mb": _mb(p) for n, p in peak.items()},
         **{f"memory_ratio_{n}": (None if not peak[n] or peak["reference"] is None
                                  else round(peak["reference"] / peak[n], 3))
            for n in kernel_names},
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = _device(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cpu":
+        _mmap_large_blocks()
+    kernel_names, unavailable = _kernel_backends(
+        args.backends or list(DEFAULT_BACKENDS.get(device.type, ())), device)
+    problem = _Problem(_inputs(args, device, getattr(torch, args.dtype)))
+    impls = {name: _backend_impl(name) for name in [*kernel_names, "reference"]}
+    max_diff = _max_abs_diffs(impls, kernel_names, problem)
+    calls = {f"{name}_{kind}": problem.step(impl, backward)
+             for name, impl in impls.items()
+             for kind, backward in (("fwd", False), ("fwd_bwd", True))}
+    med = time_rounds(calls, args.warmup, args.repeats, device, grad=True).medians()
+    result = {
+        "device": str(device), "dtype": args.dtype, "threads": torch.get_num_threads(),
+        "batch": args.batch, "levels": [list(s) for s in problem.shapes.tolist()],
+        "queries": problem.queries, "heads": args.heads, "dim": args.dim,
+        "points": args.points, "locations": args.locations, "repeats": args.repeats,
+        "backends": kernel_names, "unavailable": unavailable,
+        **_ratios(med, _peaks(impls, problem, device), kernel_names),
         **{f"max_abs_diff_{n}": d for n, d in max_diff.items()},
         "target": "speedup >= 2.0",
     }

@@ -10,9 +10,6 @@ search checks that widths, cells, classes and input size match its config.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
 
@@ -26,6 +23,8 @@ from fad.search.cost import (
     level_sizes,
 )
 
+from .timing import time_rounds
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-file", default="", metavar="FILE",
@@ -35,18 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("opts", nargs="*", default=[], metavar="KEY VALUE",
                         help="config overrides, e.g. MODEL.FAD.COST_INPUT_SIZE (416,704)")
-
-
-def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
-    def timed(fn: Callable[[], object]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - t0) * 1e3
-    return timed
 
 
 @torch.inference_mode()
@@ -63,14 +50,8 @@ def run(args: argparse.Namespace) -> dict:
     feats = [torch.randn(1, cfg.MODEL.FPN.OUT_CHANNELS, h, w, device=device) for h, w in levels]
     jobs = {n: (lambda e=e: [e(x) for x in inputs]) for n, e in edges.items()}
     jobs["fixed"] = lambda: fixed(feats)
-    timed = _timer(device)
-    times: dict[str, list[float]] = {n: [] for n in jobs}
-    for i in range(args.repeats + 1):
-        for name, job in jobs.items():
-            dt = timed(job)
-            if i > 0:
-                times[name].append(dt)
-    ms = {n: round(statistics.median(v), 4) for n, v in times.items()}
+    seconds = time_rounds(jobs, 1, args.repeats, device).medians()
+    ms = {n: round(s * 1e3, 4) for n, s in seconds.items()}
     return {"device": str(device), "threads": torch.get_num_threads(), "unit": "ms",
             **latency_settings(cfg, args.num_classes), "levels": [list(s) for s in levels],
             "ops_ms": {n: ms[n] for n in edges}, "fixed_ms": ms["fixed"]}

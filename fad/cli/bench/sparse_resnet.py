@@ -2,27 +2,27 @@
 
 The same randomly initialised SparseResNet body (FrozenBN, eval, batch `--batch`) runs with the
 masks of every block replaced by seeded Bernoulli(d) masks (identical for both paths) in its
-masked dense execution and in its sparse execution, interleaved, `--repeats` times; a plain
-torchvision ResNet body of the same depth runs in the same loop. This is done for every thread
-count of `--threads` (default 1 and 2) in the same process. Reported per density d and thread
-count t: median latencies, the median of the per-repetition ratios
+masked dense execution and in its sparse execution, interleaved, `--repeats` times after one
+untimed round; a plain torchvision ResNet body of the same depth runs in the same loop. This is
+done for every thread count of `--threads` (default 1 and 2) in the same process. Reported per
+density d and thread count t: median latencies, the median of the per-repetition ratios
 `speedup_at_density_<d>_threads_<t>` (dense-masked / sparse) and
 `speedup_vs_plain_at_density_<d>_threads_<t>` (plain ResNet / sparse), and the largest difference
 between the two paths' outputs relative to the output's largest magnitude; the keys without
 `_threads_<t>` repeat the last thread count of `--threads`. `cpu_time_speedup_vs_plain_...` is
 the same ratio of process CPU time (less disturbed by other jobs on a shared machine, but it
 counts the time threads spin while they wait). Per density: the theoretical ratio
-from the FLOPs calculator. `dense_r101_gmacs_1000` is the published dense R-101 (DCN in
-res3-res5) baseline at resolution 1000 from the calculator. `--profile` adds, per density and
-thread count, the milliseconds of one sparse forward under torch.profiler by stage and op
+`theory_speedup_vs_plain_at_density_<d>` from the FLOPs calculator (the limit the FLOPs set),
+and per thread count `fraction_of_limit_at_density_<d>_threads_<t>` = measured speed-up vs
+plain / that limit. `dense_r101_gmacs_1000` is the published dense R-101 (DCN in res3-res5)
+baseline at resolution 1000 from the calculator. `--profile` adds, per density and thread
+count, the milliseconds of one sparse forward under torch.profiler by stage and op
 (`profile_at_density_<d>_threads_<t>`: {"stem"|"res2".."res5": {op: ms}}, ops below 1% of the
 forward left out).
 """
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections import defaultdict
 
 import torch
@@ -32,9 +32,11 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from fad.modeling.backbone.resnet import STAGE_BLOCKS, ResNetBody
 from fad.modeling.backbone.sparse.flops import backbone_macs, reference_canvas
-from fad.modeling.backbone.sparse.kernel import kernel_available
 from fad.modeling.backbone.sparse.masks import forced_density
 from fad.modeling.backbone.sparse_resnet import SparseOptions, SparseResNetBody
+from fad.ops.sparse import kernel_available
+
+from .timing import time_rounds
 
 STAGES = ("res2", "res3", "res4", "res5")
 
@@ -53,17 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="add a torch.profiler breakdown of one sparse forward by stage/op")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, input and masks")
-
-
-def _timed(fn, device: torch.device) -> tuple[float, float]:
-    """(wall ms, process CPU ms) of fn()."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) * 1e3, (time.process_time() - cpu_start) * 1e3
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -136,25 +127,15 @@ def _measure(sparse: SparseResNetBody, plain: nn.Module, x: torch.Tensor, densit
     with forced_density(sparse, density, args.seed):
         ref, out = forward("dense_masked"), forward("sparse")
         diff = max(((ref[k] - out[k]).abs().max() / ref[k].abs().max()).item() for k in ref)
-        plain(x_plain)
-        times, cpu = {"dense": [], "sparse": [], "plain": []}, {"sparse": [], "plain": []}
         runs = {"dense": lambda: forward("dense_masked"), "sparse": lambda: forward("sparse"),
                 "plain": lambda: plain(x_plain)}
-        for _ in range(args.repeats):
-            for name, fn in runs.items():
-                wall, cpu_ms = _timed(fn, device)
-                times[name].append(wall)
-                if name in cpu:
-                    cpu[name].append(cpu_ms)
+        samples = time_rounds(runs, 1, args.repeats, device)
         profile = profile_forward(sparse, x) if args.profile else None
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: v * 1e3 for k, v in samples.medians().items()}
     result = {
-        "speedup_at_density": statistics.median(
-            a / b for a, b in zip(times["dense"], times["sparse"])),
-        "speedup_vs_plain_at_density": statistics.median(
-            a / b for a, b in zip(times["plain"], times["sparse"])),
-        "cpu_time_speedup_vs_plain_at_density": statistics.median(
-            a / b for a, b in zip(cpu["plain"], cpu["sparse"])),
+        "speedup_at_density": samples.median_ratio("dense", "sparse"),
+        "speedup_vs_plain_at_density": samples.median_ratio("plain", "sparse"),
+        "cpu_time_speedup_vs_plain_at_density": samples.median_ratio("plain", "sparse", cpu=True),
         "dense_masked_ms_at_density": med["dense"], "sparse_ms_at_density": med["sparse"],
         "plain_ms_at_density": med["plain"], "max_rel_diff_at_density": diff,
     }
@@ -191,12 +172,14 @@ def run(args: argparse.Namespace) -> dict:
         with torch.no_grad():
             for d in densities:
                 tag = f"{d:g}"
-                sparse_gmacs = backbone_macs(args.depth, height, width, d) / 1e9
-                result[f"theory_speedup_vs_plain_at_density_{tag}"] = round(
-                    plain_gmacs / sparse_gmacs, 3)
+                limit = plain_gmacs / (backbone_macs(args.depth, height, width, d) / 1e9)
+                result[f"theory_speedup_vs_plain_at_density_{tag}"] = round(limit, 3)
                 for t in threads:
                     torch.set_num_threads(t)
-                    for key, value in _measure(sparse, plain, x, d, args, device).items():
+                    measured = _measure(sparse, plain, x, d, args, device)
+                    measured["fraction_of_limit_at_density"] = round(
+                        measured["speedup_vs_plain_at_density"] / limit, 3)
+                    for key, value in measured.items():
                         result[f"{key}_{tag}_threads_{t}"] = value
                         if t == threads[-1]:
                             result[f"{key}_{tag}"] = value

@@ -3,18 +3,18 @@
 Forward+backward of the search head (box + cls search towers over 5 FPN levels, predictors) at a
 search-size input, once with RepShare mixed edges and once with the same ten candidates computed
 as independent ops (`SeparateCandidates`), interleaved in one process, medians reported.
-`speedup` = separate / shared time; `peak_memory_ratio` = separate / shared peak memory (CUDA:
-max allocated; CPU: bytes of tensors saved for backward); `flop_ratio` = separate / shared forward
-FLOPs (torch's FlopCounterMode: convolutions, matmuls and the compiled depthwise kernel, which
-registers the same count as a depthwise convolution). Also times full iterations (alpha step +
+`speedup` = separate / shared time; `peak_memory_ratio` = separate / shared peak memory of one
+step (CUDA: max allocated; CPU: bytes of tensors saved for backward); `flop_ratio` = separate /
+shared forward FLOPs (torch's FlopCounterMode: convolutions, matmuls and the compiled depthwise
+kernel, which registers the same count as a depthwise convolution), the limit of the speed-up;
+`fraction_of_limit` = speedup / flop_ratio. Also times full iterations (alpha step +
 weight step) of the tiny search config on random data.
 """
 from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -23,6 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from fad.config import load_config
 from fad.search.engine import SearchStep
 from fad.search.supernet import build_search_head, build_supernet
+
+from .timing import time_rounds
 
 STRIDES = (8, 16, 32, 64, 128)
 TINY_CONFIG = "configs/fad/search/fad-fcos_tiny_synthetic.yaml"
@@ -67,25 +69,29 @@ class _SavedBytes:
         return sum(self.ptrs.values())
 
 
-def _step(head: nn.Module, feats: list[torch.Tensor], device: torch.device) -> tuple[float, int]:
-    """(seconds, peak bytes) of one forward+backward of `head`."""
+def _step(head: nn.Module, feats: list[torch.Tensor]) -> Callable[[], None]:
+    """One forward+backward of `head` (gradients cleared first)."""
+    def step() -> None:
+        head.zero_grad(set_to_none=True)
+        sum(v.float().mean() for v in head(feats).values()).backward()
+    return step
+
+
+def _peak_bytes(head: nn.Module, feats: list[torch.Tensor], device: torch.device) -> int:
+    """Peak memory of one forward+backward: CUDA max allocated above the start, on the CPU the
+    bytes of the tensors saved for backward."""
     counter = _SavedBytes()
+    head.zero_grad(set_to_none=True)  # the last timed step's gradients are not in the baseline
     if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    t0 = time.perf_counter()
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
     with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda t: t):
-        out = head(feats)
-    sum(v.float().mean() for v in out.values()).backward()
+        _step(head, feats)()
     if device.type == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = counter.total
-    dt = time.perf_counter() - t0
-    head.zero_grad(set_to_none=True)
-    return dt, peak
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    return counter.total
 
 
 def _tower_benchmark(args, device: torch.device) -> dict:
@@ -97,20 +103,15 @@ def _tower_benchmark(args, device: torch.device) -> dict:
         torch.manual_seed(0)
         heads[name] = build_search_head(cfg, args.classes, shared=shared).to(device).train()
     feats = _features(args, device)
-    times: dict[str, list[float]] = {n: [] for n in heads}
-    peaks: dict[str, int] = {}
-    for i in range(args.repeats + 1):
-        for name, head in heads.items():
-            dt, peak = _step(head, feats, device)
-            peaks[name] = max(peaks.get(name, 0), peak)
-            if i > 0:
-                times[name].append(dt)
+    times = time_rounds({n: _step(h, feats) for n, h in heads.items()}, 1, args.repeats, device,
+                        grad=True).medians()
+    peaks = {n: _peak_bytes(h, feats, device) for n, h in heads.items()}
     flops = {}
     for name, head in heads.items():
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             head(feats)
         flops[name] = counter.get_total_flops()
-    shared_s, separate_s = (statistics.median(times[n]) for n in ("shared", "separate"))
+    shared_s, separate_s = times["shared"], times["separate"]
     params = {n: sum(p.numel() for p in h.parameters()) for n, h in heads.items()}
     return {
         "input": list(args.size), "batch": args.batch, "edge_channels": args.edge_channels,
@@ -124,6 +125,7 @@ def _tower_benchmark(args, device: torch.device) -> dict:
         "shared_forward_gflops": round(flops["shared"] / 1e9, 2),
         "separate_forward_gflops": round(flops["separate"] / 1e9, 2),
         "flop_ratio": round(flops["separate"] / flops["shared"], 3),
+        "fraction_of_limit": round(separate_s / shared_s * flops["shared"] / flops["separate"], 3),
         "shared_params": params["shared"], "separate_params": params["separate"],
     }
 
@@ -148,21 +150,13 @@ def _tiny_search_benchmark(args, device: torch.device) -> dict:
     model = build_supernet(cfg, num_classes).to(device).train()
     step = SearchStep(cfg, model, device)
     train, val = (_random_batch(cfg, num_classes, device, s) for s in (1, 2))
-    times = []
-    for i in range(args.tiny_iters + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step.run((train, val))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i > 0:
-            times.append(time.perf_counter() - t0)
+    iter_s = time_rounds({"iter": lambda: step.run((train, val))}, 1, args.tiny_iters, device,
+                         grad=True).medians()["iter"]
     return {"tiny_config": args.tiny_config, "tiny_batch": cfg.SOLVER.IMS_PER_BATCH,
             "tiny_input": [cfg.INPUT.MIN_SIZE_TRAIN[0], cfg.INPUT.MAX_SIZE_TRAIN],
-            "tiny_search_iter_s": round(statistics.median(times), 3),
+            "tiny_search_iter_s": round(iter_s, 3),
             "tiny_search_max_iter": cfg.SOLVER.MAX_ITER,
-            "tiny_search_est_total_s": round(statistics.median(times) * cfg.SOLVER.MAX_ITER, 1)}
+            "tiny_search_est_total_s": round(iter_s * cfg.SOLVER.MAX_ITER, 1)}
 
 
 def run(args: argparse.Namespace) -> dict:
