@@ -39,6 +39,7 @@ from .visuals import write_search_visuals
 
 logger = logging.getLogger("fad")
 GENOTYPE_FILE = "genotype.log"
+COLLAPSE_LEAD = 1.1  # collapse watch: `none` at >= 1.1x the best other op of its edge
 Batch = tuple[list, list[dict]]
 
 
@@ -123,11 +124,15 @@ def write_genotypes(genotypes: tuple[Genotype, Genotype], output_dir: str, itera
                 os.path.join(output_dir, GENOTYPE_FILE), *map(format_genotype, genotypes))
 
 
-def log_collapse(model: Supernet, iteration: int) -> None:
-    """Report edges whose strongest weight is `none` (the derivation still skips `none`); a
+def log_collapse(model: Supernet, iteration: int, warmup_iters: int) -> None:
+    """Report edges where `none` leads (the derivation still skips `none`): only after the
+    weights' warm-up (`warmup_iters`) and only a real lead, `none` at least COLLAPSE_LEAD times
+    the edge's best other op (the alphas start uniform, where any op tops an edge by noise); a
     warning once `none` holds more than half of an edge's weight."""
+    if iteration <= warmup_iters:
+        return
     for tower, alphas in model.tower_alphas().items():
-        edges = none_dominated_edges(alphas)
+        edges = none_dominated_edges(alphas, COLLAPSE_LEAD)
         if edges:
             total = sum(a.shape[0] for a in alphas)
             detail = ", ".join(f"node{i}<-{j} ({w:.3f})" for i, j, w in edges)
@@ -139,10 +144,11 @@ def log_collapse(model: Supernet, iteration: int) -> None:
 class GenotypeHook(HookBase):
     """The search's extras: softmaxed alphas to tensorboard with every log line; after every
     checkpoint genotype.log + diagrams (SEARCH.DIAGRAM_FORMAT), the alpha pictures and
-    histories (`visuals.py`) and the collapse watch."""
+    histories (`visuals.py`) and the collapse watch (after `warmup_iters`)."""
 
-    def __init__(self, model: Supernet, output_dir: str, fmt: str):
+    def __init__(self, model: Supernet, output_dir: str, fmt: str, warmup_iters: int):
         self.model, self.output_dir, self.fmt = model, output_dir, fmt
+        self.warmup_iters = warmup_iters
 
     def after_step(self, trainer: Trainer) -> None:
         if trainer.log_now:
@@ -157,7 +163,7 @@ class GenotypeHook(HookBase):
         if is_main_process():
             write_search_visuals(self.model.tower_alphas(), genotypes, self.output_dir,
                                  trainer.iter, trainer.tb)
-        log_collapse(self.model, trainer.iter)
+        log_collapse(self.model, trainer.iter, self.warmup_iters)
 
 
 def search(cfg: CfgNode, model: Supernet, train_set, val_set, device: torch.device,
@@ -176,7 +182,8 @@ def search(cfg: CfgNode, model: Supernet, train_set, val_set, device: torch.devi
     trainer = Trainer(cfg, step,
                       lambda start: zip(make_train_loader(cfg, train_set, start),
                                         make_train_loader(cfg, val_set, start)),
-                      hooks=[GenotypeHook(model, cfg.OUTPUT_DIR, fmt), cost_hook],
+                      hooks=[GenotypeHook(model, cfg.OUTPUT_DIR, fmt, cfg.SOLVER.WARMUP_ITERS),
+                             cost_hook],
                       extra_state=extra_state, prefix="search")
     trainer.resume_or_load(resume)
     logger.info("search: %d train / %d val images, %s alpha steps", len(train_set), len(val_set),

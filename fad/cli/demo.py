@@ -1,6 +1,6 @@
 """Run a trained detector on your images and draw what it finds.
 
-    fad-demo --config-file CFG MODEL.WEIGHT model_final.pth --input IMG_OR_DIR --output DIR \
+    fad-demo --config-file CFG MODEL.WEIGHT model_final.pth --input IMG_OR_DIR --output DIR \\
         [--genotype-file genotype.log] [--score-threshold 0.3] [KEY VALUE ...]
 
 Works with every detector of the train/test tools (FCOS, searched FCOS, SparseResNet, the DETR

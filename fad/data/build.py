@@ -70,8 +70,13 @@ def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor],
 
 
 def _per_rank(total: int, key: str, world: int) -> int:
-    if total < world or total % world:
-        raise ValueError(f"{key} = {total} must be a multiple of the {world} ranks; change {key}")
+    """The share of each of `world` ranks of the batch `total` (config `key`); a ConfigError unless
+    it is a positive multiple of `world`."""
+    if total < 1:
+        raise ConfigError(f"{key}: {total} must be positive; set {key} >= 1")
+    if total % world:
+        raise ConfigError(f"{key}: {total} images do not split over the {world} ranks; set {key} "
+                          f"to a multiple of {world}")
     return total // world
 
 
