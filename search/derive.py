@@ -29,13 +29,16 @@ def derive_genotype(alphas: list[Tensor], edges_per_node: int = 2) -> Genotype:
     return Genotype(normal, range(2, 2 + len(alphas)))
 
 
-def none_dominated_edges(alphas: list[Tensor]) -> list[tuple[int, int, float]]:
-    """(node, source, softmax weight of `none`) for every edge whose top weight is `none`."""
+def none_dominated_edges(alphas: list[Tensor], lead: float = 1.0) -> list[tuple[int, int, float]]:
+    """(node, source, softmax weight of `none`) for every edge whose top weight is `none`, with
+    at least `lead` times the weight of the edge's best other op (1.0: any lead)."""
     found = []
     for i, alpha in enumerate(alphas):
         weights = alpha.detach().float().softmax(-1)
         none = weights.shape[-1] - 1
-        for j in torch.nonzero(weights.argmax(-1) == none).flatten().tolist():
+        runner_up = weights[:, :none].max(-1).values
+        top = (weights.argmax(-1) == none) & (weights[:, none] >= lead * runner_up)
+        for j in torch.nonzero(top).flatten().tolist():
             found.append((i, j, float(weights[j, NONE_INDEX])))
     return found
 

@@ -1,7 +1,7 @@
 """Evaluate saved detections: COCO metrics of a results JSON, or devkit VOC mAP of result files.
 
     fad-eval coco --gt GT.json --dets RESULTS.json --out metrics.json
-    fad-eval voc --voc-root DIR --split NAME --dets RESDIR \
+    fad-eval voc --voc-root DIR --split NAME --dets RESDIR \\
         --out metrics.json [--use-07-metric] [--classes FILE]
 
 COCO metrics are bbox metrics from pycocotools; VOC follows the official devkit (inclusive
@@ -74,17 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = tool_parser(__doc__)
     sub = parser.add_subparsers(dest="format", required=True)
     coco = sub.add_parser("coco", help="COCO bbox metrics of a results JSON (pycocotools)")
-    coco.add_argument("--gt", required=True, help="COCO-format ground-truth annotation JSON")
-    coco.add_argument("--dets", required=True, help="COCO results JSON (bbox as xywh)")
-    coco.add_argument("--out", required=True, help="metrics JSON to write")
+    coco.add_argument("--gt", required=True, metavar="GT.json",
+                      help="COCO-format ground-truth annotation JSON")
+    coco.add_argument("--dets", required=True, metavar="RESULTS.json",
+                      help="COCO results JSON (bbox as xywh)")
+    coco.add_argument("--out", required=True, metavar="metrics.json", help="metrics JSON to write")
     add_verbose_flag(coco)
     voc = sub.add_parser("voc", help="devkit VOC mAP of comp4_det_<split>_<class>.txt files")
-    voc.add_argument("--voc-root", required=True, help="folder holding Annotations/ and ImageSets/")
-    voc.add_argument("--split", required=True, help="ImageSets/Main/<split>.txt to evaluate on")
-    voc.add_argument("--dets", required=True, help="folder of devkit result files")
-    voc.add_argument("--out", required=True, help="metrics JSON to write")
+    voc.add_argument("--voc-root", required=True, metavar="DIR",
+                     help="folder holding Annotations/ and ImageSets/")
+    voc.add_argument("--split", required=True, metavar="NAME",
+                     help="ImageSets/Main/<split>.txt to evaluate on")
+    voc.add_argument("--dets", required=True, metavar="RESDIR",
+                     help="folder of devkit result files")
+    voc.add_argument("--out", required=True, metavar="metrics.json", help="metrics JSON to write")
     voc.add_argument("--use-07-metric", action="store_true", help="11-point AP of VOC2007")
-    voc.add_argument("--classes", default=None,
+    voc.add_argument("--classes", default=None, metavar="FILE",
                      help="class list, one a line (default, as for the datasets: classes.txt "
                           "beside the data or its parent, else the sorted names in the "
                           "annotations, else the 20 VOC classes; the one used is printed)")

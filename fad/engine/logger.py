@@ -5,6 +5,7 @@ import datetime
 import logging
 import math
 import os
+import re
 import sys
 import time
 from collections import defaultdict, deque
@@ -38,13 +39,39 @@ def setup_logger(output_dir: str | None, rank: int = 0, verbose: bool = False) -
     return logger
 
 
+LOSS_TERM = re.compile(r"(?:dn_)?loss_([a-z0-9]+)(?:_\w+)?")
+
+
+def line_scalars(scalars: dict[str, float]) -> dict[str, float]:
+    """What the log line shows of one iteration's `scalars` (tensorboard gets them all): every
+    scalar except loss terms that share a kind, which are summed into `loss_<kind>_all`. A term
+    `[dn_]loss_<kind>[_<set>]` has the kind `<kind>`: DETR's `loss_ce` and `loss_ce_0` .. of the
+    decoder layers and encoder, or ASAG's `loss_ce_{anchor,rpn,h<k>}` and `dn_loss_ce_*`, become
+    one `loss_ce_all`; a kind with one term (FCOS's `loss_cls`) keeps its name."""
+    kinds: dict[str, list[str]] = defaultdict(list)
+    out = {}
+    for name, value in scalars.items():
+        match = LOSS_TERM.fullmatch(name)
+        if match:
+            kinds[match.group(1)].append(name)
+        else:
+            out[name] = value
+    for kind, names in kinds.items():
+        if len(names) == 1:
+            out[names[0]] = scalars[names[0]]
+        else:
+            out[f"loss_{kind}_all"] = sum(scalars[n] for n in names)
+    return out
+
+
 class MetricLogger:
     """Scalars and iteration times for the periodic log line.
 
     Each value on the line is the mean over the last interval (the iterations since the previous
     line), followed in brackets by the median of the last `window` iterations; `time` is the real
     time per iteration (data loading included) and the ETA is the last interval's time per
-    iteration times the iterations left, so it follows the machine's current speed.
+    iteration times the iterations left, so it follows the machine's current speed. The loss
+    terms of one kind are summed on the line (`line_scalars`).
     """
 
     def __init__(self, max_iter: int, window: int = 20):
@@ -54,8 +81,8 @@ class MetricLogger:
         self.last = time.time()
 
     def update(self, **scalars: float) -> None:
-        """Record one iteration's scalars."""
-        for k, v in scalars.items():
+        """Record one iteration's scalars (as the line shows them, `line_scalars`)."""
+        for k, v in line_scalars(scalars).items():
             self.meters[k].append(float(v))
             self.interval[k].append(float(v))
 
