@@ -28,7 +28,7 @@ from fad.engine.distributed import all_reduce_mean, get_world_size, is_main_proc
 from fad.engine.solver import build_optimizer
 from fad.engine.trainer import HookBase, StepOutput, Trainer, TrainStep, forward_losses, to_device
 from fad.errors import ConfigError
-from fad.nas.draw import FORMATS, draw_genotype
+from fad.nas.draw import draw_genotype
 from fad.nas.genotype import Genotype, format_genotype, write_genotype_file
 
 from .architect import Architect
@@ -175,8 +175,6 @@ def search(cfg: CfgNode, model: Supernet, train_set, val_set, device: torch.devi
     genotype_cost.json.
     """
     fmt = cfg.SEARCH.DIAGRAM_FORMAT
-    if fmt not in FORMATS:
-        raise ConfigError(f"SEARCH.DIAGRAM_FORMAT must be one of {FORMATS}, got {fmt!r}")
     step = SearchStep(cfg, model, device)
     cost_hook = CostHook(cfg, step.cost, model.num_classes, cfg.OUTPUT_DIR, count_head)
     trainer = Trainer(cfg, step,
@@ -200,6 +198,10 @@ def run_search(cfg: CfgNode, device: torch.device, resume: bool = False,
     DATASETS.TEST is not used (the search evaluates no detector); a value other than the default
     gets a warning.
     """
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch != "FCOS":
+        raise ConfigError(f"MODEL.META_ARCHITECTURE {arch}: the search is for FCOS heads; set "
+                          "MODEL.META_ARCHITECTURE FCOS (train other detectors with fad-train)")
     if tuple(cfg.DATASETS.TEST) != tuple(get_cfg_defaults().DATASETS.TEST):
         logger.warning("DATASETS.TEST %s is not used: the search evaluates no detector (the "
                        "alphas are fit on a held-out share of DATASETS.TRAIN, "
