@@ -18,4 +18,5 @@ Every module holds one tool: `main(argv)` parses and runs it (tests call it in-p
     fad-convert    fad.cli.convert     tools/convert_checkpoint.py
     fad-make-data  fad.cli.make_data   tools/make_synthetic_data.py
     fad-check-data fad.cli.check_data  tools/check_data.py
+    fad-device-audit fad.cli.device_audit tools/device_audit.py
 """

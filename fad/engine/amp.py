@@ -1,6 +1,7 @@
 """The one mixed-precision policy of every training loop (detector training and the search)."""
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -19,10 +20,11 @@ class AmpPolicy:
         """fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range."""
         return self.dtype == torch.float16
 
-    def autocast(self) -> torch.autocast:
+    def autocast(self) -> AbstractContextManager:
         """The autocast context of a forward pass (a no-op context when the policy is fp32)."""
-        return torch.autocast(self.device_type, dtype=self.dtype or torch.float32,
-                              enabled=self.dtype is not None)
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A GradScaler, enabled only for fp16 (disabled it passes losses and steps through)."""

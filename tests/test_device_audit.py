@@ -1,0 +1,94 @@
+"""The device audit itself: planted CPU tensors, host syncs and data-dependent sizes are found on
+the line that made them; clean code gives no finding; `# host sync:` lines are allowed."""
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from fad.engine.device_audit import DeviceAudit
+
+
+def _line_of(fn, text: str) -> str:
+    """"tests/test_device_audit.py:N" of the line of `fn` that contains `text`."""
+    lines, start = inspect.getsourcelines(fn)
+    offset = next(i for i, line in enumerate(lines) if text in line)
+    return f"tests/test_device_audit.py:{start + offset}"
+
+
+class Planted(nn.Module):
+    """A linear layer whose forward adds a CPU tensor: the bug the audit exists for."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.lin(x) + torch.zeros(4)
+
+
+class Clean(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.lin(x) + torch.zeros(4, device=x.device) * x.sum()
+
+
+class Syncs(nn.Module):
+    def forward(self, x):
+        steps = torch.arange(4).to(x.device)
+        n = int(x.sum().item())
+        pos = x[x > 0]
+        allowed = bool(x.max() > 0)  # host sync: test of the allowing comment
+        return x * steps + n + pos.sum() + allowed
+
+
+def _run(module_cls, device: str = "cuda") -> DeviceAudit:
+    audit = DeviceAudit()
+    with audit.fake(device) as make:
+        model, x = make(lambda: (module_cls(), torch.rand(3, 4)))
+        with audit.phase("forward"):
+            model(x).sum()
+    return audit
+
+
+def test_planted_cpu_tensor_is_a_mismatch_on_its_line():
+    audit = _run(Planted)
+    kinds = {(f.kind, f.where) for f in audit.failures}
+    assert ("mismatch", _line_of(Planted.forward, "torch.zeros(4")) in kinds
+    assert audit.lines()[0].startswith(_line_of(Planted.forward, "torch.zeros(4"))
+
+
+def test_planted_cpu_tensor_is_a_mismatch_in_backward_on_meta():
+    audit = DeviceAudit()
+    with audit.fake("meta") as make:
+        model, x = make(lambda: (Planted(), torch.rand(2, 4)))
+        with audit.phase("step"):
+            model(x).sum().backward()
+    assert {f.kind for f in audit.failures} == {"mismatch", "cpu-tensor"}
+
+
+def test_clean_module_has_no_finding_on_cuda_and_in_backward():
+    assert _run(Clean).findings == []
+    audit = DeviceAudit()
+    with audit.fake("meta") as make:
+        model, x = make(lambda: (Clean(), torch.rand(2, 4)))
+        with audit.phase("step"):
+            model(x).sum().backward()
+            assert model.lin.weight.grad is not None
+    assert audit.findings == []
+
+
+def test_syncs_and_cpu_tensors_are_found_and_the_comment_allows():
+    audit = _run(Syncs)
+    found = {(f.kind, f.where): f for f in audit.findings}
+    src = Syncs.forward
+    assert ("cpu-tensor", _line_of(src, "torch.arange(4)")) in found
+    assert ("host-sync", _line_of(src, ".item()")) in found
+    assert ("data-dependent", _line_of(src, "x[x > 0]")) in found
+    allowed = found[("host-sync", _line_of(src, "bool(x.max()"))]
+    assert allowed.allowed and allowed not in audit.failures
+    assert all(not f.allowed for f in audit.findings if f is not allowed)
