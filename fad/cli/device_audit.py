@@ -79,8 +79,8 @@ def audit_search(cfg: CfgNode, audit: DeviceAudit) -> None:
         run_cfg.defrost()
         run_cfg.SEARCH.SECOND_ORDER = second_order
         with audit.fake("meta") as make:
-            model, batch = make(lambda: (build_supernet(run_cfg, num_classes),
-                                         fake_batch(run_cfg, num_classes)))
+            model, batch = make(lambda c=run_cfg: (build_supernet(c, num_classes),
+                                                   fake_batch(c, num_classes)))
             order = "second" if second_order else "first"
             with audit.phase(f"search step ({order} order), meta"):
                 model.train()

@@ -77,8 +77,8 @@ def _our_frame(frames: list[traceback.FrameSummary]) -> tuple[str, str]:
     site-packages and not this module), or ("?", "")."""
     for frame in reversed(frames):
         name = os.path.abspath(frame.filename)
-        if name.startswith(_REPO + os.sep) and name != _SELF and f"{os.sep}.venv{os.sep}" not in name \
-                and "site-packages" not in name:
+        ours = name.startswith(_REPO + os.sep) and name != _SELF
+        if ours and f"{os.sep}.venv{os.sep}" not in name and "site-packages" not in name:
             code = linecache.getline(name, frame.lineno) or (frame.line or "")
             return f"{os.path.relpath(name, _REPO)}:{frame.lineno}", code
     return "?", ""
