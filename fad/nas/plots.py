@@ -5,8 +5,10 @@
 
 `weights` of a tower are the softmaxed alphas, one [i + 2, num_ops] array per intermediate node
 i (rows: the node's incoming edges from c_{k-2}, c_{k-1}, node 0, ...; columns: the ops of
-`fad.nas.primitives`). `alpha_heatmaps` draws one edge x op heatmap per tower;
-`winning_ops_figure` shows, per tower, the top op of every edge at each checkpoint.
+`fad.nas.primitives`). `alpha_heatmaps` draws one edge x op heatmap per tower, coloured by the
+margin over the uniform weight 1/num_ops (the alphas start uniform, and after a short search
+every weight is within a few % of it); `winning_ops_figure` shows, per tower, the top op of
+every edge at each checkpoint on an iteration axis.
 """
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.colors import ListedColormap
+from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from .draw import op_label, source_name
@@ -38,9 +41,19 @@ def _stack(weights: TowerWeights) -> np.ndarray:
     return np.concatenate([np.asarray(w, dtype=np.float64) for w in weights], axis=0)
 
 
+def uniform_norm(data: np.ndarray) -> Normalize:
+    """Colour scale of the heatmap `data` [edges, ops]: centred on the uniform weight 1/ops and
+    symmetric, reaching the largest distance from it (so small margins still get colour)."""
+    uniform = 1.0 / data.shape[1]
+    reach = max(float(np.abs(data - uniform).max()), 1e-6)
+    return Normalize(vmin=uniform - reach, vmax=uniform + reach)
+
+
 def alpha_heatmaps(towers: Mapping[str, TowerWeights], subtitle: str = "") -> Figure:
-    """One edge x op heatmap of the softmaxed alphas per tower, each cell's weight written in,
-    the top op of every edge in bold."""
+    """One edge x op heatmap of the softmaxed alphas per tower on a diverging colour map centred
+    on the uniform weight 1/ops (red above it, blue below, `uniform_norm`); each cell reads its
+    weight over the uniform one (1.00 = uniform, 2.00 = twice), the top op of every edge in
+    bold."""
     names = list(towers)
     stacked = [_stack(towers[t]) for t in names]
     ops = primitives_for(stacked[0].shape[1])
@@ -49,29 +62,33 @@ def alpha_heatmaps(towers: Mapping[str, TowerWeights], subtitle: str = "") -> Fi
                  layout="constrained")
     axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
     for ax, tower, data in zip(axes, names, stacked):
-        image = ax.imshow(data, cmap="viridis", vmin=0.0, vmax=max(float(data.max()), 1e-6),
-                          aspect="auto")
+        norm = uniform_norm(data)
+        image = ax.imshow(data, cmap="RdBu_r", norm=norm, aspect="auto")
         best = data.argmax(axis=1)
         for r in range(data.shape[0]):
             for c in range(data.shape[1]):
-                light = data[r, c] < 0.6 * data.max()
-                ax.text(c, r, f"{data[r, c]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if light else "black",
+                strong = abs(float(norm(data[r, c])) - 0.5) > 0.35
+                ax.text(c, r, f"{data[r, c] * len(ops):.2f}", ha="center", va="center",
+                        fontsize=7, color="white" if strong else "black",
                         fontweight="bold" if c == best[r] else "normal")
         ax.set_yticks(range(data.shape[0]), edge_names(len(towers[tower])), fontsize=8)
         ax.set_xticks(range(len(ops)), [op_label(o) for o in ops], rotation=35, ha="right",
                       fontsize=8)
         ax.set_title(f"{tower} tower", fontsize=11)
-        fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01, label="softmax weight")
-    fig.suptitle("Architecture weights (softmax over the ops of each edge)"
-                 + (f" — {subtitle}" if subtitle else ""), fontsize=12)
+        fig.colorbar(image, ax=ax, fraction=0.025, pad=0.01,
+                     label=f"softmax weight (white: uniform 1/{len(ops)})")
+    fig.suptitle("Architecture weights over uniform (softmax over the ops of each edge "
+                 f"x {len(ops)})" + (f" — {subtitle}" if subtitle else ""), fontsize=12)
     return fig
 
 
 def winning_ops_figure(iterations: Sequence[int], history: Mapping[str, Sequence[TowerWeights]]
                        ) -> Figure:
     """Per tower, the top op (argmax of the softmaxed alphas) of every edge at each checkpoint:
-    rows are edges, columns the checkpoints' iterations, colours the ops (legend below)."""
+    rows are edges, colours the ops (legend beside); the x axis is the iteration, each
+    checkpoint's column spanning from the previous checkpoint (0 for the first) to its own
+    iteration, so checkpoints 20, 22 and 40 give columns 20, 2 and 18 iterations wide.
+    `iterations` must increase."""
     names = list(history)
     tops = {t: np.stack([_stack(w).argmax(axis=1) for w in history[t]], axis=1) for t in names}
     num_ops = _stack(history[names[0]][0]).shape[1]
@@ -81,14 +98,15 @@ def winning_ops_figure(iterations: Sequence[int], history: Mapping[str, Sequence
     fig = Figure(figsize=(5.5 + 0.45 * min(len(iterations), 40), 1.2 + 0.32 * rows * len(names)),
                  layout="constrained")
     axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
+    x_edges = np.concatenate([[min(0, iterations[0] - 1)], np.asarray(iterations, dtype=float)])
     for ax, tower in zip(axes, names):
-        ax.imshow(tops[tower], cmap=cmap, vmin=-0.5, vmax=num_ops - 0.5, aspect="auto",
-                  interpolation="nearest")
+        ax.pcolormesh(x_edges, np.arange(rows + 1) - 0.5, tops[tower], cmap=cmap, vmin=-0.5,
+                      vmax=num_ops - 0.5)
+        ax.set_ylim(rows - 0.5, -0.5)
         ax.set_yticks(range(rows), edge_names(len(history[tower][0])), fontsize=8)
-        step = max(1, len(iterations) // 12)
-        ax.set_xticks(range(0, len(iterations), step), [str(i) for i in iterations[::step]],
-                      fontsize=8)
-        ax.set_xlabel("iteration", fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=12, integer=True))
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_xlabel("iteration (each column ends at its checkpoint)", fontsize=9)
         ax.set_title(f"{tower} tower", fontsize=11)
     used = sorted({int(i) for t in tops.values() for i in np.unique(t)})
     fig.legend(handles=[Patch(color=cmap(i), label=op_label(ops[i])) for i in used],
