@@ -307,9 +307,9 @@ def test_top_ups_stop_at_four():
 
 
 def test_bad_settings_and_inputs():
-    with pytest.raises(ConfigError, match="USED_INFERENCE_LEVEL"):
+    with pytest.raises(ValueError, match="used_inference_level must be one of P3P6, P4P6, P5P6"):
         AdaptiveAnchorGenerator(used_inference_level="P2P6")
-    with pytest.raises(ConfigError, match="NUM_QUERIES"):
+    with pytest.raises(ValueError, match="num_queries must be one of 100, 300, got 200"):
         AdaptiveAnchorGenerator(num_queries=200)
     gen = make_generator()
     with pytest.raises(ConfigError, match="FAST_INFERENCE"):

@@ -7,7 +7,6 @@ import pytest
 import torch
 from torchvision.ops import box_convert, generalized_box_iou
 
-from fad.errors import ConfigError
 from fad.modeling.asag.criterion import AsagCriterion, dual_weights, dw_focal_loss
 from fad.modeling.asag.denoising import dn_attention_mask, dn_noise_scale, prepare_denoising
 from fad.modeling.asag.matcher import AreaWeightedMatcher
@@ -102,7 +101,7 @@ def test_matcher_costs_vs_brute_force(inverse):
 
 
 def test_matcher_refuses_zero_costs():
-    with pytest.raises(ConfigError, match="MODEL.ASAG"):
+    with pytest.raises(ValueError, match="cost_class, cost_bbox and cost_giou are all 0"):
         AreaWeightedMatcher(0, 0, 0)
 
 

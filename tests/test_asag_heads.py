@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from fad.errors import ConfigError
 from fad.modeling.asag.adamixer import (
     AdaMixerHead,
     AdaptiveMixing,
@@ -123,7 +122,7 @@ def test_used_head_selection():
     assert [used_head_index(f"aux_{k}", 4) for k in range(3)] == [0, 1, 2]
     assert used_head_index("main", 1) == 0
     for bad, num in (("aux_3", 4), ("aux_0", 1), ("head", 4)):
-        with pytest.raises(ConfigError, match="MODEL.ASAG.USED_HEAD"):
+        with pytest.raises(ValueError, match=f"used_head '{bad}' does not fit {num} heads"):
             used_head_index(bad, num)
 
 
@@ -163,9 +162,9 @@ def test_one_head_model_and_errors():
     assert len(heads.heads) == 1 and heads.used_index == 0
     with torch.no_grad():
         assert list(heads(_features(), _proposals(), SIZES)) == [0]
-    with pytest.raises(ConfigError, match="MODEL.ASAG.DECODER"):
+    with pytest.raises(ValueError, match="unknown decoder 'detr'; choose one of adamixer, "):
         DecoderHeads(5, "detr")
-    with pytest.raises(ConfigError, match="NUM_DECODER_HEADS"):
+    with pytest.raises(ValueError, match="num_decoder_heads must be >= 1, got 0"):
         DecoderHeads(5, "adamixer", 0)
 
 

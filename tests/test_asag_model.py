@@ -88,12 +88,13 @@ def test_denoising_losses_and_the_trainer_epoch():
 
 
 def test_config_errors_name_the_keys():
-    with pytest.raises(ConfigError, match="MODEL.ASAG.NUM_QUERIES"):
-        build_detector(tiny_cfg("MODEL.ASAG.NUM_QUERIES", 50), 3)
-    with pytest.raises(ConfigError, match="MODEL.ASAG.USED_HEAD"):
-        build_detector(tiny_cfg("MODEL.ASAG.USED_HEAD", "aux_3"), 3)
-    with pytest.raises(ConfigError, match="MODEL.ASAG.NHEADS"):
-        build_detector(tiny_cfg("MODEL.ASAG.NHEADS", 3), 3)
+    with pytest.raises(ConfigError, match=r"^MODEL.ASAG.NUM_QUERIES: 50 is not one of 100, 300;"):
+        load_config(None, [*TINY, "MODEL.ASAG.NUM_QUERIES", 50])
+    with pytest.raises(ConfigError, match=r"^MODEL.ASAG.USED_HEAD 'aux_3' does not fit "):
+        load_config(None, [*TINY, "MODEL.ASAG.USED_HEAD", "aux_3"])
+    with pytest.raises(ConfigError, match=r"^MODEL.ASAG.HIDDEN_DIM=32 must be divisible by "
+                                          r"MODEL.ASAG.NHEADS=3"):
+        load_config(None, [*TINY, "MODEL.ASAG.NHEADS", 3])
     with pytest.raises(ConfigError, match="TEST.IMS_PER_BATCH"):
         model = build_detector(tiny_cfg("MODEL.ASAG.FAST_INFERENCE", True), 3)
         _detect(model, two_images()[0])

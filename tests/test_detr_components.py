@@ -68,7 +68,7 @@ def test_multilevel_backbone_levels_and_masks():
         assert m[1, :, : w // 2].logical_not().all() and m[1, :, (w + 1) // 2:].all()
     two = MultiLevelBackbone(body, channels, d_model=32, num_levels=2, gn_groups=8)
     assert two.body_keys == ["c4", "c5"]
-    with pytest.raises(ValueError, match="GN_GROUPS"):
+    with pytest.raises(ValueError, match="d_model 30 is not divisible by gn_groups 8"):
         MultiLevelBackbone(body, channels, d_model=30, num_levels=2, gn_groups=8)
 
 

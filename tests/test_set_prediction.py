@@ -4,7 +4,7 @@ loss normaliser and the matcher's config error."""
 import pytest
 import torch
 
-from fad.errors import ConfigError, DataError
+from fad.errors import DataError
 from fad.modeling.set_prediction import (
     HungarianMatcher,
     average_num_boxes,
@@ -54,6 +54,7 @@ def test_average_num_boxes_is_at_least_one():
     assert average_num_boxes([{"labels": torch.zeros(0)}], cpu) == 1.0
 
 
-def test_matcher_error_names_the_config_node():
-    with pytest.raises(ConfigError, match=r"^all matching costs are 0; set MODEL\.ASAG\."):
-        HungarianMatcher(0, 0, 0, config_node="MODEL.ASAG")
+def test_matcher_refuses_zero_costs():
+    with pytest.raises(ValueError, match=r"^HungarianMatcher: cost_class, cost_bbox and cost_giou "
+                                         r"are all 0; one must be > 0$"):
+        HungarianMatcher(0, 0, 0)

@@ -149,10 +149,11 @@ class AdaptiveAnchorGenerator(nn.Module):
                  max_anchors: int | None = None):
         super().__init__()
         if num_queries not in QUERY_SETTINGS:
-            raise ConfigError(f"MODEL.ASAG.NUM_QUERIES must be 100 or 300, got {num_queries}")
+            raise ValueError(f"AdaptiveAnchorGenerator: num_queries must be one of "
+                             f"{', '.join(map(str, QUERY_SETTINGS))}, got {num_queries}")
         if used_inference_level not in INFERENCE_LEVELS:
-            raise ConfigError("MODEL.ASAG.USED_INFERENCE_LEVEL must be one of P3P6, P4P6, P5P6, "
-                              f"got {used_inference_level!r}")
+            raise ValueError("AdaptiveAnchorGenerator: used_inference_level must be one of "
+                             f"{', '.join(INFERENCE_LEVELS)}, got {used_inference_level!r}")
         n1, n2, self.emit_threshold, default_min, default_max = QUERY_SETTINGS[num_queries]
         self.num_coarse, self.num_patch = n1, n2
         self.min_anchors = default_min if min_anchors is None else min_anchors

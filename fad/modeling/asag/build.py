@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from yacs.config import CfgNode
 
-from fad.errors import ConfigError
 from fad.modeling.backbone import build_backbone_body
 
 from .anchor_generator import AdaptiveAnchorGenerator
@@ -18,32 +17,13 @@ from .relation import RelationBlock
 STRIDES = (4, 8, 16, 32)  # P2-P5
 
 
-def check_asag_config(cfg: CfgNode, num_classes: int) -> None:
-    """Raise a one-line ConfigError naming the keys of an inconsistent ASAG setup (the parts
-    check their own keys: NUM_QUERIES, USED_INFERENCE_LEVEL, DECODER, USED_HEAD)."""
-    a = cfg.MODEL.ASAG
-    problems = [
-        (num_classes < 1, f"num_classes must be >= 1, got {num_classes}"),
-        (a.HIDDEN_DIM % a.NHEADS != 0,
-         f"MODEL.ASAG.HIDDEN_DIM={a.HIDDEN_DIM} must be divisible by MODEL.ASAG.NHEADS={a.NHEADS}"),
-        (a.HIDDEN_DIM % 8 != 0, f"MODEL.ASAG.HIDDEN_DIM={a.HIDDEN_DIM} must be divisible by 8"),
-        (a.DECODER == "adamixer" and a.HIDDEN_DIM % a.GROUPS != 0,
-         f"MODEL.ASAG.HIDDEN_DIM={a.HIDDEN_DIM} must be divisible by MODEL.ASAG.GROUPS={a.GROUPS}"),
-        (a.USE_DN and a.NUM_DN < 1, "MODEL.ASAG.USE_DN needs MODEL.ASAG.NUM_DN >= 1"),
-        (a.NMS_THRESH < 0 or a.NMS_THRESH > 1,
-         f"MODEL.ASAG.NMS_THRESH must be in [0, 1], got {a.NMS_THRESH}"),
-        (a.MAX_PATCHES_PER_LEVEL < 0, "MODEL.ASAG.MAX_PATCHES_PER_LEVEL must be >= 0"),
-    ]
-    for bad, message in problems:
-        if bad:
-            raise ConfigError(f"{message}; fix the config file or the KEY VALUE overrides")
-
-
 def build_asag(cfg: CfgNode, num_classes: int, **kwargs) -> ASAG:
-    """The ASAG detector of `cfg` for `num_classes` classes."""
+    """The ASAG detector of `cfg` for `num_classes` classes (the MODEL.ASAG keys are checked when
+    the config is loaded, `fad.config.validate`)."""
     if kwargs:
         raise TypeError(f"build_asag: unexpected arguments {sorted(kwargs)}")
-    check_asag_config(cfg, num_classes)
+    if num_classes < 1:
+        raise ValueError(f"build_asag: num_classes must be >= 1, got {num_classes}")
     a = cfg.MODEL.ASAG
     dim = a.HIDDEN_DIM
     body, channels = build_backbone_body(cfg)

@@ -6,8 +6,6 @@ import re
 
 from torch import Tensor, nn
 
-from fad.errors import ConfigError
-
 from .adamixer import AdaMixerHead
 from .dynamic_conv import SparseRcnnHead
 
@@ -21,8 +19,8 @@ def used_head_index(used_head: str, num_heads: int) -> int:
     match = re.fullmatch(r"aux_(\d+)", used_head)
     if match is None or int(match.group(1)) >= num_heads - 1:
         choices = ["main"] + [f"aux_{k}" for k in range(num_heads - 1)]
-        raise ConfigError(f"MODEL.ASAG.USED_HEAD {used_head!r} does not fit "
-                          f"MODEL.ASAG.NUM_DECODER_HEADS {num_heads}; choose one of {choices}")
+        raise ValueError(f"used_head {used_head!r} does not fit {num_heads} heads; choose one "
+                         f"of {', '.join(choices)}")
     return int(match.group(1))
 
 
@@ -45,11 +43,11 @@ class DecoderHeads(nn.Module):
                  used_head: str = "main", dim: int = 256, **head_kwargs):
         super().__init__()
         if decoder not in DECODERS:
-            raise ConfigError(f"MODEL.ASAG.DECODER {decoder!r} is unknown; choose one of "
-                              f"{list(DECODERS)}")
+            raise ValueError(f"DecoderHeads: unknown decoder {decoder!r}; choose one of "
+                             f"{', '.join(DECODERS)}")
         if num_decoder_heads < 1:
-            raise ConfigError("MODEL.ASAG.NUM_DECODER_HEADS must be >= 1, got "
-                              f"{num_decoder_heads}")
+            raise ValueError(f"DecoderHeads: num_decoder_heads must be >= 1, got "
+                             f"{num_decoder_heads}")
         self.decoder = decoder
         self.used_index = used_head_index(used_head, num_decoder_heads)
         head_cls = AdaMixerHead if decoder == "adamixer" else SparseRcnnHead

@@ -20,7 +20,7 @@ class AreaWeightedMatcher(HungarianMatcher):
 
     def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
                  area_weight: float = 4.0, inverse: bool = False):
-        super().__init__(cost_class, cost_bbox, cost_giou, config_node="MODEL.ASAG")
+        super().__init__(cost_class, cost_bbox, cost_giou)
         self.area_weight = area_weight
         self.inverse = inverse
 

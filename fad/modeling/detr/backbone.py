@@ -5,7 +5,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
-from fad.errors import ConfigError
 from fad.modeling.backbone import build_backbone_body
 from fad.modeling.layers import group_norm
 
@@ -40,8 +39,8 @@ class MultiLevelBackbone(nn.Module):
                  gn_groups: int = 32):
         super().__init__()
         if d_model % gn_groups:
-            raise ConfigError(f"MODEL.DETR.D_MODEL={d_model} is not divisible by "
-                              f"MODEL.DETR.GN_GROUPS={gn_groups}; change one")
+            raise ValueError(f"MultiLevelBackbone: d_model {d_model} is not divisible by "
+                             f"gn_groups {gn_groups}")
         self.body = body
         num_body = min(num_levels, len(channels))
         self.body_keys = list(_BODY_OUTPUTS[len(channels) - num_body:])

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from yacs.config import CfgNode
 
-from fad.errors import ConfigError
 from fad.modeling.set_prediction import HungarianMatcher
 
 from .backbone import MultiLevelBackbone, build_body
@@ -13,35 +12,13 @@ from .heads import DetrHeads
 from .transformer import DeformableTransformer
 
 
-def check_detr_config(cfg: CfgNode, num_classes: int) -> None:
-    """Raise a one-line ConfigError naming the config keys of an inconsistent DETR setup."""
-    d = cfg.MODEL.DETR
-    sparse = cfg.MODEL.META_ARCHITECTURE == "SparseDETR"
-    problems = [
-        (num_classes < 1, f"num_classes must be >= 1, got {num_classes}"),
-        (not 0.0 <= d.RHO <= 1.0, f"MODEL.DETR.RHO must be in [0, 1], got {d.RHO}"),
-        (d.RHO > 0 and not d.TWO_STAGE,
-         "MODEL.DETR.RHO > 0 (Sparse DETR) needs MODEL.DETR.TWO_STAGE True"),
-        (sparse and d.RHO <= 0, "MODEL.META_ARCHITECTURE SparseDETR needs MODEL.DETR.RHO > 0"),
-        (d.USE_ENC_AUX_LOSS and d.RHO <= 0, "MODEL.DETR.USE_ENC_AUX_LOSS needs MODEL.DETR.RHO > 0"),
-        ((d.EFF_QUERY_INIT or d.EFF_SPECIFIC_HEAD) and not d.TWO_STAGE,
-         "MODEL.DETR.EFF_QUERY_INIT / EFF_SPECIFIC_HEAD need MODEL.DETR.TWO_STAGE True"),
-        (d.D_MODEL % d.NHEADS != 0,
-         f"MODEL.DETR.D_MODEL={d.D_MODEL} must be divisible by MODEL.DETR.NHEADS={d.NHEADS}"),
-        (d.D_MODEL % 4 != 0, f"MODEL.DETR.D_MODEL={d.D_MODEL} must be divisible by 4"),
-        (d.NUM_FEATURE_LEVELS < 1, "MODEL.DETR.NUM_FEATURE_LEVELS must be >= 1"),
-        (d.ENC_LAYERS < 1 or d.DEC_LAYERS < 1, "MODEL.DETR.ENC_LAYERS / DEC_LAYERS must be >= 1"),
-    ]
-    for bad, message in problems:
-        if bad:
-            raise ConfigError(f"{message}; fix the config file or the KEY VALUE overrides")
-
-
 def build_deformable_detr(cfg: CfgNode, num_classes: int, **kwargs) -> DeformableDETR:
-    """The detector of `MODEL.META_ARCHITECTURE` DeformableDETR or SparseDETR for `num_classes`."""
+    """The detector of `MODEL.META_ARCHITECTURE` DeformableDETR or SparseDETR for `num_classes`
+    (the MODEL.DETR keys are checked when the config is loaded, `fad.config.validate`)."""
     if kwargs:
         raise TypeError(f"build_deformable_detr: unexpected arguments {sorted(kwargs)}")
-    check_detr_config(cfg, num_classes)
+    if num_classes < 1:
+        raise ValueError(f"build_deformable_detr: num_classes must be >= 1, got {num_classes}")
     d = cfg.MODEL.DETR
     body, channels = build_body(cfg)
     backbone = MultiLevelBackbone(body, channels, d.D_MODEL, d.NUM_FEATURE_LEVELS, d.GN_GROUPS)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fad.errors import ConfigError
 from fad.ops import MSDeformAttn
 
 from .decoder import DecoderLayer, DeformableDecoder
@@ -42,8 +41,8 @@ class DeformableTransformer(nn.Module):
                  eff_query_init: bool = False, eff_specific_head: bool = False):
         super().__init__()
         if rho > 0 and not two_stage:
-            raise ConfigError("Sparse DETR (rho > 0) needs two-stage; set MODEL.DETR.TWO_STAGE "
-                              "True or MODEL.DETR.RHO 0")
+            raise ValueError(f"DeformableTransformer: rho {rho} > 0 (Sparse DETR) needs "
+                             "two_stage=True")
         self.d_model = d_model
         self.num_queries = num_queries
         self.two_stage = two_stage

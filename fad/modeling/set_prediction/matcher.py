@@ -7,8 +7,6 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torchvision.ops import generalized_box_iou
 
-from fad.errors import ConfigError
-
 from .boxes import cxcywh_to_xyxy
 
 
@@ -30,16 +28,14 @@ class HungarianMatcher:
     targets are dicts with `labels` [T_i] and `boxes` [T_i, 4] (normalised cxcywh);
     `query_mask` [N, Q] bool (optional) marks the queries that may be matched.
     Returns per image (query indices [M_i], target indices [M_i]) int64, M_i = min(Q_i, T_i).
-    Subclasses change the cost by overriding `cost_matrix`. `config_node` names the config node
-    of the costs in the error raised when they are all 0.
+    Subclasses change the cost by overriding `cost_matrix`.
     """
 
     def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0,
-                 config_node: str = "MODEL.DETR"):
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0):
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
-            raise ConfigError(f"all matching costs are 0; set {config_node}.SET_COST_CLASS, "
-                              "SET_COST_BBOX or SET_COST_GIOU")
+            raise ValueError("HungarianMatcher: cost_class, cost_bbox and cost_giou are all 0; "
+                             "one must be > 0")
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
