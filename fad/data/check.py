@@ -176,26 +176,28 @@ def check_records(records: Iterable[tuple[Path, int, int]], workers: int = 0) ->
     """Check images given as (path, annotated height, width); see `check_dataset_images`."""
     start = time.monotonic()
     records = list(records)
-    paths = sorted({os.path.abspath(p) for p, _, _ in records})
-    caches = {folder: CheckCache(folder) for folder in {os.path.dirname(p) for p in paths}}
-    stats = {p: _stat(p) for p in paths}
+    absolute = [os.path.abspath(p) for p, _, _ in records]
+    where = {p: os.path.split(p) for p in sorted(set(absolute))}  # path -> (folder, file name)
+    caches = {folder: CheckCache(folder) for folder in {f for f, _ in where.values()}}
+    stats = {p: _stat(p) for p in where}
     sizes: dict[str, Decoded] = {}
-    for p, st in stats.items():
-        hit = caches[os.path.dirname(p)].lookup(os.path.basename(p), st) if st else None
+    for p, (folder, name) in where.items():
+        hit = caches[folder].lookup(name, stats[p]) if stats[p] else None
         if hit is not None:
             sizes[p] = hit
-    todo = [p for p in paths if p not in sizes]
+    todo = [p for p in where if p not in sizes]
     cached = len(sizes)
     sizes.update(decode_all(todo, resolve_workers(workers, len(todo))))
     good: dict[str, dict[str, tuple[os.stat_result, tuple[int, int]]]] = {}
     for p in todo:
         if stats[p] is not None and not isinstance(sizes[p], str):
-            good.setdefault(os.path.dirname(p), {})[os.path.basename(p)] = (stats[p], sizes[p])
+            folder, name = where[p]
+            good.setdefault(folder, {})[name] = (stats[p], sizes[p])
     for folder, found in good.items():
         caches[folder].save(found)
     problems = []
-    for path, height, width in records:
-        found = sizes[os.path.abspath(path)]
+    for (path, height, width), p in zip(records, absolute):
+        found = sizes[p]
         if isinstance(found, str):
             problems.append(found)
             continue
