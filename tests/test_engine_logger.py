@@ -10,8 +10,9 @@ from torch import nn
 from fad.data.base import quiet_coco
 from fad.engine import logger as logger_module
 from fad.engine.inference import inference
-from fad.engine.launch import choose_num_threads, default_argument_parser, parse_args
+from fad.engine.launch import default_argument_parser, parse_args
 from fad.engine.logger import MetricLogger, setup_logger
+from fad.engine.threads import choose_num_threads
 from fad.evaluation import evaluate_coco
 
 

@@ -9,10 +9,10 @@
 
 `setup` checks before any work that OUTPUT_DIR is writable and that every DATASETS.TRAIN/TEST
 name is in the catalog, and sets the intra-op threads (NUM_THREADS; 0 = torch's default, or 1
-when the machine is already busy). Tools that write a run (`default_argument_parser(...,
-resumable=True)`: train, search) get `--resume` and `--overwrite`, and `setup` refuses an
-OUTPUT_DIR holding checkpoints without one of them (`fad.engine.output_dir`). `run_tool` exits
-130/143 after a Ctrl-C/SIGTERM stop.
+while the machine is busy: `fad.engine.threads`, re-checked at every log line). Tools that
+write a run (`default_argument_parser(..., resumable=True)`: train, search) get `--resume` and
+`--overwrite`, and `setup` refuses an OUTPUT_DIR holding checkpoints without one of them
+(`fad.engine.output_dir`). `run_tool` exits 130/143 after a Ctrl-C/SIGTERM stop.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from .distributed import get_rank, init_distributed, synchronize
 from .interrupt import Interrupted
 from .logger import setup_logger
 from .output_dir import check_run_folder, clear_run_files
+from .threads import set_num_threads
 
 EXIT_BAD_INPUT = 2
 EXIT_SIGINT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
@@ -107,44 +108,6 @@ def check_output_dir(path: str) -> None:
                           "give another one with OUTPUT_DIR PATH") from None
 
 
-def _cpu_cores() -> int:
-    """CPU cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def choose_num_threads(requested: int, default: int, cores: int, load: float,
-                       local_ranks: int) -> tuple[int, str]:
-    """(intra-op threads, the log line saying why) for one process.
-
-    `requested` is NUM_THREADS (> 0 wins); otherwise torch's `default`, unless the machine is
-    oversubscribed: the 1-minute `load` already reaches the `cores`, or `local_ranks` processes
-    (torchrun's LOCAL_WORLD_SIZE) x `default` threads exceed them. Then 1: OpenMP threads that
-    wait for a busy core make every step many times slower.
-    """
-    hint = "set NUM_THREADS N to choose"
-    if requested > 0:
-        return requested, f"{requested} intra-op threads per process (NUM_THREADS)"
-    if load >= cores:
-        return 1, (f"1 intra-op thread per process: the machine is busy (load {load:.1f} on "
-                   f"{cores} cores); {hint}")
-    if default * local_ranks > cores:
-        return 1, (f"1 intra-op thread per process: {local_ranks} processes x {default} threads "
-                   f"> {cores} cores; {hint}")
-    return default, (f"{default} intra-op threads per process (torch's default); {hint} "
-                     "(1 is much faster when other jobs keep the cores busy)")
-
-
-def _set_num_threads(requested: int) -> str:
-    """Apply `choose_num_threads` to this process; returns its log line."""
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    threads, line = choose_num_threads(requested, torch.get_num_threads(), _cpu_cores(), load,
-                                       int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    torch.set_num_threads(threads)
-    return line
-
-
 def setup(args: argparse.Namespace) -> tuple[CfgNode, logging.Logger, torch.device]:
     """Config (frozen), process group, logger, seed, threads, op backends and device of a run.
 
@@ -161,7 +124,7 @@ def setup(args: argparse.Namespace) -> tuple[CfgNode, logging.Logger, torch.devi
     if resumable:
         check_run_folder(cfg.OUTPUT_DIR, args.resume, args.overwrite)
     check_dataset_names(cfg, (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST))
-    threads = _set_num_threads(cfg.NUM_THREADS)
+    threads = set_num_threads(cfg.NUM_THREADS)
     init_distributed()
     rank = get_rank()
     deleted = clear_run_files(cfg.OUTPUT_DIR) if resumable and args.overwrite and rank == 0 else []

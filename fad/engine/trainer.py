@@ -42,6 +42,7 @@ from .hooks import collect_aux_losses, collect_log_stats, set_progress
 from .interrupt import Interrupted, StopRequest
 from .logger import MetricLogger, TensorboardWriter
 from .solver import build_lr_scheduler, build_optimizer
+from .threads import recheck_threads
 
 logger = logging.getLogger("fad")
 
@@ -275,7 +276,8 @@ class Trainer:
 
     def _log(self, scalars: dict[str, float], meters: MetricLogger, first: bool) -> None:
         """Meters every iteration; the log line and tensorboard every SOLVER.LOG_PERIOD, at the
-        first and at the last iteration."""
+        first and at the last iteration, each line followed by the re-check of the threads
+        (`fad.engine.threads`: a line when it switches)."""
         scalars = scalars | collect_log_stats(self.step.model)
         meters.update(**scalars)
         meters.tick()
@@ -284,6 +286,9 @@ class Trainer:
         if self.log_now:
             lr = self.step.optimizer.param_groups[0]["lr"]
             logger.info(meters.format(self.iter - 1, lr))
+            switch = recheck_threads()
+            if switch:
+                logger.info("threads after iteration %d: %s", self.iter, switch)
             self.tb.add_scalars({f"{self.prefix}/{k}": v for k, v in scalars.items()}
                                 | {f"{self.prefix}/lr": lr}, self.iter)
 
