@@ -4,6 +4,7 @@ import torch
 from torchvision.models import resnet as tv_resnet
 
 from fad.config import get_cfg_defaults
+from fad.errors import CheckpointError, ConfigError
 from fad.modeling.backbone.resnet import _WEIGHTS, build_resnet_body, torchvision_weights_name
 
 
@@ -31,7 +32,7 @@ def test_loads_a_local_resnext_file(tmp_path):
 def test_a_file_of_another_shape_is_a_clear_error(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(tv_resnet.resnet18().state_dict(), path)
-    with pytest.raises(ValueError, match="do not fit a ResNet-50 with 32 groups x 4"):
+    with pytest.raises(CheckpointError, match="do not fit a ResNet-50 with 32 groups x 4"):
         build_resnet_body(_cfg(50, path, 32, 4))
 
 
@@ -40,5 +41,5 @@ def test_torchvision_weights_map():
     assert torchvision_weights_name(50) == "ResNet50_Weights"
     for name in _WEIGHTS.values():  # every name exists in this torchvision (no download here)
         assert hasattr(getattr(tv_resnet, name), "IMAGENET1K_V1")
-    with pytest.raises(ValueError, match="no ImageNet weights for depth 101 with 16 groups x 4"):
+    with pytest.raises(ConfigError, match="no ImageNet weights for depth 101 with 16 groups x 4"):
         torchvision_weights_name(101, 16, 4)

@@ -294,5 +294,5 @@ def test_sparse_loss_at_init_and_gradients():
 
 
 def test_unknown_execution_mode():
-    with pytest.raises(ValueError, match="MODEL.SPARSE.EXECUTION"):
+    with pytest.raises(ValueError, match="execution must be one of dense_masked, sparse, got"):
         SparseResNetBody(18).execution = "fast"

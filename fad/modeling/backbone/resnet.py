@@ -33,17 +33,17 @@ def torchvision_weights_name(depth: int, groups: int = 1, width_per_group: int =
     key = (depth, groups, width_per_group)
     if key not in _WEIGHTS:
         known = ", ".join(f"{d}/{g}x{w}" for d, g, w in _WEIGHTS)
-        raise ValueError(f"MODEL.BACKBONE.PRETRAINED torchvision: torchvision has no ImageNet "
-                         f"weights for depth {depth} with {groups} groups x {width_per_group} "
-                         f"(known depth/groups x width: {known}); give a local .pth instead")
+        raise ConfigError(f"MODEL.BACKBONE.PRETRAINED torchvision: torchvision has no ImageNet "
+                          f"weights for depth {depth} with {groups} groups x {width_per_group} "
+                          f"(known depth/groups x width: {known}); give a local .pth instead")
     return _WEIGHTS[key]
 
 
 def check_depth(depth: int) -> None:
-    """A one-line error unless `depth` is in `STAGE_BLOCKS`."""
+    """A ValueError unless `depth` is in `STAGE_BLOCKS`."""
     if depth not in STAGE_BLOCKS:
-        raise ConfigError(f"MODEL.BACKBONE.DEPTH: no ResNet of depth {depth}; choose one of "
-                          f"{sorted(STAGE_BLOCKS)}")
+        raise ValueError(f"no ResNet of depth {depth}; choose one of "
+                         f"{', '.join(map(str, STAGE_BLOCKS))}")
 
 
 def body_channels(depth: int) -> dict[str, int]:
@@ -98,7 +98,7 @@ def norm_layer(name: str):
         return FrozenBatchNorm2d
     if name == "BN":
         return nn.BatchNorm2d
-    raise ValueError(f"MODEL.BACKBONE.NORM must be FrozenBN or BN, got {name!r}")
+    raise ValueError(f"unknown backbone norm {name!r}; choose FrozenBN or BN")
 
 
 def load_pretrained(net: nn.Module, spec: str, depth: int, groups: int = 1,
@@ -130,15 +130,16 @@ def load_pretrained(net: nn.Module, spec: str, depth: int, groups: int = 1,
     own = net.state_dict()
     wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if wrong:
-        raise ValueError(f"MODEL.BACKBONE.PRETRAINED {spec}: {len(wrong)} tensors do not fit a "
-                         f"ResNet-{depth} with {groups} groups x {width_per_group}, "
-                         f"e.g. {wrong[0]} "
-                         f"{tuple(state[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)}; check "
-                         "MODEL.BACKBONE.DEPTH / GROUPS / WIDTH_PER_GROUP")
+        raise CheckpointError(f"MODEL.BACKBONE.PRETRAINED {spec}: {len(wrong)} tensors do not "
+                              f"fit a ResNet-{depth} with {groups} groups x {width_per_group}, "
+                              f"e.g. {wrong[0]} {tuple(state[wrong[0]].shape)} vs "
+                              f"{tuple(own[wrong[0]].shape)}; check "
+                              "MODEL.BACKBONE.DEPTH / GROUPS / WIDTH_PER_GROUP")
     result = net.load_state_dict(state, strict=False)
     if result.unexpected_keys:
-        raise ValueError(f"MODEL.BACKBONE.PRETRAINED {spec}: keys not in a ResNet-{depth}: "
-                         f"{result.unexpected_keys[:5]}")
+        raise CheckpointError(f"MODEL.BACKBONE.PRETRAINED {spec}: keys not in a "
+                              f"ResNet-{depth}: {', '.join(result.unexpected_keys[:5])}; give a "
+                              "torchvision ResNet state dict")
     missing = [k for k in result.missing_keys if not k.startswith("fc.")]
     logger.info("loaded backbone weights from %s (%d keys kept their init)", spec, len(missing))
 

@@ -163,8 +163,8 @@ class SparseBasicBlock(SparseBlockMixin, tv_resnet.BasicBlock):
                  downsample: nn.Module | None = None, norm: type[nn.Module] | None = None,
                  opts: SparseOptions = SparseOptions(), unit_id: int = 0, dcn: bool = False):
         if dcn:
-            raise ValueError("MODEL.SPARSE.STAGE_WITH_DCN needs Bottleneck blocks "
-                             "(MODEL.BACKBONE.DEPTH >= 50)")
+            raise ValueError("a deformable conv2 (stage_with_dcn) needs Bottleneck blocks "
+                             "(depth >= 50)")
         super().__init__(inplanes, planes, stride, downsample, norm_layer=norm)
         self._init_sparse(inplanes, (stride, stride), opts, unit_id, dcn=False)
 
@@ -200,7 +200,7 @@ class SparseResNetBody(nn.Module, ModelHooks):
         super().__init__()
         check_depth(depth)
         if len(stage_with_dcn) != 4:
-            raise ValueError(f"MODEL.SPARSE.STAGE_WITH_DCN needs 4 entries, got {stage_with_dcn}")
+            raise ValueError(f"stage_with_dcn needs 4 entries (res2..res5), got {stage_with_dcn}")
         self.depth = depth
         self.loss_weight = float(loss_weight)
         self.stage_with_dcn = tuple(bool(d) for d in stage_with_dcn)
@@ -262,7 +262,7 @@ class SparseResNetBody(nn.Module, ModelHooks):
     @execution.setter
     def execution(self, mode: str) -> None:
         if mode not in EXECUTION_MODES:
-            raise ValueError(f"MODEL.SPARSE.EXECUTION must be one of {EXECUTION_MODES}, "
+            raise ValueError(f"execution must be one of {', '.join(EXECUTION_MODES)}, "
                              f"got {mode!r}")
         self._execution = mode
         for b in self.blocks:
