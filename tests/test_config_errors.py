@@ -14,12 +14,10 @@ from conftest import REPO, tiny_fcos_cfg
 from fad.cli import train as train_tool
 from fad.config import get_cfg_defaults, load_config
 from fad.config.catalog import check_dataset_names, resolve
-from fad.engine.checkpoint import load_model_weights, mismatch_reasons, weights_difference
 from fad.engine.launch import check_output_dir, run_tool
-from fad.errors import CheckpointError, ConfigError
+from fad.errors import ConfigError
 from fad.search import run_search
 
-GENOTYPE = os.path.join(REPO, "configs", "fad", "genotypes", "fad_paper.log")
 CONFIG = os.path.join(REPO, "configs", "fcos", "fcos_tiny_synthetic.yaml")
 
 
@@ -86,51 +84,6 @@ def test_unknown_test_set_is_found_before_training(capsys, tmp_path):
     assert info.value.code == 2 and err.count("\n") == 1
     assert "unknown dataset 'synthetic_coco_vla' (did you mean 'synthetic_coco_val'?)" in err
     assert not (tmp_path / "tb").exists()
-
-
-def _stored(cfg, classes=("a", "b"), genotype=""):
-    """What the trainer stores in a checkpoint, without weights."""
-    return {"cfg": cfg.dump(), "classes": list(classes), "genotype": genotype}
-
-
-def test_mismatch_names_config_keys_classes_and_genotype():
-    with open(GENOTYPE, encoding="utf-8") as f:
-        paper = f.read()
-    other = paper.replace("sinSep_conv_3x3_x3", "std_conv_3x3", 1)  # first (box) line only
-    trained = get_cfg_defaults()
-    trained.merge_from_list(["MODEL.FAD.DIL3", True, "MODEL.FAD.BOX_CELLS", 3])
-    now = get_cfg_defaults()
-    reasons = mismatch_reasons(_stored(trained, genotype=paper), now, ["a", "b", "c"], other)
-    assert reasons == ["MODEL.FAD.BOX_CELLS is 3 in the checkpoint, 2 here",
-                       "MODEL.FAD.DIL3 is True in the checkpoint, False here",
-                       "2 classes in the checkpoint, 3 here",
-                       "the box tower genotype differs from the checkpoint's"]
-    assert mismatch_reasons(_stored(now, genotype=paper), now, ["x", "y"], paper + "\n") == []
-    assert "this model plain ones" in mismatch_reasons(_stored(now, genotype=paper), now, None,
-                                                       "")[0]
-    assert "this model searched ones" in mismatch_reasons(_stored(now), now, None, paper)[0]
-    assert mismatch_reasons({"model": {}}, now, ["a"], "") == []  # a foreign checkpoint
-
-
-def test_weights_that_do_not_fit_say_why():
-    model = torch.nn.Sequential(torch.nn.Linear(2, 3))
-    state = {"model": torch.nn.Sequential(torch.nn.Linear(4, 3)).state_dict()}
-    state |= _stored(get_cfg_defaults(), classes=("a", "b", "c"))
-    cfg = get_cfg_defaults()
-    cfg.MODEL.FCOS.NUM_CONVS = 2
-    with pytest.raises(CheckpointError) as info:
-        load_model_weights(model, state, "w.pth", cfg=cfg)
-    text = _one_line(info)
-    assert "w.pth: the weights do not fit" in text
-    assert "MODEL.FCOS.NUM_CONVS is 4 in the checkpoint, 2 here" in text
-    assert "size mismatch" not in text  # not load_state_dict's message
-    with pytest.raises(CheckpointError) as info:
-        load_model_weights(model, state, "w.pth")  # nothing to compare: the weights' summary
-    assert "1 of another shape, e.g. 0.weight [3, 4] in the checkpoint, [3, 2] here" in (
-        _one_line(info))
-    extra = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1)).state_dict()
-    text = weights_difference(model.state_dict(), extra)
-    assert text == "2 not in the model, e.g. 1.weight"
 
 
 def test_resume_with_another_head_names_the_key(synthetic_root, tmp_path, capsys):

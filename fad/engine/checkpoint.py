@@ -7,30 +7,21 @@ import re
 from collections.abc import Sequence
 
 import torch
-import yaml
 from torch import nn
 from yacs.config import CfgNode
 
-from fad.errors import CheckpointError, GenotypeError
-from fad.nas.genotype import parse_genotype_text
+from fad.errors import CheckpointError
 from fad.utils.io import atomic_torch_save, atomic_write_text
 
-PERIODIC = re.compile(r"model_\d{7}\.pth")  # the trainer's periodic/interrupt checkpoints
-
-# Config keys that change the model's weights (names or shapes): when a checkpoint does not fit,
-# those whose value in the checkpoint's `cfg` differs from the current config are the reason.
-ARCHITECTURE_KEYS = (
-    "MODEL.META_ARCHITECTURE", "MODEL.BACKBONE.NAME", "MODEL.BACKBONE.DEPTH",
-    "MODEL.BACKBONE.NORM", "MODEL.BACKBONE.WIDTH_PER_GROUP", "MODEL.BACKBONE.GROUPS",
-    "MODEL.FPN.OUT_CHANNELS", "MODEL.FPN.USE_P5_FOR_P6", "MODEL.FCOS.NUM_CONVS",
-    "MODEL.FAD.TOWER_CHANNELS", "MODEL.FAD.EDGE_CHANNELS", "MODEL.FAD.NUM_NODES",
-    "MODEL.FAD.BOX_CELLS", "MODEL.FAD.CLS_CELLS", "MODEL.FAD.SEARCH_CELLS", "MODEL.FAD.DIL3",
-    "MODEL.SPARSE.MASKED", "MODEL.SPARSE.STAGE_WITH_DCN",
-    "MODEL.DETR.D_MODEL", "MODEL.DETR.NHEADS", "MODEL.DETR.ENC_LAYERS", "MODEL.DETR.DEC_LAYERS",
-    "MODEL.DETR.DIM_FEEDFORWARD", "MODEL.DETR.NUM_FEATURE_LEVELS", "MODEL.DETR.ENC_N_POINTS",
-    "MODEL.DETR.DEC_N_POINTS", "MODEL.DETR.NUM_QUERIES", "MODEL.DETR.WITH_BOX_REFINE",
-    "MODEL.DETR.TWO_STAGE", "MODEL.DETR.RHO", "MODEL.DETR.EFF_SPECIFIC_HEAD",
+from .mismatch import (
+    GENOTYPE_SOURCE,
+    Builder,
+    mismatch_line,
+    mismatch_reasons,
+    weights_difference,
 )
+
+PERIODIC = re.compile(r"model_\d{7}\.pth")  # the trainer's periodic/interrupt checkpoints
 
 
 class Checkpointer:
@@ -82,107 +73,26 @@ class Checkpointer:
 
 
 def load_model_weights(model: nn.Module, state: dict, source: str, cfg: CfgNode | None = None,
-                       classes: Sequence[str] | None = None, genotype: str | None = None) -> None:
+                       classes: Sequence[str] | None = None, genotype: str | None = None,
+                       build: Builder | None = None,
+                       genotype_source: str = GENOTYPE_SOURCE) -> None:
     """Load the weights of checkpoint `state` (read from `source`) into `model`.
 
-    Weights that do not fit are a one-line CheckpointError saying why: what the checkpoint
-    stores (its `cfg` dump, `classes`, `genotype`) compared with the current `cfg`, `classes`
-    and `genotype` (each compared when given), else which weights are missing, unexpected or
-    of another shape.
+    Weights that do not fit are a one-line CheckpointError saying why, decisive difference
+    first (`fad.engine.mismatch`): what the checkpoint stores (its `cfg` dump, `classes`,
+    `genotype`) compared with the current `cfg` (through `build`, the builder of `model`;
+    default: the detector of MODEL.META_ARCHITECTURE), `classes` and `genotype` (from
+    `genotype_source`), each compared when given; else which weights are missing, unexpected
+    or of another shape.
     """
     weights = model_state(state)
     try:
         model.load_state_dict(weights)
     except RuntimeError:
-        reasons = mismatch_reasons(state, cfg, classes, genotype)
+        reasons = mismatch_reasons(state, model, cfg, classes, genotype, build, genotype_source)
         if not reasons:
             reasons = [weights_difference(model.state_dict(), weights)]
-        raise CheckpointError(f"{source}: the weights do not fit the model of this config "
-                              f"({'; '.join(reasons)}); use the config (and genotype) it was "
-                              "trained with") from None
-
-
-def mismatch_reasons(state: dict, cfg: CfgNode | None, classes: Sequence[str] | None,
-                     genotype: str | None) -> list[str]:
-    """What differs between the run that wrote checkpoint `state` and this one: the
-    ARCHITECTURE_KEYS of its `cfg` dump, the number of `classes`, the `genotype` text."""
-    reasons = []
-    stored_cfg = _stored_cfg(state)
-    if cfg is not None and stored_cfg is not None:
-        for key in ARCHITECTURE_KEYS:
-            theirs, ours = _lookup(stored_cfg, key), _lookup(cfg, key)
-            if theirs is not None and ours is not None and _plain(theirs) != _plain(ours):
-                reasons.append(f"{key} is {theirs} in the checkpoint, {ours} here")
-    stored_classes = state.get("classes")
-    if classes is not None and stored_classes is not None and (
-            len(stored_classes) != len(classes)):
-        reasons.append(f"{len(stored_classes)} classes in the checkpoint, {len(classes)} here")
-    if genotype is not None:
-        reasons += _genotype_difference(state.get("genotype", ""), genotype)
-    return reasons
-
-
-def _genotype_difference(stored: str, current: str) -> list[str]:
-    """Why genotype text `stored` (the checkpoint's) and `current` build other towers, or []."""
-    if not stored.strip() and not current.strip():
-        return []
-    if not current.strip():
-        return ["the checkpoint has searched towers (it stores a genotype), this model plain "
-                "ones"]
-    if not stored.strip():
-        return ["the checkpoint has plain towers, this model searched ones (a genotype)"]
-    try:
-        pairs = zip(("box", "cls"), parse_genotype_text(stored), parse_genotype_text(current))
-        towers = [tower for tower, a, b in pairs if a != b]
-    except GenotypeError:
-        towers = [] if stored.split() == current.split() else ["box/cls"]
-    return [f"the {' and '.join(towers)} tower genotype differs from the checkpoint's"] if (
-        towers) else []
-
-
-def weights_difference(expected: dict, given: dict) -> str:
-    """Counts of the weights of `given` that are missing, unexpected or of another shape than
-    in `expected` (a model's state dict), each with a first example."""
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    shapes = [k for k in expected if k in given
-              and getattr(expected[k], "shape", None) != getattr(given[k], "shape", None)]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} weights missing from the checkpoint, e.g. {missing[0]}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} not in the model, e.g. {unexpected[0]}")
-    if shapes:
-        k = shapes[0]
-        parts.append(f"{len(shapes)} of another shape, e.g. {k} "
-                     f"{list(given[k].shape)} in the checkpoint, {list(expected[k].shape)} here")
-    return "; ".join(parts) or "the weights do not load"
-
-
-def _stored_cfg(state: dict) -> CfgNode | None:
-    """The config dump a checkpoint of ours stores (`cfg`), or None."""
-    text = state.get("cfg")
-    if not isinstance(text, str):
-        return None
-    try:
-        return CfgNode.load_cfg(text)
-    except (yaml.YAMLError, ValueError, TypeError):
-        return None
-
-
-def _lookup(cfg: CfgNode, key: str):
-    """The value of dotted `key` in `cfg`, or None when absent."""
-    node = cfg
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _plain(value):
-    """Lists and tuples compare equal (a yaml dump turns tuples into lists)."""
-    return tuple(value) if isinstance(value, (list, tuple)) else value
+        raise CheckpointError(mismatch_line(source, reasons)) from None
 
 
 def model_state(state: dict) -> dict:
