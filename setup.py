@@ -10,16 +10,16 @@ from setuptools import find_namespace_packages, find_packages, setup
 
 
 def _ext_modules():
-    """The compiled ops when FAD_BUILD_OPS=1: the list in fad/ops/kernels.py (needs torch)."""
+    """The compiled ops when FAD_BUILD_OPS=1: the list in fad/ops/build.py (needs torch)."""
     if os.environ.get("FAD_BUILD_OPS", "0") != "1":
         return [], {}
     import importlib.util
     import sys
 
     root = os.path.dirname(os.path.abspath(__file__))
-    sys.path.insert(0, root)  # kernels.py imports the light `fad.errors` and `fad.utils.csrc`
-    path = os.path.join(root, "fad", "ops", "kernels.py")
-    spec = importlib.util.spec_from_file_location("_fad_ops_kernels", path)
+    sys.path.insert(0, root)  # build.py imports the light `fad.errors` and `fad.utils.csrc`
+    path = os.path.join(root, "fad", "ops", "build.py")
+    spec = importlib.util.spec_from_file_location("_fad_ops_build", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.setup_extensions()

@@ -5,13 +5,13 @@ import torch
 
 from fad.errors import OpError
 from fad.ops import (
-    kernels,
+    build,
     ms_deform_attn_reference,
     multi_scale_deformable_attention,
     set_backend,
 )
-from fad.ops.msda_inputs import random_msda_inputs
-from fad.ops.msda_reference import ms_deform_attn_reference_backward
+from fad.ops.msda.inputs import random_msda_inputs
+from fad.ops.msda.reference import ms_deform_attn_reference_backward
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -21,7 +21,7 @@ LEVELS = [(6, 4), (3, 2), (1, 1), (5, 7)]
 
 @pytest.fixture(scope="module")
 def cuda_kernel():
-    kernels.load("msda_cuda")
+    build.load("msda_cuda")
     return torch.ops.fad_msda
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fad.ops import MSDeformAttn, ms_deform_attn_reference, set_backend
-from fad.ops.msda_inputs import level_tensors
+from fad.ops.msda.inputs import level_tensors
 
 SHAPES = [(6, 5), (3, 3)]
 

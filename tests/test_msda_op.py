@@ -12,13 +12,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fad.errors import OpError
 from fad.ops import (
-    kernels,
+    backends,
+    build,
     ms_deform_attn_reference,
     multi_scale_deformable_attention,
     set_backend,
 )
-from fad.ops.msda_inputs import random_msda_inputs
-from fad.ops.msda_reference import ms_deform_attn_reference_backward
+from fad.ops.msda.inputs import random_msda_inputs
+from fad.ops.msda.reference import ms_deform_attn_reference_backward
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,7 +32,7 @@ def cpu_kernel():
     """Build (or load the cached build of) the CPU extension; a build error fails the test."""
     if shutil.which("c++") is None:
         pytest.skip("no C++ compiler on PATH")
-    kernels.load("msda_cpu")
+    build.load("msda_cpu")
     return torch.ops.fad_msda
 
 
@@ -210,14 +211,14 @@ def test_levels_that_do_not_fit_value_are_an_error_on_every_backend(monkeypatch,
 
 
 def test_triton_backend_matches_reference_under_the_interpreter():
-    """The dispatch reaches fad.ops.msda_triton (forward, the three gradients, opcheck of the
+    """The dispatch reaches fad.ops.msda.triton (forward, the three gradients, opcheck of the
     custom op, torch.compile fullgraph). A fresh process: Triton must be imported with
     TRITON_INTERPRET=1 already set."""
     code = """
 import torch
 from fad.ops import ms_deform_attn_reference, multi_scale_deformable_attention, set_backend
 from fad.ops.msda import backend_for
-from fad.ops.msda_inputs import random_msda_inputs
+from fad.ops.msda.inputs import random_msda_inputs
 set_backend("msda", "triton")
 assert backend_for("cpu") == "triton"
 args = random_msda_inputs(2, [(4, 3), (2, 5)], 2, 8, 3, 2, dtype=torch.float32, seed=8)
@@ -274,19 +275,19 @@ def test_backend_setting_config_and_environment(monkeypatch):
     monkeypatch.delenv("FAD_MSDA_BACKEND", raising=False)
     cfg = get_cfg_defaults()
     cfg.MODEL.OPS.MSDA_BACKEND = "reference"
-    kernels.configure_backends(cfg)
-    assert kernels.get_backend("msda") == "reference" and msda.backend_for("cpu") == "reference"
+    backends.configure_backends(cfg)
+    assert backends.get_backend("msda") == "reference" and msda.backend_for("cpu") == "reference"
     monkeypatch.setenv("FAD_MSDA_BACKEND", "cpp")  # the environment overrides the config
-    assert kernels.get_backend("msda") == "cpp"
+    assert backends.get_backend("msda") == "cpp"
     monkeypatch.setenv("FAD_MSDA_BACKEND", "bogus")
     with pytest.raises(OpError, match="FAD_MSDA_BACKEND"):
-        kernels.get_backend("msda")
+        backends.get_backend("msda")
     monkeypatch.delenv("FAD_MSDA_BACKEND")
     cfg.MODEL.OPS.MSDA_BACKEND = "fastest"
     with pytest.raises(OpError, match="MODEL.OPS.MSDA_BACKEND"):
-        kernels.configure_backends(cfg)
+        backends.configure_backends(cfg)
     with pytest.raises(OpError, match="unknown depthwise backend 'triton'"):
-        kernels.set_backend("depthwise", "triton")
+        backends.set_backend("depthwise", "triton")
     for name in ("auto", "reference", "cpp", "cuda", "triton"):
         set_backend("msda", name)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
@@ -294,21 +295,20 @@ def test_backend_setting_config_and_environment(monkeypatch):
     assert "runs cuda tensors" in msda.backend_unavailable("cuda", "cpu")
     assert "runs cpu tensors" in msda.backend_unavailable("cpp", "cuda")
     set_backend("msda", "cuda")
-    with pytest.raises(kernels.ExtensionUnavailable, match="msda backend 'cuda'"):
+    with pytest.raises(build.ExtensionUnavailable, match="msda backend 'cuda'"):
         multi_scale_deformable_attention(*random_msda_inputs(1, [(3, 2)], 2, 4, 3, 2))
 
 
 def test_auto_falls_back_once_with_a_warning(monkeypatch, caplog):
-    monkeypatch.setattr(kernels, "_loaded", set())
-    monkeypatch.setattr(kernels, "_errors", {"msda_cpu": "no C++ compiler (test)"})
-    monkeypatch.setattr(kernels, "_warned", set())
+    monkeypatch.setattr(build, "load_error", {"msda_cpu": "no C++ compiler (test)"}.get)
+    monkeypatch.setattr(backends.STATE, "warned", set())
     args = random_msda_inputs(1, [(3, 2)], 2, 4, 3, 2)
     set_backend("msda", "auto")
-    with caplog.at_level(logging.WARNING, logger="fad.ops.kernels"):
+    with caplog.at_level(logging.WARNING, logger="fad.ops.backends"):
         out1 = multi_scale_deformable_attention(*args)
         out2 = multi_scale_deformable_attention(*args)
     set_backend("msda", "cpp")
-    with pytest.raises(kernels.ExtensionUnavailable,
+    with pytest.raises(build.ExtensionUnavailable,
                        match="msda backend 'cpp' .* no C\\+\\+ compiler"):
         multi_scale_deformable_attention(*args)
     notices = [r for r in caplog.records if "pure-PyTorch reference" in r.getMessage()]

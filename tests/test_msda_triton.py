@@ -30,8 +30,9 @@ triton = pytest.importorskip("triton")
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from fad.errors import OpError  # noqa: E402
-from fad.ops import ms_deform_attn_reference, msda_triton  # noqa: E402
-from fad.ops.msda_inputs import level_tensors, random_msda_inputs  # noqa: E402
+from fad.ops import ms_deform_attn_reference  # noqa: E402
+from fad.ops.msda import triton as msda_triton  # noqa: E402
+from fad.ops.msda.inputs import level_tensors, random_msda_inputs  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # triton was imported under TRITON_INTERPRET=1: its library runs in the interpreter

@@ -1,4 +1,4 @@
-"""Building the compiled ops (fad.ops.kernels): a fresh CPU build, a compile-only build of the
+"""Building the compiled ops (fad.ops.build): a fresh CPU build, a compile-only build of the
 CUDA sources, the setup.py extension list, the baseline (non-AVX2) code path."""
 import glob
 import os
@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from fad.ops import kernels
+from fad.ops import build
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,8 +34,8 @@ def test_fresh_cpu_build(tmp_path):
     """Compile the CPU extension from scratch (empty TORCH_EXTENSIONS_DIR) and run it."""
     if shutil.which("c++") is None:
         pytest.skip("no C++ compiler on PATH")
-    code = ("import torch; import fad.ops; from fad.ops.kernels import load; load('msda_cpu'); "
-            "from fad.ops.msda_inputs import random_msda_inputs; "
+    code = ("import torch; import fad.ops; from fad.ops.build import load; load('msda_cpu'); "
+            "from fad.ops.msda.inputs import random_msda_inputs; "
             "from fad.ops import ms_deform_attn_reference as ref; "
             "a = random_msda_inputs(1, [(3, 4)], 2, 8, 5, 2); "
             "assert torch.allclose(torch.ops.fad_msda.forward(*a), ref(*a)); print('ok')")
@@ -52,7 +52,7 @@ def test_cuda_sources_compile(tmp_path):
         pytest.skip("torch is a CPU-only build")
     if root is None or not os.path.exists(os.path.join(root, "bin", "nvcc")):
         pytest.skip("no CUDA toolkit (nvcc) found; set CUDA_HOME")
-    code = ("import fad.ops; from fad.ops.kernels import jit_build; "
+    code = ("import fad.ops; from fad.ops.build import jit_build; "
             f"jit_build('msda_cuda', build_directory={str(tmp_path)!r}); print('ok')")
     env = {"CUDA_HOME": root, "PYTHONPATH": REPO,
            "TORCH_CUDA_ARCH_LIST": os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0")}
@@ -62,36 +62,36 @@ def test_cuda_sources_compile(tmp_path):
 
 
 def test_missing_sources_give_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(kernels, "csrc_dir", lambda: tmp_path)
-    with pytest.raises(kernels.ExtensionUnavailable, match="MSDA CPU kernel sources not found"):
-        kernels.jit_build("msda_cpu")
+    monkeypatch.setattr(build, "csrc_dir", lambda: tmp_path)
+    with pytest.raises(build.ExtensionUnavailable, match="MSDA CPU kernel sources not found"):
+        build.jit_build("msda_cpu")
 
 
 def test_setup_extensions_list_every_extension(monkeypatch):
     from torch.utils.cpp_extension import CUDA_HOME
 
     monkeypatch.setenv("FAD_BUILD_CUDA", "0")
-    modules, cmdclass = kernels.setup_extensions()
+    modules, cmdclass = build.setup_extensions()
     cpu = ["msda_cpu", "depthwise_cpu", "sparse_cpu"]
     assert [m.name for m in modules] == [f"fad.ops._{name}" for name in cpu]
     for module, name in zip(modules, cpu):
-        assert module.sources == [f"csrc/{s}" for s in kernels.EXTENSIONS[name].sources]
+        assert module.sources == [f"csrc/{s}" for s in build.EXTENSIONS[name].sources]
         assert all(os.path.exists(os.path.join(REPO, s)) for s in module.sources)
     assert "build_ext" in cmdclass
     if CUDA_HOME is not None:  # CUDAExtension needs a toolkit to resolve its library paths
         monkeypatch.setenv("FAD_BUILD_CUDA", "1")
-        modules = kernels.setup_extensions()[0]
+        modules = build.setup_extensions()[0]
         assert [m.name for m in modules] == ["fad.ops._msda_cpu", "fad.ops._msda_cuda",
                                              "fad.ops._depthwise_cpu", "fad.ops._sparse_cpu"]
         assert modules[1].sources == ["csrc/msda/cuda/msda_cuda.cu"]
 
 
 def test_every_op_schema_is_declared_in_python_and_implemented_in_cpp():
-    """One way: Python declares each kernel op (define_library), C++ only registers kernels."""
-    import fad.modeling.backbone.sparse.kernel  # noqa: F401  (declares fad_sparse)
+    """One way: Python declares each kernel op (define_library), C++ only registers build."""
     import fad.ops.depthwise  # noqa: F401  (declares fad_dw)
+    import fad.ops.sparse  # noqa: F401  (declares fad_sparse)
 
-    for name, ext in kernels.EXTENSIONS.items():
+    for name, ext in build.EXTENSIONS.items():
         text = "".join(p.read_text() for p in ext.source_paths())
         assert "TORCH_LIBRARY(" not in text, name
         namespace = text.split("TORCH_LIBRARY_IMPL(")[1].split(",")[0]
@@ -105,8 +105,8 @@ def test_baseline_isa_path_matches_reference():
     """ATEN_CPU_CAPABILITY=default selects the non-AVX2 copy of the CPU loops; check it too."""
     if shutil.which("c++") is None:
         pytest.skip("no C++ compiler on PATH")
-    code = ("import torch; import fad.ops; from fad.ops.kernels import load; load('msda_cpu')\n"
-            "from fad.ops.msda_inputs import random_msda_inputs\n"
+    code = ("import torch; import fad.ops; from fad.ops.build import load; load('msda_cpu')\n"
+            "from fad.ops.msda.inputs import random_msda_inputs\n"
             "from fad.ops import ms_deform_attn_reference as ref\n"
             "for d in (32, 64, 71):\n"
             "    a = random_msda_inputs(2, [(5, 4), (2, 3)], 2, d, 6, 3, dtype=torch.float32,"

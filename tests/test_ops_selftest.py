@@ -8,10 +8,11 @@ import sys
 
 import pytest
 
-from fad.ops import msda, selftest
+from fad.ops import selftest
+from fad.ops.msda import dispatch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HAS_TRITON_MODULE = importlib.util.find_spec("fad.ops.msda_triton") is not None
+HAS_TRITON_MODULE = importlib.util.find_spec("fad.ops.msda.triton") is not None
 
 
 def _report(text: str) -> dict[tuple[str, str, str], tuple[str, str]]:
@@ -60,8 +61,8 @@ def test_a_wrong_kernel_fails_with_exit_code_1(monkeypatch, capsys):
     if shutil.which("c++") is None:
         pytest.skip("no C++ compiler on PATH")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setitem(msda.FORWARD, "cpp",
-                        lambda *args: 1.01 * msda.FORWARD["reference"](*args))
+    monkeypatch.setitem(dispatch.FORWARD, "cpp",
+                        lambda *args: 1.01 * dispatch.FORWARD["reference"](*args))
     assert selftest.main() == 1
     rows = _report(capsys.readouterr().out)
     assert rows["msda", "cpp", "cpu"][0] == "FAIL"

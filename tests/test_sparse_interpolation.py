@@ -13,7 +13,7 @@ from fad.modeling.backbone.sparse.interpolation import (
     interpolate_dense,
     interpolate_rows,
 )
-from fad.modeling.backbone.sparse.kernel import kernel_available
+from fad.ops.sparse import kernel_available
 
 
 def _spec_kernel(s: float, k: int = 7) -> torch.Tensor:

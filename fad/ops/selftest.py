@@ -4,7 +4,7 @@ The first command to run on a new machine. For each op (MSDA, depthwise 3x3, Spa
 execution), each non-reference backend and each device here (the CPU, and CUDA when torch sees
 a GPU) it builds or loads the kernel, runs small random float32 inputs forward and backward
 (sparse execution: forward only, its kernels serve inference) through the public op with that
-backend forced (`fad.ops.kernels.using`), and compares with the reference backend. One line per
+backend forced (`fad.ops.backends.using`), and compares with the reference backend. One line per
 backend:
 
     op         backend  device  result       detail
@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from . import kernels, msda
+from . import msda, sparse
+from .backends import using
+from .build import ExtensionUnavailable, load
 from .depthwise import depthwise_conv3x3
-from .msda_inputs import random_msda_inputs
+from .msda.inputs import random_msda_inputs
 
 TOLERANCE = 1e-4  # float32 inputs, errors relative to the reference magnitude
 HEADER = f"{'op':<10} {'backend':<8} {'device':<7} {'result':<12} detail"
@@ -75,40 +77,38 @@ def _depthwise_run(device: str) -> list[Tensor]:
 
 
 def _sparse_run(device: str) -> list[Tensor]:
-    """Outputs of the sparse execution kernels' call sites (inference, no gradients)."""
-    from fad.modeling.backbone.sparse.execution import Active, as_rows, conv_at, gather_windows
-    from fad.modeling.backbone.sparse.interpolation import gaussian_taps, interpolate_rows
-    from fad.modeling.backbone.sparse.masks import small_conv3x3
-
+    """Outputs of every sparse-execution kernel (inference, no gradients): interpolation (new
+    tensor and onto the residual), active rows, im2col windows, a gathered conv, tap sums."""
     g = torch.Generator().manual_seed(0)
     n, h, w, c = 2, 7, 9, 40
+    ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
     mask = torch.rand(n * h * w, generator=g)
     mask = torch.where(mask < 0.5, torch.zeros_like(mask), mask)
     mask[::5] = 1.0
     index = ((mask > 0).long().cumsum(0) - 1).clamp(min=0)
     rows = torch.randn(int((mask > 0).sum()), c, generator=g)
-    x = torch.randn(n, c, h, w, generator=g)
-    convs = [nn.Conv2d(c, 1, 3, padding=1), nn.Conv2d(c, 2, 3, stride=2, padding=1)]
-    for param in (p for conv in convs for p in conv.parameters()):
-        nn.init.normal_(param, std=0.1, generator=g)
-    out_mask = (torch.rand(n, 1, (h - 1) // 2 + 1, (w - 1) // 2 + 1, generator=g) < 0.5).float()
-    taps = gaussian_taps(torch.tensor(1.5), 5)
-    mask, index, rows, x, out_mask, taps = (
-        t.to(device) for t in (mask, index, rows, x, out_mask, taps))
-    convs = [conv.to(device) for conv in convs]
+    x_rows = torch.randn(n * h * w, c, generator=g)
+    out_mask = (torch.rand(n * ho * wo, generator=g) < 0.5).float()
+    taps = torch.tensor([0.05, 0.25, 0.6, 0.25, 0.05])
+    weight, weight2 = torch.randn(9 * c, 3, generator=g) / c, torch.randn(3, 2, generator=g)
+    taps_y = torch.randn(n * h * w, 9 * 3, generator=g)  # tap contributions of 3 channels
+    bias1, bias2 = torch.randn(1, generator=g), torch.randn(2, generator=g)
+    mask, index, rows, x_rows, out_mask, taps, weight, weight2, taps_y, bias1, bias2 = (
+        t.to(device) for t in (mask, index, rows, x_rows, out_mask, taps, weight, weight2,
+                               taps_y, bias1, bias2))
     with torch.no_grad():
-        interpolated = interpolate_rows(rows, index, mask, taps, (n, h, w), relu=True,
-                                        relu_rows=True, bias=torch.ones(c, device=device),
-                                        residual=as_rows(x))
-        active = Active.of(out_mask)
-        windows = gather_windows(as_rows(x), active, h, w, 2)
-        conv = conv_at(as_rows(x), active, h, w, 3, 2, windows.new_ones(9 * c, 3) / c,
-                       torch.ones(3, device=device), relu=True,
-                       weight2=windows.new_ones(3, 2))
-        onto = interpolate_rows(rows, index, mask, taps, (n, h, w), relu=True,
-                                residual=as_rows(x).clone(), into_residual=True)
-        tap_sums = small_conv3x3(x, convs)
-    return [interpolated, windows, conv, onto, active.row_of, *tap_sums]
+        interpolated = sparse.interpolate_rows(rows, index, mask, taps, (n, h, w), relu=True,
+                                               relu_rows=True, bias=torch.ones(c, device=device),
+                                               residual=x_rows)
+        positions, row_of = sparse.active_rows(out_mask)
+        windows = sparse.gather_windows(x_rows, positions, n, h, w, ho, wo, 2)
+        conv = sparse.gather_conv(x_rows, positions, n, h, w, ho, wo, 3, 2, weight,
+                                  torch.ones(3, device=device), relu=True, weight2=weight2)
+        onto = sparse.interpolate_rows(rows, index, mask, taps, (n, h, w), relu=True,
+                                       residual=x_rows.clone(), into_residual=True)
+        tap_sums = [sparse.tap_sum(taps_y, bias1, n, h, w, 0, 1),
+                    sparse.tap_sum(taps_y, bias2, n, h, w, 1, 2)]
+    return [interpolated, windows, conv, onto, row_of, *tap_sums]
 
 
 def _check(op: str, backend: str, device: str, run: Callable[[str], list[Tensor]],
@@ -116,9 +116,9 @@ def _check(op: str, backend: str, device: str, run: Callable[[str], list[Tensor]
     if reason is not None:
         return Result(op, backend, device, "unavailable", reason)
     try:
-        with kernels.using(op, "reference"):
+        with using(op, "reference"):
             expected = run(device)
-        with kernels.using(op, backend):
+        with using(op, backend):
             got = run(device)
         error = max_error(got, expected)
     except Exception as exc:  # a crashing kernel is a failed check, reported on its line
@@ -131,8 +131,8 @@ def _check(op: str, backend: str, device: str, run: Callable[[str], list[Tensor]
 
 def _load_reason(extension: str) -> str | None:
     try:
-        kernels.load(extension)
-    except kernels.ExtensionUnavailable as exc:
+        load(extension)
+    except ExtensionUnavailable as exc:
         return str(exc)
     return None
 

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from fad.errors import OpError
 
-from .msda import multi_scale_deformable_attention
+from .schema import multi_scale_deformable_attention
 
 
 class MSDeformAttn(nn.Module):

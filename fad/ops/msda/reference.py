@@ -1,7 +1,8 @@
 """Pure-PyTorch reference of multi-scale deformable attention (MSDA), built on `grid_sample`.
 
 Correct on every device and dtype and differentiable by autograd, but it materialises a
-[N*M, D, Lq, L*P] intermediate; the compiled and Triton kernels (`fad.ops.msda`) avoid that.
+[N*M, D, Lq, L*P] intermediate; the compiled and Triton kernels (`fad.ops.msda.dispatch`)
+avoid that.
 """
 from __future__ import annotations
 

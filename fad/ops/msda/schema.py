@@ -1,16 +1,11 @@
-"""Multi-scale deformable attention (MSDA) op: checked entry point, custom op, backend dispatch.
+"""Multi-scale deformable attention (MSDA) op: the schema, checked entry point, fake, autograd,
+autocast and FLOP formula.
 
 `multi_scale_deformable_attention` checks its inputs, promotes dtypes and calls the custom op
 `fad::ms_deform_attn` (backward: `fad::ms_deform_attn_backward`). The op's implementation checks
-the levels against the value length and runs one backend (setting MODEL.OPS.MSDA_BACKEND /
-FAD_MSDA_BACKEND, see `fad.ops.kernels`):
-
-    reference  pure-PyTorch `grid_sample` (fad.ops.msda_reference), any device and dtype
-    cpp        C++ CPU kernel (`torch.ops.fad_msda`, csrc/msda/cpu), CPU tensors
-    cuda       C++ CUDA kernel (csrc/msda/cuda), CUDA tensors; opt-in
-    triton     Triton kernels (fad.ops.msda_triton), CUDA tensors, or CPU tensors when
-               TRITON_INTERPRET=1 (Triton's interpreter)
-    auto       CPU: cpp; CUDA: triton, else cuda; falling back to reference with one warning
+the levels against the value length and runs the backend that `fad.ops.msda.dispatch` picks
+(MODEL.OPS.MSDA_BACKEND / FAD_MSDA_BACKEND); the kernel ops `fad_msda::forward` / `backward`
+that the compiled extensions implement are declared here too.
 
 The op has fake impls (`torch.compile`, `torch.export` see one node whatever the backend),
 autograd, autocast (under CUDA or CPU autocast the inputs are cast to float32 and the output is
@@ -20,29 +15,22 @@ for the attention weighting, 5 * D; the backward twice that).
 """
 from __future__ import annotations
 
-import functools
-import importlib
-import os
-from typing import Callable
-
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from fad.errors import OpError
 
-from . import kernels
-from .msda_reference import ms_deform_attn_reference, ms_deform_attn_reference_backward
+from ..build import define_library
+from .dispatch import BACKWARD, FORWARD, backend_for
 
-OP = "msda"
-_KERNEL_LIB = kernels.define_library("fad_msda", (
+_KERNEL_LIB = define_library("fad_msda", (
     "forward(Tensor value, Tensor spatial_shapes, Tensor level_start_index, "
     "Tensor sampling_loc, Tensor attn_weight) -> Tensor",
     "backward(Tensor grad_output, Tensor value, Tensor spatial_shapes, "
     "Tensor level_start_index, Tensor sampling_loc, Tensor attn_weight) "
     "-> (Tensor, Tensor, Tensor)",
 ))
-_AUTO = {"cpu": ("cpp",), "cuda": ("triton", "cuda")}
 
 
 def _fail(message: str) -> None:
@@ -98,103 +86,6 @@ def check_levels(value: Tensor, spatial_shapes: Tensor, level_start_index: Tenso
     _fail(f"spatial_shapes {shapes} and level_start_index {starts} do not describe value's "
           f"S = {value.shape[1]} tokens (levels back to back: start_l = sum of H*W before l, "
           "all levels together = S)")
-
-
-def _triton_module():
-    return importlib.import_module("fad.ops.msda_triton")
-
-
-@functools.lru_cache(maxsize=1)
-def _triton_import_error() -> str | None:
-    try:
-        module = _triton_module()
-    except ImportError as exc:
-        return f"the Triton kernels cannot be imported ({exc})"
-    return module.triton_unavailable()
-
-
-def backend_unavailable(backend: str, device_type: str) -> str | None:
-    """Why MSDA `backend` cannot run `device_type` tensors here, or None when it can (loads,
-    and on first use builds, the compiled extension it needs)."""
-    if backend == "reference":
-        return None
-    if backend == "triton":
-        if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            return "Triton runs CPU tensors only under TRITON_INTERPRET=1"
-        if device_type not in ("cpu", "cuda"):
-            return f"no Triton kernel for {device_type} tensors"
-        return _triton_import_error()
-    device = {"cpp": "cpu", "cuda": "cuda"}[backend]
-    if device_type != device:
-        return f"the {backend} kernel runs {device} tensors, not {device_type} ones"
-    try:
-        kernels.load(f"msda_{device}")
-    except kernels.ExtensionUnavailable as exc:
-        return str(exc)
-    return None
-
-
-def backend_for(device_type: str) -> str:
-    """The backend that runs MSDA on `device_type` tensors under the current setting."""
-    name = kernels.get_backend(OP)
-    if name != "auto":
-        reason = backend_unavailable(name, device_type)
-        if reason is not None:
-            raise kernels.unavailable(OP, name, reason)
-        return name
-    reasons = []
-    for candidate in _AUTO.get(device_type, ()):
-        reason = backend_unavailable(candidate, device_type)
-        if reason is None:
-            return candidate
-        reasons.append(f"{candidate}: {reason}")
-    if reasons:
-        kernels.fallback_warning(OP, device_type, "; ".join(reasons))
-    return "reference"
-
-
-def _kernel_shapes(spatial_shapes: Tensor, level_start_index: Tensor,
-                   device: torch.device) -> tuple[Tensor, Tensor]:
-    return (spatial_shapes.to(device=device, dtype=torch.int64).contiguous(),
-            level_start_index.to(device=device, dtype=torch.int64).contiguous())
-
-
-def _forward_reference(value, spatial_shapes, level_start_index, loc, attn) -> Tensor:
-    with torch.no_grad():
-        return ms_deform_attn_reference(value, spatial_shapes, level_start_index, loc, attn)
-
-
-def _forward_compiled(value, spatial_shapes, level_start_index, loc, attn) -> Tensor:
-    shapes, starts = _kernel_shapes(spatial_shapes, level_start_index, value.device)
-    return torch.ops.fad_msda.forward(value.contiguous(), shapes, starts, loc.contiguous(),
-                                      attn.contiguous())
-
-
-def _forward_triton(value, spatial_shapes, level_start_index, loc, attn) -> Tensor:
-    shapes, starts = _kernel_shapes(spatial_shapes, level_start_index, value.device)
-    return _triton_module().msda_triton_forward(value.contiguous(), shapes, starts,
-                                                loc.contiguous(), attn.contiguous())
-
-
-def _backward_compiled(grad_output, value, spatial_shapes, level_start_index, loc, attn):
-    shapes, starts = _kernel_shapes(spatial_shapes, level_start_index, value.device)
-    return tuple(torch.ops.fad_msda.backward(grad_output.contiguous(), value.contiguous(), shapes,
-                                             starts, loc.contiguous(), attn.contiguous()))
-
-
-def _backward_triton(grad_output, value, spatial_shapes, level_start_index, loc, attn):
-    shapes, starts = _kernel_shapes(spatial_shapes, level_start_index, value.device)
-    return tuple(_triton_module().msda_triton_backward(
-        grad_output.contiguous(), value.contiguous(), shapes, starts, loc.contiguous(),
-        attn.contiguous()))
-
-
-FORWARD: dict[str, Callable[..., Tensor]] = {
-    "reference": _forward_reference, "cpp": _forward_compiled, "cuda": _forward_compiled,
-    "triton": _forward_triton}
-BACKWARD: dict[str, Callable[..., tuple[Tensor, Tensor, Tensor]]] = {
-    "reference": ms_deform_attn_reference_backward, "cpp": _backward_compiled,
-    "cuda": _backward_compiled, "triton": _backward_triton}
 
 
 @torch.library.custom_op("fad::ms_deform_attn", mutates_args=())

@@ -181,7 +181,7 @@ def _interpret_mode() -> bool:
     imported_interpreted = isinstance(tl.zeros, InterpretedFunction)
     if interpret != imported_interpreted:
         raise OpError(
-            f"fad.ops.msda_triton: TRITON_INTERPRET is {'on' if interpret else 'off'} but triton "
+            f"fad.ops.msda.triton: TRITON_INTERPRET is {'on' if interpret else 'off'} but triton "
             f"was imported with it {'on' if imported_interpreted else 'off'}; set "
             "TRITON_INTERPRET=1 (CPU tensors) before anything imports triton, e.g. in the "
             "environment of the process, or leave it unset for CUDA tensors")
@@ -202,13 +202,13 @@ def _launch_setup(value: Tensor, spatial_shapes: Tensor, level_start_index: Tens
     """Kernels, the constexpr kwargs and the grid for these inputs; raises when unsupported."""
     reason = triton_unavailable()
     if reason is not None:
-        raise OpError(f"fad.ops.msda_triton: {reason}; pick another MSDA backend")
+        raise OpError(f"fad.ops.msda.triton: {reason}; pick another MSDA backend")
     if spatial_shapes.dtype != torch.int64 or level_start_index.dtype != torch.int64:
-        raise OpError(f"fad.ops.msda_triton: spatial_shapes and level_start_index must be int64, "
+        raise OpError(f"fad.ops.msda.triton: spatial_shapes and level_start_index must be int64, "
                       f"got {spatial_shapes.dtype} and {level_start_index.dtype}")
     if value.dtype not in _SUPPORTED or not (
             value.dtype == sampling_locations.dtype == attention_weights.dtype):
-        raise OpError(f"fad.ops.msda_triton: value, sampling_locations and attention_weights "
+        raise OpError(f"fad.ops.msda.triton: value, sampling_locations and attention_weights "
                       f"must share one of float16/bfloat16/float32/float64, got {value.dtype}, "
                       f"{sampling_locations.dtype}, {attention_weights.dtype}")
     n, _, m, d = value.shape

@@ -1,26 +1,22 @@
-"""The compiled SparseResNet CPU kernels: op schemas and when they run.
+"""The compiled SparseResNet CPU kernels: op schemas and the FLOP formula.
 
 `torch.ops.fad_sparse.*` (CPU, float32; kernels in csrc/sparse_resnet, loaded by
-`fad.ops.kernels`) replace parts of the pure-PyTorch path at inference: `interpolate` /
+`fad.ops.build`) replace parts of the pure-PyTorch path at inference: `interpolate` /
 `interpolate_into` (the Gaussian interpolation, into a new tensor or onto the residual),
 `gather_conv` (a conv at sampled positions: tiled gather + GEMM, optionally a second 1x1 conv),
 `gather_windows` (im2col at sampled positions), `tap_sum` (mask-conv tap sums) and
 `active_rows` (the sampled positions of a mask). `gather_conv` has a FLOP formula (its GEMMs, as
 FlopCounterMode counts the reference's addmm/mm); the others replace gathers and elementwise sums
-that FlopCounterMode counts on neither path. The backend setting MODEL.OPS.SPARSE_BACKEND /
-FAD_SPARSE_BACKEND picks "auto", "reference" or "cpp"; CUDA tensors always use the reference
-(gathers, GEMMs, cuDNN convolutions).
+that FlopCounterMode counts on neither path. `fad.ops.sparse.dispatch` picks kernel or reference.
 """
 from __future__ import annotations
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from fad.ops import kernels
+from ..build import define_library
 
-__all__ = ["kernel_available", "kernel_runs"]
-
-_KERNEL_LIB = kernels.define_library("fad_sparse", (
+_KERNEL_LIB = define_library("fad_sparse", (
     "interpolate(Tensor rows, Tensor index, Tensor mask, Tensor taps, float eps, Tensor? bias, "
     "Tensor? residual, bool relu, bool relu_rows, int n, int h, int w) -> Tensor",
     "interpolate_into(Tensor(a!) residual, Tensor rows, Tensor index, Tensor mask, Tensor taps, "
@@ -43,13 +39,3 @@ def _gather_conv_flops(src_shape, positions_shape, *args, out_shape=None, **kwar
     if weight2_shape is not None:
         flops += 2 * positions_shape[0] * weight2_shape[0] * weight2_shape[1]
     return flops
-
-
-def kernel_available(device_type: str) -> bool:
-    """Whether sparse execution on `device_type` runs the compiled kernels (built on first use)."""
-    return kernels.use_cpu_kernel("sparse", "sparse_cpu", device_type)
-
-
-def kernel_runs(t: torch.Tensor) -> bool:
-    """Whether the compiled CPU kernels handle tensor `t` (CPU, float32, kernel loaded)."""
-    return t.dtype == torch.float32 and kernel_available(t.device.type)

@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .interpolation import interpolate_rows
-from .kernel import kernel_runs
+from fad.ops import sparse as ops
 
 # A conv computes densely when the density of its mask exceeds this: the crossover of the
 # sparse and the dense block lies at 0.9-1.0 in every R-101 stage at 800x1344, 1 and 2 threads
@@ -52,12 +51,7 @@ class Active:
     def of(cls, m: Tensor) -> Active:
         n, _, h, w = m.shape
         values = m.reshape(-1).contiguous()
-        if kernel_runs(values):
-            return cls(*torch.ops.fad_sparse.active_rows(values), values, n, h, w)
-        positions = torch.nonzero(values, as_tuple=True)[0]
-        row_of = torch.zeros(values.numel(), dtype=torch.long, device=m.device)
-        row_of[positions] = torch.arange(positions.numel(), device=m.device)
-        return cls(positions, row_of, values, n, h, w)
+        return cls(*ops.active_rows(values), values, n, h, w)
 
     @property
     def density(self) -> float:
@@ -70,7 +64,7 @@ class Active:
         return Active(every, every, self.values, self.n, self.h, self.w)
 
     def interpolate(self, rows: Tensor, taps: Tensor, **kwargs) -> Tensor:
-        return interpolate_rows(rows, self.row_of, self.values, taps, (self.n, self.h, self.w),
+        return ops.interpolate_rows(rows, self.row_of, self.values, taps, (self.n, self.h, self.w),
                                 **kwargs)
 
 
@@ -89,33 +83,10 @@ def as_map(rows: Tensor, n: int, h: int, w: int) -> Tensor:
     return rows.view(n, h, w, -1).permute(0, 3, 1, 2)
 
 
-def _with_zero_row(rows: Tensor) -> Tensor:
-    """[M, C] -> [M + 1, C] with an all-zero last row (the target of padding taps)."""
-    return torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
-
-
-def window_index(out: Active, in_h: int, in_w: int, stride: int, size: int = 3) -> Tensor:
-    """[P, size^2] input positions read by a size x size conv (padding size // 2) at the active
-    outputs (padding: N*H*W)."""
-    p = out.positions
-    n, rem = p // (out.h * out.w), p % (out.h * out.w)
-    offsets = torch.arange(size, device=p.device) - size // 2
-    iy = (rem // out.w * stride)[:, None] + offsets  # [P, size]
-    ix = (rem % out.w * stride)[:, None] + offsets
-    valid = ((iy >= 0) & (iy < in_h))[:, :, None] & ((ix >= 0) & (ix < in_w))[:, None, :]
-    src = (n * in_h * in_w)[:, None, None] + iy[:, :, None] * in_w + ix[:, None, :]
-    return torch.where(valid, src, out.n * in_h * in_w).view(-1, size * size)
-
-
 def gather_windows(rows: Tensor, out: Active, in_h: int, in_w: int, stride: int) -> Tensor:
     """im2col columns [P, 9 * C], ordered (ky, kx, c), of a 3x3 pad-1 conv with `stride` at the
     active positions of `out`, reading rows [N*in_h*in_w, C] of the input grid."""
-    if kernel_runs(rows):
-        return torch.ops.fad_sparse.gather_windows(rows.contiguous(), out.positions, out.n, in_h,
-                                                   in_w, out.h, out.w, stride)
-    index = window_index(out, in_h, in_w, stride)
-    return _with_zero_row(rows).index_select(0, index.view(-1)).view(index.shape[0],
-                                                                     9 * rows.shape[1])
+    return ops.gather_windows(rows, out.positions, out.n, in_h, in_w, out.h, out.w, stride)
 
 
 def conv_at(rows: Tensor, out: Active, in_h: int, in_w: int, size: int, stride: int,
@@ -133,17 +104,8 @@ def conv_at(rows: Tensor, out: Active, in_h: int, in_w: int, size: int, stride: 
         [P, C1] (or [P, C2]): row i is output position out.positions[i]. On the CPU the compiled
         kernel gathers and multiplies tile by tile; elsewhere one gather and GEMM.
     """
-    if kernel_runs(rows):
-        return torch.ops.fad_sparse.gather_conv(rows.contiguous(), out.positions, out.n, in_h,
-                                                in_w, out.h, out.w, size, stride, weight, bias,
-                                                relu, weight2)
-    index = window_index(out, in_h, in_w, stride, size)
-    cols = _with_zero_row(rows).index_select(0, index.view(-1)).view(index.shape[0],
-                                                                      weight.shape[0])
-    y = cols @ weight if bias is None else torch.addmm(bias, cols, weight)
-    if relu:
-        y = y.relu_()
-    return y if weight2 is None else y @ weight2
+    return ops.gather_conv(rows, out.positions, out.n, in_h, in_w, out.h, out.w, size, stride,
+                           weight, bias, relu, weight2)
 
 
 def deform_windows(rows: Tensor, out: Active, offsets: Tensor, in_h: int, in_w: int,
@@ -153,7 +115,7 @@ def deform_windows(rows: Tensor, out: Active, offsets: Tensor, in_h: int, in_w: 
     rows [N*in_h*in_w, C]; offsets [P, 18] are (dy, dx) per tap in row-major tap order; corners
     outside the map read 0. Returns [P, 9 * C] ordered (ky, kx, c).
     """
-    rows_ext = _with_zero_row(rows)
+    rows_ext = ops.with_zero_row(rows)
     p = out.positions
     n, rem = p // (out.h * out.w), p % (out.h * out.w)
     taps = torch.arange(-1, 2, device=p.device, dtype=offsets.dtype)

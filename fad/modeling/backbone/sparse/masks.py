@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from .kernel import kernel_runs
+from fad.ops.sparse import tap_sum
 
 SAMPLING_MODES = ("stochastic", "deterministic")
 
@@ -39,34 +39,11 @@ def small_conv3x3(x: Tensor, convs: Sequence[nn.Conv2d]) -> list[Tensor]:
     k = sum(outs)
     weight = torch.cat([c.weight for c in convs]).permute(1, 2, 3, 0).reshape(cin, 9 * k)
     y = x.permute(0, 2, 3, 1).reshape(-1, cin) @ weight.to(x.dtype)
-    fused = not (torch.is_grad_enabled() and y.requires_grad) and kernel_runs(y)
     results, start = [], 0
     for conv, o in zip(convs, outs):
-        s = conv.stride[0]
-        ho, wo = (h - 1) // s + 1, (w - 1) // s + 1
-        bias = conv.bias.to(x.dtype)
-        if fused:
-            acc = torch.ops.fad_sparse.tap_sum(y, bias.detach().contiguous(), n, h, w, start, s)
-            results.append(acc.view(n, ho, wo, o).permute(0, 3, 1, 2))
-        else:
-            results.append(_tap_sum(y.view(n, h, w, 3, 3, k), bias, start, o, s, ho, wo))
+        results.append(tap_sum(y, conv.bias.to(x.dtype), n, h, w, start, conv.stride[0]))
         start += o
     return results
-
-
-def _tap_sum(y: Tensor, bias: Tensor, start: int, o: int, s: int, ho: int, wo: int) -> Tensor:
-    """Outputs [start, start + o) at stride s from tap contributions y [N, H, W, 3, 3, k]."""
-    n, h, w = y.shape[:3]
-    acc = bias.expand(n, ho, wo, o).clone()
-    for ky in range(3):
-        oy0, oy1 = max(0, -((ky - 1) // s)), min(ho - 1, (h - ky) // s)
-        for kx in range(3):
-            ox0, ox1 = max(0, -((kx - 1) // s)), min(wo - 1, (w - kx) // s)
-            iy0, ix0 = oy0 * s + ky - 1, ox0 * s + kx - 1
-            acc[:, oy0:oy1 + 1, ox0:ox1 + 1] += y[
-                :, iy0:iy0 + s * (oy1 - oy0) + 1:s, ix0:ix0 + s * (ox1 - ox0) + 1:s,
-                ky, kx, start:start + o]
-    return acc.permute(0, 3, 1, 2)
 
 
 class MaskSampler(nn.Module):

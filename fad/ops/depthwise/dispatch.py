@@ -1,0 +1,25 @@
+"""Which depthwise 3x3 backend runs: the compiled CPU kernel ("cpp") on CPU float32/float64
+tensors, else the reference `F.conv2d` (CUDA, other dtypes, CPU autocast, backend "reference" by
+MODEL.OPS.DEPTHWISE_BACKEND or FAD_DEPTHWISE_BACKEND, no compiler; see `fad.ops.backends`)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..backends import use_cpu_kernel
+from .reference import depthwise_conv3x3_reference
+from .schema import DepthwiseFunction
+
+
+def kernel_runs(x: Tensor) -> bool:
+    """Whether `depthwise_conv3x3(x, ...)` runs the compiled kernel."""
+    return (x.dtype in (torch.float32, torch.float64)
+            and use_cpu_kernel("depthwise", "depthwise_cpu", x.device.type))
+
+
+def depthwise_conv3x3(x: Tensor, weight: Tensor, dilation: int = 1) -> Tensor:
+    """`F.conv2d(x, weight, padding=dilation, dilation=dilation, groups=C)` for
+    x Tensor[N, C, H, W] and weight Tensor[C, 1, 3, 3]."""
+    if kernel_runs(x) and weight.dtype == x.dtype and not torch.is_autocast_enabled("cpu"):
+        return DepthwiseFunction.apply(x, weight, dilation)
+    return depthwise_conv3x3_reference(x, weight, dilation)
