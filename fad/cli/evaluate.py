@@ -90,9 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     voc.add_argument("--out", required=True, metavar="metrics.json", help="metrics JSON to write")
     voc.add_argument("--use-07-metric", action="store_true", help="11-point AP of VOC2007")
     voc.add_argument("--classes", default=None, metavar="FILE",
-                     help="class list, one a line (default, as for the datasets: classes.txt "
-                          "beside the data or its parent, else the sorted names in the "
-                          "annotations, else the 20 VOC classes; the one used is printed)")
+                     help="class list, one a line (default: the datasets' rule, in "
+                          "docs/data.md; the one used is printed)")
     return parser
 
 

@@ -35,9 +35,9 @@ def _image_path(root: Path, file_id: str, ann: VOCAnnotation) -> Path:
 
 
 class VOCDataset(DetectionDataset):
-    """A VOC-format split. `classes` None: `voc_format.default_voc_classes` (classes.txt beside
-    the data or its parent, else the sorted names in every annotation file, else the 20 VOC
-    classes). Training drops difficult objects; test data keeps them with a `difficult` flag."""
+    """A VOC-format split. `classes` None: the rule of `voc_format.default_voc_classes`
+    (docs/data.md). Training drops difficult objects; test data keeps them with a `difficult`
+    flag."""
 
     def __init__(self, root: str | Path, split: str, transforms: Transforms, is_train: bool,
                  classes: Sequence[str] | None = None, name: str | None = None):

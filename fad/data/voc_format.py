@@ -129,9 +129,10 @@ class ClassList:
 def default_voc_classes(voc_root: str | Path,
                         parsed: Mapping[str, VOCAnnotation] | None = None) -> ClassList:
     """The classes of a VOC-format folder (the one holding Annotations/) when none are given,
-    the one rule of the datasets and the evaluation: `classes.txt` beside the data (in
-    `voc_root`) or beside its parent folder, else the sorted object names of every annotation
-    file, else the 20 VOC classes. `parsed` (file stem -> annotation) spares re-reading xml."""
+    the one rule of the datasets and the evaluation (docs/data.md): `classes.txt` beside the
+    data (in `voc_root`) or beside its parent folder, else the sorted object names of every
+    annotation file, else the 20 VOC classes. `parsed` (file stem -> annotation) spares
+    re-reading xml."""
     root = Path(voc_root)
     for path in (root / "classes.txt", root.parent / "classes.txt"):
         if path.is_file():

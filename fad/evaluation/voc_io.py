@@ -49,9 +49,8 @@ def split_file(voc_root: str, split: str) -> str:
 
 
 def read_classes(voc_root: str, classes_file: str | None = None) -> ClassList:
-    """Classes from `classes_file`, else the datasets' rule (`default_voc_classes`: classes.txt
-    beside the data or its parent, else the names in the annotations, else the 20 VOC
-    classes), with where they came from."""
+    """Classes from `classes_file`, else the datasets' rule (`default_voc_classes`,
+    docs/data.md), with where they came from."""
     if classes_file:
         return ClassList(read_classes_file(classes_file), classes_file)
     return default_voc_classes(voc_root)
