@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # The main job on the built-in synthetic data, on the CPU in about ten minutes:
 # synthetic data -> FAD search -> genotype.log + diagrams -> augment training -> COCO table.
+# A re-run starts again: --overwrite replaces the earlier demo's runs under $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
 out=${OUT:-output/demo}
 $py tools/make_synthetic_data.py --out datasets --num-train 300 --num-val 60 --seed 0
-$py tools/search_net.py --config-file configs/fad/search/fad-fcos_tiny_synthetic.yaml \
+$py tools/search_net.py --config-file configs/fad/search/fad-fcos_tiny_synthetic.yaml --overwrite \
     SOLVER.MAX_ITER 40 SOLVER.STEPS "(30,)" SOLVER.CHECKPOINT_PERIOD 20 SOLVER.CHECKPOINT_KEEP 1 \
     OUTPUT_DIR "$out/search"
 $py tools/visualize_genotype.py "$out/search/genotype.log" --out "$out/diagrams" --format png
 $py tools/train_net.py --config-file configs/fad/augment/fad-fcos_tiny_synthetic.yaml \
-    --genotype-file "$out/search/genotype.log" \
+    --genotype-file "$out/search/genotype.log" --overwrite \
     SOLVER.MAX_ITER 200 SOLVER.STEPS "(160,)" SOLVER.CHECKPOINT_PERIOD 100 SOLVER.CHECKPOINT_KEEP 1 \
     OUTPUT_DIR "$out/augment"
 $py tools/demo.py --config-file configs/fad/augment/fad-fcos_tiny_synthetic.yaml \

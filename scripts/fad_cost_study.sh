@@ -2,7 +2,8 @@
 # The cost-aware search study of docs/fad.md on the synthetic data (CPU, one thread per run):
 # three tiny searches (unconstrained, FLOP targets 0.35 and 0.25 GFLOPs at 128x192, hinge, w 1),
 # each followed by the same augment budget, then the table and OUT/ap_vs_gflops.png.
-# Runs one after the other (~25 min on an idle core); a finished step is skipped when re-run.
+# Runs one after the other (~25 min on an idle core); a finished step is skipped when re-run,
+# an interrupted one continues (--resume).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
@@ -23,10 +24,10 @@ declare -A cost=(
 for name in none t035 t025; do
     [ -f "$out/search_$name/model_final.pth" ] || \
         $py tools/search_net.py --config-file configs/fad/search/fad-fcos_tiny_synthetic.yaml \
-            OUTPUT_DIR "$out/search_$name" $common $search ${cost[$name]}
+            --resume OUTPUT_DIR "$out/search_$name" $common $search ${cost[$name]}
     [ -f "$out/augment_$name/model_final.pth" ] || \
         $py tools/train_net.py --config-file configs/fad/augment/fad-fcos_tiny_synthetic.yaml \
-            --genotype-file "$out/search_$name/genotype.log" \
+            --genotype-file "$out/search_$name/genotype.log" --resume \
             OUTPUT_DIR "$out/augment_$name" $common $augment
 done
 $py - "$out" <<'PY'
