@@ -40,9 +40,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fad.augment.flops import head_flops  # noqa: E402
 from fad.config import load_config  # noqa: E402
 from fad.engine.checkpoint import Checkpointer  # noqa: E402
+from fad.nas.flops import head_flops  # noqa: E402
 from fad.nas.genotype import read_genotype_file  # noqa: E402
 
 out = sys.argv[1]

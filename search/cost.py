@@ -5,9 +5,9 @@ of the supernet: a candidate costs its standalone augment edge, `1x1 (T -> C) ->
 1x1 (C -> T)`, whatever it shares with its RepShare siblings during the search. A `CostTable`
 holds, per candidate name, that edge's cost summed over the FPN levels at one input size, plus
 the genotype-independent rest of the head (cell-input adapters, reduce convs, predictors). FLOPs
-are counted once with FlopCounterMode on the meta device (no compute; 2 FLOPs per multiply-add,
-torch's convention, as the head GFLOPs of docs/fad.md); latencies come from the JSON of
-`fad-bench op_latency`, measured once per device.
+are counted once by `fad.nas.flops` on the modules the augment stage builds (`augment_edge`, the
+augment head without its edges), so the table follows any change of them; latencies come from
+the JSON of `fad-bench op_latency`, measured once per device on the same modules.
 
 Expected cost of one node i with incoming edges j (softmax weights p_jk, candidate costs c_k,
 `none` last and free), keeping `K = 2` edges as the derivation does:
@@ -28,29 +28,26 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch import Tensor
 from yacs.config import CfgNode
 
 from fad.engine.distributed import is_main_process
 from fad.engine.trainer import HookBase, Trainer
 from fad.errors import ConfigError
-from fad.modeling.fcos import TowerHead
+from fad.nas.flops import edge_flops, fixed_flops, head_flops, padded_size
 from fad.nas.genotype import EDGES_PER_NODE, Genotype
-from fad.nas.primitives import discrete_op, preprocess, primitives, primitives_for
+from fad.nas.primitives import primitives, primitives_for
 from fad.utils.io import atomic_write_text
 
 from .derive import derive_genotype
 
 logger = logging.getLogger("fad")
 
-STRIDES = (8, 16, 32, 64, 128)  # FPN levels P3-P7 of the FCOS head
 COSTS = ("none", "flops", "latency")
 PENALTIES = ("hinge", "log")
 UNITS = {"flops": "GFLOPs", "latency": "ms"}
@@ -64,68 +61,7 @@ def cost_input_size(cfg: CfgNode) -> tuple[int, int]:
     if len(size) != 2 or min(size) < 1:
         raise ConfigError(f"MODEL.FAD.COST_INPUT_SIZE must be (H, W) of positive integers or () "
                           f"for the search input size, got {tuple(size)}")
-    div = max(int(cfg.INPUT.SIZE_DIVISIBILITY), 1)
-    h, w = (int(math.ceil(s / div) * div) for s in size)
-    return h, w
-
-
-def level_sizes(input_size: Sequence[int]) -> list[tuple[int, int]]:
-    """(H_l, W_l) of P3-P7 for a padded input (P6, P7: stride-2 3x3 convs, so ceil halves)."""
-    return [(math.ceil(input_size[0] / s), math.ceil(input_size[1] / s)) for s in STRIDES]
-
-
-def edge_module(name: str, tower_channels: int, edge_channels: int) -> nn.Sequential:
-    """One augment edge of candidate `name`: 1x1 (T -> C), the discrete op, 1x1 (C -> T)."""
-    return nn.Sequential(nn.Conv2d(tower_channels, edge_channels, 1),
-                         discrete_op(name, edge_channels),
-                         nn.Conv2d(edge_channels, tower_channels, 1))
-
-
-class _Stub(nn.Module):
-    """A tower stand-in with no cost: `forward(s0, s1) -> zeros Tensor[N, out_channels, H, W]`."""
-
-    def __init__(self, out_channels: int):
-        super().__init__()
-        self.out_channels = out_channels
-
-    def forward(self, s0: Tensor, s1: Tensor) -> Tensor:
-        return s1.new_zeros(s1.shape[0], self.out_channels, *s1.shape[-2:])
-
-
-class FixedHeadPart(nn.Module):
-    """The genotype-independent part of the augment head: the cell-input adapters of every
-    augment cell of both towers and the TowerHead frame (reduce convs, predictors, scales).
-
-    `forward(features: list[Tensor[N, C_fpn, H_l, W_l]])` runs all of them on every level.
-    """
-
-    def __init__(self, cfg: CfgNode, num_classes: int):
-        super().__init__()
-        f, fpn = cfg.MODEL.FAD, cfg.MODEL.FPN.OUT_CHANNELS
-        t, out = f.TOWER_CHANNELS, f.NUM_NODES * f.TOWER_CHANNELS
-        self.adapters = nn.ModuleList()
-        self.adapter_inputs: list[int] = []
-        for cells, (c0, c1) in ((f.BOX_CELLS, (fpn, fpn)), (f.CLS_CELLS, (t, fpn))):
-            for _ in range(cells):  # as AugmentTower: cell k > 0 reads (s1, previous output)
-                for c in (c0, c1):
-                    if c != t:
-                        self.adapters.append(preprocess(c, t))
-                        self.adapter_inputs.append(c)
-                c0, c1 = c1, out
-        self.head = TowerHead(_Stub(out), _Stub(out), t, num_classes, cfg.MODEL.FCOS.PRIOR_PROB)
-
-    def forward(self, features: list[Tensor]) -> dict[str, Tensor]:
-        for feat in features:
-            for adapter, c in zip(self.adapters, self.adapter_inputs):
-                adapter(feat.new_zeros(feat.shape[0], c, *feat.shape[-2:]))
-        return self.head(features)
-
-
-def count_flops(module: nn.Module, *inputs: object) -> int:
-    """FlopCounterMode's total (2 per multiply-add) of `module(*inputs)`, without autograd."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        module(*inputs)
-    return counter.get_total_flops()
+    return padded_size(cfg, size)
 
 
 @dataclass(frozen=True)
@@ -133,7 +69,7 @@ class CostTable:
     """Costs of the derived head's parts at one input size, summed over the FPN levels.
 
     `ops`: candidate name -> cost of one augment edge with that op; `fixed`: the rest of the head
-    (`FixedHeadPart`); `cells`: augment cells (box, cls); `unit`: "GFLOPs" or "ms".
+    (`fad.nas.flops.fixed_head`); `cells`: augment cells (box, cls); `unit`: "GFLOPs" or "ms".
     """
 
     unit: str
@@ -149,19 +85,12 @@ class CostTable:
 
 
 def flops_table(cfg: CfgNode, num_classes: int) -> CostTable:
-    """The GFLOPs table of the derived head (counted on the meta device, batch 1)."""
+    """The GFLOPs table of the derived head, counted on the augment modules (meta, batch 1)."""
     f = cfg.MODEL.FAD
     size = cost_input_size(cfg)
-    levels = level_sizes(size)
-    t, fpn = f.TOWER_CHANNELS, cfg.MODEL.FPN.OUT_CHANNELS
-    ops = {}
-    for name in primitives(f.DIL3)[:-1]:
-        edge = edge_module(name, t, f.EDGE_CHANNELS).to("meta")
-        ops[name] = sum(count_flops(edge, torch.empty(1, t, h, w, device="meta"))
-                        for h, w in levels) / 1e9
-    fixed = FixedHeadPart(cfg, num_classes).to("meta")
-    feats = [torch.empty(1, fpn, h, w, device="meta") for h, w in levels]
-    return CostTable("GFLOPs", ops, count_flops(fixed, feats) / 1e9,
+    ops = {name: edge_flops(name, f.TOWER_CHANNELS, f.EDGE_CHANNELS, size) / 1e9
+           for name in primitives(f.DIL3)[:-1]}
+    return CostTable("GFLOPs", ops, fixed_flops(cfg, num_classes, size) / 1e9,
                      (f.BOX_CELLS, f.CLS_CELLS), size)
 
 
@@ -303,7 +232,6 @@ class SearchCost:
                 "derived_head_table": round(genotype_head_cost(self.table, box, cls), 6)}
 
 
-HeadCounter = Callable[[CfgNode, int, Genotype, Genotype, Sequence[int]], dict[str, int]]
 COST_FILE = "genotype_cost.json"
 
 
@@ -313,15 +241,13 @@ class CostHook(HookBase):
 
     genotype.log itself stays two Genotype lines: the reference code's reader takes the first two
     lines of the file as the box and cls genotypes and our parser wants exactly two, so a header
-    would break both. `count_head` (the caller's, e.g. `fad.augment.flops.head_flops`; the search
-    stage does not import the augment stage) counts the real FLOPs on the augment head built from
-    the genotypes; the table's own sum of the same modules is recorded in any case.
+    would break both. Besides the table's sum, the real FLOPs are counted on the augment head
+    built from the derived genotypes (`fad.nas.flops.head_flops`).
     """
 
-    def __init__(self, cfg: CfgNode, cost: SearchCost, num_classes: int, output_dir: str,
-                 count_head: HeadCounter | None = None):
+    def __init__(self, cfg: CfgNode, cost: SearchCost, num_classes: int, output_dir: str):
         self.cfg, self.cost, self.num_classes = cfg, cost, num_classes
-        self.output_dir, self.count_head = output_dir, count_head
+        self.output_dir = output_dir
 
     def after_checkpoint(self, trainer: Trainer) -> None:
         if not is_main_process():
@@ -329,12 +255,10 @@ class CostHook(HookBase):
         alphas = self.cost.tower_alphas()
         box, cls = (derive_genotype(alphas[t]) for t in ("box", "cls"))
         summary = {"iteration": trainer.iter, **self.cost.summary(box, cls)}
-        if self.count_head is not None:
-            flops = self.count_head(self.cfg, self.num_classes, box, cls,
-                                    self.cost.table.input_size)
-            summary["derived_head_gflops"] = round(flops["head"] / 1e9, 6)
-            summary["derived_tower_gflops"] = {t: round(flops[f"{t}_tower"] / 1e9, 6)
-                                               for t in ("box", "cls")}
+        flops = head_flops(self.cfg, self.num_classes, box, cls, self.cost.table.input_size)
+        summary["derived_head_gflops"] = round(flops["head"] / 1e9, 6)
+        summary["derived_tower_gflops"] = {t: round(flops[f"{t}_tower"] / 1e9, 6)
+                                           for t in ("box", "cls")}
         atomic_write_text(os.path.join(self.output_dir, COST_FILE),
                           json.dumps(summary, indent=1) + "\n")
         unit = self.cost.table.unit

@@ -32,7 +32,7 @@ from fad.nas.draw import draw_genotype
 from fad.nas.genotype import Genotype, format_genotype, write_genotype_file
 
 from .architect import Architect
-from .cost import CostHook, HeadCounter, SearchCost
+from .cost import CostHook, SearchCost
 from .derive import derive_genotype, none_dominated_edges, softmax_alpha_scalars
 from .supernet import TOWERS, Supernet, build_supernet
 from .visuals import write_search_visuals
@@ -167,16 +167,11 @@ class GenotypeHook(HookBase):
 
 
 def search(cfg: CfgNode, model: Supernet, train_set, val_set, device: torch.device,
-           resume: bool = False, extra_state: dict | None = None,
-           count_head: HeadCounter | None = None) -> tuple[Genotype, Genotype]:
-    """Run (or resume) the bilevel search; returns the final (box, cls) genotypes.
-
-    `count_head` (e.g. `fad.augment.flops.head_flops`) counts the derived head's real FLOPs for
-    genotype_cost.json.
-    """
+           resume: bool = False, extra_state: dict | None = None) -> tuple[Genotype, Genotype]:
+    """Run (or resume) the bilevel search; returns the final (box, cls) genotypes."""
     fmt = cfg.SEARCH.DIAGRAM_FORMAT
     step = SearchStep(cfg, model, device)
-    cost_hook = CostHook(cfg, step.cost, model.num_classes, cfg.OUTPUT_DIR, count_head)
+    cost_hook = CostHook(cfg, step.cost, model.num_classes, cfg.OUTPUT_DIR)
     trainer = Trainer(cfg, step,
                       lambda start: zip(make_train_loader(cfg, train_set, start),
                                         make_train_loader(cfg, val_set, start)),
@@ -190,10 +185,9 @@ def search(cfg: CfgNode, model: Supernet, train_set, val_set, device: torch.devi
     return derive_genotypes(model)
 
 
-def run_search(cfg: CfgNode, device: torch.device, resume: bool = False,
-               count_head: HeadCounter | None = None) -> tuple[Genotype, Genotype]:
-    """Build the search set, split it into disjoint train/val halves, build the supernet, search
-    (`count_head`: see `search`).
+def run_search(cfg: CfgNode, device: torch.device,
+               resume: bool = False) -> tuple[Genotype, Genotype]:
+    """Build the search set, split it into disjoint train/val halves, build the supernet, search.
 
     DATASETS.TEST is not used (the search evaluates no detector); a value other than the default
     gets a warning.
@@ -218,4 +212,4 @@ def run_search(cfg: CfgNode, device: torch.device, resume: bool = False,
                 len(dataset), num_classes, len(train_set), len(val_set))
     model = build_supernet(cfg, num_classes).to(device)
     return search(cfg, model, train_set, val_set, device, resume,
-                  extra_state={"classes": list(dataset.classes)}, count_head=count_head)
+                  extra_state={"classes": list(dataset.classes)})

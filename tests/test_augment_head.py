@@ -1,4 +1,5 @@
-"""Augment stage: cells from genotypes, the searched head, config checks, a tiny training run."""
+"""Augment stage: cells from genotypes, the searched head (MODEL.FAD.GENOTYPE), config checks, a
+tiny training run."""
 import os
 
 import pytest
@@ -6,9 +7,11 @@ import torch
 from conftest import REPO, train_steps
 from torch import nn
 
-from fad.augment import AugmentCell, build_fad_fcos, build_fad_head, build_model
 from fad.config import get_cfg_defaults
 from fad.errors import ConfigError, GenotypeError
+from fad.modeling import build_detector
+from fad.modeling.fcos import build_fad_head, resolve_genotype
+from fad.nas.cells import AugmentCell
 from fad.nas.genotype import Genotype, read_genotype_file, read_genotype_text
 from fad.nas.primitives import FAMILIES, PRIMITIVES, PRIMITIVES_DIL3
 from fad.search.cells import SearchCell
@@ -111,16 +114,17 @@ def test_augment_cell_equals_supernet_cell_with_one_hot_alphas(dil3):
 
 def test_genotype_that_does_not_fit_the_config(tmp_path):
     text = read_genotype_text(PAPER)
-    with pytest.raises(GenotypeError, match="MODEL.FAD.NUM_NODES is 4"):
-        build_fad_fcos(_cfg(**{"MODEL.FAD.NUM_NODES": 4}), 3, text, PAPER)
+    with pytest.raises(GenotypeError, match=f"{PAPER}:1: .* MODEL.FAD.NUM_NODES is 4"):
+        build_detector(_cfg(**{"MODEL.FAD.NUM_NODES": 4, "MODEL.FAD.GENOTYPE": PAPER}), 3)
     with pytest.raises(GenotypeError, match="missing.log: genotype file not found"):
-        read_genotype_text(str(tmp_path / "missing.log"))
-    with pytest.raises(GenotypeError, match=r"model.pth:1: the line is not a Genotype\(...\) call"):
-        build_model(_cfg(), 3, "nonsense\nlines", "model.pth")
+        resolve_genotype(_cfg(), str(tmp_path / "missing.log"))
+    bad = "Genotype(normal=[], normal_concat=range(2, 2))\nGenotype(oops)"
+    with pytest.raises(GenotypeError, match="MODEL.FAD.GENOTYPE:1: the genotype has no nodes"):
+        resolve_genotype(_cfg(**{"MODEL.FAD.GENOTYPE": bad}))
     with pytest.raises(ConfigError, match="a genotype needs MODEL.META_ARCHITECTURE FCOS"):
-        build_model(_cfg(**{"MODEL.META_ARCHITECTURE": "DeformableDETR"}), 3, text, PAPER)
+        resolve_genotype(_cfg(**{"MODEL.META_ARCHITECTURE": "DeformableDETR"}), PAPER)
     with pytest.raises(ConfigError, match="EDGE_CHANNELS must be >= 1"):
-        build_fad_head(_cfg(edge=0), 3, *read_genotype_file(PAPER))
+        build_detector(_cfg(edge=0, **{"MODEL.FAD.GENOTYPE": text}), 3)
 
 
 @pytest.mark.slow
@@ -134,7 +138,8 @@ def test_tiny_training_loss_falls(synthetic_root):
                   "INPUT.FLIP_PROB_TRAIN": 0.0})
     dataset = build_dataset(cfg, ("synthetic_coco_train",), is_train=True)
     images, targets = zip(*[dataset[i] for i in range(2)])
-    model = build_fad_fcos(cfg, dataset.num_classes, read_genotype_text(PAPER)).train()
+    cfg.MODEL.FAD.GENOTYPE = read_genotype_text(PAPER)
+    model = build_detector(cfg, dataset.num_classes).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     # flat for ~10 iterations: cls_reduce starts at N(0, 0.01) (reference)
     losses = train_steps(model, list(images), list(targets), opt, steps=16, max_norm=10.0)

@@ -1,5 +1,6 @@
 """fad-demo (tools/demo.py): detections drawn on real VOC images and listed in detections.json;
-the genotype and class names come from the checkpoint."""
+the genotype (MODEL.FAD.GENOTYPE of the stored config, or an old checkpoint's `genotype`) and
+class names come from the checkpoint."""
 import json
 import logging
 import os
@@ -9,12 +10,13 @@ import pytest
 import torch
 from conftest import REPO, tiny_fcos_cfg, voc_fixture
 
-from fad.augment import build_model
-from fad.cli.trained_model import choose_genotype
+from fad.cli.trained_model import with_stored_genotype
+from fad.config import get_cfg_defaults
 from fad.config.catalog import VOC_CLASSES
 from fad.data.image import read_image
 from fad.engine.demo import class_name, draw_detections, list_images
 from fad.errors import DataError
+from fad.modeling import build_detector
 
 CONFIG = os.path.join(REPO, "configs", "fcos", "fcos_tiny_synthetic.yaml")
 PAPER = os.path.join(REPO, "configs", "fad", "genotypes", "fad_paper.log")
@@ -27,7 +29,7 @@ def _confident_checkpoint(path: Path) -> None:
     """A tiny untrained FCOS with VOC class names whose every location scores ~0.95."""
     cfg = tiny_fcos_cfg(str(path.parent), str(path.parent))
     cfg.merge_from_list(SMALL)
-    model = build_model(cfg, len(VOC_CLASSES))
+    model = build_detector(cfg, len(VOC_CLASSES))
     state = model.state_dict()
     state["head.cls_logits.bias"].fill_(3.0)
     state["head.centerness.bias"].fill_(3.0)
@@ -58,18 +60,28 @@ def test_draw_detections_marks_the_boxes():
     assert class_name(["cat"], 3) == "class 3"
 
 
-def test_stored_genotype_wins_and_a_disagreeing_file_is_reported(tmp_path, caplog):
+def _with_genotype(text):
+    cfg = get_cfg_defaults()
+    cfg.MODEL.FAD.GENOTYPE = text
+    cfg.freeze()
+    return cfg
+
+
+def test_stored_genotype_wins_and_a_disagreeing_one_is_reported(caplog):
     stored = Path(PAPER).read_text()
-    same, other = tmp_path / "same.log", tmp_path / "other.log"
-    same.write_text(stored)
-    other.write_text(stored.replace("('std_conv_3x3', 2)", "('std_conv_3x3_x2', 2)", 1))
-    with caplog.at_level(logging.INFO, logger="fad"):
-        assert choose_genotype(stored, str(same), "w.pth") == (stored, "w.pth (stored genotype)")
-        assert "disagrees" not in caplog.text
-        assert choose_genotype(stored, str(other), "w.pth")[0] == stored
-    assert "other.log disagrees with the genotype stored in w.pth" in caplog.text
-    assert choose_genotype("", str(other), "w.pth") == (other.read_text(), str(other))
-    assert choose_genotype("", "", "w.pth") == ("", "")
+    other = stored.replace("('std_conv_3x3', 2)", "('std_conv_3x3_x2', 2)", 1)
+    new = {"cfg": _with_genotype(stored).dump()}  # MODEL.FAD.GENOTYPE in the stored config
+    old = {"cfg": get_cfg_defaults().dump(), "genotype": stored}  # written before that key
+    for state in (new, old):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="fad"):
+            for mine in ("", stored + "\n", other):
+                cfg = with_stored_genotype(_with_genotype(mine), state, "w.pth")
+                assert cfg.MODEL.FAD.GENOTYPE == stored and cfg.is_frozen()
+        assert caplog.text.count("disagrees with the genotype stored in w.pth") == 1
+    plain = {"cfg": get_cfg_defaults().dump()}
+    mine = _with_genotype(other)
+    assert with_stored_genotype(mine, plain, "w.pth") is mine  # foreign weights: this run's
 
 
 def test_demo_on_real_voc_images(tmp_path):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import tiny_fcos_cfg
 
-from fad.augment import build_model
 from fad.data import build_dataset
 from fad.engine.evaluate import evaluate_all, metric_scalars
+from fad.modeling import build_detector
 
 
 def test_metric_scalars_flatten_numbers_only():
@@ -24,7 +24,7 @@ def test_evaluate_all_writes_tensorboard_scalars(synthetic_root, tmp_path):
     cfg = tiny_fcos_cfg(synthetic_root, str(tmp_path))
     cfg.merge_from_list(["DATASETS.TEST", ("synthetic_voc_val",)])
     classes = list(build_dataset(cfg, cfg.DATASETS.TEST, is_train=False).classes)
-    model = build_model(cfg, len(classes))
+    model = build_detector(cfg, len(classes))
     results = evaluate_all(cfg, model, torch.device("cpu"), classes, iteration=123)
     metrics = results["synthetic_voc_val"]
     events = accumulator.EventAccumulator(os.path.join(str(tmp_path), "tb"))

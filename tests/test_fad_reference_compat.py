@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from fad.augment import build_fad_head
 from fad.config import get_cfg_defaults
+from fad.modeling.fcos import build_fad_head
 from fad.nas.draw import dot_available, draw_genotype
 from fad.nas.genotype import format_genotype, read_genotype_file
 from fad.nas.primitives import PRIMITIVES, PRIMITIVES_DIL3

@@ -1,6 +1,7 @@
 """Cost-aware search: the expected head cost (one-hot == the counted augment head, finite-
-difference gradient), penalties in the first- and second-order objective, COST none bit for bit,
-a tight FLOP target moving a short search to cheaper ops, the latency table."""
+difference gradient), a changed augment edge reaching the table by itself, penalties in the
+first- and second-order objective, COST none bit for bit, a tight FLOP target moving a short
+search to cheaper ops, the latency table."""
 import json
 import os
 
@@ -8,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from fad.augment.flops import head_flops
 from fad.config import get_cfg_defaults
 from fad.errors import ConfigError
+from fad.nas import cells
+from fad.nas.flops import count_flops, head_flops, level_sizes
 from fad.nas.genotype import read_genotype_file
 from fad.nas.primitives import PRIMITIVES
 from fad.search.architect import Architect
@@ -78,6 +80,39 @@ def test_expected_cost_of_one_hot_alphas_is_the_counted_augment_head(tmp_path):
         assert expected == pytest.approx(counted["head"] / 1e9, rel=1e-9)
         assert genotype_head_cost(table, b, c) == pytest.approx(counted["head"] / 1e9, rel=1e-12)
         assert counted["box_tower"] > 0 and counted["cls_tower"] > 0
+
+
+def test_a_changed_augment_edge_reaches_the_cost_table(monkeypatch):
+    """The table counts the augment stage's own edge: give every edge an extra 3x3 conv (C -> C,
+    no edit of the cost code) and each candidate's cost grows by exactly that conv's FLOPs, the
+    cost equals the FLOPs measured on the new edge module, and the table's head cost equals
+    the FLOPs counted on the augment head that is now built."""
+    cfg = _cfg()
+    before = flops_table(cfg, num_classes=5)
+    original = cells.augment_edge
+
+    def with_extra_conv(op, tower_channels, edge_channels):
+        squeeze, discrete, expand = original(op, tower_channels, edge_channels)
+        return nn.Sequential(squeeze, discrete,
+                             nn.Conv2d(edge_channels, edge_channels, 3, padding=1), expand)
+
+    monkeypatch.setattr(cells, "augment_edge", with_extra_conv)
+    after = flops_table(cfg, num_classes=5)
+    levels = level_sizes((128, 160))
+    assert levels == [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)]
+    extra = sum(2 * 16 * 16 * 9 * h * w for h, w in levels) / 1e9  # C = 16, 2 FLOPs per MAC
+    for name, cost in before.ops.items():
+        assert after.ops[name] == pytest.approx(cost + extra, rel=1e-12)
+        edge = with_extra_conv(name, 32, 16).to("meta")
+        measured = sum(count_flops(edge, torch.empty(1, 32, h, w, device="meta"))
+                       for h, w in levels)
+        assert after.ops[name] == pytest.approx(measured / 1e9, rel=1e-12)
+    assert after.fixed == before.fixed
+    box, cls = read_genotype_file(PAPER)
+    counted = head_flops(cfg, 5, box, cls, (100, 150))["head"] / 1e9
+    assert genotype_head_cost(after, box, cls) == pytest.approx(counted, rel=1e-12)
+    assert genotype_head_cost(after, box, cls) == pytest.approx(
+        genotype_head_cost(before, box, cls) + (2 * 6 + 1 * 6) * extra, rel=1e-12)
 
 
 def test_expected_cost_gradient_by_finite_differences():
@@ -214,7 +249,7 @@ def test_tight_flop_target_moves_a_short_search_to_cheaper_ops(synthetic_root, t
         cfg = _search_cfg("DATASETS.ROOT", synthetic_root, "OUTPUT_DIR", out,
                           "SOLVER.MAX_ITER", 6, "SOLVER.CHECKPOINT_PERIOD", 6, *opts)
         seed_everything(0)
-        run_search(cfg, torch.device("cpu"), count_head=head_flops)
+        run_search(cfg, torch.device("cpu"))
         with open(os.path.join(out, COST_FILE)) as f:
             costs[name] = json.load(f)
     free, tight = costs["free"], costs["tight"]

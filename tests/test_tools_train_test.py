@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import REPO
 from pycocotools.coco import COCO
+from yacs.config import CfgNode
 
 TINY = ["MODEL.DEVICE", "cpu", "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.FCOS.NUM_CONVS", "1",
         "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "96",
@@ -63,8 +64,9 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
 
 @pytest.mark.slow
 def test_genotype_file_flow_through_the_checkpoint(synthetic_root, tmp_path):
-    """train_net --genotype-file stores the genotype in the checkpoint; test_net rebuilds the
-    searched towers from it (no genotype file, no temporary files)."""
+    """train_net --genotype-file stores the genotype in the checkpoint's config
+    (MODEL.FAD.GENOTYPE); test_net rebuilds the searched towers from it (no genotype file, no
+    temporary files)."""
     cfg = os.path.join(REPO, "configs", "fad", "augment", "fad-fcos_tiny_synthetic.yaml")
     paper = os.path.join(REPO, "configs", "fad", "genotypes", "fad_paper.log")
     tmp = tmp_path / "tmp"
@@ -79,7 +81,8 @@ def test_genotype_file_flow_through_the_checkpoint(synthetic_root, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     weights = tmp_path / "out" / "model_final.pth"
     with open(paper, encoding="utf-8") as f:
-        assert torch.load(weights, weights_only=False)["genotype"] == f.read()
+        stored = CfgNode.load_cfg(torch.load(weights, weights_only=False)["cfg"])
+        assert stored.MODEL.FAD.GENOTYPE == f.read()
     run = subprocess.run([sys.executable, os.path.join(REPO, "tools", "test_net.py"),
                           "--config-file", cfg, *common, "MODEL.WEIGHT", str(weights)],
                          capture_output=True, text=True, cwd=REPO, env=env)

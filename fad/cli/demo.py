@@ -6,7 +6,8 @@
 Works with every detector of the train/test tools (FCOS, searched FCOS, SparseResNet, the DETR
 family, Faster R-CNN). Writes DIR/<image>.jpg (boxes, class names and scores drawn),
 DIR/detections.json (boxes in pixels of the original image), DIR/log.txt and DIR/config.yaml.
-Class names and the genotype of a searched detector come from the checkpoint.
+Class names and the genotype of a searched detector come from the checkpoint (`--genotype-file`,
+i.e. MODEL.FAD.GENOTYPE, only for weights that store none).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     images = list_images(args.input)
     args.opts = [*args.opts, "OUTPUT_DIR", args.output]
     cfg, logger, device = setup(args)
-    model, classes, _ = load_trained_model(cfg, args.genotype_file)
+    model, classes, _ = load_trained_model(cfg)
     records = run_demo(model.to(device), classes, build_transforms(cfg, is_train=False), images,
                        args.output, args.score_threshold, device)
     total = sum(len(r["detections"]) for r in records)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from fad.augment.flops import head_flops
 from fad.engine.launch import default_argument_parser, parse_args, run_tool, setup
 from fad.search import run_search
 
@@ -24,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = default_argument_parser(__doc__, resumable=True)
     args = parse_args(parser, argv)
     cfg, logger, device = setup(args)
-    run_search(cfg, device, resume=args.resume, count_head=head_flops)
+    run_search(cfg, device, resume=args.resume)
     logger.info("search done: %s", os.path.join(cfg.OUTPUT_DIR, "genotype.log"))
 
 

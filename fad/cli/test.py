@@ -2,8 +2,9 @@
 
 Writes `coco_results.json` and `metrics.json` (AP, AP50, AP75, APs, APm, APl; VOC mAP for
 VOC-format sets) to OUTPUT_DIR/inference/<dataset>/ and prints the table. A checkpoint of a
-searched detector carries its genotype, so `--genotype-file` is only needed for foreign weights;
-the stored genotype wins over a disagreeing `--genotype-file` (a warning line says so).
+searched detector carries its genotype (MODEL.FAD.GENOTYPE of its stored config), so the searched
+model is rebuilt from it; `--genotype-file` (MODEL.FAD.GENOTYPE) is only needed for foreign
+weights, and the stored genotype wins over a disagreeing one (a warning line says so).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     and evaluate on DATASETS.TEST."""
     args = parse_args(default_argument_parser(__doc__, genotype_file=True), argv)
     cfg, _, device = setup(args)
-    trained = load_trained_model(cfg, args.genotype_file)
+    trained = load_trained_model(cfg)
     evaluate_all(cfg, trained.model.to(device), device, trained.classes, trained.iteration)
 
 

@@ -1,19 +1,19 @@
 """Train a detector: `fad-train --config-file CFG [--resume | --overwrite] [KEY VALUE ...]`.
 
-With `--genotype-file genotype.log` the FCOS towers are rebuilt from a FAD search (augment); the
-checkpoints then carry the genotype, so fad-test (tools/test_net.py) needs no genotype file.
+With `--genotype-file genotype.log` (or MODEL.FAD.GENOTYPE) the FCOS towers are rebuilt from a
+FAD search (augment); the genotype text is then MODEL.FAD.GENOTYPE of the run's config.yaml and
+of every checkpoint, so fad-test (tools/test_net.py) needs no genotype file.
 After training the model is evaluated on DATASETS.TEST unless `--skip-test`.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fad.augment import build_model
 from fad.data import build_dataset, check_num_classes
 from fad.engine.evaluate import evaluate_all
 from fad.engine.launch import default_argument_parser, parse_args, run_tool, setup
 from fad.engine.trainer import train
-from fad.nas.genotype import read_genotype_text
+from fad.modeling import build_detector
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -29,12 +29,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             build_dataset(cfg, [name], is_train=False)
     logger.info("training on %s: %d images, %d classes", cfg.DATASETS.TRAIN, len(dataset),
                 num_classes)
-    genotype = read_genotype_text(args.genotype_file) if args.genotype_file else ""
-    model = build_model(cfg, num_classes, genotype, args.genotype_file).to(device)
-    extra = {"classes": list(dataset.classes)}
-    if genotype:
-        extra["genotype"] = genotype
-    final = train(cfg, model, dataset, device, resume=args.resume, extra_state=extra)
+    model = build_detector(cfg, num_classes).to(device)
+    final = train(cfg, model, dataset, device, resume=args.resume,
+                  extra_state={"classes": list(dataset.classes)})
     if not args.skip_test:
         evaluate_all(cfg, model, device, dataset.classes, cfg.SOLVER.MAX_ITER)
     logger.info("final checkpoint: %s", final)

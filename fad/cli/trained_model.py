@@ -1,9 +1,11 @@
 """The trained detector of MODEL.WEIGHT for the tools that use one (fad-test, fad-demo).
 
 The checkpoint decides what it can: its class names (`classes`) and, for a searched detector,
-its genotype (`genotype`), which wins over `--genotype-file` (the weights were trained with
-it; a disagreeing file is reported in a warning line). The weights are checked against the
-model the config builds by `load_model_weights` (a one-line error when they do not fit).
+its genotype: MODEL.FAD.GENOTYPE of the config it stores (checkpoints written before that key:
+their top-level `genotype`). The stored genotype wins over this run's MODEL.FAD.GENOTYPE /
+`--genotype-file` (the weights were trained with it; a disagreeing one is reported in a warning
+line). The weights are checked against the model the config builds by `load_model_weights` (a
+one-line error when they do not fit).
 """
 from __future__ import annotations
 
@@ -13,34 +15,37 @@ from typing import NamedTuple
 from torch import nn
 from yacs.config import CfgNode
 
-from fad.augment import build_model
 from fad.data import build_dataset
 from fad.engine.checkpoint import Checkpointer, load_model_weights
+from fad.engine.mismatch import stored_genotype
 from fad.errors import ConfigError
-from fad.nas.genotype import parse_genotype_text, read_genotype_text
+from fad.modeling import build_detector
+from fad.nas.genotype import parse_genotype_text
 
 logger = logging.getLogger("fad")
 
 
-def choose_genotype(stored: str, genotype_file: str, weight: str) -> tuple[str, str]:
-    """(genotype text, where it came from): the checkpoint's `stored` genotype when it has one,
-    else the text of `genotype_file` (or "" for no genotype). Logs which is used, and a warning
-    when `genotype_file` names other towers than the stored genotype."""
+def with_stored_genotype(cfg: CfgNode, state: dict, weight: str) -> CfgNode:
+    """`cfg` whose MODEL.FAD.GENOTYPE is the genotype checkpoint `state` (read from `weight`) was
+    trained with; `cfg` itself when the checkpoint stores none. Logs which genotype is used, and
+    a warning when `cfg` names other towers than the stored genotype."""
+    stored, current = stored_genotype(state), cfg.MODEL.FAD.GENOTYPE
     if not stored:
-        if not genotype_file:
-            return "", ""
-        logger.info("using the genotype of %s (the checkpoint stores none)", genotype_file)
-        return read_genotype_text(genotype_file), genotype_file
-    source = f"{weight} (stored genotype)"
-    if genotype_file:
-        given = parse_genotype_text(read_genotype_text(genotype_file), genotype_file)
-        if given != parse_genotype_text(stored, source):
-            logger.warning("warning: --genotype-file %s disagrees with the genotype stored in %s; "
-                           "using the stored one (the weights were trained with it)",
-                           genotype_file, weight)
-            return stored, source
-    logger.info("using the genotype stored in %s", weight)
-    return stored, source
+        if current:
+            logger.info("using the genotype of MODEL.FAD.GENOTYPE (%s stores none)", weight)
+        return cfg
+    if current and parse_genotype_text(current) != parse_genotype_text(
+            stored, f"{weight} (stored genotype)"):
+        logger.warning("warning: --genotype-file / MODEL.FAD.GENOTYPE disagrees with the genotype "
+                       "stored in %s; using the stored one (the weights were trained with it)",
+                       weight)
+    else:
+        logger.info("using the genotype stored in %s", weight)
+    out = cfg.clone()
+    out.defrost()
+    out.MODEL.FAD.GENOTYPE = stored
+    out.freeze()
+    return out
 
 
 class TrainedModel(NamedTuple):
@@ -52,8 +57,8 @@ class TrainedModel(NamedTuple):
     iteration: int
 
 
-def load_trained_model(cfg: CfgNode, genotype_file: str = "") -> TrainedModel:
-    """The detector of MODEL.WEIGHT, checked against the config.
+def load_trained_model(cfg: CfgNode) -> TrainedModel:
+    """The detector of MODEL.WEIGHT (with the genotype it stores), checked against the config.
 
     Class names come from the checkpoint, else from the first DATASETS.TEST set.
     """
@@ -61,13 +66,15 @@ def load_trained_model(cfg: CfgNode, genotype_file: str = "") -> TrainedModel:
     if not weight:
         raise ConfigError("no weights given; add MODEL.WEIGHT path/to/model_final.pth")
     state = Checkpointer.load(weight)
-    genotype, source = choose_genotype(state.get("genotype", ""), genotype_file, weight)
+    cfg = with_stored_genotype(cfg, state, weight)
     classes = state.get("classes")
     if classes is None:
         dataset = build_dataset(cfg, cfg.DATASETS.TEST[:1], is_train=False)
         classes = dataset.classes
         logger.info("%s stores no class names; using the %d classes of %s", weight,
                     len(classes), cfg.DATASETS.TEST[0])
-    model = build_model(cfg, len(classes), genotype, source)
-    load_model_weights(model, state, weight, cfg=cfg, classes=classes, genotype=genotype)
+    model = build_detector(cfg, len(classes))
+    load_model_weights(model, state, weight, cfg=cfg, classes=classes,
+                       genotype=cfg.MODEL.FAD.GENOTYPE,
+                       build=lambda c: build_detector(c, len(classes)))
     return TrainedModel(model, list(classes), int(state.get("iteration", 0)))

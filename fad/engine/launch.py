@@ -30,6 +30,7 @@ from yacs.config import CfgNode
 from fad.config import load_config
 from fad.config.catalog import check_dataset_names
 from fad.errors import ConfigError, FadError
+from fad.modeling.fcos import resolve_genotype
 from fad.utils.device import resolve_device
 from fad.utils.io import atomic_write_text
 from fad.utils.seed import seed_everything
@@ -68,7 +69,7 @@ def default_argument_parser(description: str | None, genotype_file: bool = False
     if genotype_file:
         parser.add_argument("--genotype-file", default="", metavar="FILE",
                             help="genotype.log from tools/search_net.py: build FCOS with the "
-                                 "searched towers")
+                                 "searched towers (sets MODEL.FAD.GENOTYPE)")
     if resumable:
         run = parser.add_mutually_exclusive_group()
         run.add_argument("--resume", action="store_true",
@@ -118,6 +119,7 @@ def setup(args: argparse.Namespace) -> tuple[CfgNode, logging.Logger, torch.devi
     OUTPUT_DIR/config.yaml on the main rank.
     """
     cfg = load_config(args.config_file, args.opts)
+    resolve_genotype(cfg, getattr(args, "genotype_file", ""))  # the text, for config.yaml
     cfg.freeze()
     check_output_dir(cfg.OUTPUT_DIR)
     resumable = hasattr(args, "overwrite")

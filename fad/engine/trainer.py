@@ -198,7 +198,7 @@ class Trainer:
         model, out = self.step.model, self.cfg.OUTPUT_DIR
         last = self.checkpointer.last() if resume else None
         fit = {"cfg": self.cfg, "classes": self.extra_state.get("classes"),
-               "genotype": self.extra_state.get("genotype", "")}
+               "genotype": self.cfg.MODEL.FAD.GENOTYPE}
         if last:
             state = Checkpointer.load(last)
             load_model_weights(model, state, last, **fit)
@@ -333,7 +333,7 @@ def train(cfg: CfgNode, model: nn.Module, dataset, device: torch.device, resume:
           extra_state: dict | None = None) -> str:
     """Train `model` on `dataset` for SOLVER.MAX_ITER iterations; returns the final checkpoint.
 
-    `extra_state` (e.g. class names, genotype text) is stored in every checkpoint.
+    `extra_state` (e.g. class names) is stored in every checkpoint, beside the config.
     """
     trainer = Trainer(cfg, DetectorStep(cfg, model, device),
                       lambda start: make_train_loader(cfg, dataset, start),

@@ -1,11 +1,12 @@
 """Augment cells and towers rebuilt from a genotype (discrete ops, no decouple 1x1s).
 
-Each chosen `(op, j)` of node i is `1x1 (T -> C) -> discrete op at width C -> 1x1 (C -> T)`
-applied to state j (0 = s0, 1 = s1, j >= 2 = node j-2); the two 1x1s carry a bias, no norm and
-no activation, as in the reference's augment cells (the supernet's are bias-free, see
+Each chosen `(op, j)` of node i is an `augment_edge`, `1x1 (T -> C) -> discrete op at width C ->
+1x1 (C -> T)`, applied to state j (0 = s0, 1 = s1, j >= 2 = node j-2); the two 1x1s carry a bias,
+no norm and no activation, as in the reference's augment cells (the supernet's are bias-free, see
 `fad.search.cells`). A node sums its edges; the cell output concatenates the nodes of
 `normal_concat` (Tensor[N, 3T, H, W] for 3 nodes). Inputs whose width is not T first go through
-1x1 (bias) + GN + ReLU.
+1x1 (bias) + GN + ReLU. The search's cost model (`fad.nas.flops`, `fad.search.cost`) counts these
+very modules, so a change here changes its cost tables with it.
 """
 from __future__ import annotations
 
@@ -14,6 +15,14 @@ from torch import Tensor, nn
 
 from fad.nas.genotype import Genotype
 from fad.nas.primitives import discrete_op, preprocess
+
+
+def augment_edge(op: str, tower_channels: int, edge_channels: int) -> nn.Sequential:
+    """One augment edge: `Tensor[N, T, H, W] -> Tensor[N, T, H, W]`, 1x1 (T -> C, bias), the
+    discrete op `op` at width C, 1x1 (C -> T, bias)."""
+    return nn.Sequential(nn.Conv2d(tower_channels, edge_channels, 1),
+                         discrete_op(op, edge_channels),
+                         nn.Conv2d(edge_channels, tower_channels, 1))
 
 
 class AugmentCell(nn.Module):
@@ -29,8 +38,7 @@ class AugmentCell(nn.Module):
         for node in genotype.normal:
             self.sources.append([src for _, src in node])
             for op, _ in node:
-                self.edges.append(nn.Sequential(nn.Conv2d(t, c, 1), discrete_op(op, c),
-                                                nn.Conv2d(c, t, 1)))
+                self.edges.append(augment_edge(op, t, c))
         self.concat = list(genotype.normal_concat)
         self.out_channels = len(self.concat) * t
 

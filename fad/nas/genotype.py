@@ -145,6 +145,16 @@ def read_genotype_text(path: str) -> str:
         raise GenotypeError(f"{path}: not a text file; expected two Genotype(...) lines") from None
 
 
+def genotype_text(value: str) -> tuple[str, str]:
+    """(text, where it came from) of a MODEL.FAD.GENOTYPE value: the value itself when it holds
+    `Genotype(...)` lines, else the text of the genotype file it names; ("", "") for ""."""
+    if not value.strip():
+        return "", ""
+    if "Genotype(" in value:
+        return value, "MODEL.FAD.GENOTYPE"
+    return read_genotype_text(value), value
+
+
 def parse_genotype_text(text: str, where: str = "<genotype>",
                         num_nodes: int | None = None) -> tuple[Genotype, Genotype]:
     """(box, cls) genotypes of a genotype.log's text: two non-empty lines, box tower first.

@@ -14,14 +14,10 @@ import argparse
 import torch
 
 from fad.config import load_config
+from fad.nas.cells import augment_edge
+from fad.nas.flops import fixed_head, level_sizes
 from fad.nas.primitives import primitives
-from fad.search.cost import (
-    FixedHeadPart,
-    cost_input_size,
-    edge_module,
-    latency_settings,
-    level_sizes,
-)
+from fad.search.cost import cost_input_size, latency_settings
 
 from .timing import time_rounds
 
@@ -43,9 +39,9 @@ def run(args: argparse.Namespace) -> dict:
     f, t = cfg.MODEL.FAD, cfg.MODEL.FAD.TOWER_CHANNELS
     levels = level_sizes(cost_input_size(cfg))
     torch.manual_seed(0)
-    edges = {n: edge_module(n, t, f.EDGE_CHANNELS).to(device).eval()
+    edges = {n: augment_edge(n, t, f.EDGE_CHANNELS).to(device).eval()
              for n in primitives(f.DIL3)[:-1]}
-    fixed = FixedHeadPart(cfg, args.num_classes).to(device).eval()
+    fixed = fixed_head(cfg, args.num_classes).to(device).eval()
     inputs = [torch.randn(1, t, h, w, device=device) for h, w in levels]
     feats = [torch.randn(1, cfg.MODEL.FPN.OUT_CHANNELS, h, w, device=device) for h, w in levels]
     jobs = {n: (lambda e=e: [e(x) for x in inputs]) for n, e in edges.items()}

@@ -21,12 +21,12 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fad.config import load_config
+from fad.modeling.fcos import STRIDES
 from fad.search.engine import SearchStep
 from fad.search.supernet import build_search_head, build_supernet
 
 from .timing import time_rounds
 
-STRIDES = (8, 16, 32, 64, 128)
 TINY_CONFIG = "configs/fad/search/fad-fcos_tiny_synthetic.yaml"
 
 

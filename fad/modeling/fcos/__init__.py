@@ -1,7 +1,11 @@
-"""FCOS-imprv: model.py (detector, post-processing) <- head.py (plain head) or tower_head.py (the
-frame of the FAD searched heads); targets.py (locations, assignment) -> loss.py (losses)."""
+"""FCOS-imprv: build.py (reads the config) -> model.py (detector, post-processing) <- head.py
+(plain head) or tower_head.py (the frame of the FAD heads, towers from `fad.nas.cells` or the
+supernet); targets.py (STRIDES, locations, assignment) -> loss.py (losses)."""
+from .build import build_fad_head, build_fcos, check_fad_config, fad_genotypes, resolve_genotype
 from .head import FCOSHead
-from .model import FCOS, build_fcos
-from .tower_head import TowerHead, check_fad_config
+from .model import FCOS
+from .targets import STRIDES
+from .tower_head import TowerHead
 
-__all__ = ["FCOS", "FCOSHead", "TowerHead", "build_fcos", "check_fad_config"]
+__all__ = ["FCOS", "FCOSHead", "STRIDES", "TowerHead", "build_fad_head", "build_fcos",
+           "check_fad_config", "fad_genotypes", "resolve_genotype"]

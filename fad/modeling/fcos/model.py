@@ -1,38 +1,48 @@
 """FCOS detector (FCOS-imprv): backbone + FPN P3-P7 + any head meeting the head contract.
 
 The head is pluggable: the plain `FCOSHead` (head.py), or a `TowerHead` (tower_head.py) around
-the FAD searched/supernet towers of `fad.augment` / `fad.search`. Targets (targets.py), losses
-(loss.py) and post-processing follow spec FAD.md §5.
+the FAD towers (augment towers of `fad.nas.cells`, or the supernet's of `fad.search`). Targets
+(targets.py), losses (loss.py) and post-processing follow spec FAD.md §5; `build.py` reads the
+config, this module takes plain arguments.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, clip_boxes_to_image
-from yacs.config import CfgNode
 
-from fad.modeling.backbone import build_backbone
 from fad.modeling.image_batch import batch_images
 
-from .head import FCOSHead
 from .loss import fcos_losses
 from .targets import STRIDES, assign_targets, make_locations
 
 
 class FCOS(nn.Module):
-    """`forward(images, targets=None)` -> losses (training) or detections (eval)."""
+    """`forward(images, targets=None)` -> losses (training) or detections (eval).
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, cfg: CfgNode):
+    `backbone(Tensor[N, 3, H, W])` returns the P3-P7 maps (an ordered dict); `head` meets the head
+    contract of `head.py`. Training: positives within `center_sampling_radius` strides of a box
+    centre, sigmoid focal loss (`focal_alpha`, `focal_gamma`). Inference: per level the
+    `topk_candidates` locations scoring above `score_thresh`, class-aware NMS at `nms_thresh`,
+    `detections_per_img` kept. Images are normalised by `pixel_mean` / `pixel_std` (RGB, [0, 1]
+    input) and padded to a multiple of `size_divisible`.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, *, center_sampling_radius: float,
+                 focal_alpha: float, focal_gamma: float, score_thresh: float,
+                 topk_candidates: int, nms_thresh: float, detections_per_img: int,
+                 size_divisible: int, pixel_mean: Sequence[float], pixel_std: Sequence[float]):
         super().__init__()
         self.backbone = backbone
         self.head = head
-        f = cfg.MODEL.FCOS
-        self.radius, self.alpha, self.gamma = f.CENTER_SAMPLING_RADIUS, f.FOCAL_ALPHA, f.FOCAL_GAMMA
-        self.score_thresh, self.topk = f.SCORE_THRESH, f.TOPK_CANDIDATES
-        self.nms_thresh, self.detections_per_img = f.NMS_THRESH, f.DETECTIONS_PER_IMG
-        self.size_divisible = cfg.INPUT.SIZE_DIVISIBILITY
-        self.register_buffer("pixel_mean", torch.tensor(cfg.INPUT.PIXEL_MEAN), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(cfg.INPUT.PIXEL_STD), persistent=False)
+        self.radius, self.alpha, self.gamma = center_sampling_radius, focal_alpha, focal_gamma
+        self.score_thresh, self.topk = score_thresh, topk_candidates
+        self.nms_thresh, self.detections_per_img = nms_thresh, detections_per_img
+        self.size_divisible = size_divisible
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std), persistent=False)
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
         if self.training and targets is None:
@@ -83,11 +93,3 @@ class FCOS(nn.Module):
             results.append({"boxes": b[keep], "scores": s[keep], "labels": lab[keep]})
         return results
 
-
-def build_fcos(cfg: CfgNode, num_classes: int, head: nn.Module | None = None) -> FCOS:
-    """FCOS with the plain head, or with `head` (e.g. a FAD searched head) when given."""
-    backbone = build_backbone(cfg)
-    if head is None:
-        head = FCOSHead(backbone.out_channels, num_classes, cfg.MODEL.FCOS.NUM_CONVS,
-                        cfg.MODEL.FCOS.PRIOR_PROB)
-    return FCOS(backbone, head, cfg)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-STRIDES = (8, 16, 32, 64, 128)
+STRIDES = (8, 16, 32, 64, 128)  # FPN levels P3-P7 (the one definition: head FLOPs, cost, bench)
 SIZE_RANGES = ((0.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, float("inf")))
 
 

@@ -1,4 +1,4 @@
-"""The FCOS head around two searched towers (used by the supernet and by the augment stage).
+"""The FCOS head around two FAD towers (the supernet's, or the augment towers of a genotype).
 
 A tower is any module with `forward(s0, s1) -> Tensor[N, out_channels, H, W]` and an
 `out_channels` attribute. Per FPN level l (towers and predictors shared over levels):
@@ -14,9 +14,7 @@ GIoU loss stalls: tiny CPU setting, loss_bbox at 1.000 for 40+ iterations instea
 from __future__ import annotations
 
 from torch import Tensor, nn
-from yacs.config import CfgNode
 
-from fad.errors import ConfigError
 from fad.modeling.layers import prior_bias
 
 from .head import Scale, flatten_level_outputs, init_predictor
@@ -55,11 +53,3 @@ class TowerHead(nn.Module):
             "bbox_ctrness": flatten_level_outputs(ctrs),
         }
 
-
-def check_fad_config(cfg: CfgNode) -> None:
-    """One-line errors for MODEL.FAD widths and counts that cannot build a head."""
-    f = cfg.MODEL.FAD
-    for key in ("TOWER_CHANNELS", "EDGE_CHANNELS", "NUM_NODES", "BOX_CELLS", "CLS_CELLS",
-                "SEARCH_CELLS"):
-        if int(f[key]) < 1:
-            raise ConfigError(f"MODEL.FAD.{key} must be >= 1, got {f[key]}; fix the config")
