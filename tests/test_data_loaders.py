@@ -29,6 +29,7 @@ def fake_world(monkeypatch, rank: int, world: int) -> None:
     monkeypatch.setattr(fad_dist.dist, "get_rank", lambda: rank)
     monkeypatch.setattr(fad_dist.dist, "get_world_size", lambda: world)
     monkeypatch.setattr(fad_dist.dist, "barrier", lambda: None)
+    monkeypatch.setattr(fad_dist.dist, "broadcast_object_list", lambda objects, src=0: None)
 
 
 def assert_same_batches(a: list, b: list) -> None:
