@@ -177,7 +177,8 @@ def search(cfg: CfgNode, model: Supernet, train_set, val_set, device: torch.devi
                                         make_train_loader(cfg, val_set, start)),
                       hooks=[GenotypeHook(model, cfg.OUTPUT_DIR, fmt, cfg.SOLVER.WARMUP_ITERS),
                              cost_hook],
-                      extra_state=extra_state, prefix="search")
+                      extra_state=extra_state, prefix="search",
+                      build=lambda c: build_supernet(c, model.num_classes))
     trainer.resume_or_load(resume)
     logger.info("search: %d train / %d val images, %s alpha steps", len(train_set), len(val_set),
                 "second-order" if cfg.SEARCH.SECOND_ORDER else "first-order")

@@ -229,3 +229,10 @@ def test_targets_evaluate_perfectly_against_coco_gt(cfg):
         assert ap == pytest.approx(1.0, abs=1e-3)
     _, val = split_dataset(build_dataset(cfg, ["synthetic_voc_train"], is_train=False), 0.5, 0)
     assert _perfect_ap(val) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_train_sampler_errors():
+    with pytest.raises(DataError, match=r"^the training set has 1 images, fewer than the 2 ranks"):
+        TrainBatchSampler([0], 1, seed=0, world_size=2)
+    with pytest.raises(ValueError, match=r"^TrainBatchSampler: batch_size must be >= 1, got 0$"):
+        TrainBatchSampler([0, 0], 0, seed=0)

@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
+from fad.errors import DataError
+
 
 def mix_seed(*values: int) -> int:
     """A well-mixed 63-bit seed from integers (e.g. seed, iteration, index)."""
@@ -28,10 +30,10 @@ class TrainBatchSampler(Sampler[list[tuple[int, int]]]):
     def __init__(self, group_ids: Sequence[int], batch_size: int, seed: int, start_iter: int = 0,
                  max_iter: int | None = None, rank: int = 0, world_size: int = 1):
         if len(group_ids) < world_size:
-            raise ValueError(f"dataset has {len(group_ids)} images, fewer than the "
-                             f"{world_size} ranks")
+            raise DataError(f"the training set has {len(group_ids)} images, fewer than the "
+                            f"{world_size} ranks; add images or run on fewer ranks")
         if batch_size <= 0:
-            raise ValueError(f"batch size per rank is {batch_size}; raise SOLVER.IMS_PER_BATCH")
+            raise ValueError(f"TrainBatchSampler: batch_size must be >= 1, got {batch_size}")
         self.group_ids = list(group_ids)
         self.batch_size = batch_size
         self.seed = seed

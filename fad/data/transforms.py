@@ -42,9 +42,8 @@ class ResizeShortSide:
         self.min_sizes = [int(s) for s in min_sizes]
         if not self.min_sizes or min(self.min_sizes) <= 0 or (max_size is not None
                                                                 and max_size <= 0):
-            raise ValueError(f"bad resize sizes: short side {self.min_sizes}, long side cap "
-                             f"{max_size}; set INPUT.MIN_SIZE_*, INPUT.MAX_SIZE_* and "
-                             "INPUT.CROP.RESIZE_SIZES > 0")
+            raise ValueError(f"ResizeShortSide: sizes must be > 0 (and at least one short "
+                             f"side), got short sides {self.min_sizes}, long side cap {max_size}")
         self.max_size = None if max_size is None else int(max_size)
 
     def output_size(self, height: int, width: int, short: int) -> tuple[int, int]:
@@ -85,8 +84,8 @@ class RandomResizeThenCrop:
 
     def __init__(self, prob: float, resize_sizes: Sequence[int], crop_size: Sequence[int]):
         if len(crop_size) != 2 or not 0 < crop_size[0] <= crop_size[1]:
-            raise ValueError(f"bad crop size range {tuple(crop_size)}; set INPUT.CROP.SIZE to "
-                             "(min, max) with 0 < min <= max")
+            raise ValueError(f"crop_size must be (min, max) with 0 < min <= max, got "
+                             f"{tuple(crop_size)}")
         self.prob = float(prob)
         self.resize = ResizeShortSide(resize_sizes, None)
         self.crop_min, self.crop_max = int(crop_size[0]), int(crop_size[1])

@@ -41,6 +41,7 @@ from .distributed import (
 from .hooks import collect_aux_losses, collect_log_stats, set_progress
 from .interrupt import Interrupted, StopRequest
 from .logger import MetricLogger, TensorboardWriter
+from .mismatch import Builder
 from .solver import build_lr_scheduler, build_optimizer
 from .threads import recheck_threads
 
@@ -175,13 +176,15 @@ class Trainer:
     those of an uninterrupted run). `epoch_size` (images per epoch; 0 = unknown, epoch 0) gives
     the epoch that `ModelHooks.set_progress` reports before each step. Scalars go to
     tensorboard under `prefix/`. Between two iterations everything happens in
-    `_after_iteration`; every checkpoint is written by `save_checkpoint`.
+    `_after_iteration`; every checkpoint is written by `save_checkpoint`. `build(cfg)` makes the
+    step's model from a config (default: the detector of MODEL.META_ARCHITECTURE); a checkpoint
+    that does not fit is explained with it (`fad.engine.mismatch`).
     """
 
     def __init__(self, cfg: CfgNode, step: TrainStep, make_loader: Callable[[int], Iterable],
                  hooks: Sequence[HookBase] = (), extra_state: dict | None = None,
-                 prefix: str = "train", epoch_size: int = 0):
-        self.cfg, self.step, self.make_loader = cfg, step, make_loader
+                 prefix: str = "train", epoch_size: int = 0, build: Builder | None = None):
+        self.cfg, self.step, self.make_loader, self.build = cfg, step, make_loader, build
         self.epoch_size = epoch_size
         self.hooks, self.extra_state, self.prefix = list(hooks), extra_state or {}, prefix
         self.scheduler = build_lr_scheduler(cfg, step.optimizer)
@@ -198,7 +201,7 @@ class Trainer:
         model, out = self.step.model, self.cfg.OUTPUT_DIR
         last = self.checkpointer.last() if resume else None
         fit = {"cfg": self.cfg, "classes": self.extra_state.get("classes"),
-               "genotype": self.cfg.MODEL.FAD.GENOTYPE}
+               "genotype": self.cfg.MODEL.FAD.GENOTYPE, "build": self.build}
         if last:
             state = Checkpointer.load(last)
             load_model_weights(model, state, last, **fit)
