@@ -17,7 +17,10 @@ with the source line of our code that caused it:
 A source line may name its sync and the reason with a `# host sync: <reason>` comment; such
 findings are reported as allowed and do not fail the audit (docs/ops.md lists them).
 
-Sizes that depend on data get a hint (`HINT_SIZE`), so the code after them runs on.
+Sizes and scalars that depend on data get a hint (`HINT_SIZE`; `bool(t)` is False, so input
+checks such as `if (labels < 0).any(): raise` pass), so the code after them runs on. A hint
+is not the real value: code whose shapes follow from a host copy of a device tensor (such as a
+`spatial_shapes.tolist()`) may then fail with an `error` finding at a later line.
 
 Limits: the C++ autograd engine needs a real CUDA context (pytorch/pytorch#92627), so a backward
 pass runs on the fake `meta` device, which checks the same CPU mixing; the forward and the
@@ -33,8 +36,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
+import sympy
 import torch
 from torch._subclasses.fake_tensor import (
+    FakeCopyMode,
     FakeTensorDeviceMismatchError,
     FakeTensorMode,
     unset_fake_temporarily,
@@ -95,7 +100,8 @@ class _AuditShapeEnv(ShapeEnv):
 
     def create_unbacked_symint(self, source=None):  # noqa: ANN001 - ShapeEnv's signature
         sym = super().create_unbacked_symint(source)
-        self.real_tensor_prop_unbacked_vals[sym.node.expr] = HINT_SIZE
+        hint = 0 if self.audit.bool_scalar else HINT_SIZE  # a check `if (x < 0).any()` passes
+        self.real_tensor_prop_unbacked_vals[sym.node.expr] = sympy.Integer(hint)
         if self.audit.in_device_op:
             self.device_symbols.add(sym.node.expr)
             self.audit.report("data-dependent", "an output size depends on device tensor "
@@ -104,12 +110,12 @@ class _AuditShapeEnv(ShapeEnv):
 
     def create_unbacked_symfloat(self):
         sym = super().create_unbacked_symfloat()
-        self.real_tensor_prop_unbacked_vals[sym.node.expr] = 0.5
+        self.real_tensor_prop_unbacked_vals[sym.node.expr] = sympy.Float(0.5)
         return sym
 
     def create_unbacked_symbool(self):
         sym = super().create_unbacked_symbool()
-        self.real_tensor_prop_unbacked_vals[sym.node.expr] = True
+        self.real_tensor_prop_unbacked_vals[sym.node.expr] = sympy.false
         return sym
 
     def _log_real_tensor_propagation(self, orig_expr, unsound_result) -> None:  # noqa: ANN001
@@ -134,10 +140,11 @@ class _Watch(TorchDispatchMode):
             self.audit.report("host-sync", f"{func.__name__} (.item()/.tolist()/bool()) of a "
                                            "device tensor")
         outer, self.audit.in_device_op = self.audit.in_device_op, on_device
+        self.audit.bool_scalar = func in _SYNC_OPS and tensors[0].dtype == torch.bool
         try:
             out = func(*args, **kwargs)
         finally:
-            self.audit.in_device_op = outer
+            self.audit.in_device_op, self.audit.bool_scalar = outer, False
         outs = out if isinstance(out, (tuple, list)) else (out,)
         made_cpu = [o for o in outs if isinstance(o, torch.Tensor) and o.device.type == "cpu"]
         if func in _COPY_OPS and on_device and made_cpu:
@@ -166,6 +173,7 @@ class DeviceAudit:
         self._seen: set[tuple[str, str]] = set()
         self._phase = ""
         self.in_device_op = False  # set by the watch while an op with device inputs runs
+        self.bool_scalar = False  # set while `bool(t)` runs: its hint is False, not HINT_SIZE
 
     def report(self, kind: str, detail: str, exc: BaseException | None = None) -> None:
         """Record a finding at the innermost frame of our code on the stack, or in the
@@ -192,7 +200,7 @@ class DeviceAudit:
             if device == "meta":
                 with unset_fake_temporarily(), torch.device(device):
                     return fn()
-            with torch.device(device):
+            with torch.device(device), FakeCopyMode(mode):  # deepcopy keeps this fake mode
                 return fn()
 
         with mode:
