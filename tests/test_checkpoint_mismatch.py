@@ -14,6 +14,7 @@ from fad.engine.checkpoint import load_model_weights
 from fad.engine.mismatch import mismatch_reasons, stored_genotype, weights_difference
 from fad.errors import CheckpointError
 from fad.modeling import build_detector
+from fad.search.supernet import build_supernet
 
 ASAG = "configs/asag/tiny_synthetic.yaml"
 SPARSE = "configs/sparse_detr/tiny_synthetic.yaml"
@@ -164,3 +165,14 @@ def test_a_fad_checkpoint_in_a_detr_config_says_the_genotype_is_its_own(tmp_path
                            "(MODEL.META_ARCHITECTURE is FCOS with searched towers (it stores a "
                            "genotype) in the checkpoint, DeformableDETR here"), line
     assert "--genotype-file" not in line
+
+
+def test_a_search_checkpoint_is_explained_with_the_supernet_builder():
+    search = "configs/fad/search/fad-fcos_tiny_synthetic.yaml"
+    now, trained = _cfg(search), _cfg(search, "MODEL.FAD.NUM_NODES", "2")
+    state = {"model": build_supernet(trained, 3).state_dict(), "cfg": trained.dump()}
+    with pytest.raises(CheckpointError) as info:
+        load_model_weights(build_supernet(now, 3), state, "s.pth", cfg=now,
+                           build=lambda c: build_supernet(c, 3))
+    assert str(info.value) == ("s.pth: the weights do not fit the model of this config "
+                               f"(MODEL.FAD.NUM_NODES is 2 in the checkpoint, 3 here); {FIT}")
