@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from yacs.config import CfgNode
 
-from fad.modeling.fcos import TowerHead, build_fcos, check_fad_config
+from fad.modeling.fcos import TowerHead, build_fcos
 
 from .cells import SearchTower
 
@@ -18,7 +18,6 @@ TOWERS = ("box", "cls")
 
 def build_search_head(cfg: CfgNode, num_classes: int, shared: bool = True) -> TowerHead:
     """Box and cls search towers (cls s0 = reduced box feature) inside the FCOS head frame."""
-    check_fad_config(cfg)
     f, fpn = cfg.MODEL.FAD, cfg.MODEL.FPN.OUT_CHANNELS
     args = (f.SEARCH_CELLS, f.NUM_NODES)
     kw = dict(tower_channels=f.TOWER_CHANNELS, edge_channels=f.EDGE_CHANNELS,

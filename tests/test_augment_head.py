@@ -7,7 +7,7 @@ import torch
 from conftest import REPO, train_steps
 from torch import nn
 
-from fad.config import get_cfg_defaults
+from fad.config import get_cfg_defaults, load_config
 from fad.errors import ConfigError, GenotypeError
 from fad.modeling import build_detector
 from fad.modeling.fcos import build_fad_head, resolve_genotype
@@ -123,8 +123,9 @@ def test_genotype_that_does_not_fit_the_config(tmp_path):
         resolve_genotype(_cfg(**{"MODEL.FAD.GENOTYPE": bad}))
     with pytest.raises(ConfigError, match="a genotype needs MODEL.META_ARCHITECTURE FCOS"):
         resolve_genotype(_cfg(**{"MODEL.META_ARCHITECTURE": "DeformableDETR"}), PAPER)
-    with pytest.raises(ConfigError, match="EDGE_CHANNELS must be >= 1"):
-        build_detector(_cfg(edge=0, **{"MODEL.FAD.GENOTYPE": text}), 3)
+    with pytest.raises(ConfigError, match=r"^MODEL.FAD.EDGE_CHANNELS: 0 is out of range; must be "
+                                          r"> 0"):
+        load_config(None, ["MODEL.FAD.EDGE_CHANNELS", "0", "MODEL.FAD.GENOTYPE", text])
 
 
 @pytest.mark.slow

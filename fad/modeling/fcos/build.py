@@ -21,15 +21,6 @@ from .model import FCOS
 from .tower_head import TowerHead
 
 
-def check_fad_config(cfg: CfgNode) -> None:
-    """One-line errors for MODEL.FAD widths and counts that cannot build a head."""
-    f = cfg.MODEL.FAD
-    for key in ("TOWER_CHANNELS", "EDGE_CHANNELS", "NUM_NODES", "BOX_CELLS", "CLS_CELLS",
-                "SEARCH_CELLS"):
-        if int(f[key]) < 1:
-            raise ConfigError(f"MODEL.FAD.{key} must be >= 1, got {f[key]}; fix the config")
-
-
 def fad_genotypes(cfg: CfgNode) -> tuple[Genotype, Genotype] | None:
     """(box, cls) genotypes of MODEL.FAD.GENOTYPE (text or file), checked against
     MODEL.FAD.NUM_NODES; None when the key is empty (plain FCOS head)."""
@@ -62,7 +53,6 @@ def resolve_genotype(cfg: CfgNode, genotype_file: str = "") -> None:
 def build_fad_head(cfg: CfgNode, num_classes: int, box: Genotype, cls: Genotype) -> TowerHead:
     """The searched FCOS head: box tower on (P_l, P_l), cls tower on (reduced box feature, P_l),
     MODEL.FAD.{BOX,CLS}_CELLS augment cells each, then the TowerHead predictors."""
-    check_fad_config(cfg)
     f, fpn = cfg.MODEL.FAD, cfg.MODEL.FPN.OUT_CHANNELS
     t, c = f.TOWER_CHANNELS, f.EDGE_CHANNELS
     box_tower = AugmentTower(box, f.BOX_CELLS, (fpn, fpn), t, c)
