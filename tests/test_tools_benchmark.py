@@ -56,8 +56,11 @@ def _benchmark(monkeypatch):
     return module
 
 
-def test_every_sub_command_has_a_tiny_case():
+def test_every_sub_command_has_a_tiny_case_and_a_line_in_the_help():
+    import fad.cli.bench
+
     assert set(BENCHMARKS.names()) == set(TINY)
+    assert all(f"\n  {name} " in fad.cli.bench.__doc__ for name in TINY)
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n

@@ -15,6 +15,7 @@ in one process (`fad.cli.bench.timing`) and prints one JSON line (also written t
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ BENCHMARKS = Registry("benchmark", FadError, {
         "fcos_step", "supernet", "msda", "sparse_resnet", "detr_flops", "op_latency", "asag")})
 
 
-def build_parser(command: str | None):
+def build_parser(command: str | None) -> argparse.ArgumentParser:
     """The `fad-bench` parser; only the sub-command `command` (if known) gets its options, so
     only its module is imported."""
     parser = tool_parser(__doc__)
