@@ -14,6 +14,7 @@ from conftest import REPO, tiny_fcos_cfg, write_voc
 from PIL import Image
 
 import fad.data.check as check
+from fad.config import load_config
 from fad.data import COCODataset, VOCDataset, build_dataset, make_train_loader
 from fad.data.check import check_dataset_images, resolve_workers
 from fad.engine.trainer import DetectorStep, HookBase, Trainer
@@ -127,8 +128,10 @@ def test_worker_count(monkeypatch):
     assert resolve_workers(5, 0) == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     assert resolve_workers(0, 100) == 3
-    with pytest.raises(ConfigError, match="DATASETS.CHECK_WORKERS -1 must be >= 0"):
+    with pytest.raises(ValueError, match="workers must be >= 0, got -1"):
         resolve_workers(-1, 10)
+    with pytest.raises(ConfigError, match="DATASETS.CHECK_WORKERS"):
+        load_config(CONFIG, ["DATASETS.CHECK_WORKERS", "-1"])
 
 
 def test_build_dataset_checks_unless_switched_off(five, cache, tmp_path):

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch.distributed as dist
 from yacs.config import CfgNode
 
-from fad.errors import ConfigError, DataError
+from fad.errors import DataError
 from fad.utils.dist import get_rank, get_world_size
 from fad.utils.io import atomic_write_text
 
@@ -163,9 +163,8 @@ def _stat(path: str) -> os.stat_result | None:
 def resolve_workers(workers: int, num_images: int) -> int:
     """`workers` processes, or (0) one per CPU core this process may use, at most one per image.
     """
-    if workers < 0:
-        raise ConfigError(f"DATASETS.CHECK_WORKERS {workers} must be >= 0 (0 = one per CPU "
-                          "core); change DATASETS.CHECK_WORKERS")
+    if workers < 0:  # DATASETS.CHECK_WORKERS is checked when the config loads
+        raise ValueError(f"resolve_workers: workers must be >= 0, got {workers}")
     if workers == 0:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
             os.cpu_count() or 1)
