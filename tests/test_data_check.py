@@ -17,6 +17,7 @@ import fad.data.check as check
 from fad.config import load_config
 from fad.data import COCODataset, VOCDataset, build_dataset, make_train_loader
 from fad.data.check import check_dataset_images, resolve_workers
+from fad.engine.demo import run_demo
 from fad.engine.trainer import DetectorStep, HookBase, Trainer
 from fad.errors import ConfigError, DataError
 from fad.modeling import build_detector
@@ -252,6 +253,15 @@ def test_demo_goes_on_past_a_corrupt_image(tmp_path, cache):
     records = json.loads((out / "detections.json").read_text())
     assert [Path(r["file"]).name for r in records] == ["a.jpg", "c.jpg"]
     assert sorted(p.name for p in out.glob("*.jpg")) == ["a.jpg", "c.jpg"]
+
+
+def test_demo_with_no_readable_image_is_an_error(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"junk")
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"^none of the 1 input images could be read"):
+        run_demo(torch.nn.Identity(), ["a"], IDENTITY, [bad], str(out), 0.3, torch.device("cpu"))
+    assert not (out / "detections.json").exists()
 
 
 @pytest.mark.slow

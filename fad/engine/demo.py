@@ -124,7 +124,8 @@ def run_demo(model: nn.Module, classes: Sequence[str], transforms: Transforms,
     """Detect, draw and write every image of `images`; returns what detections.json holds.
 
     Only detections scoring >= `score_threshold` are drawn and listed. An image that cannot
-    be read gets one warning line and is left out; the others go on.
+    be read gets one warning line and is left out; the others go on (a DataError when none is
+    left).
     """
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"score threshold must be in [0, 1], got {score_threshold}")
@@ -149,5 +150,8 @@ def run_demo(model: nn.Module, classes: Sequence[str], transforms: Transforms,
                             "score": round(float(s), 4), "box": [round(float(v), 1) for v in b]}
                            for b, s, i in zip(dets["boxes"], dets["scores"], dets["labels"])]})
         logger.info("%s: %d detections >= %.2f -> %s", path, int(keep.sum()), score_threshold, out)
+    if images and not records:
+        raise DataError(f"none of the {len(images)} input images could be read (warnings above); "
+                        "replace the files")
     write_json(os.path.join(output_dir, DETECTIONS_FILE), records)
     return records
