@@ -1,7 +1,10 @@
 """Default configuration. Every key has a default and a one-line comment.
 
-Topic-specific keys (FAD search/augment, SparseResNet, DETR family) live in their own
-`defaults_*.py` files and are merged in by `get_cfg_defaults`.
+A key with a restricted value sets its default through its rule (`fad/config/rules.py`):
+`choice(default, choices)`, `pattern`, `positive`, `non_negative`, `probability` (in [0, 1]),
+`fraction` (in (0, 1)), `in_range`; `load_config` checks every value against it. Topic-specific
+keys (FAD search/augment, SparseResNet, DETR family) live in their own `defaults_*.py` files and
+are merged in by `get_cfg_defaults`.
 """
 from .rules import Node as CN
 from .rules import choice, fraction, in_range, non_negative, pattern, positive, probability
