@@ -22,23 +22,21 @@ def add_fad_config(cfg: CN) -> None:
     # search: cells per tower in the supernet (alphas shared)
     cfg.MODEL.FAD.SEARCH_CELLS = positive(1)
     # search cost term (docs/fad.md): penalty on the derived head's expected cost, alpha loss
-    # none (the original objective), flops or latency
-    cfg.MODEL.FAD.COST = choice("none", ("none", "flops", "latency"))
+    cfg.MODEL.FAD.COST = choice("none", ("none", "flops", "latency"))  # none: the original
     # head budget: GFLOPs (flops) or ms (latency), COST_INPUT_SIZE
     cfg.MODEL.FAD.COST_TARGET = non_negative(0.0)
-    # hinge: w*max(0, cost/target-1); log: w*log(cost/target)
-    cfg.MODEL.FAD.COST_PENALTY = choice("hinge", ("hinge", "log"))
+    cfg.MODEL.FAD.COST_PENALTY = choice(  # hinge: w*max(0, cost/target-1); log: w*log(cost/target)
+        "hinge", ("hinge", "log"))
     cfg.MODEL.FAD.COST_WEIGHT = non_negative(1.0)  # w, the penalty's weight next to the val loss
-    # (H, W) of the cost; (): search input
-    cfg.MODEL.FAD.COST_INPUT_SIZE = positive((), lengths=(0, 2))
+    cfg.MODEL.FAD.COST_INPUT_SIZE = positive((), lengths=(0, 2))  # (H, W) of the cost; (): input
     cfg.MODEL.FAD.COST_LATENCY_TABLE = ""  # COST latency: JSON of `fad-bench op_latency`
 
     cfg.SEARCH = CN()
     # share of the search set held out as the alpha ("val") half
     cfg.SEARCH.VAL_FRACTION = fraction(0.5)
     cfg.SEARCH.ARCH_LR = positive(3e-4)  # Adam learning rate of the alphas
-    # Adam betas of the alphas
-    cfg.SEARCH.ARCH_BETAS = in_range((0.5, 0.999), 0, 1, high_open=True, lengths=(2,))
+    cfg.SEARCH.ARCH_BETAS = in_range(  # Adam betas of the alphas
+        (0.5, 0.999), 0, 1, high_open=True, lengths=(2,))
     cfg.SEARCH.ARCH_WEIGHT_DECAY = non_negative(1e-3)  # Adam weight decay of the alphas
     cfg.SEARCH.ALPHA_INIT_STD = non_negative(1e-3)  # alphas start as this * N(0, 1)
     cfg.SEARCH.SECOND_ORDER = False  # unrolled (second-order) alpha gradient; memory-heavy
