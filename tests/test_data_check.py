@@ -1,6 +1,7 @@
 """The image check before the first step (fad.data.check, fad-check-data), the checkpoint on a
 file that fails mid-run, fad-demo going on past a corrupt image, and the one classes.txt rule."""
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -112,6 +113,16 @@ def test_good_images_are_cached_by_size_and_mtime(five, cache):
     assert "c.jpg: image file is corrupt" in changed.problems[0]
     bad_again = check_dataset_images(dataset)  # bad files are never cached
     assert (bad_again.decoded, bad_again.cached) == (1, 4)
+
+
+def test_long_check_logs_progress(five, cache, monkeypatch, caplog):
+    monkeypatch.setattr(check, "PROGRESS_EVERY_S", 0.0)
+    dataset = COCODataset(five.parent / "images", five, IDENTITY, is_train=False)
+    with caplog.at_level(logging.INFO, logger="fad"):
+        check_dataset_images(dataset, workers=1)
+    lines = [m for m in caplog.messages if "decoded, ETA" in m]
+    assert [m.split(",")[0] for m in lines] == [f"image check: {k}/5 decoded" for k in range(1, 6)]
+    assert lines[-1].endswith("ETA 0 s")  # nothing left
 
 
 def test_damaged_cache_file_counts_as_empty(five, cache):

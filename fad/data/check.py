@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
 import torch.distributed as dist
 from yacs.config import CfgNode
@@ -40,7 +41,7 @@ POOL_MIN_IMAGES = 64  # fewer images to decode than this: decode them in this pr
 PROGRESS_EVERY_S = 15.0  # seconds between progress lines of a long check
 
 # What the decode of one image gives: (height, width), or the one-line reason it failed.
-Decoded = tuple[int, int] | str
+Decoded = Union[tuple[int, int], str]
 
 
 @dataclass
@@ -100,18 +101,23 @@ def decode_all(paths: list[str], workers: int) -> dict[str, Decoded]:
     """Decode every file of `paths` with `workers` processes (in this one when few files);
     logs progress every PROGRESS_EVERY_S seconds."""
     if workers <= 1 or len(paths) < POOL_MIN_IMAGES:
-        return dict(map(_decode, paths))
+        return _collect(map(_decode, paths), len(paths))
     chunk = max(1, min(64, len(paths) // (workers * 16)))
+    with _pool_context().Pool(workers) as pool:
+        return _collect(pool.imap_unordered(_decode, paths, chunksize=chunk), len(paths))
+
+
+def _collect(results: Iterable[tuple[str, Decoded]], total: int) -> dict[str, Decoded]:
+    """{path: decoded} from `results`, with a progress line every PROGRESS_EVERY_S seconds."""
     out: dict[str, Decoded] = {}
     start = last = time.monotonic()
-    with _pool_context().Pool(workers) as pool:
-        for path, result in pool.imap_unordered(_decode, paths, chunksize=chunk):
-            out[path] = result
-            now = time.monotonic()
-            if now - last >= PROGRESS_EVERY_S:
-                last, done = now, len(out)
-                eta = (now - start) / done * (len(paths) - done)
-                logger.info("image check: %d/%d decoded, ETA %.0f s", done, len(paths), eta)
+    for path, result in results:
+        out[path] = result
+        now = time.monotonic()
+        if now - last >= PROGRESS_EVERY_S:
+            last, done = now, len(out)
+            eta = (now - start) / done * (total - done)
+            logger.info("image check: %d/%d decoded, ETA %.0f s", done, total, eta)
     return out
 
 
