@@ -1,9 +1,10 @@
 """Why a checkpoint's weights do not fit the model of this run, decisive difference first.
 
-What must match is derived, not listed: the config keys whose value in the checkpoint's `cfg`
-dump differs from this run's are each tried alone on the model builder, on the meta device (no
-memory, no weights read); a key is an architecture difference when that changes the names or
-shapes of the model's parameters and buffers. The reasons come in this order: the
+What must match is derived, not listed: the MODEL.* keys (the other sections set the run: data,
+solver, output) whose value in the checkpoint's `cfg` dump differs from this run's are each tried
+alone on the model builder, on the meta device (no memory, no weights read); a key is an
+architecture difference when that changes the names or shapes of the model's parameters and
+buffers (or when its value alone does not build). The reasons come in this order: the
 meta-architecture and backbone keys, the genotype (saying where this run's came from), the
 other architecture keys, the number of classes.
 """
@@ -89,11 +90,11 @@ def _detector(cfg: CfgNode, num_classes: int) -> nn.Module:
 
 
 def differing_keys(stored: CfgNode, cfg: CfgNode) -> list[tuple[str, Any, Any]]:
-    """(key, value in `stored`, value in `cfg`) of the keys in both whose values differ (lists
-    and tuples compare equal), in `cfg`'s order; the weight files a build reads are left out, and
-    the genotype (`genotype_difference` names the towers that differ)."""
+    """(key, value in `stored`, value in `cfg`) of the MODEL.* keys in both whose values differ
+    (lists and tuples compare equal), in `cfg`'s order; the weight files a build reads are left
+    out, and the genotype (`genotype_difference` names the towers that differ)."""
     out = []
-    for key, ours in _leaves(cfg):
+    for key, ours in _leaves(cfg.MODEL, "MODEL."):
         theirs = lookup(stored, key)
         if key not in (*UNBUILT, GENOTYPE_KEY) and theirs is not None and (
                 _plain(theirs) != _plain(ours)):
