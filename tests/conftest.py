@@ -26,6 +26,14 @@ VOC_FIXTURE = Path(os.environ.get(
 torch.set_num_threads(1)  # tiny tests: threads cost more than they save
 
 
+@pytest.fixture(scope="session", autouse=True)
+def image_check_cache(tmp_path_factory) -> str:
+    """The image check's cache (fad.data.check) in a session folder, not in ~/.cache."""
+    folder = str(tmp_path_factory.mktemp("fad_cache"))
+    os.environ["FAD_CACHE_DIR"] = folder
+    return folder
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> str:
     """DATASETS.ROOT holding synthetic_voc/ and synthetic_coco/ (24 train, 8 val images)."""
