@@ -6,7 +6,8 @@ Builds every DATASETS.TRAIN and DATASETS.TEST set (annotations read, class list 
 checks each image as fad-train/fad-test/fad-search do before their first step, whatever
 DATASETS.CHECK_IMAGES says: the file exists, decodes fully, has its annotated size. Prints one
 line per bad file and a summary per dataset; exit 0 when all are good, 2 otherwise. Images found
-good are cached (docs/data.md), so the runs that follow only stat them. Writes nothing else.
+good are cached (docs/data.md), so the runs that follow only stat them. Writes nothing else
+(but synthetic_* sets, generated when missing as by every tool).
 """
 from __future__ import annotations
 
