@@ -71,6 +71,7 @@ setup(
         "fad-convert=fad.cli.convert:run",
         "fad-make-data=fad.cli.make_data:run",
         "fad-check-data=fad.cli.check_data:run",
+        "fad-device-audit=fad.cli.device_audit:run",
     ]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
