@@ -177,3 +177,15 @@ def test_the_trainer_walks_the_model_for_hooked_modules_once(tmp_path, monkeypat
     trainer.Trainer(cfg, step, lambda s: range(s, 4)).train()
     assert model.part.seen == [(0, 0), (1, 0), (2, 0), (3, 0)] and len(seen) == 4
     assert len(walks) == 1
+
+
+def test_the_cache_of_hooked_modules_does_not_keep_a_model_alive():
+    import gc
+    import weakref
+
+    model = Detector()
+    assert collect_log_stats(model) == {"density": 0.5}
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None

@@ -1,28 +1,29 @@
 """Collect what models expose through `fad.modeling.hooks.ModelHooks` from every submodule.
 
-The hooked submodules of a model are found once, at the first call for that model, and kept
-(weakly, per model object): the engine calls these every step, and the walk over all modules
-is not repeated there. The model's module tree must therefore be complete by the first call.
+The hooked submodules of a model are found once, at the first call for that model, and kept:
+the engine calls these every step, and the walk over all modules is not repeated there. The
+model's module tree must therefore be complete by the first call. The cache holds only weak
+references (to the model and to its hooked modules), so it never keeps a model alive.
 """
 from __future__ import annotations
 
-from weakref import WeakKeyDictionary
+from weakref import WeakKeyDictionary, ref
 
 from torch import Tensor, nn
 
 from fad.modeling.hooks import ModelHooks
 
-_HOOKED: WeakKeyDictionary[nn.Module, tuple[ModelHooks, ...]] = WeakKeyDictionary()
+_HOOKED: WeakKeyDictionary[nn.Module, tuple[ref, ...]] = WeakKeyDictionary()
 
 
-def hooked_modules(model: nn.Module) -> tuple[ModelHooks, ...]:
+def hooked_modules(model: nn.Module) -> list[ModelHooks]:
     """Every submodule of `model` (itself and DDP's inner module included) that subclasses
     `ModelHooks`, in `model.modules()` order; walked once per model, then cached."""
     found = _HOOKED.get(model)
     if found is None:
-        found = tuple(m for m in model.modules() if isinstance(m, ModelHooks))
+        found = tuple(ref(m) for m in model.modules() if isinstance(m, ModelHooks))
         _HOOKED[model] = found
-    return found
+    return [m for m in (r() for r in found) if m is not None]
 
 
 def collect_aux_losses(model: nn.Module) -> dict[str, Tensor]:
