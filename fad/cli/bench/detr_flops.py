@@ -2,9 +2,9 @@
 
 Both models are ResNet-50 (random weights: FLOPs do not depend on them) with two-stage + box
 refinement; Sparse DETR adds rho token selection, the encoder aux heads (unused in eval),
-efficient query init and the class-specific proposal head (spec DETR.md §3-4). One input image
-of --size (default 850 x 1040, the spec's approximation of COCO val), batch 1, eval, no_grad,
-fp32.
+efficient query init and the class-specific proposal head (Roh et al., "Sparse DETR", ICLR 2022).
+One input image of --size (default 850 x 1040, about the mean COCO val image after resizing),
+batch 1, eval, no_grad, fp32.
 
 FLOPs: `torch.utils.flop_counter.FlopCounterMode`, which counts a multiply-add of convolutions
 and matrix products as 2 FLOPs; the MSDA op `fad::ms_deform_attn` has a registered formula that

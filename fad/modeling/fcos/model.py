@@ -2,7 +2,9 @@
 
 The head is pluggable: the plain `FCOSHead` (head.py), or a `TowerHead` (tower_head.py) around
 the FAD towers (augment towers of `fad.nas.cells`, or the supernet's of `fad.search`). Targets
-(targets.py), losses (loss.py) and post-processing follow spec FAD.md §5; `build.py` reads the
+(targets.py), losses (loss.py) and post-processing follow FCOS-imprv (Tian et al., "FCOS: A
+Simple and Strong Anchor-free Object Detector", TPAMI 2020), the detector of the FAD paper;
+`build.py` reads the
 config, this module takes plain arguments.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""FCOS-imprv locations and target assignment (spec FAD.md §5).
+"""FCOS-imprv locations and target assignment (Tian et al., TPAMI 2020: centre sampling).
 
 Locations of a level with stride s sit at (x*s + s//2, y*s + s//2). A location is a positive of
 a ground-truth box when it lies inside the box's centre region (radius 1.5 strides, clipped to
