@@ -1,5 +1,8 @@
 """ModelHooks: the one declaration of what a model tells the engine (aux losses, log stats,
 optimizer groups, DDP's unused-parameter search), and the engine reading it."""
+import gc
+import weakref
+
 import pytest
 import torch
 from torch import nn
@@ -180,9 +183,6 @@ def test_the_trainer_walks_the_model_for_hooked_modules_once(tmp_path, monkeypat
 
 
 def test_the_cache_of_hooked_modules_does_not_keep_a_model_alive():
-    import gc
-    import weakref
-
     model = Detector()
     assert collect_log_stats(model) == {"density": 0.5}
     alive = weakref.ref(model)
