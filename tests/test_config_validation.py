@@ -134,6 +134,37 @@ def test_messages_of_the_issues():
         "SEARCH.VAL_FRACTION: 1.5 is out of range; must be in (0, 1);")
 
 
+def test_values_take_the_type_of_their_default(tmp_path):
+    cfg = load_config(None, ["SOLVER.BASE_LR", "1", "INPUT.MIN_SIZE_TRAIN", "640",
+                             "DATASETS.TRAIN", "voc_2007_train", "OUTPUT_DIR", "2024",
+                             "INPUT.PIXEL_MEAN", "(0, 0, 0)"])
+    assert cfg.SOLVER.BASE_LR == 1.0 and isinstance(cfg.SOLVER.BASE_LR, float)
+    assert cfg.INPUT.MIN_SIZE_TRAIN == (640,) and cfg.DATASETS.TRAIN == ("voc_2007_train",)
+    assert cfg.OUTPUT_DIR == "2024" and cfg.INPUT.PIXEL_MEAN == (0.0, 0.0, 0.0)
+    (tmp_path / "a.yaml").write_text("SOLVER:\n  BASE_LR: 1\n  STEPS: [10, 20]\n")
+    cfg = load_config(str(tmp_path / "a.yaml"))
+    assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.STEPS) == (1.0, (10, 20))
+
+
+@pytest.mark.parametrize("opts, expected", [
+    (["MODEL.BACKBONE.DEPTH", "fifty"], "MODEL.BACKBONE.DEPTH: 'fifty' is not an integer"),
+    (["MODEL.SPARSE.MASKED", "1"], "MODEL.SPARSE.MASKED: 1 is not True or False"),
+    (["SOLVER.BASE_LR", "fast"], "SOLVER.BASE_LR: 'fast' is not a number"),
+    (["INPUT.MIN_SIZE_TRAIN", "(800, 'a')"],
+     "INPUT.MIN_SIZE_TRAIN: (800, 'a') is not a tuple of integers"),
+    (["MODEL.BACKBONE", "3"], "MODEL.BACKBONE is a group of keys, not a key"),
+])
+def test_values_of_another_type_name_the_key(opts, expected):
+    assert _error(opts) == f"bad override: {expected}; fix that KEY VALUE pair"
+
+
+def test_a_value_of_another_type_in_a_file_names_the_file(tmp_path):
+    path = tmp_path / "a.yaml"
+    path.write_text("MODEL:\n  BACKBONE:\n    DEPTH: fifty\n")
+    assert _error([], str(path)) == (f"{path}: MODEL.BACKBONE.DEPTH: 'fifty' is not an integer; "
+                                     "fix the value in this file")
+
+
 def test_the_message_says_where_the_value_was_set(tmp_path):
     (tmp_path / "base.yaml").write_text("MODEL:\n  BACKBONE:\n    NORM: GN\n")
     (tmp_path / "leaf.yaml").write_text("_BASE_: base.yaml\nSOLVER:\n  BASE_LR: 0.1\n")

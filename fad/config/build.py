@@ -16,7 +16,7 @@ from .defaults_detr import add_detr_config
 from .defaults_fad import add_fad_config
 from .defaults_rcnn import add_rcnn_config
 from .defaults_sparse import add_sparse_config
-from .validate import validate_config
+from .validate import typed_value, validate_config
 
 BASE_KEY = "_BASE_"
 
@@ -63,12 +63,9 @@ def merge_config_file(cfg: CN, path: str, _chain: tuple[str, ...] = (),
         merge_config_file(cfg, base, (*_chain, real), sources)
     for key in _leaf_keys(data):
         _check_key(cfg, key, f"{path}: ", "fix the key in this file")
+        _assign(cfg, key, _lookup(data, key), f"{path}: ", "fix the value in this file")
         if sources is not None:
             sources[key] = path
-    try:
-        cfg.merge_from_other_cfg(data)
-    except (KeyError, ValueError, AssertionError) as exc:
-        raise ConfigError(f"{path}: {_reason(exc)}; fix the key or value in this file") from None
 
 
 def _leaf_keys(node: CN, prefix: str = "") -> list[str]:
@@ -91,10 +88,24 @@ def _check_key(cfg: CN, key: str, where: str, fix: str) -> None:
         node = node[part]
 
 
-def _reason(exc: BaseException) -> str:
-    """yacs' message of a bad key or value, on one line and without KeyError's quotes."""
-    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-    return " ".join(str(text).split())
+def _lookup(node: CN, key: str):
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _assign(cfg: CN, key: str, raw, where: str, fix: str) -> None:
+    """Set the known leaf `key` of `cfg` to `raw` (yaml or command-line text, decoded as yacs
+    does) in the type of its default; a ConfigError for a group of keys or a value of another
+    type."""
+    *parents, name = key.split(".")
+    node = _lookup(cfg, ".".join(parents)) if parents else cfg
+    if isinstance(node[name], CN):
+        raise ConfigError(f"{where}{key} is a group of keys, not a key; {fix}")
+    value, problem = typed_value(node[name], CN._decode_cfg_value(raw))
+    if problem is not None:
+        raise ConfigError(f"{where}{key}: {problem}; {fix}")
+    node[name] = value
 
 
 def load_config(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
@@ -112,12 +123,9 @@ def load_config(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
         if len(opts) % 2:
             raise ConfigError(f"overrides must be KEY VALUE pairs, got {' '.join(opts)}; "
                               "give a value for every key")
-        for key in opts[0::2]:
+        for key, raw in zip(opts[0::2], opts[1::2]):
             _check_key(cfg, str(key), "bad override: ", "fix that KEY VALUE pair")
-        try:
-            cfg.merge_from_list(list(opts))
-        except (KeyError, ValueError, AssertionError) as exc:
-            raise ConfigError(f"bad override: {_reason(exc)}; fix that KEY VALUE pair") from None
+            _assign(cfg, str(key), raw, "bad override: ", "fix that KEY VALUE pair")
         sources.update((str(key), "the KEY VALUE overrides") for key in opts[0::2])
     validate_config(cfg, sources)
     return cfg

@@ -79,6 +79,8 @@ class Range(Rule):
 
     def problem(self, value: Any) -> str | None:
         if isinstance(value, (tuple, list)):
+            if not all(isinstance(x, (int, float)) for x in value):
+                return f"{tuple(value)} is not a tuple of numbers"
             if self.lengths is not None and len(value) not in self.lengths:
                 counts = " or ".join(str(n) for n in self.lengths)
                 entries = "entry" if len(value) == 1 else "entries"

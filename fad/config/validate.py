@@ -8,6 +8,7 @@ it on the command line`. Checks that need the data or the world size stay where 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from yacs.config import CfgNode
 
@@ -33,6 +34,50 @@ def validate_config(cfg: CfgNode, sources: Mapping[str, str] | None = None) -> N
             raise ConfigError(f"{key}: {problem}; {fix}")
     for message in cross_key_problems(cfg):
         raise ConfigError(f"{message}; fix the config file or the KEY VALUE overrides")
+
+
+def typed_value(default: Any, value: Any) -> tuple[Any, str | None]:
+    """`value` (decoded from yaml or a KEY VALUE pair) in the type of the key's `default`, and
+    what is wrong with it (None when it fits).
+
+    An integer for a number key becomes a float, a number for a text key its text, and a single
+    value for a tuple key a 1-tuple; entries of a tuple must have the type of the default's.
+    """
+    if default is None or isinstance(value, CfgNode):
+        return value, None
+    if isinstance(default, (tuple, list)):
+        value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        if default:
+            value = tuple(_entry(default[0], x) for x in value)
+            if any(not _fits(default[0], x) for x in value):
+                return value, f"{value} is not {_kind(default)}"
+        return value, None
+    value = _entry(default, value)
+    return value, None if _fits(default, value) else f"{value!r} is not {_kind(default)}"
+
+
+def _entry(default: Any, value: Any) -> Any:
+    """An int where a float is expected as that float; a number where text is expected as text."""
+    if isinstance(default, float) and type(value) is int:
+        return float(value)
+    if isinstance(default, str) and type(value) in (int, float):
+        return str(value)
+    return value
+
+
+def _fits(default: Any, value: Any) -> bool:
+    return type(value) is type(default)
+
+
+_KINDS = {bool: ("True or False", "True/False values"), int: ("an integer", "integers"),
+          float: ("a number", "numbers"), str: ("a text", "texts")}
+
+
+def _kind(default: Any) -> str:
+    """What the key takes, in words: "an integer", "a tuple of numbers"."""
+    if isinstance(default, (tuple, list)):
+        return f"a tuple of {_KINDS[type(default[0])][1]}" if default else "a tuple"
+    return _KINDS[type(default)][0]
 
 
 def cross_key_problems(cfg: CfgNode) -> Iterator[str]:
