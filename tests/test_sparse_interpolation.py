@@ -114,7 +114,7 @@ def test_learnable_scale_gets_gradient():
 
 
 def test_even_kernel_is_a_clear_error():
-    with pytest.raises(ValueError, match="INTERP_KERNEL"):
+    with pytest.raises(ValueError, match="kernel_size must be odd and >= 1"):
         GaussianInterpolation(6)
 
 

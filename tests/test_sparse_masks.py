@@ -108,7 +108,7 @@ def test_small_conv3x3_gradients_match():
 
 
 def test_bad_sampling_mode_is_a_clear_error():
-    with pytest.raises(ValueError, match="MODEL.SPARSE.SAMPLING"):
+    with pytest.raises(ValueError, match="sampling must be one of stochastic, deterministic"):
         MaskSampler(sampling="greedy")
 
 

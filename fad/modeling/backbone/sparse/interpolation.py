@@ -36,7 +36,8 @@ class GaussianInterpolation(nn.Module):
     def __init__(self, kernel_size: int = 7, init_scale: float = 3.0):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"MODEL.SPARSE.INTERP_KERNEL must be odd and >= 1, got {kernel_size}")
+            raise ValueError(f"GaussianInterpolation: kernel_size must be odd and >= 1, got "
+                             f"{kernel_size}")
         self.kernel_size = kernel_size
         self.scale = nn.Parameter(torch.tensor(float(init_scale)))
 

@@ -54,7 +54,7 @@ class MaskSampler(nn.Module):
                  sampling: str = "stochastic", unit_id: int = 0):
         super().__init__()
         if sampling not in SAMPLING_MODES:
-            raise ValueError(f"MODEL.SPARSE.SAMPLING must be one of {SAMPLING_MODES}, "
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLING_MODES)}, "
                              f"got {sampling!r}")
         self.register_buffer("temperature", torch.tensor(float(temperature_init)))
         self.temperature_decay = temperature_decay
