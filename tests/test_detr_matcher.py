@@ -81,7 +81,7 @@ def test_matcher_respects_the_query_mask_and_empty_targets():
     empty = {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}
     rows, cols = matcher(logits[None], boxes[None], [empty])[0]
     assert rows.numel() == 0 and cols.numel() == 0
-    with pytest.raises(ValueError, match="SET_COST"):
+    with pytest.raises(ValueError, match="cost_class, cost_bbox and cost_giou are all 0"):
         HungarianMatcher(0, 0, 0)
 
 
