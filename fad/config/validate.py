@@ -3,7 +3,8 @@
 `load_config` runs `validate_config` after the yaml chain and the overrides; the first problem
 is a one-line ConfigError naming the key, the value, what is allowed and where the value was set:
 `MODEL.BACKBONE.NAME: 'resnt' is not one of resnet, sparse_resnet (did you mean resnet?); fix
-it on the command line`. Checks that need the data or the world size stay where those are known.
+it in the KEY VALUE overrides`. Checks that need the data or the world size stay where those
+are known.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def validate_config(cfg: CfgNode, sources: Mapping[str, str] | None = None) -> N
     """A ConfigError for the first key of `cfg` that breaks its rule or a rule across keys.
 
     `cfg` is a tree from `get_cfg_defaults` (its nodes carry the rules); `sources` maps a key to
-    where it was set ("configs/x.yaml", "the command line") for the message's fix.
+    where it was set ("configs/x.yaml", "the KEY VALUE overrides") for the message's fix.
     """
     sources = sources or {}
     for key, rule in collect_rules(cfg).items():
@@ -43,8 +44,6 @@ def typed_value(default: Any, value: Any) -> tuple[Any, str | None]:
     An integer for a number key becomes a float, a number for a text key its text, and a single
     value for a tuple key a 1-tuple; entries of a tuple must have the type of the default's.
     """
-    if default is None or isinstance(value, CfgNode):
-        return value, None
     if isinstance(default, (tuple, list)):
         value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
         if default:
