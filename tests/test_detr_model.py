@@ -9,6 +9,7 @@ from conftest import REPO, painted_scene, recall_at_k, train_steps
 from fad.config import get_cfg_defaults, load_config
 from fad.engine.checkpoint import Checkpointer
 from fad.engine.solver import build_optimizer
+from fad.errors import ConfigError
 from fad.modeling import build_detector
 from fad.modeling.detr.build import build_deformable_detr
 
@@ -32,17 +33,21 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_cfg(variant: str = "single_stage", **overrides):
-    cfg = get_cfg_defaults()
-    cfg.merge_from_list([
+def tiny_opts(variant: str = "single_stage", **overrides) -> list:
+    """KEY VALUE pairs of a tiny Deformable DETR of `variant`, then `overrides`."""
+    return [
         "MODEL.META_ARCHITECTURE", "DeformableDETR",
         "MODEL.BACKBONE.DEPTH", 18, "MODEL.BACKBONE.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", 0,
         "MODEL.DETR.D_MODEL", 32, "MODEL.DETR.NHEADS", 4, "MODEL.DETR.ENC_LAYERS", 1,
         "MODEL.DETR.DEC_LAYERS", 2, "MODEL.DETR.DIM_FEEDFORWARD", 64, "MODEL.DETR.DROPOUT", 0.0,
         "MODEL.DETR.NUM_QUERIES", 10, "MODEL.DETR.GN_GROUPS", 8, "MODEL.DETR.NUM_FEATURE_LEVELS", 3,
         "SOLVER.OPTIMIZER", "AdamW", "SOLVER.BASE_LR", 2e-3, "MODEL.DETR.LR_BACKBONE", 2e-4,
-    ] + VARIANTS[variant])
-    cfg.merge_from_list([x for kv in overrides.items() for x in kv])
+    ] + VARIANTS[variant] + [x for kv in overrides.items() for x in kv]
+
+
+def tiny_cfg(variant: str = "single_stage", **overrides):
+    cfg = get_cfg_defaults()
+    cfg.merge_from_list(tiny_opts(variant, **overrides))
     return cfg
 
 
@@ -53,15 +58,16 @@ def two_images():
 
 
 def test_config_errors_name_the_keys():
-    cfg = tiny_cfg(**{"MODEL.DETR.RHO": 0.2})
-    with pytest.raises(ValueError, match="MODEL.DETR.TWO_STAGE"):
-        build_deformable_detr(cfg, 2)
-    cfg = tiny_cfg(**{"MODEL.META_ARCHITECTURE": "SparseDETR"})
-    with pytest.raises(ValueError, match="MODEL.DETR.RHO > 0"):
-        build_detector(cfg, 2)
-    with pytest.raises(ValueError, match="USE_ENC_AUX_LOSS"):
-        build_deformable_detr(tiny_cfg("two_stage", **{"MODEL.DETR.USE_ENC_AUX_LOSS": True}), 2)
-    with pytest.raises(ValueError, match="num_classes"):
+    """Checked when the config loads (fad/config/validate.py), before any model is built."""
+    with pytest.raises(ConfigError, match=r"^MODEL.DETR.RHO > 0 \(Sparse DETR\) needs "
+                                          r"MODEL.DETR.TWO_STAGE True"):
+        load_config(None, tiny_opts(**{"MODEL.DETR.RHO": 0.2}))
+    with pytest.raises(ConfigError, match=r"^MODEL.META_ARCHITECTURE SparseDETR needs "
+                                          r"MODEL.DETR.RHO > 0"):
+        load_config(None, tiny_opts(**{"MODEL.META_ARCHITECTURE": "SparseDETR"}))
+    with pytest.raises(ConfigError, match=r"^MODEL.DETR.USE_ENC_AUX_LOSS needs MODEL.DETR.RHO > 0"):
+        load_config(None, tiny_opts("two_stage", **{"MODEL.DETR.USE_ENC_AUX_LOSS": True}))
+    with pytest.raises(ValueError, match="num_classes must be >= 1, got 0"):
         build_deformable_detr(tiny_cfg(), 0)
 
 
