@@ -137,10 +137,11 @@ def test_messages_of_the_issues():
 def test_values_take_the_type_of_their_default(tmp_path):
     cfg = load_config(None, ["SOLVER.BASE_LR", "1", "INPUT.MIN_SIZE_TRAIN", "640",
                              "DATASETS.TRAIN", "voc_2007_train", "OUTPUT_DIR", "2024",
-                             "INPUT.PIXEL_MEAN", "(0, 0, 0)"])
+                             "INPUT.PIXEL_MEAN", "(0, 0, 0)", "SOLVER.AMP", "false"])
     assert cfg.SOLVER.BASE_LR == 1.0 and isinstance(cfg.SOLVER.BASE_LR, float)
     assert cfg.INPUT.MIN_SIZE_TRAIN == (640,) and cfg.DATASETS.TRAIN == ("voc_2007_train",)
     assert cfg.OUTPUT_DIR == "2024" and cfg.INPUT.PIXEL_MEAN == (0.0, 0.0, 0.0)
+    assert cfg.SOLVER.AMP is False
     (tmp_path / "a.yaml").write_text("SOLVER:\n  BASE_LR: 1\n  STEPS: [10, 20]\n")
     cfg = load_config(str(tmp_path / "a.yaml"))
     assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.STEPS) == (1.0, (10, 20))

@@ -41,8 +41,9 @@ def typed_value(default: Any, value: Any) -> tuple[Any, str | None]:
     """`value` (decoded from yaml or a KEY VALUE pair) in the type of the key's `default`, and
     what is wrong with it (None when it fits).
 
-    An integer for a number key becomes a float, a number for a text key its text, and a single
-    value for a tuple key a 1-tuple; entries of a tuple must have the type of the default's.
+    An integer for a number key becomes a float, a number for a text key its text, "true" for a
+    True/False key True, and a single value for a tuple key a 1-tuple; entries of a tuple must
+    have the type of the default's.
     """
     if isinstance(default, (tuple, list)):
         value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
@@ -56,7 +57,10 @@ def typed_value(default: Any, value: Any) -> tuple[Any, str | None]:
 
 
 def _entry(default: Any, value: Any) -> Any:
-    """An int where a float is expected as that float; a number where text is expected as text."""
+    """An int where a float is expected as that float, a number where text is expected as text,
+    "true" / "false" (any case) where a bool is expected as that bool."""
+    if isinstance(default, bool) and isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
     if isinstance(default, float) and type(value) is int:
         return float(value)
     if isinstance(default, str) and type(value) in (int, float):
