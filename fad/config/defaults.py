@@ -104,4 +104,4 @@ _C.TEST.IMS_PER_BATCH = positive(8)  # images per test batch over all ranks
 
 _C.OUTPUT_DIR = "output"  # where checkpoints, logs, metrics and genotypes go
 _C.SEED = 0  # random seed (python, numpy, torch); < 0 picks one from the clock
-_C.NUM_THREADS = non_negative(0)  # intra-op CPU threads per process; 0 = torch default
+_C.NUM_THREADS = non_negative(0)  # intra-op threads per process; 0: torch default, 1 while busy
