@@ -1,0 +1,34 @@
+"""Export trained detectors to one self-contained graph (ONNX, torch.export `.pt2`).
+
+`build_export_module(model, cfg, input_size)` wraps an eval-mode detector into the export
+contract of `fad.export.base` (images 0-255 in; boxes, scores, labels, num_detections out).
+Builders are looked up by MODEL.META_ARCHITECTURE in `EXPORTERS` (imported lazily, so a family's
+code loads only when used); a builder is `build(model, cfg, input_size) -> ExportModule`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+from yacs.config import CfgNode
+
+from fad.utils.registry import Registry
+
+from .base import ExportError, ExportModule, normalize_and_pad, pad_detections, topk_padded
+
+EXPORTERS = Registry("MODEL.META_ARCHITECTURE (export)", ExportError, {
+    "FCOS": "fad.export.fcos:build_fcos_export",
+    "FasterRCNN": "fad.export.faster_rcnn:build_faster_rcnn_export",
+})
+
+
+def build_export_module(model: nn.Module, cfg: CfgNode, input_size: Sequence[int]
+                        ) -> ExportModule:
+    """The export module of `model` (built from `cfg`) for [N, 3, H, W] inputs, `input_size` =
+    (H, W) the size used to trace it; in eval mode."""
+    module = EXPORTERS.get(cfg.MODEL.META_ARCHITECTURE)(model.eval(), cfg, tuple(input_size))
+    return module.eval()
+
+
+__all__ = ["EXPORTERS", "ExportError", "ExportModule", "build_export_module",
+           "normalize_and_pad", "pad_detections", "topk_padded"]
