@@ -19,9 +19,18 @@ from fad.utils.dist import (
     synchronize,
 )
 
-__all__ = ["all_gather_objects", "all_reduce_mean", "broadcast_tensors", "get_rank",
-           "get_world_size", "init_distributed", "is_dist", "is_main_process", "max_over_ranks",
+__all__ = ["all_gather_objects", "all_reduce_mean", "broadcast_tensors", "elastic_restart",
+           "get_rank", "get_world_size", "init_distributed", "is_dist", "is_main_process", "max_over_ranks",
            "reduce_dict", "synchronize"]
+
+
+def elastic_restart() -> int:
+    """How many times torchrun's agent has restarted this worker group (TORCHELASTIC_RESTART_COUNT;
+    0 on the first start and outside torchrun). A restart (> 0) is a resume of the same run."""
+    try:
+        return max(0, int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")))
+    except ValueError:
+        return 0
 
 
 def init_distributed() -> bool:

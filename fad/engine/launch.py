@@ -12,7 +12,8 @@ name is in the catalog, and sets the intra-op threads (NUM_THREADS; 0 = torch's 
 while the machine is busy: `fad.engine.threads`, re-checked at every log line). Tools that
 write a run (`default_argument_parser(..., resumable=True)`: train, search) get `--resume` and
 `--overwrite`, and `setup` refuses an OUTPUT_DIR holding checkpoints without one of them
-(`fad.engine.output_dir`). `run_tool` exits 130/143 after a Ctrl-C/SIGTERM stop.
+(`fad.engine.output_dir`); when torchrun restarts the worker group (TORCHELASTIC_RESTART_COUNT
+> 0, after a worker died) they resume by themselves, whatever the command line says. `run_tool` exits 130/143 after a Ctrl-C/SIGTERM stop.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from fad.utils.device import resolve_device
 from fad.utils.io import atomic_write_text
 from fad.utils.seed import seed_everything
 
-from .distributed import get_rank, init_distributed, synchronize
+from .distributed import elastic_restart, get_rank, init_distributed, synchronize
 from .interrupt import Interrupted
 from .logger import setup_logger
 from .output_dir import check_run_folder, clear_run_files
@@ -113,7 +114,8 @@ def setup(args: argparse.Namespace) -> tuple[CfgNode, logging.Logger, torch.devi
     """Config (frozen), process group, logger, seed, threads, op backends and device of a run.
 
     Before any work: OUTPUT_DIR must be writable, hold no checkpoints of an earlier run unless
-    the tool is not `resumable` or `args.resume` / `args.overwrite` is set, and the dataset
+    the tool is not `resumable` or `args.resume` / `args.overwrite` is set (an elastic restart
+    under torchrun sets `args.resume` and clears `args.overwrite`), and the dataset
     names must be known (one-line ConfigError). With `args.overwrite` the main rank deletes the
     earlier run's files first (the others wait). Writes the merged config to
     OUTPUT_DIR/config.yaml on the main rank.
@@ -123,6 +125,9 @@ def setup(args: argparse.Namespace) -> tuple[CfgNode, logging.Logger, torch.devi
     cfg.freeze()
     check_output_dir(cfg.OUTPUT_DIR)
     resumable = hasattr(args, "overwrite")
+    restart = elastic_restart() if resumable else 0
+    if restart:  # torchrun relaunched the group after a worker died: continue the same run
+        args.resume, args.overwrite = True, False
     if resumable:
         check_run_folder(cfg.OUTPUT_DIR, args.resume, args.overwrite)
     check_dataset_names(cfg, (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST))
@@ -132,6 +137,9 @@ def setup(args: argparse.Namespace) -> tuple[CfgNode, logging.Logger, torch.devi
     deleted = clear_run_files(cfg.OUTPUT_DIR) if resumable and args.overwrite and rank == 0 else []
     synchronize()
     logger = setup_logger(cfg.OUTPUT_DIR, rank, verbose=getattr(args, "verbose", False))
+    if restart:
+        logger.warning("torchrun restart %d of the worker group: resuming from the last "
+                       "checkpoint in %s (as --resume)", restart, cfg.OUTPUT_DIR)
     if deleted:
         logger.info("--overwrite: deleted the %d files of the earlier run in %s", len(deleted),
                     cfg.OUTPUT_DIR)
