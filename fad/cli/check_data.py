@@ -42,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, CheckReport]:
         for line in report.problems:
             logger.error(line)
         logger.info(report.summary(name))
+        rules = report.rules_line(name)
+        if rules:
+            logger.warning(rules)
         reports[name] = report
     bad = sum(len(r.problems) for r in reports.values())
     total = sum(r.total for r in reports.values())

@@ -100,6 +100,10 @@ class DetectionDataset(CachedCocoGT, Dataset):
         warning = fixes.message(name)
         if warning:
             logger.warning(warning)
+        empty = sum(len(r.labels) == 0 for r in records)
+        if empty:
+            logger.info("%s: %d of %d images have no boxes (kept: they train as background and "
+                        "count in the evaluation)", name, empty, len(records))
 
     @property
     def num_classes(self) -> int:

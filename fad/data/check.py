@@ -4,12 +4,14 @@
     report.problems                                      # one line per bad file: path, reason, fix
 
 Each image must exist, decode fully (truncated or damaged files fail here, not at iteration
-25 000) and have the size its annotation gives. The full decode runs in a pool of worker
-processes. Images found good are cached by path, file size and mtime in `cache_dir()`
-(`~/.cache/fad/image_check/`, one JSON file per image folder), outside the data, so read-only
-data folders work and a second run only stats the files. `check_images(cfg, dataset, name)` is
-what `build_dataset` calls (DATASETS.CHECK_IMAGES); `fad-check-data` runs the check alone.
-Timings for COCO are in docs/data.md.
+25 000) and have the size its annotation gives. The check also counts the images the reading
+converts to 8-bit RGB (grayscale, 16-bit, RGBA, palette, CMYK) and those with an EXIF
+orientation tag, used as stored (`fad.data.image`; the rules are in docs/data.md). The full
+decode runs in a pool of worker processes. Images found good are cached by path, file size
+and mtime in `cache_dir()` (`~/.cache/fad/image_check/`, one JSON file per image folder),
+outside the data, so read-only data folders work and a second run only stats the files.
+`check_images(cfg, dataset, name)` is what `build_dataset` calls (DATASETS.CHECK_IMAGES);
+`fad-check-data` runs the check alone. Timings for COCO are in docs/data.md.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import logging
 import multiprocessing
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,29 +34,45 @@ from fad.errors import DataError
 from fad.utils.dist import get_rank, get_world_size
 from fad.utils.io import atomic_write_text
 
-from .image import check_image_size, decode_image_size
+from .image import ImageInfo, check_image_size, decode_image_info
 from .views import DetectionConcat, DetectionSubset
 
 logger = logging.getLogger("fad")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 POOL_MIN_IMAGES = 64  # fewer images to decode than this: decode them in this process
 PROGRESS_EVERY_S = 15.0  # seconds between progress lines of a long check
 
-# What the decode of one image gives: (height, width), or the one-line reason it failed.
-Decoded = Union[tuple[int, int], str]
+# What the decode of one image gives: its ImageInfo, or the one-line reason it failed.
+Decoded = Union[ImageInfo, str]
 
 
 @dataclass
 class CheckReport:
     """Outcome of one dataset's check: `problems` holds one line per bad image (path, reason,
-    fix); `decoded` images were decoded now, `cached` ones were known good from the cache."""
+    fix); `decoded` images were decoded now, `cached` ones were known good from the cache;
+    `conversions` counts the good images read with a conversion to 8-bit RGB by kind, and
+    `exif_oriented` those with an EXIF orientation tag (not applied)."""
 
     total: int
     decoded: int
     cached: int
     seconds: float
     problems: list[str] = field(default_factory=list)
+    conversions: Counter = field(default_factory=Counter)
+    exif_oriented: int = 0
+
+    def rules_line(self, name: str) -> str | None:
+        """One line with the counts of the pixel rules applied, or None when none was."""
+        parts = []
+        if self.conversions:
+            kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(self.conversions.items()))
+            parts.append(f"{sum(self.conversions.values())} image(s) converted to 8-bit RGB "
+                         f"({kinds})")
+        if self.exif_oriented:
+            parts.append(f"{self.exif_oriented} image(s) with an EXIF orientation tag, used as "
+                         "stored (COCO/VOC boxes are in stored pixel order)")
+        return f"{name}: {'; '.join(parts)} (docs/data.md, bad data)" if parts else None
 
     def summary(self, name: str) -> str:
         """One line: the counts and the time."""
@@ -84,9 +103,9 @@ def image_records(dataset) -> list[tuple[Path, int, int]]:
 
 
 def _decode(path: str) -> tuple[str, Decoded]:
-    """(path, its decoded (height, width) or the DataError line); runs in a worker process."""
+    """(path, its decoded ImageInfo or the DataError line); runs in a worker process."""
     try:
-        return path, decode_image_size(Path(path))
+        return path, decode_image_info(Path(path))
     except DataError as exc:
         return path, str(exc)
 
@@ -122,9 +141,10 @@ def _collect(results: Iterable[tuple[str, Decoded]], total: int) -> dict[str, De
 
 
 class CheckCache:
-    """The images of one folder known good, by file name -> [size, mtime_ns, height, width], in
-    one JSON file under `cache_dir()`. A damaged or foreign file counts as empty; a cache that
-    cannot be written is skipped with a debug line (the check itself never depends on it)."""
+    """The images of one folder known good, by file name -> [size, mtime_ns, height, width,
+    conversion, EXIF orientation], in one JSON file under `cache_dir()`. A damaged or foreign
+    file counts as empty; a cache that cannot be written is skipped with a debug line (the
+    check itself never depends on it)."""
 
     def __init__(self, folder: str):
         digest = hashlib.sha1(folder.encode("utf-8")).hexdigest()[:16]
@@ -138,19 +158,20 @@ class CheckCache:
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             self.entries = {}
 
-    def lookup(self, name: str, stat: os.stat_result) -> tuple[int, int] | None:
-        """The cached (height, width) of file `name` if its size and mtime are unchanged."""
+    def lookup(self, name: str, stat: os.stat_result) -> ImageInfo | None:
+        """The cached ImageInfo of file `name` if its size and mtime are unchanged."""
         entry = self.entries.get(name)
         if entry and entry[:2] == [stat.st_size, stat.st_mtime_ns]:
-            return entry[2], entry[3]
+            return ImageInfo(*entry[2:])
         return None
 
-    def save(self, found: dict[str, tuple[os.stat_result, tuple[int, int]]]) -> None:
-        """Add `found` (file name -> (stat, decoded size)); write the file atomically."""
+    def save(self, found: dict[str, tuple[os.stat_result, ImageInfo]]) -> None:
+        """Add `found` (file name -> (stat, decoded ImageInfo)); write the file atomically."""
         if not found:
             return
-        for name, (stat, (height, width)) in found.items():
-            self.entries[name] = [stat.st_size, stat.st_mtime_ns, height, width]
+        for name, (stat, info) in found.items():
+            self.entries[name] = [stat.st_size, stat.st_mtime_ns, info.height, info.width,
+                                  info.conversion, info.exif_orientation]
         text = json.dumps({"version": CACHE_VERSION, "folder": self.folder,
                            "images": self.entries})
         try:
@@ -193,24 +214,29 @@ def check_records(records: Iterable[tuple[Path, int, int]], workers: int = 0) ->
     todo = [p for p in where if p not in sizes]
     cached = len(sizes)
     sizes.update(decode_all(todo, resolve_workers(workers, len(todo))))
-    good: dict[str, dict[str, tuple[os.stat_result, tuple[int, int]]]] = {}
+    good: dict[str, dict[str, tuple[os.stat_result, ImageInfo]]] = {}
     for p in todo:
         if stats[p] is not None and not isinstance(sizes[p], str):
             folder, name = where[p]
             good.setdefault(folder, {})[name] = (stats[p], sizes[p])
     for folder, found in good.items():
         caches[folder].save(found)
-    problems = []
+    report = CheckReport(len(records), len(todo), cached, 0.0)
     for (path, height, width), p in zip(records, absolute):
         found = sizes[p]
         if isinstance(found, str):
-            problems.append(found)
+            report.problems.append(found)
             continue
         try:
-            check_image_size(path, found, (height, width))
+            check_image_size(path, (found.height, found.width), (height, width))
         except DataError as exc:
-            problems.append(str(exc))
-    return CheckReport(len(records), len(todo), cached, time.monotonic() - start, problems)
+            report.problems.append(str(exc))
+            continue
+        if found.conversion:
+            report.conversions[found.conversion] += 1
+        report.exif_oriented += found.exif_orientation
+    report.seconds = time.monotonic() - start
+    return report
 
 
 def check_dataset_images(dataset, workers: int = 0) -> CheckReport:
@@ -232,6 +258,9 @@ def check_images(cfg: CfgNode, dataset, name: str) -> None:
         for line in report.problems:
             logger.error(line)
         logger.info("image check: %s", report.summary(name))
+        rules = report.rules_line(name)
+        if rules:
+            logger.warning(rules)
         if report.problems:
             outcome[0] = (f"{name}: {len(report.problems)} of {report.total} images are missing, "
                           "corrupt or not the annotated size (one line each above); replace or "

@@ -1,11 +1,15 @@
 """COCO-format datasets (an images folder + an instances json), read with pycocotools.
 
-Labels are contiguous 0..C-1 in category-id order; `label_to_category_id` maps them back.
-Crowd boxes never reach the model (they stay in `coco_gt()`, where COCO eval ignores them).
+Labels are contiguous 0..C-1 in category-id order; `label_to_category_id` maps them back (a
+file whose category ids are not 1..C says so in one log line). Crowd boxes never reach the
+model (they stay in `coco_gt()`, where COCO eval ignores them). An image id or category id
+given twice is a one-line error.
 """
 from __future__ import annotations
 
 import json
+import logging
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -15,6 +19,8 @@ from fad.errors import DataError
 
 from .base import DetectionDataset, ImageRecord, Transforms, quiet_coco
 from .boxes import BoxFixes, sanitize_boxes
+
+logger = logging.getLogger("fad")
 
 
 def _load_json(path: Path) -> dict:
@@ -43,6 +49,26 @@ def _bbox_xyxy(ann: dict, path: Path) -> list[float]:
     return [x, y, x + w, y + h]
 
 
+def _check_unique_ids(items: list[dict], what: str, path: Path) -> None:
+    """A one-line DataError when an id occurs more than once among `items` ('images' or
+    'categories')."""
+    repeated = sorted(i for i, n in Counter(item["id"] for item in items).items() if n > 1)
+    if repeated:
+        more = f" (and {len(repeated) - 1} more)" if len(repeated) > 1 else ""
+        raise DataError(f"{path}: id {repeated[0]} occurs more than once in '{what}'{more}; give "
+                        "each entry its own id")
+
+
+def _log_category_ids(categories: list[dict], path: Path) -> None:
+    """One info line when the category ids are not 1..C (the labels are then 0..C-1 in id
+    order, mapped back to the file's ids in the results)."""
+    ids = [c["id"] for c in categories]
+    if ids != list(range(1, len(ids) + 1)):
+        shown = ", ".join(str(i) for i in ids[:8]) + (", ..." if len(ids) > 8 else "")
+        logger.info("%s: category ids %s are not 1..%d: labels 0..%d follow the id order and "
+                    "map back to these ids in the results", path, shown, len(ids), len(ids) - 1)
+
+
 class COCODataset(DetectionDataset):
     """A COCO-format split: images under `images_dir`, annotations in `ann_file`."""
 
@@ -57,11 +83,14 @@ class COCODataset(DetectionDataset):
             classes = [str(c["name"]) for c in categories]
             images = sorted(data["images"], key=lambda im: im["id"])
             by_image: dict[int, list[dict]] = {im["id"]: [] for im in images}
+            _check_unique_ids(images, "images", self.ann_file)
+            _check_unique_ids(categories, "categories", self.ann_file)
         except (KeyError, TypeError):
             raise DataError(f"{self.ann_file}: an image or category lacks 'id' or 'name'; "
                             "fix the file") from None
         if not images:
             raise DataError(f"{self.ann_file}: lists no images; fix the file or the path")
+        _log_category_ids(categories, self.ann_file)
         for ann in data["annotations"]:
             if ann.get("image_id") not in by_image:
                 raise DataError(f"{self.ann_file}: annotation id {ann.get('id')} refers to unknown "

@@ -3,7 +3,8 @@
 The files are read by `voc_format`. Boxes follow the usual 0-based convention: an xml box
 (xmin, ymin, xmax, ymax), 1-based and inclusive, becomes (xmin - 1, ymin - 1, xmax, ymax) in
 pixel coords. Image ids are positions in the split file; `file_id(image_id)` gives the VOC id
-back.
+back. An xml without <size> takes the size from the image file's header (counted in one log
+line).
 """
 from __future__ import annotations
 
@@ -61,9 +62,11 @@ class VOCDataset(DetectionDataset):
         index = {c: i for i, c in enumerate(classes)}
         fixes = BoxFixes()
         records = []
+        no_size = 0
         for image_id, file_id in enumerate(self.ids):
             ann = anns[file_id]
             path = _image_path(self.voc_root, file_id, ann)
+            no_size += not ann.height
             height, width = (ann.height, ann.width) if ann.height else read_image_size(path)
             for obj in ann.objects:
                 if obj.name not in index:
@@ -76,6 +79,9 @@ class VOCDataset(DetectionDataset):
             boxes, keep = sanitize_boxes(boxes, height, width, fixes)
             records.append(ImageRecord(path, image_id, height, width, boxes[keep], labels[keep],
                                        difficult[keep]))
+        if no_size:
+            logger.info("%s: %d of %d annotation files have no <size>; the image files' sizes "
+                        "are used", ann_dir, no_size, len(self.ids))
         super().__init__(name or f"{self.voc_root}:{split}", list(classes), records, transforms,
                          is_train, fixes, {i: i + 1 for i in range(len(classes))})
 

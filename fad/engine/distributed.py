@@ -20,8 +20,8 @@ from fad.utils.dist import (
 )
 
 __all__ = ["all_gather_objects", "all_reduce_mean", "broadcast_tensors", "elastic_restart",
-           "get_rank", "get_world_size", "init_distributed", "is_dist", "is_main_process", "max_over_ranks",
-           "reduce_dict", "synchronize"]
+           "get_rank", "get_world_size", "init_distributed", "is_dist", "is_main_process",
+           "max_over_ranks", "reduce_dict", "synchronize"]
 
 
 def elastic_restart() -> int:

@@ -13,7 +13,8 @@ while the machine is busy: `fad.engine.threads`, re-checked at every log line). 
 write a run (`default_argument_parser(..., resumable=True)`: train, search) get `--resume` and
 `--overwrite`, and `setup` refuses an OUTPUT_DIR holding checkpoints without one of them
 (`fad.engine.output_dir`); when torchrun restarts the worker group (TORCHELASTIC_RESTART_COUNT
-> 0, after a worker died) they resume by themselves, whatever the command line says. `run_tool` exits 130/143 after a Ctrl-C/SIGTERM stop.
+> 0, after a worker died) they resume by themselves, whatever the command line says.
+`run_tool` exits 130/143 after a Ctrl-C/SIGTERM stop.
 """
 from __future__ import annotations
 
