@@ -32,3 +32,8 @@ class EvalError(FadError):
 
 class OpError(FadError):
     """Bad input to a fused op (shapes, dtypes, levels) or an unknown op backend."""
+
+
+class WriteError(FadError, OSError):
+    """A file that could not be written (disk full, size limit, read-only folder); also an
+    OSError, so code that tolerates a failed optional write keeps doing so."""

@@ -143,8 +143,9 @@ def test_retention_keeps_the_newest_periodic_checkpoints_and_the_final(tmp_path)
 def test_prune_never_deletes_the_last_checkpoint(tmp_path):
     ck = Checkpointer(str(tmp_path))
     ck.save("model_0000009", {"iteration": 9})
-    for i in (2, 4):
+    for i in (2, 4, 6):
         torch.save({"iteration": i}, tmp_path / f"model_{i:07d}.pth")
+    # keep 1 keeps 2 (MIN_KEEP: one to fall back to when the newest is damaged)
     assert [os.path.basename(p) for p in ck.prune(1)] == ["model_0000002.pth", "model_0000004.pth"]
     assert ck.prune(0) == [] and os.path.exists(ck.last())
 

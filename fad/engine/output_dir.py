@@ -2,8 +2,9 @@
 
 `fad-train` and `fad-search` refuse to start in a folder that holds checkpoints unless
 `--resume` (continue that run) or `--overwrite` (delete that run's files, then start again) is
-given. `--overwrite` deletes only the files our tools write there (RUN_FILES: checkpoints,
-`last_checkpoint`, `config.yaml`, `log*.txt`, tensorboard event files under `tb/`, the
+given. `--overwrite` deletes only the files our tools write there (RUN_FILES: checkpoints and
+their size + hash records, `last_checkpoint`, `config.yaml` (`config_test.yaml` /
+`config_demo.yaml` of fad-test / fad-demo), `log*.txt`, tensorboard event files under `tb/`, the
 evaluation results under `inference/`, the search's genotype files, diagrams and pictures, and
 leftover temporary files of atomic writes); anything else in the folder stays.
 """
@@ -20,7 +21,8 @@ from .checkpoint import PERIODIC
 # sub-folders). tests/test_overwrite.py checks that a real run leaves nothing else behind.
 RUN_FILES = (
     "model_final.pth", "model_[0-9][0-9][0-9][0-9][0-9][0-9][0-9].pth", "last_checkpoint",
-    "config.yaml", "log.txt", "log_rank*.txt", ".tmp-*",
+    "model_final.pth.sha256", "model_[0-9][0-9][0-9][0-9][0-9][0-9][0-9].pth.sha256",
+    "config.yaml", "config_test.yaml", "config_demo.yaml", "log.txt", "log_rank*.txt", ".tmp-*",
     "genotype.log", "genotype_cost.json", "genotype_history.log", "alpha_history.json",
     "alphas.png", "winning_ops.png", "genotype_box.gv", "genotype_cls.gv",
     "genotype_box.png", "genotype_cls.png", "genotype_box.svg", "genotype_cls.svg",

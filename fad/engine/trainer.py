@@ -49,9 +49,12 @@ logger = logging.getLogger("fad")
 
 
 def rng_state() -> dict:
-    """Every random generator's state, so a resumed run continues the same random streams."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    """Every random generator's state, so a resumed run continues the same random streams.
+    Only tuples, numbers and tensors (numpy's key array as an int64 tensor): a checkpoint loads
+    with the weights-only unpickler."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -60,7 +63,8 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     """Restore the generators saved by `rng_state`."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -196,10 +200,17 @@ class Trainer:
         self.stop = StopRequest()
 
     def resume_or_load(self, resume: bool) -> None:
-        """Continue from `last_checkpoint` when `resume` and there is one; otherwise start from
-        MODEL.WEIGHT when set. Then every rank takes rank 0's parameters and buffers."""
+        """Continue from the newest intact checkpoint (`Checkpointer.last`: the one
+        `last_checkpoint` names unless it is damaged) when `resume` and there is one, removing
+        the temporary files of a killed checkpoint write; otherwise start from MODEL.WEIGHT when
+        set. Then every rank takes rank 0's parameters and buffers."""
         model, out = self.step.model, self.cfg.OUTPUT_DIR
         last = self.checkpointer.last() if resume else None
+        if resume and is_main_process():
+            left = self.checkpointer.remove_leftovers()
+            if left:
+                logger.info("removed %d temporary file(s) of a checkpoint write that was "
+                            "killed: %s", len(left), ", ".join(map(os.path.basename, left)))
         fit = {"cfg": self.cfg, "classes": self.extra_state.get("classes"),
                "genotype": self.cfg.MODEL.FAD.GENOTYPE, "build": self.build}
         if last:
