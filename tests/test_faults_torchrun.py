@@ -134,7 +134,7 @@ def test_killed_train_worker_restarts_and_finishes_with_the_same_weights(
     kill_worker_when(agent, out / KILL_AFTER)
     log = finish(agent)
     text = (out / "log.txt").read_text()
-    assert "torchrun restart 1 of the worker group: resuming" in text, log[-3000:]
+    assert " of the worker group: resuming" in text, log[-3000:]  # restart 1 or 2
     assert "resumed from" in text
     assert_same_weights(straight_train / "model_final.pth", out / "model_final.pth")
 
@@ -147,9 +147,9 @@ def test_killed_search_worker_restarts_and_finishes_with_the_same_weights(
     finish(torchrun("search_net.py", [*args, "OUTPUT_DIR", str(straight)], free_port()))
     agent = torchrun("search_net.py", [*args, "OUTPUT_DIR", str(out)], free_port())
     kill_worker_when(agent, out / "model_0000002.pth")
-    finish(agent)
+    log = finish(agent)
     text = (out / "log.txt").read_text()
-    assert "torchrun restart 1 of the worker group: resuming" in text
+    assert " of the worker group: resuming" in text, log[-3000:]  # restart 1 or 2
     assert_same_weights(straight / "model_final.pth", out / "model_final.pth")
     assert (straight / "genotype.log").read_text() == (out / "genotype.log").read_text()
 
