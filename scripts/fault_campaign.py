@@ -2,11 +2,13 @@
 fault, run them again with `--resume`, and count what survived.
 
     python scripts/fault_campaign.py [--trials 30] [--worker-trials 10] [--out DIR] [--jobs N]
+                                     [--torchrun-trials 5] [--bad-data-trials 1]
                                      [--only NAME ...]
 
 prints one table: fault | trials | survived | lost steps (mean / max) | bit-identical finish.
 `scripts/fault_campaign.sh` runs it with the full counts; tests/test_faults_*.py import it and
 run a few trials. Each fault is a function in FAULTS (name -> function(trial, ctx) -> Trial).
+The faults under torchrun (a killed rank, two agents) are in scripts/fault_torchrun.py.
 
 A trial "survived" when the resumed command exits 0 from the last complete checkpoint, and is
 "bit-identical" when its model_final.pth weights (and genotype.log, for the search) equal those
@@ -16,6 +18,7 @@ minus the iteration the resume started from.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import random
 import re
@@ -28,6 +31,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -222,6 +226,39 @@ def _save_kills(tool: str) -> Callable[[int, Context], Trial]:
     return fault
 
 
+def _load_torchrun_faults():
+    """scripts/fault_torchrun.py (the faults under torchrun), loaded by path."""
+    spec = importlib.util.spec_from_file_location(
+        "fault_torchrun", os.path.join(REPO, "scripts", "fault_torchrun.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TORCHRUN_FAULTS = _load_torchrun_faults()
+
+
+def _rank_kills(tool: str) -> Callable[[int, Context], Trial]:
+    def fault(trial: int, ctx: Context) -> Trial:
+        return Trial(*TORCHRUN_FAULTS.rank_kill_trial(tool, trial, ctx.root, Path(ctx.work)))
+    return fault
+
+
+def _two_agents(trial: int, ctx: Context) -> Trial:
+    return Trial(*TORCHRUN_FAULTS.two_agents_trial(trial, ctx.root, Path(ctx.work)))
+
+
+def _bad_data(trial: int, ctx: Context) -> Trial:
+    """One run of every bad-data case of docs/data.md (tests/test_bad_data.py): survived (and
+    "bit-identical", i.e. as documented) when each gives its rule's count or its one-line
+    refusal."""
+    done = run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                os.path.join(REPO, "tests", "test_bad_data.py")])
+    summary = (done.stdout.strip().splitlines() or [""])[-1]
+    ok = done.returncode == 0
+    return Trial(ok, 0, ok, summary)
+
+
 # name -> (function(trial number, ctx) -> Trial, the option that gives its number of trials)
 FAULTS: dict[str, tuple[Callable[[int, Context], Trial], str]] = {
     "kill -9 train, random instant": (_random_kills("train", 0), "trials"),
@@ -230,6 +267,11 @@ FAULTS: dict[str, tuple[Callable[[int, Context], Trial], str]] = {
     "kill -9 search, 2 loader workers": (_random_kills("search", 2), "worker_trials"),
     "kill -9 train, inside a checkpoint save": (_save_kills("train"), "save_trials"),
     "kill -9 search, inside a checkpoint save": (_save_kills("search"), "save_trials"),
+    "kill -9 of a torchrun rank, train (2 processes)": (_rank_kills("train"), "torchrun_trials"),
+    "kill -9 of a torchrun rank, search (2 processes)": (_rank_kills("search"),
+                                                         "torchrun_trials"),
+    "two torchrun agents (--nnodes 2) vs one, train": (_two_agents, "torchrun_trials"),
+    "bad data, every case of docs/data.md": (_bad_data, "bad_data_trials"),
 }
 
 
@@ -263,6 +305,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="random kills per tool with 2 loader workers")
     parser.add_argument("--save-trials", type=int, default=9,
                         help="kills inside a checkpoint save per tool")
+    parser.add_argument("--torchrun-trials", type=int, default=5,
+                        help="kills of a random torchrun rank per tool, two-agent runs")
+    parser.add_argument("--bad-data-trials", type=int, default=1,
+                        help="runs of every bad-data case")
     parser.add_argument("--jobs", type=int, default=1, help="trials run side by side")
     parser.add_argument("--out", default="output/fault_campaign", help="scratch folder")
     parser.add_argument("--only", nargs="*", default=None, help="fault names (substrings)")
