@@ -5,7 +5,8 @@
 
 Works with every detector of the train/test tools (FCOS, searched FCOS, SparseResNet, the DETR
 family, Faster R-CNN). Writes DIR/<image>.jpg (boxes, class names and scores drawn),
-DIR/detections.json (boxes in pixels of the original image), DIR/log.txt and DIR/config.yaml.
+DIR/detections.json (boxes in pixels of the original image), DIR/log.txt and
+DIR/config_demo.yaml (not config.yaml: a training run's own config stays when DIR is its folder).
 Class names and the genotype of a searched detector come from the checkpoint (`--genotype-file`,
 i.e. MODEL.FAD.GENOTYPE, only for weights that store none).
 """
@@ -35,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         parser.error(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
     images = list_images(args.input)
     args.opts = [*args.opts, "OUTPUT_DIR", args.output]
-    cfg, logger, device = setup(args)
+    cfg, logger, device = setup(args, config_name="config_demo.yaml")
     model, classes, _ = load_trained_model(cfg)
     records = run_demo(model.to(device), classes, build_transforms(cfg, is_train=False), images,
                        args.output, args.score_threshold, device)

@@ -111,7 +111,8 @@ def check_output_dir(path: str) -> None:
                           "give another one with OUTPUT_DIR PATH") from None
 
 
-def setup(args: argparse.Namespace) -> tuple[CfgNode, logging.Logger, torch.device]:
+def setup(args: argparse.Namespace, config_name: str = "config.yaml"
+          ) -> tuple[CfgNode, logging.Logger, torch.device]:
     """Config (frozen), process group, logger, seed, threads, op backends and device of a run.
 
     Before any work: OUTPUT_DIR must be writable, hold no checkpoints of an earlier run unless
@@ -119,7 +120,8 @@ def setup(args: argparse.Namespace) -> tuple[CfgNode, logging.Logger, torch.devi
     under torchrun sets `args.resume` and clears `args.overwrite`), and the dataset
     names must be known (one-line ConfigError). With `args.overwrite` the main rank deletes the
     earlier run's files first (the others wait). Writes the merged config to
-    OUTPUT_DIR/config.yaml on the main rank.
+    OUTPUT_DIR/`config_name` on the main rank (fad-test / fad-demo: their own name, so that a
+    training run's config.yaml in the same folder stays).
     """
     cfg = load_config(args.config_file, args.opts)
     resolve_genotype(cfg, getattr(args, "genotype_file", ""))  # the text, for config.yaml
@@ -146,7 +148,7 @@ def setup(args: argparse.Namespace) -> tuple[CfgNode, logging.Logger, torch.devi
                     cfg.OUTPUT_DIR)
     seed_everything(cfg.SEED + rank if cfg.SEED >= 0 else cfg.SEED)
     if rank == 0:
-        atomic_write_text(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump())
+        atomic_write_text(os.path.join(cfg.OUTPUT_DIR, config_name), cfg.dump())
     logger.info("config: %s%s", args.config_file or "(defaults)",
                 f" + {' '.join(args.opts)}" if args.opts else "")
     logger.info("threads: %s", threads)
