@@ -15,6 +15,8 @@ import pytest
 from conftest import REPO
 
 from fad.engine.distributed import elastic_restart
+from fad.engine.launch import default_argument_parser, parse_args, setup
+from fad.errors import ConfigError
 
 
 def _faults() -> ModuleType:
@@ -59,6 +61,26 @@ def test_restart_count_comes_from_torchrun(monkeypatch):
     assert elastic_restart() == 0
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
     assert elastic_restart() == 2
+
+
+@pytest.mark.parametrize("flags", [[], ["--overwrite"]])
+def test_an_elastic_restart_resumes_and_never_clears_the_run(tmp_path, monkeypatch, flags):
+    (tmp_path / "model_0000003.pth").write_bytes(b"weights")
+    (tmp_path / "last_checkpoint").write_text("model_0000003.pth")
+    parser = default_argument_parser(None, resumable=True)
+    argv = ["--config-file", os.path.join(REPO, "configs", "fcos", "fcos_tiny_synthetic.yaml"),
+            *flags, "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu"]
+    if not flags:  # the first start refuses a folder holding checkpoints
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+        with pytest.raises(ConfigError, match="holds the checkpoints of an earlier run"):
+            setup(parse_args(parser, argv))
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    args = parse_args(parser, argv)
+    setup(args)
+    assert args.resume and not args.overwrite
+    assert (tmp_path / "model_0000003.pth").read_bytes() == b"weights"
+    assert ("torchrun restart 1 of the worker group: resuming from the last checkpoint in "
+            f"{tmp_path} (as --resume)") in (tmp_path / "log.txt").read_text()
 
 
 def test_lost_steps_come_from_the_log():
