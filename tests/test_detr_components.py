@@ -183,7 +183,8 @@ def test_decoder_refines_references_with_refine_boxes(ref_dim):
     ref = torch.rand(1, 5, ref_dim) * 0.8 + 0.1
     shapes, start = torch.tensor([[3, 4]]), torch.tensor([0])
     ratios, mask = torch.ones(1, 1, 2), torch.zeros(1, 12, dtype=torch.bool)
-    hs, refs, _ = decoder(tgt, ref, memory, shapes, start, ratios, pos, mask, heads.box)
+    hs, refs, _ = decoder(tgt, ref, memory, shapes, start, ratios, pos, mask, heads.box,
+                          level_shapes=[(3, 4)])
     torch.testing.assert_close(refs[0], refine_boxes(heads.box(0)(hs[0]), ref))
     torch.testing.assert_close(refs[1], refine_boxes(heads.box(1)(hs[1]), refs[0]))
     assert not refs.requires_grad
@@ -193,7 +194,7 @@ def test_layer_reference_is_the_one_the_previous_layer_passed_on():
     """Layer i's box deltas refine the initial reference (i = 0) or references[i - 1]."""
     init, refs = torch.rand(1, 5, 4), torch.rand(3, 1, 5, 4)
     out = TransformerOutputs(torch.zeros(3, 1, 5, 8), init, refs, torch.zeros(1, 6).bool(),
-                             torch.tensor([[2, 3]]), torch.tensor([0]))
+                             torch.tensor([[2, 3]]), torch.tensor([0]), [(2, 3)])
     assert out.layer_reference(0) is init
     assert torch.equal(out.layer_reference(1), refs[0])
     assert torch.equal(out.layer_reference(2), refs[1])

@@ -17,6 +17,7 @@ from fad.modeling.detr.sparse_encoder import (
     gather_tokens,
     select_tokens,
     sparse_token_counts,
+    token_budget,
 )
 
 SHAPES = [(6, 6), (3, 3)]
@@ -54,12 +55,14 @@ def test_token_budget_formula():
     assert sparse_token_counts(mask, 0.3).tolist() == [4, 3, 1]
     assert sparse_token_counts(mask, 0.5).tolist() == [7, 4, 2]
     assert sparse_token_counts(mask, 1.0).tolist() == [12, 8, 4]  # capped at S = 12
+    # the host-side bound K: the count of an image without padding, >= every k_i
+    assert [token_budget(12, rho) for rho in (0.3, 0.5, 1.0)] == [4, 7, 12]
 
 
 def test_selection_ranks_padding_last_and_best_first():
     logits = torch.tensor([[0.1, 5.0, -1.0, 9.0], [3.0, 2.0, 1.0, 8.0]])
     mask = torch.tensor([[False, False, False, False], [False, False, False, True]])
-    idx = select_tokens(logits, mask, torch.tensor([2, 4]))
+    idx = select_tokens(logits, mask, 4)
     assert idx[0, :2].tolist() == [3, 1]
     assert idx[1].tolist() == [0, 1, 2, 3]
 
@@ -75,10 +78,11 @@ def test_sparse_encoder_scatters_only_the_first_k_tokens_per_image():
     idx = torch.tensor([[5, 30, 2], [7, 1, 40]])
     counts = torch.tensor([3, 1])
     with torch.no_grad():
-        memory, inter = sparse(src, pos, shapes, start, ratios, mask, idx, counts)
+        memory, inter = sparse(src, pos, shapes, start, ratios, mask, idx, counts,
+                               level_shapes=SHAPES)
         ref = encoder_reference_points(SHAPES, ratios)
         queries = sparse.layers[0](gather_tokens(src, idx), gather_tokens(pos, idx),
-                                   gather_tokens(ref, idx), src, shapes, start, mask)
+                                   gather_tokens(ref, idx), src, shapes, start, mask, SHAPES)
     expected = src.clone()
     expected[0, [5, 30, 2]] = queries[0]
     expected[1, 7] = queries[1, 0]
@@ -86,7 +90,7 @@ def test_sparse_encoder_scatters_only_the_first_k_tokens_per_image():
     assert torch.equal(memory[1, 1], src[1, 1]) and torch.equal(memory[1, 40], src[1, 40])
     assert len(inter) == 1 and torch.allclose(inter[0], queries, atol=1e-6)
     with pytest.raises(ValueError, match="topk_idx"):
-        sparse(src, pos, shapes, start, ratios, mask)
+        sparse(src, pos, shapes, start, ratios, mask, level_shapes=SHAPES)
 
 
 def test_rho_one_sparse_encoder_equals_the_dense_encoder():
@@ -96,10 +100,11 @@ def test_rho_one_sparse_encoder_equals_the_dense_encoder():
     sparse.load_state_dict(dense.state_dict())
     scores = torch.randn(mask.shape)  # any order: rho = 1 keeps every valid token
     counts = sparse_token_counts(mask, 1.0)
-    idx = select_tokens(scores, mask, counts)
+    idx = select_tokens(scores, mask, token_budget(mask.shape[1], 1.0))
     with torch.no_grad():
-        want, _ = dense(src, pos, shapes, start, ratios, mask)
-        got, inter = sparse(src, pos, shapes, start, ratios, mask, idx, counts)
+        want, _ = dense(src, pos, shapes, start, ratios, mask, level_shapes=SHAPES)
+        got, inter = sparse(src, pos, shapes, start, ratios, mask, idx, counts,
+                            level_shapes=SHAPES)
     valid = ~mask
     assert torch.allclose(got[valid], want[valid], atol=1e-5)
     assert torch.allclose(got[0], want[0], atol=1e-5)  # no padding: every token
@@ -130,14 +135,14 @@ def _loc(px, py, w, h, half_pixel=True):
 
 
 def test_dam_bilinear_split_of_a_hand_placed_point():
-    shapes, start = torch.tensor([[4, 4], [2, 3]]), torch.tensor([0, 16])
+    shapes = [(4, 4), (2, 3)]
     locs = torch.zeros(1, 1, 2, 1, 2)  # [N, Q, L, P, 2]
     weights = torch.zeros(1, 1, 2, 1)
     locs[0, 0, 0, 0] = torch.tensor(_loc(1.25, 2.5, 4, 4))
     weights[0, 0, 0, 0] = 0.8
     locs[0, 0, 1, 0] = torch.tensor(_loc(2.0, 0.0, 3, 2))  # exactly on token (x=2, y=0) of level 1
     weights[0, 0, 1, 0] = 0.2
-    dam = attention_to_token_map(locs, weights, shapes, start)
+    dam = attention_to_token_map(locs, weights, shapes)
     want = torch.zeros(1, 22)
     want[0, 2 * 4 + 1], want[0, 2 * 4 + 2] = 0.8 * 0.75 * 0.5, 0.8 * 0.25 * 0.5
     want[0, 3 * 4 + 1], want[0, 3 * 4 + 2] = 0.8 * 0.75 * 0.5, 0.8 * 0.25 * 0.5
@@ -147,16 +152,16 @@ def test_dam_bilinear_split_of_a_hand_placed_point():
     # without the half-pixel shift the same normalised location lands half a pixel further
     # right/down
     locs[0, 0, 1, 0] = torch.tensor(_loc(1.0, 1.0, 3, 2, half_pixel=False))
-    dam = attention_to_token_map(locs, weights, shapes, start, half_pixel=False)
+    dam = attention_to_token_map(locs, weights, shapes, half_pixel=False)
     assert dam[0, 16 + 1 * 3 + 1].item() == pytest.approx(0.2)
 
 
 def test_dam_drops_corners_outside_the_map():
-    shapes, start = torch.tensor([[4, 4]]), torch.tensor([0])
+    shapes = [(4, 4)]
     locs = torch.tensor([_loc(-0.5, 0.0, 4, 4), _loc(-3.0, -3.0, 4, 4), _loc(3.0, 3.5, 4, 4)])
     locs = locs.view(1, 3, 1, 1, 2)
     weights = torch.ones(1, 3, 1, 1)
-    dam = attention_to_token_map(locs, weights, shapes, start)
+    dam = attention_to_token_map(locs, weights, shapes)
     # half of the first point, the other corner is off-map
     assert dam[0, 0].item() == pytest.approx(0.5)
     # half of the third point (row 3.5 -> rows 3 and 4)
@@ -168,29 +173,29 @@ def test_dam_is_the_adjoint_of_bilinear_sampling():
     """Scattering weights = gradient of sum(w * grid_sample(V)) w.r.t. V (random, partly
     off-map)."""
     gen = torch.Generator().manual_seed(0)
-    shapes, start = torch.tensor(SHAPES), torch.tensor([0, 36])
+    shapes, start = SHAPES, [0, 36]
     locs = torch.rand(2, 5, 3, 2, 4, 2, generator=gen) * 1.4 - 0.2  # [N, Q, M, L, P, 2]
     weights = torch.rand(2, 5, 3, 2, 4, generator=gen)
-    dam = attention_to_token_map(locs, weights, shapes, start)
+    dam = attention_to_token_map(locs, weights, shapes)
     for level, (h, w) in enumerate(SHAPES):
         value = torch.zeros(2, 1, h, w, requires_grad=True)
         grid = (2 * locs[:, :, :, level] - 1).reshape(2, 1, -1, 2)
         sampled = F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros",
                                 align_corners=False)
         (sampled.view(2, -1) * weights[:, :, :, level].reshape(2, -1)).sum().backward()
-        begin = int(start[level])
+        begin = start[level]
         assert torch.allclose(dam[:, begin:begin + h * w], value.grad.view(2, -1), atol=1e-5)
     # points whose four corners are all on the map keep their whole weight
     in_locs = torch.rand(1, 7, 1, 3, 2, generator=gen) * 0.6 + 0.2  # [N, Q, L=1, P, 2]
     in_weights = torch.rand(1, 7, 1, 3, generator=gen)
-    total = attention_to_token_map(in_locs, in_weights, torch.tensor([[6, 6]]), torch.tensor([0]))
+    total = attention_to_token_map(in_locs, in_weights, [(6, 6)])
     assert total.sum().item() == pytest.approx(in_weights.sum().item(), rel=1e-5)
 
 
 def test_dam_target_loss_and_coverage():
     dam = torch.tensor([[0.1, 0.5, 0.3, 0.0, 0.9], [0.4, 0.2, 0.8, 0.7, 0.6]])
     mask = torch.tensor([[False] * 5, [False, False, False, True, True]])
-    target = dam_target(dam, mask, torch.tensor([2, 1]))
+    target = dam_target(dam, mask, torch.tensor([2, 1]), 3)
     assert target.tolist() == [[0, 1, 0, 0, 1], [0, 0, 1, 0, 0]]
     scores = torch.randn(2, 5)
     loss = dam_loss(scores, target, mask)
@@ -202,4 +207,4 @@ def test_dam_target_loss_and_coverage():
         F.multilabel_soft_margin_loss(scores, target).item(), rel=1e-6)
     idx = torch.tensor([[4, 1, 0], [2, 0, 1]])
     corr = token_coverage(dam, idx, torch.tensor([2, 1]))
-    assert corr == pytest.approx(((0.9 + 0.5) / 1.8 + 0.8 / 2.7) / 2, rel=1e-6)
+    assert corr.item() == pytest.approx(((0.9 + 0.5) / 1.8 + 0.8 / 2.7) / 2, rel=1e-6)

@@ -12,7 +12,8 @@ see `fad.engine.device_audit`) and exits 1 when any is not allowed, 0 when clean
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -24,6 +25,7 @@ from fad.engine.device_audit import DeviceAudit
 from fad.engine.launch import default_argument_parser, parse_args, run_tool
 from fad.engine.trainer import DetectorStep, forward_losses
 from fad.modeling import build_detector
+from fad.modeling.set_prediction import HungarianMatcher
 
 NUM_CLASSES = 3  # classes of the audited model when MODEL.NUM_CLASSES is 0 (from the data)
 
@@ -87,10 +89,23 @@ def audit_search(cfg: CfgNode, audit: DeviceAudit) -> None:
                 SearchStep(run_cfg, model, torch.device("meta")).run((batch, batch))
 
 
+@contextmanager
+def _host_solvers_stood_in(audit: DeviceAudit) -> Iterator[None]:
+    """The Hungarian matcher's host solver (scipy, `HungarianMatcher.assignment`) replaced by
+    the audit's stand-in for the block."""
+    solver = HungarianMatcher.__dict__["assignment"]
+    HungarianMatcher.assignment = staticmethod(audit.stand_in_assignment)
+    try:
+        yield
+    finally:
+        HungarianMatcher.assignment = solver
+
+
 def run_audit(cfg: CfgNode, search: bool = False) -> DeviceAudit:
     """Audit the detector of `cfg` (or its search step) and return the findings."""
     audit = DeviceAudit()
-    (audit_search if search else audit_detector)(cfg, audit)
+    with _host_solvers_stood_in(audit):
+        (audit_search if search else audit_detector)(cfg, audit)
     return audit
 
 

@@ -222,6 +222,16 @@ class DeviceAudit:
         finally:
             self._phase = ""
 
+    def stand_in_assignment(self, cost: torch.Tensor, query_mask: torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stand-in for a host assignment solver (`HungarianMatcher.assignment`), which cannot
+        run on fake tensors: reports the host sync at the caller's line and pairs query i with
+        target i, i < min(Q, T), on the cost's device. `cost` [Q, T]; `query_mask` unused."""
+        del query_mask
+        self.report("host-sync", "a host assignment solver reads the device cost matrix")
+        index = torch.arange(min(cost.shape), device=cost.device)
+        return index, index.clone()
+
     @property
     def failures(self) -> list[Finding]:
         """The findings that fail the audit (all but the allowed ones)."""

@@ -1,6 +1,8 @@
 """`ASAG`: images in, losses (training) or detections (eval) out (docs/asag.md)."""
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
@@ -20,6 +22,13 @@ from .postprocess import postprocess
 from .relation import RelationBlock
 
 BODY_OUTPUTS = ("c2", "c3", "c4", "c5")  # strides 4, 8, 16, 32
+
+
+def _autocast_off(device: torch.device) -> AbstractContextManager:
+    """Autocast disabled on `device`; nothing to disable where autocast does not exist (meta)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return nullcontext()
 
 
 class AsagBackbone(nn.Module):
@@ -88,7 +97,7 @@ class ASAG(nn.Module, ModelHooks):
         batch, sizes, _ = batch_images(images, self.pixel_mean, self.pixel_std,
                                        self.size_divisibility)
         features = self.backbone(batch)
-        with torch.autocast(batch.device.type, enabled=False):
+        with _autocast_off(batch.device):
             features = [f.float() for f in features]
             image_hw = features[0].new_tensor(sizes)
             if not self.training:

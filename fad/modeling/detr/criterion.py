@@ -4,12 +4,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import sigmoid_focal_loss
 
 from fad.modeling.set_prediction import (
     HungarianMatcher,
     average_num_boxes,
     cxcywh_to_xyxy,
+    giou_loss,
     matched_pairs,
 )
 
@@ -36,7 +37,8 @@ class SetCriterion(nn.Module):
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
 
-    def set_losses(self, out: dict, targets: list[dict], num_boxes: float) -> dict[str, Tensor]:
+    def set_losses(self, out: dict, targets: list[dict], num_boxes: float | Tensor
+                   ) -> dict[str, Tensor]:
         """Unweighted loss_ce / loss_bbox / loss_giou of one prediction set."""
         logits, boxes = out["pred_logits"], out["pred_boxes"]
         mask = out.get("query_mask")
@@ -54,8 +56,7 @@ class SetCriterion(nn.Module):
             loss_ce = loss_ce * mask[..., None]
         matched = boxes[batch_idx, query_idx]
         loss_bbox = F.l1_loss(matched, tgt_boxes, reduction="sum")
-        loss_giou = generalized_box_iou_loss(cxcywh_to_xyxy(matched), cxcywh_to_xyxy(tgt_boxes),
-                                             reduction="sum")
+        loss_giou = giou_loss(cxcywh_to_xyxy(matched), cxcywh_to_xyxy(tgt_boxes)).sum()
         return {"loss_ce": loss_ce.sum() / num_boxes, "loss_bbox": loss_bbox / num_boxes,
                 "loss_giou": loss_giou / num_boxes}
 

@@ -3,7 +3,7 @@ refinement."""
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +18,8 @@ class DecoderLayer(nn.Module):
     """Self-attention among queries -> MSDA cross-attention to the memory -> FFN (add & LN each).
 
     `forward(tgt [N, Q, C], query_pos [N, Q, C], reference_points [N, Q, L, 2|4],
-    memory [N, S, C], spatial_shapes, level_start_index, padding_mask, return_sampling)` ->
+    memory [N, S, C], spatial_shapes, level_start_index, padding_mask, return_sampling,
+    level_shapes)` (`level_shapes`: the (H_l, W_l) as Python ints) ->
     tgt [N, Q, C], plus (sampling_locations, attention_weights) of the cross-attention when
     `return_sampling`.
     """
@@ -36,11 +37,12 @@ class DecoderLayer(nn.Module):
 
     def forward(self, tgt: Tensor, query_pos: Tensor, reference_points: Tensor, memory: Tensor,
                 spatial_shapes: Tensor, level_start_index: Tensor, padding_mask: Tensor,
-                return_sampling: bool = False):
+                return_sampling: bool = False, *, level_shapes: Sequence[tuple[int, int]]):
         q = k = tgt + query_pos
         tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt, need_weights=False)[0]))
         out = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes,
-                              level_start_index, padding_mask, return_sampling=return_sampling)
+                              level_start_index, padding_mask, return_sampling=return_sampling,
+                              level_shapes=level_shapes)
         attn, sampling = (out[0], out[1:]) if return_sampling else (out, None)
         tgt = self.ffn(self.norm2(tgt + self.dropout2(attn)))
         return (tgt, sampling) if return_sampling else tgt
@@ -56,13 +58,15 @@ class DeformableDecoder(nn.Module):
     def forward(self, tgt: Tensor, reference_points: Tensor, memory: Tensor,
                 spatial_shapes: Tensor, level_start_index: Tensor, ratios: Tensor,
                 query_pos: Tensor, padding_mask: Tensor,
-                box_head: Callable[[int], nn.Module] | None = None, return_sampling: bool = False
+                box_head: Callable[[int], nn.Module] | None = None, return_sampling: bool = False,
+                *, level_shapes: Sequence[tuple[int, int]]
                 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
         """Decode `tgt` [N, Q, C] around `reference_points` [N, Q, 2] points or [N, Q, 4] boxes.
 
         `ratios` [N, L, 2] maps references from the valid image into each padded level. With
         `box_head` (iterative box refinement), after layer i the references become
-        `refine_boxes(box_head(i)(output), ref)`, detached.
+        `refine_boxes(box_head(i)(output), ref)`, detached. `level_shapes`: the (H_l, W_l) of
+        `spatial_shapes` as Python ints.
 
         Returns:
             hs [D, N, Q, C]; references [D, N, Q, 2|4] used by each layer's successor (the
@@ -78,7 +82,7 @@ class DeformableDecoder(nn.Module):
             else:
                 ref_input = reference_points[:, :, None] * ratios[:, None]
             out = layer(output, query_pos, ref_input, memory, spatial_shapes, level_start_index,
-                        padding_mask, return_sampling)
+                        padding_mask, return_sampling, level_shapes=level_shapes)
             if return_sampling:
                 output, (loc, weight) = out
                 locs.append(loc)

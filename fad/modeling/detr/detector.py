@@ -54,7 +54,7 @@ only; empty otherwise).
         # losses; DDP (fad.engine.trainer.wrap_ddp) must then look for unused parameters
         self.ddp_find_unused_parameters = (heads.with_box_refine and not aux_loss
                                            and len(heads.class_embed) > 1)
-        self._stats: dict[str, float] = {}
+        self._stats: dict[str, Tensor] = {}
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
         if self.training and targets is None:
@@ -107,14 +107,14 @@ only; empty otherwise).
         `t.sampling` and `t.sparse` (training Sparse DETR)."""
         locations, weights = t.sampling  # [D, N, Q, M, L, P, 2], [D, N, Q, M, L, P]
         dam = attention_to_token_map(locations.transpose(0, 1), weights.transpose(0, 1),
-                                     t.spatial_shapes, t.level_start_index, self.dam_half_pixel)
-        target = dam_target(dam, t.padding_mask, t.sparse.counts)
+                                     t.level_shapes, self.dam_half_pixel)
+        target = dam_target(dam, t.padding_mask, t.sparse.counts, t.sparse.index.shape[1])
         self._stats = {"corr": token_coverage(dam, t.sparse.index, t.sparse.counts)}
         return dam_loss(t.sparse.scores, target, t.padding_mask)
 
     def log_stats(self) -> dict[str, float]:
-        """Values to log, not to optimise (Sparse DETR: `corr`)."""
-        return dict(self._stats)
+        """Values to log, not to optimise (Sparse DETR: `corr`), read from the device here."""
+        return {name: float(value) for name, value in self._stats.items()}
 
     def optimizer_param_groups(self, cfg: CfgNode) -> list[dict]:
         """AdamW groups: backbone body at MODEL.DETR.LR_BACKBONE; parameters whose name contains

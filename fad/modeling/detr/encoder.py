@@ -3,6 +3,7 @@ encoder reference points, the FFN shared with the decoder, encoder layer and sta
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,8 @@ def valid_ratios(mask: Tensor) -> Tensor:
     return torch.stack([valid_w, valid_h], -1)
 
 
-def encoder_reference_points(spatial_shapes: list[tuple[int, int]], ratios: Tensor) -> Tensor:
+def encoder_reference_points(spatial_shapes: Sequence[tuple[int, int]], ratios: Tensor
+                             ) -> Tensor:
     """Token centres as reference points for every level.
 
     Args:
@@ -61,8 +63,9 @@ class EncoderLayer(nn.Module):
     """Queries attend (MSDA) to a value map, then add & LN and an FFN.
 
     `forward(query [N, Lq, C], query_pos [N, Lq, C], reference_points [N, Lq, L, 2],
-    value [N, S, C], spatial_shapes [L, 2], level_start_index [L], padding_mask [N, S])`
-    -> [N, Lq, C]. Dense encoder: query = value = all tokens; Sparse DETR: selected tokens.
+    value [N, S, C], spatial_shapes [L, 2], level_start_index [L], padding_mask [N, S],
+    level_shapes)` -> [N, Lq, C], `level_shapes` the (H_l, W_l) as Python ints. Dense encoder:
+    query = value = all tokens; Sparse DETR: selected tokens.
     """
 
     def __init__(self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int,
@@ -74,10 +77,10 @@ class EncoderLayer(nn.Module):
         self.ffn = FFN(d_model, d_ffn, dropout)
 
     def forward(self, query: Tensor, query_pos: Tensor, reference_points: Tensor, value: Tensor,
-                spatial_shapes: Tensor, level_start_index: Tensor, padding_mask: Tensor
-                ) -> Tensor:
+                spatial_shapes: Tensor, level_start_index: Tensor, padding_mask: Tensor,
+                level_shapes: Sequence[tuple[int, int]]) -> Tensor:
         attn = self.self_attn(query + query_pos, reference_points, value, spatial_shapes,
-                              level_start_index, padding_mask)
+                              level_start_index, padding_mask, level_shapes=level_shapes)
         return self.ffn(self.norm(query + self.dropout(attn)))
 
 
@@ -89,12 +92,15 @@ class DeformableEncoder(nn.Module):
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
 
     def forward(self, src: Tensor, pos: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
-                ratios: Tensor, padding_mask: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """src, pos [N, S, C]; ratios [N, L, 2]; padding_mask [N, S].
+                ratios: Tensor, padding_mask: Tensor, *, level_shapes: Sequence[tuple[int, int]]
+                ) -> tuple[Tensor, list[Tensor]]:
+        """src, pos [N, S, C]; ratios [N, L, 2]; padding_mask [N, S]; `level_shapes` the
+        (H_l, W_l) of `spatial_shapes` as Python ints.
 
         Returns the memory [N, S, C] and an empty list (no per-layer outputs to supervise).
         """
-        ref = encoder_reference_points([tuple(s) for s in spatial_shapes.tolist()], ratios)
+        ref = encoder_reference_points(level_shapes, ratios)
         for layer in self.layers:
-            src = layer(src, pos, ref, src, spatial_shapes, level_start_index, padding_mask)
+            src = layer(src, pos, ref, src, spatial_shapes, level_start_index, padding_mask,
+                        level_shapes)
         return src, []

@@ -30,7 +30,7 @@ class SparseTokens:
     index: Tensor
     """[N, K] the selected tokens, best first; image i uses the first `counts[i]`."""
     counts: Tensor
-    """[N] k_i, the tokens selected in image i (K = max k_i)."""
+    """[N] k_i, the tokens selected in image i (K = `token_budget` >= every k_i)."""
     layer_outputs: list[Tensor]
     """Per encoder layer, its output at the selected tokens [N, K, C]."""
     proposals: Tensor
@@ -57,6 +57,8 @@ class TransformerOutputs:
     """[L, 2] int64 (H_l, W_l) of every level."""
     level_start_index: Tensor
     """[L] int64 the first token of every level."""
+    level_shapes: list[tuple[int, int]]
+    """(H_l, W_l) of every level as Python ints (`spatial_shapes` on the host, no sync)."""
     sampling: tuple[Tensor, Tensor] | None = None
     """The decoder's cross-attention sampling locations [D, N, Q, M, L, P, 2] and attention
     weights [D, N, Q, M, L, P] when asked for (the DAM), else None."""

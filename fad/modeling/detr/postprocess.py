@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fad.modeling.set_prediction import cxcywh_to_xyxy
+from fad.modeling.set_prediction import cxcywh_to_xyxy, values_like
 
 
 @torch.no_grad()
@@ -29,6 +29,6 @@ def postprocess(logits: Tensor, boxes: Tensor, image_sizes: list[tuple[int, int]
     xyxy = torch.gather(cxcywh_to_xyxy(boxes), 1, query[..., None].expand(-1, -1, 4))
     results = []
     for i, (h, w) in enumerate(image_sizes):
-        scale = xyxy.new_tensor([w, h, w, h])
+        scale = values_like([w, h, w, h], xyxy)
         results.append({"boxes": xyxy[i] * scale, "scores": scores[i], "labels": labels[i]})
     return results

@@ -6,6 +6,9 @@ tokens keep their backbone features.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -47,12 +50,19 @@ def sparse_token_counts(padding_mask: Tensor, rho: float) -> Tensor:
     return counts.clamp(max=padding_mask.shape[1])
 
 
-def select_tokens(logits: Tensor, padding_mask: Tensor, counts: Tensor) -> Tensor:
-    """Indices [N, K] (K = max k_i) of the highest-scoring tokens, best first per image.
+def token_budget(num_tokens: int, rho: float) -> int:
+    """K = floor(rho * S) + 1, at most S: the largest k_i of `sparse_token_counts` for S tokens
+    per image, known on the host from the shapes (so selecting K tokens reads nothing back
+    from the device; image i uses the first k_i <= K of them)."""
+    return min(math.floor(num_tokens * rho) + 1, num_tokens)
+
+
+def select_tokens(logits: Tensor, padding_mask: Tensor, k: int) -> Tensor:
+    """Indices [N, k] of the `k` highest-scoring tokens, best first per image (k >= every k_i,
+    e.g. `token_budget`).
 
     Padded tokens rank last. The selection is not differentiable.
     """
-    k = int(counts.max())
     ranked = logits.detach().masked_fill(padding_mask, float("-inf"))
     return ranked.topk(k, dim=1, sorted=True).indices
 
@@ -68,8 +78,9 @@ class SparseEncoder(DeformableEncoder):
 
     def forward(self, src: Tensor, pos: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                 ratios: Tensor, padding_mask: Tensor, topk_idx: Tensor | None = None,
-                counts: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
-        """As `DeformableEncoder.forward`, plus `topk_idx` [N, K] and `counts` [N] (k_i).
+                counts: Tensor | None = None, *, level_shapes: Sequence[tuple[int, int]]
+                ) -> tuple[Tensor, list[Tensor]]:
+        """As `DeformableEncoder.forward`, plus `topk_idx` [N, K] and `counts` [N] (k_i <= K).
 
         Returns the memory [N, S, C] (the first k_i selected tokens of image i updated by every
         layer, the rest unchanged) and each layer's selected-token output [N, K, C].
@@ -78,7 +89,7 @@ class SparseEncoder(DeformableEncoder):
             raise ValueError("SparseEncoder needs topk_idx "
                              "and counts (set MODEL.DETR.RHO > 0 so the transformer selects "
                              "tokens)")
-        ref = encoder_reference_points([tuple(s) for s in spatial_shapes.tolist()], ratios)
+        ref = encoder_reference_points(level_shapes, ratios)
         query = gather_tokens(src, topk_idx)
         query_pos = gather_tokens(pos, topk_idx)
         query_ref = gather_tokens(ref, topk_idx)
@@ -87,7 +98,7 @@ class SparseEncoder(DeformableEncoder):
         intermediate = []
         for layer in self.layers:
             query = layer(query, query_pos, query_ref, src, spatial_shapes, level_start_index,
-                          padding_mask)
+                          padding_mask, level_shapes)
             tokens = torch.where(keep[..., None], query, torch.gather(src, 1, index))
             src = src.scatter(1, index, tokens)
             intermediate.append(query)

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from fad.ops import MSDeformAttn
+from fad.ops.msda import level_tensors
 
 from .decoder import DecoderLayer, DeformableDecoder
 from .encoder import DeformableEncoder, EncoderLayer, valid_ratios
@@ -20,6 +21,7 @@ from .sparse_encoder import (
     gather_tokens,
     select_tokens,
     sparse_token_counts,
+    token_budget,
 )
 
 
@@ -105,25 +107,25 @@ class DeformableTransformer(nn.Module):
             src.append(src_l.flatten(2).transpose(1, 2))
             mask.append(mask_l.flatten(1))
             pos.append(pos_l.flatten(2).transpose(1, 2) + self.level_embed[level])
-        shapes_list = [tuple(f.shape[-2:]) for f, _ in features]
+        shapes_list = [(f.shape[-2], f.shape[-1]) for f, _ in features]  # host ints, no sync
         src, mask, pos = torch.cat(src, 1), torch.cat(mask, 1), torch.cat(pos, 1)
-        shapes = torch.as_tensor(shapes_list, dtype=torch.long, device=src.device)
-        level_start = torch.cat([shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]])
+        shapes, level_start = level_tensors(shapes_list, src.device)
         ratios = torch.stack([valid_ratios(m) for _, m in features], 1).to(src.dtype)
         sparse = None
         if self.rho > 0:
             tokens, proposals, valid = encoder_proposals(src + pos, mask, shapes_list)
             scores = self.scoring(self.enc_output_norm(self.enc_output(tokens)), mask)
             counts = sparse_token_counts(mask, self.rho)
-            token_idx = select_tokens(scores, mask, counts)
+            token_idx = select_tokens(scores, mask, token_budget(mask.shape[1], self.rho))
             memory, inter = self.encoder(src, pos, shapes, level_start, ratios, mask, token_idx,
-                                         counts)
+                                         counts, level_shapes=shapes_list)
             keep = torch.arange(token_idx.shape[1], device=src.device)[None] < counts[:, None]
             sparse = SparseTokens(scores, token_idx, counts, inter,
                                   gather_tokens(proposals, token_idx),
                                   keep & gather_tokens(valid, token_idx))
         else:
-            memory, _ = self.encoder(src, pos, shapes, level_start, ratios, mask)
+            memory, _ = self.encoder(src, pos, shapes, level_start, ratios, mask,
+                                     level_shapes=shapes_list)
 
         two_stage = None
         if self.two_stage:
@@ -137,9 +139,10 @@ class DeformableTransformer(nn.Module):
 
         box_head = heads.box if heads.with_box_refine else None
         hs, refs, sampling = self.decoder(tgt, reference_points, memory, shapes, level_start,
-                                          ratios, query_pos, mask, box_head, return_sampling)
+                                          ratios, query_pos, mask, box_head, return_sampling,
+                                          level_shapes=shapes_list)
         return TransformerOutputs(hs, reference_points, refs, mask, shapes, level_start,
-                                  sampling, two_stage, sparse)
+                                  shapes_list, sampling, two_stage, sparse)
 
     def _two_stage_queries(self, memory: Tensor, mask: Tensor, shapes_list: list, heads: DetrHeads
                            ) -> tuple[Tensor, Tensor, Tensor, TwoStageProposals]:

@@ -2,9 +2,17 @@
 form their matchers and losses use, and xyxy pixels."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 from torchvision.ops import box_convert
+
+
+def values_like(values: Sequence[float], like: Tensor) -> Tensor:
+    """[len(values)] tensor in the dtype and on the device of `like`, made there from Python
+    numbers (no host tensor and no copy, unlike `like.new_tensor(values)` on a GPU)."""
+    return torch.stack([torch.full((), v, dtype=like.dtype, device=like.device) for v in values])
 
 
 def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:

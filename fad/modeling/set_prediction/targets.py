@@ -2,11 +2,12 @@
 the normalised boxes their losses use."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from fad.errors import DataError
 
-from .boxes import normalize_xyxy
+from .boxes import normalize_xyxy, values_like
 
 
 def normalized_targets(targets: list[dict], sizes: list[tuple[int, int]], num_classes: int,
@@ -21,9 +22,11 @@ def normalized_targets(targets: list[dict], sizes: list[tuple[int, int]], num_cl
         if boxes is None or labels is None or boxes.dim() != 2 or boxes.shape[-1] != 4 \
                 or labels.shape != boxes.shape[:1]:
             raise DataError(f"{where}: target {i} needs 'boxes' [K, 4] xyxy and 'labels' [K]")
-        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-            raise DataError(f"{where}: target {i} has labels outside 0..{num_classes - 1}; "
-                            "labels must be 0-based class indices of the training dataset")
+    outside = [((t["labels"] < 0) | (t["labels"] >= num_classes)).any() for t in targets]
+    if outside and torch.stack(outside).any():  # host sync: a one-line error for bad labels
+        i = next(i for i, bad in enumerate(outside) if bad)
+        raise DataError(f"{where}: target {i} has labels outside 0..{num_classes - 1}; "
+                        "labels must be 0-based class indices of the training dataset")
     return [{"labels": t["labels"],
-             "boxes": normalize_xyxy(t["boxes"], t["boxes"].new_tensor([h, w]))}
+             "boxes": normalize_xyxy(t["boxes"], values_like([h, w], t["boxes"]))}
             for t, (h, w) in zip(targets, sizes)]

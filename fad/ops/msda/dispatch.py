@@ -85,39 +85,48 @@ def _kernel_shapes(spatial_shapes: Tensor, level_start_index: Tensor,
             level_start_index.to(device=device, dtype=torch.int64).contiguous())
 
 
-def _forward_reference(value, spatial_shapes, level_start_index, loc, attn) -> Tensor:
+def _forward_reference(value, spatial_shapes, level_start_index, loc, attn, shapes) -> Tensor:
     with torch.no_grad():
-        return ms_deform_attn_reference(value, spatial_shapes, level_start_index, loc, attn)
+        return ms_deform_attn_reference(value, spatial_shapes, level_start_index, loc, attn,
+                                        shapes)
 
 
-def _forward_compiled(value, spatial_shapes, level_start_index, loc, attn) -> Tensor:
+def _backward_reference(grad_output, value, spatial_shapes, level_start_index, loc, attn, shapes):
+    return ms_deform_attn_reference_backward(grad_output, value, spatial_shapes,
+                                             level_start_index, loc, attn, shapes)
+
+
+def _forward_compiled(value, spatial_shapes, level_start_index, loc, attn, shapes) -> Tensor:
     shapes, starts = _kernel_shapes(spatial_shapes, level_start_index, value.device)
     return torch.ops.fad_msda.forward(value.contiguous(), shapes, starts, loc.contiguous(),
                                       attn.contiguous())
 
 
-def _forward_triton(value, spatial_shapes, level_start_index, loc, attn) -> Tensor:
+def _forward_triton(value, spatial_shapes, level_start_index, loc, attn, shapes) -> Tensor:
     shapes, starts = _kernel_shapes(spatial_shapes, level_start_index, value.device)
     return _triton_module().msda_triton_forward(value.contiguous(), shapes, starts,
                                                 loc.contiguous(), attn.contiguous())
 
 
-def _backward_compiled(grad_output, value, spatial_shapes, level_start_index, loc, attn):
+def _backward_compiled(grad_output, value, spatial_shapes, level_start_index, loc, attn, shapes):
     shapes, starts = _kernel_shapes(spatial_shapes, level_start_index, value.device)
     return tuple(torch.ops.fad_msda.backward(grad_output.contiguous(), value.contiguous(), shapes,
                                              starts, loc.contiguous(), attn.contiguous()))
 
 
-def _backward_triton(grad_output, value, spatial_shapes, level_start_index, loc, attn):
+def _backward_triton(grad_output, value, spatial_shapes, level_start_index, loc, attn, shapes):
     shapes, starts = _kernel_shapes(spatial_shapes, level_start_index, value.device)
     return tuple(_triton_module().msda_triton_backward(
         grad_output.contiguous(), value.contiguous(), shapes, starts, loc.contiguous(),
         attn.contiguous()))
 
 
+# Every backend takes (grad_output,) value, spatial_shapes, level_start_index, locations, weights
+# and the level shapes as host ints [(H_l, W_l)]: the reference needs them to split the levels,
+# the kernels read the shape tensors on the device instead.
 FORWARD: dict[str, Callable[..., Tensor]] = {
     "reference": _forward_reference, "cpp": _forward_compiled, "cuda": _forward_compiled,
     "triton": _forward_triton}
 BACKWARD: dict[str, Callable[..., tuple[Tensor, Tensor, Tensor]]] = {
-    "reference": ms_deform_attn_reference_backward, "cpp": _backward_compiled,
+    "reference": _backward_reference, "cpp": _backward_compiled,
     "cuda": _backward_compiled, "triton": _backward_triton}

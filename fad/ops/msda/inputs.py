@@ -1,16 +1,11 @@
-"""Random MSDA inputs (tests, examples): value, shapes, starts, locations, weights."""
+"""Random MSDA inputs (tests, examples): value, shapes, starts, locations, weights
+(`level_tensors`, from `layer.py`, makes the level tensors)."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-
-def level_tensors(shapes: list[tuple[int, int]], device: str | torch.device = "cpu"
-                  ) -> tuple[Tensor, Tensor]:
-    """spatial_shapes [L, 2] and level_start_index [L] (int64) for a list of (H, W)."""
-    spatial_shapes = torch.tensor(shapes, dtype=torch.int64, device=device)
-    areas = spatial_shapes.prod(1)
-    return spatial_shapes, torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
+from .layer import level_tensors
 
 
 def edge_locations(height: int, width: int, dtype: torch.dtype, kinks: bool = True) -> Tensor:

@@ -1,7 +1,10 @@
-"""`MSDeformAttn`: the multi-scale deformable attention layer of Deformable DETR."""
+"""`MSDeformAttn`: the multi-scale deformable attention layer of Deformable DETR, and
+`level_tensors`, the level layout tensors its callers make from the feature-map shapes."""
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -9,6 +12,19 @@ from torch import Tensor, nn
 from fad.errors import OpError
 
 from .schema import multi_scale_deformable_attention
+
+
+def level_tensors(shapes: Sequence[tuple[int, int]], device: str | torch.device = "cpu"
+                  ) -> tuple[Tensor, Tensor]:
+    """spatial_shapes [L, 2] and level_start_index [L] (int64) of the levels (H_l, W_l), made
+    on `device` from the Python ints (no host tensor, no copy: nothing that waits for a GPU)."""
+    if not shapes:
+        return (torch.zeros(0, 2, dtype=torch.int64, device=device),
+                torch.zeros(0, dtype=torch.int64, device=device))
+    starts = itertools.accumulate((h * w for h, w in shapes[:-1]), initial=0)
+    values = [v for hw in shapes for v in hw] + list(starts)
+    flat = torch.stack([torch.full((), v, dtype=torch.int64, device=device) for v in values])
+    return flat[:2 * len(shapes)].view(-1, 2), flat[2 * len(shapes):]
 
 
 class MSDeformAttn(nn.Module):
@@ -61,6 +77,7 @@ class MSDeformAttn(nn.Module):
         input_level_start_index: Tensor,
         input_padding_mask: Tensor | None = None,
         return_sampling: bool = False,
+        level_shapes: Sequence[tuple[int, int]] | None = None,
     ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         """Attend from `query` to the flattened multi-level map `input_flatten`.
 
@@ -73,6 +90,8 @@ class MSDeformAttn(nn.Module):
             input_level_start_index: [L] int64 first token of each level.
             input_padding_mask: [N, S] bool, True on padded tokens (their values are zeroed).
             return_sampling: also return the sampling locations and attention weights.
+            level_shapes: the (H_l, W_l) of `input_spatial_shapes` as Python ints; pass them
+                on a GPU (without them the op reads the shapes back: a host sync per call).
 
         Returns:
             [N, Lq, C]; with `return_sampling`, also sampling_locations [N, Lq, M, L, P, 2]
@@ -104,8 +123,8 @@ class MSDeformAttn(nn.Module):
                 + offsets / num_points * reference_points[:, :, None, :, None, 2:] * 0.5
             )
         output = multi_scale_deformable_attention(
-            value, input_spatial_shapes, input_level_start_index, locations, weights
-        )
+            value, input_spatial_shapes, input_level_start_index, locations, weights,
+            level_shapes)
         output = self.output_proj(output)
         if return_sampling:
             return output, locations, weights

@@ -6,9 +6,18 @@ avoid that.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def _levels(spatial_shapes: Tensor, level_shapes: Sequence[tuple[int, int]] | None
+            ) -> list[tuple[int, int]]:
+    if level_shapes is not None:
+        return list(level_shapes)
+    return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
 
 
 def ms_deform_attn_reference(
@@ -17,6 +26,7 @@ def ms_deform_attn_reference(
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
+    level_shapes: Sequence[tuple[int, int]] | None = None,
 ) -> Tensor:
     """Multi-scale deformable attention by bilinear `grid_sample` per level.
 
@@ -27,6 +37,8 @@ def ms_deform_attn_reference(
             contiguous, so splitting by H_l * W_l gives the same slices).
         sampling_locations: [N, Lq, M, L, P, 2] (x, y) in [0, 1] over each level's map.
         attention_weights: [N, Lq, M, L, P].
+        level_shapes: (H_l, W_l) as Python ints, or None to read `spatial_shapes` (a host
+            sync for device tensors).
 
     Returns:
         [N, Lq, M * D]: out[n, q, m] = sum_{l, p} A[n, q, m, l, p] * bilinear(V_l[n, m], loc),
@@ -35,7 +47,7 @@ def ms_deform_attn_reference(
     del level_start_index
     n, _, m, d = value.shape
     _, lq, _, num_levels, num_points, _ = sampling_locations.shape
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    shapes = _levels(spatial_shapes, level_shapes)
     value_list = value.split([h * w for h, w in shapes], dim=1)
     grids = 2 * sampling_locations - 1
     sampled = []
@@ -59,6 +71,7 @@ def ms_deform_attn_reference_backward(
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
+    level_shapes: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of `ms_deform_attn_reference` in closed form (no autograd graph needed).
 
@@ -72,7 +85,7 @@ def ms_deform_attn_reference_backward(
     del level_start_index
     n, _, m, d = value.shape
     _, lq, _, num_levels, num_points, _ = sampling_locations.shape
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    shapes = _levels(spatial_shapes, level_shapes)
     value_list = value.split([h * w for h, w in shapes], dim=1)
     grids = 2 * sampling_locations - 1
     # [N, Lq, M*D] -> [N*M, D, Lq, 1]

@@ -15,6 +15,9 @@ for the attention weighting, 5 * D; the backward twice that).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NoReturn
+
 import torch
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
@@ -33,7 +36,7 @@ _KERNEL_LIB = define_library("fad_msda", (
 ))
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     raise OpError(f"multi_scale_deformable_attention: {message}")
 
 
@@ -68,21 +71,44 @@ def check_inputs(value: Tensor, spatial_shapes: Tensor, level_start_index: Tenso
         _fail("value, sampling_locations and attention_weights must be on one device")
 
 
-def check_levels(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor) -> None:
-    """Raise a one-line OpError unless the levels lie back to back and fill value's S tokens:
-    level_start_index[l] = sum of H_k * W_k over k < l, and the sum over all levels = S.
+def host_levels(spatial_shapes: Tensor, level_shapes: Sequence[int] | None
+                ) -> list[tuple[int, int]]:
+    """(H_l, W_l) per level as Python ints: from `level_shapes` (flat [H_0, W_0, H_1, ...],
+    known on the host) when given, else read from `spatial_shapes` (free for CPU tensors; for
+    device tensors a host sync, which is why the models pass `level_shapes`)."""
+    if level_shapes is None:
+        return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    if len(level_shapes) != 2 * spatial_shapes.shape[0]:
+        _fail(f"level_shapes must hold H, W of each of the {spatial_shapes.shape[0]} levels, "
+              f"got {len(level_shapes)} values")
+    return list(zip(level_shapes[0::2], level_shapes[1::2]))
 
-    Reads the small shape tensors (a device sync for CUDA tensors); every backend runs it.
+
+def check_levels(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                 level_shapes: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """The level shapes (`host_levels`); raise a one-line OpError unless the levels lie back to
+    back and fill value's S tokens: level_start_index[l] = sum of H_k * W_k over k < l, and the
+    sum over all levels = S.
+
+    With `level_shapes`, device tensors are not read (no host sync): the caller built
+    `spatial_shapes` and `level_start_index` from the same shapes. CPU tensors are always
+    checked (reading them is free). Every backend runs it.
     """
-    shapes, starts = spatial_shapes.tolist(), level_start_index.tolist()
+    shapes = host_levels(spatial_shapes, level_shapes)
+    tensors_on_host = spatial_shapes.device.type == "cpu" and level_start_index.device.type == "cpu"
+    if level_shapes is not None and tensors_on_host and spatial_shapes.tolist() != [
+            list(hw) for hw in shapes]:
+        _fail(f"spatial_shapes {spatial_shapes.tolist()} disagree with level_shapes "
+              f"{list(level_shapes)}")
+    starts = level_start_index.tolist() if tensors_on_host else None
     expected = 0
-    for (height, width), start in zip(shapes, starts):
-        if height < 0 or width < 0 or start != expected:
+    for level, (height, width) in enumerate(shapes):
+        if height < 0 or width < 0 or (starts is not None and starts[level] != expected):
             break
         expected += height * width
     else:
         if expected == value.shape[1]:
-            return
+            return shapes
     _fail(f"spatial_shapes {shapes} and level_start_index {starts} do not describe value's "
           f"S = {value.shape[1]} tokens (levels back to back: start_l = sum of H*W before l, "
           "all levels together = S)")
@@ -95,18 +121,21 @@ def ms_deform_attn(
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
+    level_shapes: list[int] | None = None,
 ) -> Tensor:
     """value [N, S, M, D], spatial_shapes [L, 2] int64, level_start_index [L] int64,
-    sampling_locations [N, Lq, M, L, P, 2], attention_weights [N, Lq, M, L, P] -> [N, Lq, M*D]."""
+    sampling_locations [N, Lq, M, L, P, 2], attention_weights [N, Lq, M, L, P] -> [N, Lq, M*D].
+    `level_shapes`: the same (H_l, W_l) as Python ints, flat [H_0, W_0, H_1, ...], or None to
+    read them from `spatial_shapes` (a host sync for device tensors)."""
     check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    check_levels(value, spatial_shapes, level_start_index)
+    shapes = check_levels(value, spatial_shapes, level_start_index, level_shapes)
     return FORWARD[backend_for(value.device.type)](
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights, shapes)
 
 
 @ms_deform_attn.register_fake
 def _ms_deform_attn_fake(value, spatial_shapes, level_start_index, sampling_locations,
-                         attention_weights):
+                         attention_weights, level_shapes=None):
     check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     n, _, m, d = value.shape
     return value.new_empty((n, sampling_locations.shape[1], m * d))
@@ -120,25 +149,27 @@ def ms_deform_attn_backward(
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
+    level_shapes: list[int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """grad_output [N, Lq, M*D] -> (grad_value, grad_sampling_locations, grad_attention_weights),
-    each shaped like its input."""
+    each shaped like its input; `level_shapes` as in `ms_deform_attn`."""
     check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    check_levels(value, spatial_shapes, level_start_index)
+    shapes = check_levels(value, spatial_shapes, level_start_index, level_shapes)
     return BACKWARD[backend_for(value.device.type)](
         grad_output, value, spatial_shapes, level_start_index, sampling_locations,
-        attention_weights)
+        attention_weights, shapes)
 
 
 @ms_deform_attn_backward.register_fake
 def _ms_deform_attn_backward_fake(grad_output, value, spatial_shapes, level_start_index,
-                                  sampling_locations, attention_weights):
+                                  sampling_locations, attention_weights, level_shapes=None):
     return (torch.empty_like(value), torch.empty_like(sampling_locations),
             torch.empty_like(attention_weights))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs)
+    ctx.save_for_backward(*inputs[:5])
+    ctx.level_shapes = inputs[5] if len(inputs) > 5 else None
 
 
 def _backward(ctx, grad_output: Tensor):
@@ -146,8 +177,8 @@ def _backward(ctx, grad_output: Tensor):
         ctx.saved_tensors)
     grad_value, grad_loc, grad_attn = ms_deform_attn_backward(
         grad_output, value, spatial_shapes, level_start_index, sampling_locations,
-        attention_weights)
-    return grad_value, None, None, grad_loc, grad_attn
+        attention_weights, ctx.level_shapes)
+    return grad_value, None, None, grad_loc, grad_attn, None
 
 
 ms_deform_attn.register_autograd(_backward, setup_context=_setup_context)
@@ -182,6 +213,7 @@ def multi_scale_deformable_attention(
     level_start_index: Tensor,
     sampling_locations: Tensor,
     attention_weights: Tensor,
+    level_shapes: Sequence[tuple[int, int]] | None = None,
 ) -> Tensor:
     """Multi-scale deformable attention (Deformable DETR), differentiable in value, locations
     and weights.
@@ -192,6 +224,10 @@ def multi_scale_deformable_attention(
         level_start_index: [L] int64 exclusive cumsum of H_l * W_l.
         sampling_locations: [N, Lq, M, L, P, 2] (x, y) normalised to [0, 1] over each map.
         attention_weights: [N, Lq, M, L, P].
+        level_shapes: the (H_l, W_l) of `spatial_shapes` as Python ints (the models know them
+            from their feature maps). Without them the op reads `spatial_shapes` back, a host
+            sync per call (forward and backward) for device tensors; with them it reads no
+            tensor back, so the call can be captured in a CUDA graph or compiled whole.
 
     Returns:
         [N, Lq, M * D]: out[n, q, m] = sum_{l, p} A * bilinear(V_l[n, m], x * W_l - 0.5,
@@ -208,5 +244,6 @@ def multi_scale_deformable_attention(
                                 attention_weights.dtype)
     value, sampling_locations, attention_weights = (
         t.to(dtype) for t in (value, sampling_locations, attention_weights))
+    flat = None if level_shapes is None else [v for hw in level_shapes for v in hw]
     return ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
-                          attention_weights)
+                          attention_weights, flat)
