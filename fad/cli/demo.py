@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     images = list_images(args.input)
     args.opts = [*args.opts, "OUTPUT_DIR", args.output]
     cfg, logger, device = setup(args, config_name="config_demo.yaml")
-    model, classes, _ = load_trained_model(cfg)
+    model, classes = load_trained_model(cfg)[:2]
     records = run_demo(model.to(device), classes, build_transforms(cfg, is_train=False), images,
                        args.output, args.score_threshold, device)
     total = sum(len(r["detections"]) for r in records)

@@ -49,22 +49,31 @@ def with_stored_genotype(cfg: CfgNode, state: dict, weight: str) -> CfgNode:
 
 
 class TrainedModel(NamedTuple):
-    """A detector with the weights of a checkpoint (on the CPU), its class names, and the
-    training iteration the checkpoint was written at (0 when it does not say)."""
+    """A detector with the weights of a checkpoint (on the CPU), its class names, the training
+    iteration the checkpoint was written at (0 when it does not say) and the config it was built
+    from (with the stored genotype)."""
 
     model: nn.Module
     classes: list[str]
     iteration: int
+    cfg: CfgNode
 
 
 def load_trained_model(cfg: CfgNode) -> TrainedModel:
     """The detector of MODEL.WEIGHT (with the genotype it stores), checked against the config.
 
-    Class names come from the checkpoint, else from the first DATASETS.TEST set.
+    Class names come from the checkpoint, else from the first DATASETS.TEST set. An exported
+    `.onnx` file (fad-export) is run by ONNX Runtime (`fad.export.onnx_model.OnnxDetector`),
+    with the class names of its metadata.
     """
     weight = cfg.MODEL.WEIGHT
     if not weight:
         raise ConfigError("no weights given; add MODEL.WEIGHT path/to/model_final.pth")
+    if weight.endswith(".onnx"):
+        from fad.export.onnx_model import OnnxDetector
+        detector = OnnxDetector(weight)
+        logger.info("running the exported %s with ONNX Runtime", weight)
+        return TrainedModel(detector, detector.classes, 0, cfg)
     state = Checkpointer.load(weight)
     cfg = with_stored_genotype(cfg, state, weight)
     classes = state.get("classes")
@@ -77,4 +86,4 @@ def load_trained_model(cfg: CfgNode) -> TrainedModel:
     load_model_weights(model, state, weight, cfg=cfg, classes=classes,
                        genotype=cfg.MODEL.FAD.GENOTYPE,
                        build=lambda c: build_detector(c, len(classes)))
-    return TrainedModel(model, list(classes), int(state.get("iteration", 0)))
+    return TrainedModel(model, list(classes), int(state.get("iteration", 0)), cfg)

@@ -1,0 +1,104 @@
+"""Write an export module to a file: ONNX (torch.onnx dynamo exporter) or `.pt2` (torch.export).
+
+Both trace the module on a random 0-255 example of [batch, 3, H, W]. With `dynamic`, the batch,
+height and width are symbolic; H and W must then be multiples of INPUT.SIZE_DIVISIBILITY (the
+graph has no padding step to specialise on) above `DYNAMIC_MIN_SIDE`. The metadata (class names,
+input size, the config's name, the genotype, ...) is stored as string key/values: ONNX
+`metadata_props`, and the `.pt2` archive's extra file `fad_metadata.json`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+
+import torch
+
+from fad.ops.msda.onnx import msda_translation_table
+
+from .base import ExportError, ExportModule
+
+FORMATS = ("onnx", "pt2")
+OPSET = 18
+OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
+PT2_METADATA = "fad_metadata.json"
+DYNAMIC_MIN_SIDE = 128  # a dynamic graph takes sides above the coarsest stride (P7 >= 2x2)
+DYNAMIC_MIN_TRACE = 256  # a dynamic graph is traced at >= 2 images of >= this size (P7 >= 2x2)
+
+
+def require_onnx() -> None:
+    """One-line error naming the `export` extra when onnx / onnxruntime / onnxscript are missing."""
+    import importlib.util
+    missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m)
+               is None]
+    if missing:
+        raise ExportError(f"ONNX export needs {', '.join(missing)}; install the export extra: "
+                          "pip install 'fad[export]' (or pip install onnx onnxruntime onnxscript)")
+
+
+def example_input(module: ExportModule, batch: int, dynamic: bool) -> torch.Tensor:
+    """A random float32 0-255 example [batch, 3, H, W] at the module's input size (checked; for a
+    dynamic graph at least 2 images of `DYNAMIC_MIN_TRACE` pixels a side)."""
+    h, w = module.input_size
+    d = module.size_divisible
+    if dynamic and (h % d or w % d):
+        raise ExportError(f"--dynamic needs an input size divisible by INPUT.SIZE_DIVISIBILITY "
+                          f"{d}, got {h}x{w}; use e.g. --input-size {-(-h // d) * d} "
+                          f"{-(-w // d) * d}")
+    if batch < 1:
+        raise ExportError(f"--batch must be >= 1, got {batch}")
+    if dynamic:  # a size 1 (batch, or a map of the coarsest level) would be specialised
+        batch, h, w = max(batch, 2), max(h, DYNAMIC_MIN_TRACE), max(w, DYNAMIC_MIN_TRACE)
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand((batch, 3, h, w), generator=gen) * 255
+
+
+def dynamic_shapes(module: ExportModule) -> dict:
+    """torch.export dynamic shapes: batch >= 1, H and W multiples of SIZE_DIVISIBILITY above
+    `DYNAMIC_MIN_SIDE` (no level's map has a side of 1, which the graph would specialise)."""
+    from torch.export import Dim
+    d = module.size_divisible
+    low = DYNAMIC_MIN_SIDE // d + 1
+    return {"images": {0: Dim("batch", min=1, max=1024), 2: d * Dim("h_blocks", min=low, max=512),
+                       3: d * Dim("w_blocks", min=low, max=512)}}
+
+
+def export_onnx(module: ExportModule, path: str, example: torch.Tensor, dynamic: bool,
+                metadata: Mapping[str, str], msda: str = "standard") -> None:
+    """Write `module` as ONNX (opset `OPSET`, input `images`, outputs `OUTPUT_NAMES`) to `path`
+    with `metadata` in metadata_props; the file passes `onnx.checker`. MSDA nodes are written
+    in `msda` mode (`fad.ops.msda.onnx`: "standard" ops, or "tensorrt"'s plugin node)."""
+    require_onnx()
+    import onnx
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module, (example,), dynamo=True, opset_version=OPSET, input_names=["images"],
+            output_names=list(OUTPUT_NAMES), verbose=False,
+            dynamic_shapes=dynamic_shapes(module) if dynamic else None,
+            custom_translation_table=msda_translation_table(msda))
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, dict(metadata))
+    tmp = f"{path}.tmp"
+    onnx.save(proto, tmp)
+    onnx.checker.check_model(tmp, full_check=True)
+    os.replace(tmp, path)
+
+
+def export_pt2(module: ExportModule, path: str, example: torch.Tensor, dynamic: bool,
+               metadata: Mapping[str, str]) -> None:
+    """Write `module` as a torch.export ExportedProgram (`torch.export.save`) to `path`."""
+    with torch.no_grad():
+        program = torch.export.export(module, (example,),
+                                      dynamic_shapes=dynamic_shapes(module) if dynamic else None)
+    tmp = f"{path}.tmp"
+    torch.export.save(program, tmp, extra_files={PT2_METADATA: json.dumps(dict(metadata))})
+    os.replace(tmp, path)
+
+
+def write_export(module: ExportModule, path: str, fmt: str, batch: int, dynamic: bool,
+                 metadata: Mapping[str, str]) -> None:
+    """Export `module` in format `fmt` ("onnx" or "pt2") to `path` (written atomically)."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unsupported export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    example = example_input(module, batch, dynamic)
+    (export_onnx if fmt == "onnx" else export_pt2)(module, path, example, dynamic, metadata)
