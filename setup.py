@@ -59,6 +59,7 @@ setup(
     extras_require={
         "viz": ["tensorboard"],  # `tensorboard --logdir OUTPUT_DIR` to read the tb/ logs
         "test": ["pytest", "pytest-timeout", "tensorboard", "ruff"],  # ruff: .ci/run lints first
+        "export": ["onnx", "onnxruntime", "onnxscript"],  # fad-export to ONNX, .onnx in fad-test
     },
     entry_points={"console_scripts": [  # the tools of fad.cli (tools/*.py wrap the same mains)
         "fad-search=fad.cli.search:run",
@@ -72,6 +73,7 @@ setup(
         "fad-make-data=fad.cli.make_data:run",
         "fad-check-data=fad.cli.check_data:run",
         "fad-device-audit=fad.cli.device_audit:run",
+        "fad-export=fad.cli.export:run",
     ]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

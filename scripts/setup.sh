@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up a fresh machine: graphviz's `dot` (apt), a venv in .venv, fad + test deps (editable).
+# Set up a fresh machine: graphviz's `dot` (apt), a venv in .venv, fad + test and export deps (editable).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v dot >/dev/null 2>&1; then
@@ -8,5 +8,5 @@ if ! command -v dot >/dev/null 2>&1; then
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[test,export]"
 echo "fad is installed in $(pwd)/.venv"

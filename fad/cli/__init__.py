@@ -19,4 +19,5 @@ Every module holds one tool: `main(argv)` parses and runs it (tests call it in-p
     fad-make-data  fad.cli.make_data   tools/make_synthetic_data.py
     fad-check-data fad.cli.check_data  tools/check_data.py
     fad-device-audit fad.cli.device_audit tools/device_audit.py
+    fad-export     fad.cli.export      tools/export_model.py
 """
