@@ -19,6 +19,9 @@ from .base import ExportError, ExportModule, normalize_and_pad, pad_detections, 
 EXPORTERS = Registry("MODEL.META_ARCHITECTURE (export)", ExportError, {
     "FCOS": "fad.export.fcos:build_fcos_export",
     "FasterRCNN": "fad.export.faster_rcnn:build_faster_rcnn_export",
+    "DeformableDETR": "fad.export.detr:build_detr_export",
+    "SparseDETR": "fad.export.detr:build_detr_export",
+    "ASAG": "fad.export.asag:build_asag_export",
 })
 
 
