@@ -7,11 +7,11 @@ The graph takes `images` float32 [N, 3, H, W] (RGB, 0-255, already resized; defa
 config's test size INPUT.MIN_SIZE_TEST x INPUT.MAX_SIZE_TEST) and returns `boxes` [N, K, 4]
 (x1, y1, x2, y2 in input pixels), `scores` [N, K], `labels` [N, K] (0-based class index) and
 `num_detections` [N], K = the detector's DETECTIONS_PER_IMG, best first, zero rows past
-num_detections. `--dynamic` makes N, H and W dynamic (H, W multiples of INPUT.SIZE_DIVISIBILITY);
-else the graph takes exactly `--batch` images of H x W. Class names and a searched detector's
-genotype come from the checkpoint (as in fad-demo) and are stored in the file's metadata with
-the input size and the config's name. fad-test and fad-demo take the `.onnx` as MODEL.WEIGHT.
-See docs/export.md.
+num_detections. `--dynamic` makes N, H and W dynamic (sides above 128 pixels; padding to
+INPUT.SIZE_DIVISIBILITY happens inside); else the graph takes exactly `--batch` images of
+H x W. Class names and a searched detector's genotype come from the checkpoint (as in fad-demo)
+and are stored in the file's metadata with the input size and the config's name. fad-test and
+fad-demo take the `.onnx` as MODEL.WEIGHT. See docs/export.md.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from fad.engine.launch import default_argument_parser, parse_args, run_tool, set
 from fad.errors import ConfigError
 from fad.export import build_export_module
 from fad.export.base import ExportError
-from fad.export.writer import FORMATS, require_onnx, write_export
+from fad.export.writer import FORMATS, check_dynamic_size, require_onnx, write_export
 
 from .trained_model import load_trained_model
 
@@ -40,8 +40,7 @@ def main(argv: Sequence[str] | None = None) -> str:
                         help="input height and width (default: INPUT.MIN_SIZE_TEST "
                              "INPUT.MAX_SIZE_TEST)")
     parser.add_argument("--dynamic", action="store_true",
-                        help="dynamic batch, height and width (multiples of "
-                             "INPUT.SIZE_DIVISIBILITY)")
+                        help="dynamic batch, height and width (sides above 128 pixels)")
     parser.add_argument("--batch", type=int, default=1, metavar="N",
                         help="images per call of a fixed-size graph (default 1)")
     args = parse_args(parser, argv)
@@ -52,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> str:
         require_onnx()
     if args.input_size and min(args.input_size) < 1:
         raise ConfigError(f"--input-size must be positive, got {args.input_size}")
+    if args.input_size and args.dynamic:
+        check_dynamic_size(tuple(args.input_size))
     output = os.path.abspath(args.output)
     args.opts = [*args.opts, "OUTPUT_DIR", os.path.dirname(output)]
     cfg, logger, _ = setup(args, config_name="config_export.yaml")
@@ -67,8 +68,6 @@ def main(argv: Sequence[str] | None = None) -> str:
         "config": os.path.basename(args.config_file) if args.config_file else "(defaults)",
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
         "genotype": cfg.MODEL.FAD.GENOTYPE,
-        "size_divisibility": str(cfg.INPUT.SIZE_DIVISIBILITY),
-        "pixel_mean": json.dumps(list(cfg.INPUT.PIXEL_MEAN)),
         "weights": os.path.basename(cfg.MODEL.WEIGHT),
     }
     logger.info("exporting %s (%s) to %s at %s, %s", cfg.MODEL.META_ARCHITECTURE,

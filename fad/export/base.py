@@ -42,9 +42,7 @@ def normalize_and_pad(images: Tensor, mean: Tensor, std: Tensor, size_divisible:
     x = (images / 255.0 - mean[None, :, None, None]) / std[None, :, None, None]
     pad_h = (-images.shape[-2]) % size_divisible
     pad_w = (-images.shape[-1]) % size_divisible
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h))
-    return x
+    return F.pad(x, (0, pad_w, 0, pad_h))  # also with symbolic sizes (a dynamic graph)
 
 
 def topk_padded(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:

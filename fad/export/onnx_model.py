@@ -4,9 +4,8 @@
 [K, 4] (xyxy, pixels of that image), `scores` [K] and `labels` [K] (0-based), like an eval-mode
 detector, so `fad-test` and `fad-demo` run the exported graph through their usual code:
 
-- a dynamic graph gets each image alone at its own size (a side not a multiple of
-  INPUT.SIZE_DIVISIBILITY is padded with the mean colour, i.e. zeros once normalised, as the
-  eager model pads), which matches the eager model at TEST.IMS_PER_BATCH 1;
+- a dynamic graph gets each image alone at its own size (it pads inside), which matches the
+  eager model at TEST.IMS_PER_BATCH 1;
 - a fixed-size graph gets the images resized to its input size, in calls of its batch size, and
   the boxes are scaled back to each image.
 """
@@ -22,8 +21,7 @@ from torch import Tensor, nn
 from .base import ExportError
 from .writer import require_onnx
 
-REQUIRED_METADATA = ("classes", "input_size", "dynamic", "batch", "size_divisibility",
-                     "pixel_mean")
+REQUIRED_METADATA = ("classes", "input_size", "dynamic", "batch")
 
 
 def open_session(path: str, threads: int = 0):
@@ -64,9 +62,6 @@ class OnnxDetector(nn.Module):
         self.input_size = tuple(json.loads(meta["input_size"]))
         self.dynamic: bool = json.loads(meta["dynamic"])
         self.batch: int = json.loads(meta["batch"]) or 1
-        self.size_divisible = int(meta["size_divisibility"])
-        self.register_buffer("pad_value", torch.tensor(json.loads(meta["pixel_mean"])) * 255,
-                             persistent=False)
 
     def train(self, mode: bool = True) -> OnnxDetector:
         if mode:
@@ -92,11 +87,8 @@ class OnnxDetector(nn.Module):
         return results
 
     def _detect_alone(self, image: Tensor) -> dict:
+        boxes, scores, labels, num = self.run(image[None] * 255)
         h, w = image.shape[-2:]
-        d = self.size_divisible
-        padded = self.pad_value.to(image)[:, None, None].repeat(1, -(-h // d) * d, -(-w // d) * d)
-        padded[:, :h, :w] = image * 255
-        boxes, scores, labels, num = self.run(padded[None])
         return unpad(boxes[0], scores[0], labels[0], int(num[0]), 1.0, 1.0, h, w)
 
     def _detect_resized(self, images: list[Tensor]) -> list[dict]:

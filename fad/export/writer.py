@@ -1,8 +1,8 @@
 """Write an export module to a file: ONNX (torch.onnx dynamo exporter) or `.pt2` (torch.export).
 
 Both trace the module on a random 0-255 example of [batch, 3, H, W]. With `dynamic`, the batch,
-height and width are symbolic; H and W must then be multiples of INPUT.SIZE_DIVISIBILITY (the
-graph has no padding step to specialise on) above `DYNAMIC_MIN_SIDE`. The metadata (class names,
+height and width are symbolic (any H, W above `DYNAMIC_MIN_SIDE`: padding to the size
+divisibility happens inside, so an image is run at its own size). The metadata (class names,
 input size, the config's name, the genotype, ...) is stored as string key/values: ONNX
 `metadata_props`, and the `.pt2` archive's extra file `fad_metadata.json`.
 """
@@ -23,6 +23,7 @@ OPSET = 18
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
 PT2_METADATA = "fad_metadata.json"
 DYNAMIC_MIN_SIDE = 128  # a dynamic graph takes sides above the coarsest stride (P7 >= 2x2)
+DYNAMIC_MAX_SIDE = 8192
 DYNAMIC_MIN_TRACE = 256  # a dynamic graph is traced at >= 2 images of >= this size (P7 >= 2x2)
 
 
@@ -40,11 +41,6 @@ def example_input(module: ExportModule, batch: int, dynamic: bool) -> torch.Tens
     """A random float32 0-255 example [batch, 3, H, W] at the module's input size (checked; for a
     dynamic graph at least 2 images of `DYNAMIC_MIN_TRACE` pixels a side)."""
     h, w = module.input_size
-    d = module.size_divisible
-    if dynamic and (h % d or w % d):
-        raise ExportError(f"--dynamic needs an input size divisible by INPUT.SIZE_DIVISIBILITY "
-                          f"{d}, got {h}x{w}; use e.g. --input-size {-(-h // d) * d} "
-                          f"{-(-w // d) * d}")
     if batch < 1:
         raise ExportError(f"--batch must be >= 1, got {batch}")
     if dynamic:  # a size 1 (batch, or a map of the coarsest level) would be specialised
@@ -53,14 +49,21 @@ def example_input(module: ExportModule, batch: int, dynamic: bool) -> torch.Tens
     return torch.rand((batch, 3, h, w), generator=gen) * 255
 
 
-def dynamic_shapes(module: ExportModule) -> dict:
-    """torch.export dynamic shapes: batch >= 1, H and W multiples of SIZE_DIVISIBILITY above
-    `DYNAMIC_MIN_SIDE` (no level's map has a side of 1, which the graph would specialise)."""
+def check_dynamic_size(size: tuple[int, int]) -> None:
+    """A one-line ExportError when a dynamic graph cannot take images of `size` (H, W)."""
+    if min(size) <= DYNAMIC_MIN_SIDE:
+        raise ExportError(f"--dynamic takes input sizes above {DYNAMIC_MIN_SIDE} pixels a side "
+                          f"(the coarsest level's stride), got {size[0]}x{size[1]}; give a "
+                          "larger --input-size or export that fixed size (no --dynamic)")
+
+
+def dynamic_shapes() -> dict:
+    """torch.export dynamic shapes: batch >= 1, H and W above `DYNAMIC_MIN_SIDE` (no level's map
+    has a side of 1, which the graph would specialise)."""
     from torch.export import Dim
-    d = module.size_divisible
-    low = DYNAMIC_MIN_SIDE // d + 1
-    return {"images": {0: Dim("batch", min=1, max=1024), 2: d * Dim("h_blocks", min=low, max=512),
-                       3: d * Dim("w_blocks", min=low, max=512)}}
+    side = {"min": DYNAMIC_MIN_SIDE + 1, "max": DYNAMIC_MAX_SIDE}
+    return {"images": {0: Dim("batch", min=1, max=1024), 2: Dim("height", **side),
+                       3: Dim("width", **side)}}
 
 
 def export_onnx(module: ExportModule, path: str, example: torch.Tensor, dynamic: bool,
@@ -74,7 +77,7 @@ def export_onnx(module: ExportModule, path: str, example: torch.Tensor, dynamic:
         program = torch.onnx.export(
             module, (example,), dynamo=True, opset_version=OPSET, input_names=["images"],
             output_names=list(OUTPUT_NAMES), verbose=False,
-            dynamic_shapes=dynamic_shapes(module) if dynamic else None,
+            dynamic_shapes=dynamic_shapes() if dynamic else None,
             custom_translation_table=msda_translation_table(msda))
     proto = program.model_proto
     onnx.helper.set_model_props(proto, dict(metadata))
@@ -89,7 +92,7 @@ def export_pt2(module: ExportModule, path: str, example: torch.Tensor, dynamic: 
     """Write `module` as a torch.export ExportedProgram (`torch.export.save`) to `path`."""
     with torch.no_grad():
         program = torch.export.export(module, (example,),
-                                      dynamic_shapes=dynamic_shapes(module) if dynamic else None)
+                                      dynamic_shapes=dynamic_shapes() if dynamic else None)
     tmp = f"{path}.tmp"
     torch.export.save(program, tmp, extra_files={PT2_METADATA: json.dumps(dict(metadata))})
     os.replace(tmp, path)
