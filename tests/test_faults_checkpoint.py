@@ -122,7 +122,7 @@ def test_load_of_a_damaged_file_is_one_line(tmp_path, how):
         Checkpointer.load(path)
     os.remove(path + RECORD)  # a file without record: the unpickler is the check
     if how != "random bytes":
-        with pytest.raises(CheckpointError, match="model_0000002.pth is damaged, not a torch"):
+        with pytest.raises(CheckpointError, match="model_0000002.pth is corrupt or not a torch"):
             Checkpointer.load(path)
 
 

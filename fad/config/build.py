@@ -47,12 +47,16 @@ def merge_config_file(cfg: CN, path: str, _chain: tuple[str, ...] = (),
                           "remove the cycle")
     try:
         with open(path, encoding="utf-8") as f:
-            data = CN.load_cfg(f)
+            text = yaml.safe_load(f)  # never yacs' load_cfg(file): it runs a *.py file
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found; check the path") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         detail = " ".join(str(exc).split())
         raise ConfigError(f"{path}: not a readable yaml config ({detail})") from None
+    if not isinstance(text, dict | None):
+        raise ConfigError(f"{path}: not a yaml config (its top level is a "
+                          f"{type(text).__name__}, not KEY: VALUE lines)")
+    data = CN(text)
     base = data.pop(BASE_KEY, None)
     if base is not None:
         if not isinstance(base, str) or not base:

@@ -157,11 +157,18 @@ class Checkpointer:
                                   "checkpoint of the run")
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-            detail = " ".join(str(exc).split())[:200]
-            raise CheckpointError(f"checkpoint {path} is damaged, not a torch file or holds "
-                                  f"more than weights, which is not loaded ({detail}); use an "
-                                  "intact checkpoint") from None
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets one line
+            text = " ".join(str(exc).split())
+            code = re.search(r"GLOBAL (\S+)", text)
+            if code:
+                raise CheckpointError(
+                    f"checkpoint {path} holds more than weights (it names {code.group(1)}, "
+                    "which unpickling would run); not loaded: save its tensors with torch.save, "
+                    "or convert a release you trust with fad-convert --trust-file") from None
+            detail = text.split("error: ")[-1].split(". ")[0].split(" Check the doc")[0]
+            detail = detail or type(exc).__name__
+            raise CheckpointError(f"checkpoint {path} is corrupt or not a torch file "
+                                  f"({detail}); use an intact checkpoint") from None
 
 
 def load_model_weights(model: nn.Module, state: dict, source: str, cfg: CfgNode | None = None,
