@@ -46,7 +46,7 @@ def finite_difference_hvp(loss_fn: LossFn, batch: Any, weights: list[nn.Paramete
     eps = r / ||vector||; the weights are restored exactly afterwards.
     """
     norm = torch.sqrt(sum(v.double().square().sum() for v in vector))
-    eps = r / float(norm.clamp_min(1e-12))
+    eps = r / norm.clamp_min(1e-12)
     backup = [p.detach().clone() for p in weights]
     results = []
     for sign in (1.0, -1.0):
@@ -87,9 +87,9 @@ class Architect:
                                           weight_decay=weight_decay)
 
     def step(self, val_batch: Any, train_batch: Any = None,
-             weight_optimizer: torch.optim.Optimizer | None = None) -> float:
+             weight_optimizer: torch.optim.Optimizer | None = None) -> Tensor:
         """Set alpha grads (first or second order), Adam step; returns the val loss (without
-        the penalty)."""
+        the penalty; detached 0-dim tensor, not copied to the host)."""
         if self.second_order:
             if train_batch is None or weight_optimizer is None:
                 raise ValueError("second-order alpha steps need the train batch and the weight "
@@ -103,7 +103,7 @@ class Architect:
             a.grad = g
         self.scaler.step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return loss.detach()
 
     def _objective(self, val_loss: Tensor) -> Tensor:
         """The alpha objective: the val loss, plus the penalty when there is one."""

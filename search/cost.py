@@ -30,7 +30,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -75,10 +75,17 @@ class CostTable:
     cells: tuple[int, int]
     input_size: tuple[int, int]
 
+    _vectors: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
     def op_vector(self, names: Sequence[str], like: Tensor) -> Tensor:
-        """Tensor[len(names)] of candidate costs (`none` costs 0), dtype/device of `like`."""
-        return torch.tensor([self.ops.get(n, 0.0) for n in names], dtype=like.dtype,
-                            device=like.device)
+        """Tensor[len(names)] of candidate costs (`none` costs 0), dtype/device of `like`; made
+        on that device once (no host tensor and copy per step)."""
+        key = (tuple(names), like.dtype, like.device)
+        if key not in self._vectors:
+            self._vectors[key] = torch.stack([
+                torch.full((), self.ops.get(n, 0.0), dtype=like.dtype, device=like.device)
+                for n in names])
+        return self._vectors[key]
 
 
 def flops_table(cfg: CfgNode, num_classes: int) -> CostTable:

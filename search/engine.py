@@ -94,7 +94,7 @@ class SearchStep(TrainStep):
         with torch.no_grad():
             cost = self.cost.expected()
         return StepOutput({k: v.detach() for k, v in losses.items()},
-                          {"val_loss": torch.tensor(val_loss), self.cost.scalar_name: cost})
+                          {"val_loss": val_loss, self.cost.scalar_name: cost})
 
     def state_dict(self) -> dict:
         return super().state_dict() | {"arch_optimizer": self.architect.optimizer.state_dict()}

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection._utils import BoxCoder, encode_boxes
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -41,10 +43,41 @@ class BodyWithFPNP2P6(nn.Module):
 
 
 class NormalizeOnlyTransform(GeneralizedRCNNTransform):
-    """torchvision's detection transform without its resize (our loaders already resized)."""
+    """torchvision's detection transform without its resize (our loaders already resized), and
+    with its mean and std as buffers on the model's device (torchvision makes them from lists on
+    every call: a host tensor and a copy per image)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("mean", torch.tensor(self.image_mean), persistent=False)
+        self.register_buffer("std", torch.tensor(self.image_std), persistent=False)
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
         return image, target
+
+    def normalize(self, image: Tensor) -> Tensor:
+        """(image [3, H, W] - mean) / std, per channel, in the image's dtype."""
+        if not image.is_floating_point():
+            raise TypeError(f"Faster R-CNN takes float images in [0, 1], got {image.dtype}")
+        mean, std = self.mean.to(image.dtype), self.std.to(image.dtype)
+        return (image - mean[:, None, None]) / std[:, None, None]
+
+
+class DeviceBoxCoder(BoxCoder):
+    """torchvision's `BoxCoder` whose weights tensor is made on the boxes' device once per dtype
+    and device (torchvision makes it from a tuple on every `encode`: a host tensor and a copy)."""
+
+    def __init__(self, coder: BoxCoder):
+        super().__init__(coder.weights, coder.bbox_xform_clip)
+        self._weights: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+    def encode_single(self, reference_boxes: Tensor, proposals: Tensor) -> Tensor:
+        """Regression targets [P, 4] of `proposals` [P, 4] towards `reference_boxes` [P, 4]."""
+        key = (reference_boxes.dtype, reference_boxes.device)
+        if key not in self._weights:
+            self._weights[key] = torch.stack([torch.full((), w, dtype=key[0], device=key[1])
+                                              for w in self.weights])
+        return encode_boxes(reference_boxes, proposals, self._weights[key])
 
 
 class FasterRCNNDetector(nn.Module):
@@ -60,8 +93,8 @@ class FasterRCNNDetector(nn.Module):
             if targets is None:
                 raise ValueError("FasterRCNN: training needs targets; call model.eval() to infer")
             shifted = [{**t, "labels": t["labels"] + 1} for t in targets]
-            return self.model(images, shifted)
-        detections = self.model(images)
+            return self.model(images, shifted)  # host sync: torchvision's RPN/ROI heads
+        detections = self.model(images)  # host sync: torchvision's RPN/ROI heads
         return [{"boxes": d["boxes"], "scores": d["scores"], "labels": d["labels"] - 1}
                 for d in detections]
 
@@ -88,4 +121,6 @@ def build_faster_rcnn(cfg: CfgNode, num_classes: int) -> nn.Module:
         min_size=cfg.INPUT.MIN_SIZE_TEST, max_size=cfg.INPUT.MAX_SIZE_TEST,
         image_mean=list(cfg.INPUT.PIXEL_MEAN), image_std=list(cfg.INPUT.PIXEL_STD),
         size_divisible=cfg.INPUT.SIZE_DIVISIBILITY)
+    model.rpn.box_coder = DeviceBoxCoder(model.rpn.box_coder)
+    model.roi_heads.box_coder = DeviceBoxCoder(model.roi_heads.box_coder)
     return FasterRCNNDetector(model)

@@ -8,6 +8,7 @@ and `build_fad_head`, so a change of the augment edge or tower reaches the table
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -42,10 +43,13 @@ def count_flops(module: nn.Module, *inputs: object) -> int:
     return counter.get_total_flops()
 
 
+@functools.lru_cache(maxsize=256)
 def edge_flops(op: str, tower_channels: int, edge_channels: int,
-               input_size: Sequence[int]) -> int:
-    """FLOPs of one `augment_edge` with op `op` run on every level of a padded (H, W) input."""
-    edge = cells.augment_edge(op, tower_channels, edge_channels).to("meta")
+               input_size: tuple[int, int]) -> int:
+    """FLOPs of one `augment_edge` with op `op` run on every level of a padded (H, W) input
+    (built on meta, never on the host: no memory, and no copy under a fake-tensor mode)."""
+    with torch.device("meta"):
+        edge = cells.augment_edge(op, tower_channels, edge_channels)
     return sum(count_flops(edge, torch.empty(1, tower_channels, h, w, device="meta"))
                for h, w in level_sizes(input_size))
 
@@ -79,7 +83,8 @@ def _fpn_features(cfg: CfgNode, input_size: Sequence[int]) -> list[Tensor]:
 
 def fixed_flops(cfg: CfgNode, num_classes: int, input_size: Sequence[int]) -> int:
     """FLOPs of `fixed_head` for one (H, W) image (padded to INPUT.SIZE_DIVISIBILITY)."""
-    head = fixed_head(cfg, num_classes).to("meta")
+    with torch.device("meta"):
+        head = fixed_head(cfg, num_classes)
     return count_flops(head, _fpn_features(cfg, padded_size(cfg, input_size)))
 
 
@@ -88,7 +93,8 @@ def head_flops(cfg: CfgNode, num_classes: int, box: Genotype, cls: Genotype,
     """{"box_tower", "cls_tower", "head"} FLOPs of the augment head of (box, cls) for one
     (H, W) image, padded to INPUT.SIZE_DIVISIBILITY; "head" includes the reduce convs and
     predictors."""
-    head = build_fad_head(cfg, num_classes, box, cls).to("meta")
+    with torch.device("meta"):
+        head = build_fad_head(cfg, num_classes, box, cls)
     feats = _fpn_features(cfg, padded_size(cfg, input_size))
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         head(feats)

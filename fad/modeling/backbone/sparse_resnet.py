@@ -297,7 +297,8 @@ class SparseResNetBody(nn.Module, ModelHooks):
     def _accumulate_eval_stats(self) -> None:
         densities = self._density_tensor()
         self._eval_stats["forwards"] += 1
-        pairs = None if densities is None else [tuple(d) for d in densities.tolist()]
+        values = None if densities is None else densities.tolist()  # host sync: GMACs statistic
+        pairs = None if values is None else [tuple(d) for d in values]
         self._eval_stats["gmacs"] += backbone_macs(self.depth, *self._input_size, pairs,
                                                    self.stage_with_dcn) / 1e9
         if densities is not None:
@@ -334,7 +335,8 @@ class SparseResNetBody(nn.Module, ModelHooks):
         if self._input_size is None:
             return {}
         densities = self._density_tensor()
-        pairs = None if densities is None else [tuple(d) for d in densities.tolist()]
+        values = None if densities is None else densities.tolist()  # host sync: GMACs statistic
+        pairs = None if values is None else [tuple(d) for d in values]
         stats = {"backbone_gmacs": backbone_macs(self.depth, *self._input_size, pairs,
                                                  self.stage_with_dcn) / 1e9}
         if densities is not None:

@@ -10,6 +10,7 @@ config, this module takes plain arguments.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import accumulate
 
 import torch
 from torch import Tensor, nn
@@ -74,16 +75,17 @@ class FCOS(nn.Module):
         cls = outputs["cls_logits"].float().sigmoid()
         ctr = outputs["bbox_ctrness"].float().sigmoid()[..., 0]
         reg = outputs["bbox_regression"].float() * strides[None, :, None]
-        bounds = torch.tensor([0] + [h * w for h, w in shapes]).cumsum(0).tolist()
+        bounds = list(accumulate((h * w for h, w in shapes), initial=0))
         results = []
         for i, size in enumerate(sizes):
             boxes, scores, labels = [], [], []
             for lo, hi in zip(bounds[:-1], bounds[1:]):
                 cls_l = cls[i, lo:hi]
-                cand = torch.nonzero(cls_l > self.score_thresh)
+                cand = torch.nonzero(cls_l > self.score_thresh)  # host sync: score threshold
                 loc, lab = cand[:, 0], cand[:, 1]
                 score = torch.sqrt(cls_l[loc, lab] * ctr[i, lo + loc])
-                score, order = score.topk(min(self.topk, score.numel()))
+                k = min(self.topk, score.numel())  # host sync: top-k of the candidates
+                score, order = score.topk(k)
                 loc, lab = loc[order] + lo, lab[order]
                 p, r = points[loc], reg[i, loc]
                 boxes.append(torch.cat([p - r[:, :2], p + r[:, 2:]], 1))
@@ -91,7 +93,8 @@ class FCOS(nn.Module):
                 labels.append(lab)
             b = clip_boxes_to_image(torch.cat(boxes), size)
             s, lab = torch.cat(scores), torch.cat(labels)
-            keep = batched_nms(b, s, lab, self.nms_thresh)[: self.detections_per_img]
+            keep = batched_nms(b, s, lab, self.nms_thresh)  # host sync: NMS keeps a data count
+            keep = keep[: self.detections_per_img]
             results.append({"boxes": b[keep], "scores": s[keep], "labels": lab[keep]})
         return results
 

@@ -27,7 +27,7 @@ def make_locations(shapes: list[tuple[int, int]], strides: tuple[int, ...], devi
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
         points.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], 1))
         point_strides.append(torch.full((h * w,), float(s), device=device))
-        ranges.append(torch.tensor(rng, device=device).expand(h * w, 2))
+        ranges.append(torch.stack([torch.full((h * w,), bound, device=device) for bound in rng], 1))
     return torch.cat(points), torch.cat(point_strides), torch.cat(ranges)
 
 
@@ -62,6 +62,6 @@ def assign_targets(points: Tensor, point_strides: Tensor, ranges: Tensor, boxes:
 
 def centerness_target(reg_target: Tensor) -> Tensor:
     """sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b)) for `reg_target` [P, 4] -> [P]."""
-    lr, tb = reg_target[:, [0, 2]], reg_target[:, [1, 3]]
+    lr, tb = reg_target[:, 0::2], reg_target[:, 1::2]
     ratio = (lr.min(1).values / lr.max(1).values) * (tb.min(1).values / tb.max(1).values)
     return torch.sqrt(ratio.clamp(min=0))

@@ -42,8 +42,7 @@ def interpolate_rows_reference(rows: Tensor, index: Tensor, mask: Tensor, taps: 
     if relu_rows:
         rows = rows.relu()
     sampled = mask != 0
-    dense = rows.new_zeros(n * h * w, c)
-    dense[sampled] = rows[index[sampled]]
+    dense = with_zero_row(rows)[torch.where(sampled, index, rows.shape[0])]  # unsampled: zeros
     f = dense.view(n, h, w, c).permute(0, 3, 1, 2)
     m = mask.to(rows.dtype).view(n, 1, h, w)
     out = interpolate_dense(f, m, taps.to(rows.dtype), eps).permute(0, 2, 3, 1).reshape(-1, c)
@@ -57,7 +56,7 @@ def interpolate_rows_reference(rows: Tensor, index: Tensor, mask: Tensor, taps: 
 def active_rows_reference(values: Tensor) -> tuple[Tensor, Tensor]:
     """`fad_sparse::active_rows`: mask values [M] -> (positions [P] with value != 0, row_of [M]:
     the row of each position among them, 0 where unused)."""
-    positions = torch.nonzero(values, as_tuple=True)[0]
+    positions = torch.nonzero(values, as_tuple=True)[0]  # host sync: the active positions
     row_of = torch.zeros(values.numel(), dtype=torch.long, device=values.device)
     row_of[positions] = torch.arange(positions.numel(), device=values.device)
     return positions, row_of

@@ -70,7 +70,7 @@ class Active:
 
 def runs_dense(kind: str, active: Active) -> bool:
     """Whether conv `kind` ("conv1" or "conv2") computes every position (`DENSE_ABOVE`)."""
-    return active.density > DENSE_ABOVE[kind]
+    return bool(active.density > DENSE_ABOVE[kind])  # host sync: dense or sparse conv
 
 
 def as_rows(x: Tensor) -> Tensor:
