@@ -17,9 +17,19 @@ import pytest
 from conftest import REPO
 
 COMMANDS = ("fad-search", "fad-train", "fad-test", "fad-eval", "fad-demo", "fad-visualize",
-            "fad-bench", "fad-convert", "fad-make-data", "fad-check-data")
-SKIP = shutil.ignore_patterns(".venv", ".git", "datasets", "output*", "build", "dist",
-                              "*.egg-info", "__pycache__", ".ruff_cache", ".pytest_cache", "*.so")
+            "fad-bench", "fad-convert", "fad-make-data", "fad-check-data", "fad-device-audit")
+_SKIP_ANYWHERE = shutil.ignore_patterns("*.egg-info", "__pycache__", ".ruff_cache",
+                                        ".pytest_cache", "*.so")
+_SKIP_AT_ROOT = shutil.ignore_patterns(".venv", ".git", "datasets", "output*", "build", "dist")
+
+
+def _skip(folder: str, names: list[str]) -> set[str]:
+    """What the copy leaves out: caches and builds anywhere; run outputs, data, the venv and
+    git only at the repository's root (`fad/engine/output_dir.py` is source)."""
+    skipped = _SKIP_ANYWHERE(folder, names)
+    if os.path.samefile(folder, REPO):
+        skipped |= _SKIP_AT_ROOT(folder, names)
+    return skipped
 
 
 def _run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -35,7 +45,7 @@ def installed(tmp_path_factory) -> Path:
     """The bin/ folder of a fresh venv with the fad wheel installed (not editable)."""
     tmp = tmp_path_factory.mktemp("packaging")
     source = tmp / "src"
-    shutil.copytree(REPO, source, ignore=SKIP)
+    shutil.copytree(REPO, source, ignore=_skip)
     wheels = tmp / "wheels"
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
           "-w", str(wheels), str(source)], cwd=tmp)
