@@ -30,6 +30,15 @@ def _searched():
     return cfg, randomized_detector(cfg, 4, std=0.1, seed=1)
 
 
+def _sparse():
+    """SAI: FCOS on a SparseResNet-18 with deterministic masks, run sparse by the eager model."""
+    cfg = tiny_fcos_cfg("unused", "unused")
+    cfg.merge_from_list(["MODEL.BACKBONE.NAME", "sparse_resnet", "MODEL.SPARSE.SAMPLING",
+                         "deterministic", "MODEL.SPARSE.EXECUTION", "sparse",
+                         "MODEL.SPARSE.GRID_INTERVAL", 3])
+    return cfg, randomized_detector(cfg, 3, std=0.1, seed=4)
+
+
 def _images(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.rand((n, 3, h, w), generator=gen) * 255
@@ -69,7 +78,7 @@ def test_pad_detections_ranks_the_valid_rows_and_zeros_the_rest():
     assert num.tolist() == [1, 1] and lab.tolist() == [[2], [6]]
 
 
-@pytest.mark.parametrize("build", [_plain, _searched], ids=["plain", "searched"])
+@pytest.mark.parametrize("build", [_plain, _searched, _sparse], ids=["plain", "searched", "sai"])
 @pytest.mark.parametrize("shape", [(1, 96, 128), (2, 100, 150), (2, 160, 192)])
 def test_export_module_equals_the_eager_detections(build, shape):
     """Static-shape post-processing (masked threshold, fixed top-k, one NMS over the batch),
@@ -108,8 +117,19 @@ def test_onnx_fixed_size_batch_2_equals_eager_and_passes_the_checker(tmp_path):
     assert_matches_eager(model, images, _onnx_run(path, images))
 
 
+def test_a_sparse_backbone_is_exported_dense_masked():
+    cfg, model = _sparse()
+    module = build_export_module(model, cfg, (96, 128))
+    from fad.modeling.backbone.sparse_resnet import SparseResNetBody
+
+    def bodies(m):
+        return [b for b in m.modules() if isinstance(b, SparseResNetBody)]
+    assert [b.execution for b in bodies(module)] == ["dense_masked"]  # a copy of the model:
+    assert [b.execution for b in bodies(model)] == ["sparse"]  # the trained one still runs sparse
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("build", [_plain, _searched], ids=["plain", "searched"])
+@pytest.mark.parametrize("build", [_plain, _searched, _sparse], ids=["plain", "searched", "sai"])
 def test_onnx_dynamic_equals_eager_at_batch_1_and_2_and_several_sizes(build, tmp_path):
     pytest.importorskip("onnxruntime")
     cfg, model = build()

@@ -7,6 +7,7 @@ code loads only when used); a builder is `build(model, cfg, input_size) -> Expor
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 from torch import nn
@@ -25,11 +26,30 @@ EXPORTERS = Registry("MODEL.META_ARCHITECTURE (export)", ExportError, {
 })
 
 
+def masked_dense(model: nn.Module) -> nn.Module:
+    """`model` with every SparseResNet body in its dense-masked execution (a copy when one ran
+    sparse): dense convolutions times the sampled masks are standard ops of any runtime, while
+    the sparse execution gathers a data-dependent number of positions (no static shapes) through
+    our custom kernels. Both give the same detections (to float rounding)."""
+    from fad.modeling.backbone.sparse_resnet import SparseResNetBody
+
+    if not any(isinstance(m, SparseResNetBody) and m.execution != "dense_masked"
+               for m in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, SparseResNetBody):
+            m.execution = "dense_masked"
+    return model
+
+
 def build_export_module(model: nn.Module, cfg: CfgNode, input_size: Sequence[int]
                         ) -> ExportModule:
     """The export module of `model` (built from `cfg`) for [N, 3, H, W] inputs, `input_size` =
-    (H, W) the size used to trace it; in eval mode."""
-    module = EXPORTERS.get(cfg.MODEL.META_ARCHITECTURE)(model.eval(), cfg, tuple(input_size))
+    (H, W) the size used to trace it; in eval mode. A sparse backbone is exported in its
+    dense-masked form (`masked_dense`)."""
+    build = EXPORTERS.get(cfg.MODEL.META_ARCHITECTURE)
+    module = build(masked_dense(model.eval()), cfg, tuple(input_size))
     return module.eval()
 
 
