@@ -109,3 +109,95 @@ def test_levels_that_do_not_fit_value_are_an_error(cuda_kernel):
     grad = torch.ones(1, 3, 8, dtype=value.dtype, device="cuda")
     with pytest.raises(RuntimeError, match="does not fit in value's S = 10"):
         cuda_kernel.backward(grad, value, shapes, starts + 8, loc, attn)
+
+
+# --- the Triton backend on CUDA (fad.ops.msda.triton compiled, not interpreted) ---
+
+@pytest.fixture(scope="module")
+def triton_kernels():
+    """fad.ops.msda.triton, skipping when triton is missing or was imported for the
+    interpreter (TRITON_INTERPRET=1 runs CPU tensors only)."""
+    from fad.ops.msda import triton as msda_triton
+
+    if msda_triton.triton_unavailable():
+        pytest.skip(msda_triton.triton_unavailable())
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if isinstance(msda_triton.tl.zeros, InterpretedFunction):
+        pytest.skip("triton was imported with TRITON_INTERPRET=1 in this process")
+    return msda_triton
+
+
+TRITON_TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 2e-2,
+              torch.bfloat16: 5e-2}
+
+
+def _triton_vs_reference(msda_triton, args64, dtype, device="cuda"):
+    """Triton forward and gradients in `dtype` on `device` vs the float64 reference on the same
+    (rounded to `dtype`) inputs; tolerances TRITON_TOL, atol relative to max|ref|."""
+    args = [a.to(device) for a in _as(args64, dtype)]
+    args64 = _as(_as(args64, dtype), torch.float64)
+    out = msda_triton.msda_triton_forward(*args)
+    assert out.dtype == dtype and out.device == args[0].device
+    ref = ms_deform_attn_reference(*args64)
+    tol = TRITON_TOL[dtype]
+    scale = max(ref.abs().max().item(), 1.0)
+    torch.testing.assert_close(out.double().cpu(), ref.cpu(), rtol=tol, atol=tol * scale)
+    grad = torch.randn(ref.shape, dtype=torch.float64, device=ref.device).to(dtype).double()
+    expected = ms_deform_attn_reference_backward(grad, *args64)
+    got = msda_triton.msda_triton_backward(grad.to(device, dtype), *args)
+    for g, r, leaf in zip(got, expected, (args[0], args[3], args[4])):
+        assert g.shape == leaf.shape and g.dtype == dtype and g.device == leaf.device
+        scale = max(r.abs().max().item(), 1.0)
+        torch.testing.assert_close(g.double().cpu(), r.cpu(), rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("dtype", list(TRITON_TOL))
+@pytest.mark.parametrize("dim", [1, 7, 32, 64, 256])
+def test_triton_matches_reference_every_dtype(triton_kernels, dtype, dim):
+    _triton_vs_reference(triton_kernels, _inputs(dim, kinks=False, seed=5), dtype)
+
+
+def test_triton_non_contiguous_inputs(triton_kernels):
+    """Strided value/loc/attn/grad_output called directly (no op in between): same results as
+    their contiguous copies, and contiguous gradients."""
+    value, shapes, starts, loc, attn = _inputs(32, dtype=torch.float32, kinks=False, seed=6)
+    value_t = value.transpose(0, 1).contiguous().transpose(0, 1)
+    loc_t = loc.transpose(1, 2).contiguous().transpose(1, 2)
+    attn_t = attn.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not (value_t.is_contiguous() or loc_t.is_contiguous() or attn_t.is_contiguous())
+    out = triton_kernels.msda_triton_forward(value, shapes, starts, loc, attn)
+    out_t = triton_kernels.msda_triton_forward(value_t, shapes, starts, loc_t, attn_t)
+    torch.testing.assert_close(out_t, out, rtol=1e-6, atol=1e-6)
+    grad = torch.randn(out.shape[::-1], device="cuda").transpose(0, 2)
+    got = triton_kernels.msda_triton_backward(grad, value_t, shapes, starts, loc_t, attn_t)
+    want = triton_kernels.msda_triton_backward(grad.contiguous(), value, shapes, starts, loc,
+                                               attn)
+    for g, w in zip(got, want):
+        assert g.is_contiguous()
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second CUDA device")
+def test_triton_on_a_second_device_without_set_device(triton_kernels):
+    """Tensors on cuda:1 while cuda:0 is current: the launch runs on cuda:1."""
+    assert torch.cuda.current_device() == 0
+    _triton_vs_reference(triton_kernels, _inputs(32, kinks=False, seed=7), torch.float32,
+                         device="cuda:1")
+    assert torch.cuda.current_device() == 0
+
+
+def test_triton_backend_through_the_op(triton_kernels):
+    """backend "triton": forward and autograd of the op match the reference in float32."""
+    set_backend("msda", "triton")
+    args = _inputs(32, dtype=torch.float32, kinks=False, seed=8)
+    leaves = [args[0].requires_grad_(), args[3].requires_grad_(), args[4].requires_grad_()]
+    out = multi_scale_deformable_attention(*args)
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    ref = ms_deform_attn_reference(ref_leaves[0], args[1], args[2], *ref_leaves[1:])
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, leaves, grad.float())
+    want = torch.autograd.grad(ref, ref_leaves, grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.double(), w, rtol=1e-3, atol=1e-3 * max(w.abs().max(), 1))

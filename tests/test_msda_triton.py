@@ -199,33 +199,61 @@ def test_import_without_triton(monkeypatch):
 
 
 @compiler
-@pytest.mark.parametrize("dtype,arch", [("fp32", 90), ("bf16", 80), ("fp16", 90), ("fp64", 90)])
+@pytest.mark.parametrize("dtype,arch", [(torch.float32, 90), (torch.bfloat16, 80),
+                                        (torch.float16, 90), (torch.float64, 80)])
 def test_kernels_compile_for_cuda(dtype, arch):
-    """The real (non-interpreted) kernels lower to PTX and a cubin for sm_<arch>: no GPU needed,
-    and it catches what the interpreter does not check (types, layouts, atomics)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    """The real (non-interpreted) kernels lower to PTX and a cubin for sm_<arch> with exactly the
+    arguments a launch at a decoder shape passes (Triton's binder: alignment hints, constants,
+    block sizes, num_warps): no GPU needed, and it catches what the interpreter does not check
+    (types, layouts, atomics). Registers and spills: tests/test_triton_resources.py."""
+    from fad.cli.bench.triton_resources import _launch, compile_launch
 
-    forward, backward = msda_triton._kernels(False)
-    acc = "fp64" if dtype == "fp64" else "fp32"
-    sizes = dict.fromkeys(["num_tokens", "num_queries", "num_heads", "head_dim", "num_levels",
-                           "num_points"], "i32")
-    meta = {"ACC": triton.language.float64 if dtype == "fp64" else triton.language.float32,
-            "BLOCK_Q": 64, "BLOCK_D": 32}
-    const = dict.fromkeys(meta, "constexpr")
-    data = f"*{dtype}"
-    signatures = [
-        (forward, {"value_ptr": data, "shapes_ptr": "*i64", "starts_ptr": "*i64",
-                   "loc_ptr": data, "attn_ptr": data, "out_ptr": data}),
-        (backward, {"grad_out_ptr": data, "value_ptr": data, "shapes_ptr": "*i64",
-                    "starts_ptr": "*i64", "loc_ptr": data, "attn_ptr": data,
-                    "grad_value_ptr": f"*{acc}", "grad_loc_ptr": data, "grad_attn_ptr": data}),
-    ]
-    for kernel, pointers in signatures:
-        source = ASTSource(kernel, {**pointers, **sizes, **const}, meta)
-        compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32))
+    for name in ("forward", "backward"):
+        kernel, args, kwargs, _ = _launch(name, dtype, 32)
+        compiled = compile_launch(kernel, args, kwargs, arch)
         assert compiled.asm["cubin"]
-        assert ("atom.global" in compiled.asm["ptx"]) == (kernel is backward)
+        assert ("atom.global" in compiled.asm["ptx"]) == (name == "backward")
+
+
+@interpreter
+def test_backward_with_non_contiguous_inputs():
+    """Called directly with strided inputs, the gradients equal those of contiguous copies and
+    come back contiguous (the kernel writes them densely)."""
+    args = list(_inputs("4lvl-D32-N2", torch.float64, kinks=False, seed=5))
+    strided = [args[0].transpose(0, 1).contiguous().transpose(0, 1), args[1], args[2],
+               args[3].transpose(1, 2).contiguous().transpose(1, 2),
+               args[4].transpose(1, 2).contiguous().transpose(1, 2)]
+    assert not any(strided[i].is_contiguous() for i in (0, 3, 4))
+    grad_output = torch.randn(2, 64, 8, generator=torch.Generator().manual_seed(6),
+                              dtype=torch.float64).transpose(1, 2)
+    got = msda_triton.msda_triton_backward(grad_output, *strided)
+    ref = _reference_grads(grad_output, *args)
+    for g, r in zip(got, ref):
+        assert g.is_contiguous()
+        _check_close(g, r, HIGH[torch.float64])
+    _check_close(msda_triton.msda_triton_forward(*strided), ms_deform_attn_reference(*args),
+                 HIGH[torch.float64])
+
+
+def test_head_dim_zero_returns_empty_results():
+    value, shapes, starts, loc, attn = random_msda_inputs(1, [(2, 2)], 2, 0, 3, 1)
+    out = msda_triton.msda_triton_forward(value, shapes, starts, loc, attn)
+    assert out.shape == (1, 3, 0)
+    grads = msda_triton.msda_triton_backward(out, value, shapes, starts, loc, attn)
+    assert [g.shape for g in grads] == [value.shape, loc.shape, attn.shape]
+    assert all(g.abs().sum() == 0 for g in grads)
+
+
+@pytest.mark.parametrize("dim,queries,dtype,expected", [
+    (32, 300, torch.float32, (16, 32, 4)),     # 512-element tile: 4 per thread of 128
+    (32, 300, torch.float64, (8, 32, 4)),      # float64: 2 per thread
+    (1, 300, torch.float16, (128, 1, 4)),      # at most one query per thread
+    (256, 300, torch.bfloat16, (2, 256, 4)),
+    (1025, 300, torch.float32, (1, 2048, 16)),  # 16 warps x 32 x 4 = 2048
+    (32, 5, torch.float32, (8, 32, 4)),        # no wider than next_power_of_2(Lq)
+])
+def test_block_config(dim, queries, dtype, expected):
+    assert msda_triton.block_config(dim, queries, dtype) == expected
 
 
 def _rerun_in_fresh_process(request, interpret: str, select: str) -> None:

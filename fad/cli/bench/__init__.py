@@ -7,6 +7,8 @@
   detr_flops     FLOPs and CPU latency: Sparse DETR vs the Deformable DETR baseline
   op_latency     latency table of the FAD candidates for a cost-aware search
   asag           ASAG head: queries, GMACs and CPU latency vs Deformable DETR
+  triton_resources  Triton MSDA kernels: registers, spills, occupancy per specialization (compiles)
+  export         deployment formats (eager, torch.compile, ONNX Runtime, pt2): size, AP, latency
 
 Each is a module of this package, `fad.cli.bench.NAME` (`add_arguments(parser)`,
 `run(args) -> dict`), imported only when it is the one run; it times its candidates side by side
@@ -27,7 +29,8 @@ from fad.utils.registry import Registry
 
 BENCHMARKS = Registry("benchmark", FadError, {
     name: f"{__name__}.{name}" for name in (
-        "fcos_step", "supernet", "msda", "sparse_resnet", "detr_flops", "op_latency", "asag")})
+        "fcos_step", "supernet", "msda", "sparse_resnet", "detr_flops", "op_latency", "asag",
+        "triton_resources", "export")})
 
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:

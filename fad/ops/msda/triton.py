@@ -21,6 +21,7 @@ was imported in raises a clear error instead of failing inside triton.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -34,20 +35,39 @@ try:
 except ImportError:  # the kernels are plain functions until `_kernels` wraps them
     triton = None
     tl = None
+_point = None  # `_point_setup` wrapped by triton.jit, set with the kernels by `_kernels`
 
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_MAX_TILE = 2048  # BLOCK_Q * BLOCK_D elements per program
+
+
+def _point_setup(loc_ptr, attn_ptr, j, q_mask, height, width, ACC: tl.constexpr):
+    """Per query of the block: (attention a, pixel floors h0/w0 int32, fractions lh/lw, live)
+    of point row j [BLOCK_Q] (int64 index into attn; loc at 2j, 2j + 1)."""
+    x = tl.load(loc_ptr + 2 * j, mask=q_mask, other=0).to(ACC)
+    y = tl.load(loc_ptr + 2 * j + 1, mask=q_mask, other=0).to(ACC)
+    a = tl.load(attn_ptr + j, mask=q_mask, other=0).to(ACC)
+    w_im = x * width.to(ACC) - 0.5
+    h_im = y * height.to(ACC) - 0.5
+    live = q_mask & (h_im > -1) & (w_im > -1) & (h_im < height) & (w_im < width)
+    # dead points (outside, NaN) get coordinates 0 so the int cast below is defined
+    w_im = tl.where(live, w_im, 0.0)
+    h_im = tl.where(live, h_im, 0.0)
+    w_floor = tl.floor(w_im)
+    h_floor = tl.floor(h_im)
+    return a, h_floor.to(tl.int32), w_floor.to(tl.int32), h_im - h_floor, w_im - w_floor, live
 
 
 def _msda_forward_kernel(
     value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_ptr,
-    num_tokens, num_queries, num_heads, head_dim, num_levels, num_points,
+    num_tokens, num_queries, num_heads,
+    HEAD_DIM: tl.constexpr, NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr,
     ACC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """out[n, q, m * D + d] = sum_{l, p} attn * bilinear(value[n, level l, m, d], loc).
 
     Program (i, j): queries i * BLOCK_Q ... + BLOCK_Q of image j // M, head j % M.
     value [N, S, M, D], loc [N, Lq, M, L, P, 2], attn [N, Lq, M, L, P], out [N, Lq, M * D].
+    Levels and points are compile-time constants: the loops are unrolled.
     """
     pid_nm = tl.program_id(1).to(tl.int64)
     n = pid_nm // num_heads
@@ -55,41 +75,30 @@ def _msda_forward_kernel(
     q = tl.program_id(0).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     q_mask = q < num_queries
     d = tl.arange(0, BLOCK_D)
-    d_mask = d < head_dim
+    d_mask = d < HEAD_DIM
     item = (n * num_queries + q) * num_heads + m  # row of (n, q, m) in [N * Lq * M]
-    value_nm = value_ptr + (n * num_tokens * num_heads + m) * head_dim
-    row_stride = num_heads * head_dim
+    value_nm = value_ptr + (n * num_tokens * num_heads + m) * HEAD_DIM
+    row_stride = num_heads * HEAD_DIM
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=ACC)
-    for level in range(num_levels):
-        height = tl.load(shapes_ptr + 2 * level)
-        width = tl.load(shapes_ptr + 2 * level + 1)
+    for level in tl.static_range(NUM_LEVELS):
+        height = tl.load(shapes_ptr + 2 * level).to(tl.int32)
+        width = tl.load(shapes_ptr + 2 * level + 1).to(tl.int32)
         start = tl.load(starts_ptr + level)
-        for point in range(num_points):
-            j = item * (num_levels * num_points) + level * num_points + point
-            x = tl.load(loc_ptr + 2 * j, mask=q_mask, other=0).to(ACC)
-            y = tl.load(loc_ptr + 2 * j + 1, mask=q_mask, other=0).to(ACC)
-            a = tl.load(attn_ptr + j, mask=q_mask, other=0).to(ACC)
-            w_im = x * width.to(ACC) - 0.5
-            h_im = y * height.to(ACC) - 0.5
-            live = q_mask & (h_im > -1) & (w_im > -1) & (h_im < height) & (w_im < width)
-            # dead points (outside, NaN) get coordinates 0 so the int cast below is defined
-            w_im = tl.where(live, w_im, 0.0)
-            h_im = tl.where(live, h_im, 0.0)
-            w_floor = tl.floor(w_im)
-            h_floor = tl.floor(h_im)
-            lw = w_im - w_floor
-            lh = h_im - h_floor
+        for point in range(NUM_POINTS):
+            j = item * (NUM_LEVELS * NUM_POINTS) + (level * NUM_POINTS + point)
+            a, h0, w0, lh, lw, live = _point(loc_ptr, attn_ptr, j, q_mask, height,
+                                                      width, ACC)
             for corner in tl.static_range(4):
-                yy = h_floor.to(tl.int64) + corner // 2
-                xx = w_floor.to(tl.int64) + corner % 2
+                yy = h0 + corner // 2
+                xx = w0 + corner % 2
                 wy = lh if corner // 2 == 1 else 1 - lh
                 wx = lw if corner % 2 == 1 else 1 - lw
                 inside = live & (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
-                rows = start + yy * width + xx
+                rows = start + (yy * width + xx).to(tl.int64)
                 v = tl.load(value_nm + rows[:, None] * row_stride + d[None, :],
                             mask=inside[:, None] & d_mask[None, :], other=0).to(ACC)
                 acc += (a * wy * wx)[:, None] * v
-    out_ptrs = out_ptr + item[:, None] * head_dim + d[None, :]
+    out_ptrs = out_ptr + item[:, None] * HEAD_DIM + d[None, :]
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty),
              mask=q_mask[:, None] & d_mask[None, :])
 
@@ -97,58 +106,53 @@ def _msda_forward_kernel(
 def _msda_backward_kernel(
     grad_out_ptr, value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr,
     grad_value_ptr, grad_loc_ptr, grad_attn_ptr,
-    num_tokens, num_queries, num_heads, head_dim, num_levels, num_points,
+    num_tokens, num_queries, num_heads,
+    HEAD_DIM: tl.constexpr, NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr,
     ACC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Gradients of `_msda_forward_kernel` for the same program tiling.
 
     grad_out [N, Lq, M * D]; grad_value [N, S, M, D] in ACC, accumulated with atomics (it must
-    start at zero); grad_loc [N, Lq, M, L, P, 2] and grad_attn [N, Lq, M, L, P] are written once
-    per point (zero for points that sample nothing).
+    start at zero); grad_loc [N, Lq, M, L, P, 2] and grad_attn [N, Lq, M, L, P] (contiguous)
+    are written once per point (zero for points that sample nothing). Program i starts at level
+    i % L, so the programs' atomics on the small coarse levels are spread over time.
     """
+    pid_q = tl.program_id(0)
     pid_nm = tl.program_id(1).to(tl.int64)
     n = pid_nm // num_heads
     m = pid_nm % num_heads
-    q = tl.program_id(0).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    q = pid_q.to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     q_mask = q < num_queries
     d = tl.arange(0, BLOCK_D)
-    d_mask = d < head_dim
+    d_mask = d < HEAD_DIM
     item = (n * num_queries + q) * num_heads + m
-    nm_offset = (n * num_tokens * num_heads + m) * head_dim
-    row_stride = num_heads * head_dim
+    nm_offset = (n * num_tokens * num_heads + m) * HEAD_DIM
+    row_stride = num_heads * HEAD_DIM
     tile_mask = q_mask[:, None] & d_mask[None, :]
-    grad_out = tl.load(grad_out_ptr + item[:, None] * head_dim + d[None, :], mask=tile_mask,
+    grad_out = tl.load(grad_out_ptr + item[:, None] * HEAD_DIM + d[None, :], mask=tile_mask,
                        other=0).to(ACC)
-    for level in range(num_levels):
-        height = tl.load(shapes_ptr + 2 * level)
-        width = tl.load(shapes_ptr + 2 * level + 1)
+    for step in tl.static_range(NUM_LEVELS):
+        level = (step + pid_q) % NUM_LEVELS
+        height = tl.load(shapes_ptr + 2 * level).to(tl.int32)
+        width = tl.load(shapes_ptr + 2 * level + 1).to(tl.int32)
         start = tl.load(starts_ptr + level)
-        for point in range(num_points):
-            j = item * (num_levels * num_points) + level * num_points + point
-            x = tl.load(loc_ptr + 2 * j, mask=q_mask, other=0).to(ACC)
-            y = tl.load(loc_ptr + 2 * j + 1, mask=q_mask, other=0).to(ACC)
-            a = tl.load(attn_ptr + j, mask=q_mask, other=0).to(ACC)
-            w_im = x * width.to(ACC) - 0.5
-            h_im = y * height.to(ACC) - 0.5
-            live = q_mask & (h_im > -1) & (w_im > -1) & (h_im < height) & (w_im < width)
-            w_im = tl.where(live, w_im, 0.0)
-            h_im = tl.where(live, h_im, 0.0)
-            w_floor = tl.floor(w_im)
-            h_floor = tl.floor(h_im)
-            lw = w_im - w_floor
-            lh = h_im - h_floor
+        for point in range(NUM_POINTS):
+            j = item * (NUM_LEVELS * NUM_POINTS) + (level * NUM_POINTS + point)
+            a, h0, w0, lh, lw, live = _point(loc_ptr, attn_ptr, j, q_mask, height,
+                                                      width, ACC)
             grad_a = tl.zeros((BLOCK_Q,), dtype=ACC)
             grad_w = tl.zeros((BLOCK_Q,), dtype=ACC)  # d out / d w_im, before the factor a
             grad_h = tl.zeros((BLOCK_Q,), dtype=ACC)
             for corner in tl.static_range(4):
-                yy = h_floor.to(tl.int64) + corner // 2
-                xx = w_floor.to(tl.int64) + corner % 2
+                yy = h0 + corner // 2
+                xx = w0 + corner % 2
                 wy = lh if corner // 2 == 1 else 1 - lh
                 wx = lw if corner % 2 == 1 else 1 - lw
                 sign_y = 1.0 if corner // 2 == 1 else -1.0  # d wy / d h_im
                 sign_x = 1.0 if corner % 2 == 1 else -1.0
                 inside = live & (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
-                offsets = nm_offset + (start + yy * width + xx)[:, None] * row_stride + d[None, :]
+                rows = start + (yy * width + xx).to(tl.int64)
+                offsets = nm_offset + rows[:, None] * row_stride + d[None, :]
                 corner_mask = inside[:, None] & d_mask[None, :]
                 v = tl.load(value_ptr + offsets, mask=corner_mask, other=0).to(ACC)
                 dot = tl.sum(grad_out * v, axis=1)
@@ -170,6 +174,8 @@ def _kernels(interpret: bool) -> tuple:
     """(forward, backward) wrapped by `triton.jit` for the interpreter mode in force, which
     triton.jit reads from TRITON_INTERPRET; `interpret` keys the cache on that mode."""
     del interpret
+    global _point  # the kernels call it by this module-level name
+    _point = triton.jit(_point_setup)
     return triton.jit(_msda_forward_kernel), triton.jit(_msda_backward_kernel)
 
 
@@ -212,12 +218,32 @@ def _launch_setup(value: Tensor, spatial_shapes: Tensor, level_start_index: Tens
                       f"must share one of float16/bfloat16/float32/float64, got {value.dtype}, "
                       f"{sampling_locations.dtype}, {attention_weights.dtype}")
     n, _, m, d = value.shape
-    lq = sampling_locations.shape[1]
-    block_d = triton.next_power_of_2(d)
-    block_q = max(1, min(triton.next_power_of_2(lq), _MAX_TILE // block_d))
-    acc = tl.float64 if value.dtype == torch.float64 else tl.float32
-    return (_kernels(_interpret_mode()), {"ACC": acc, "BLOCK_Q": block_q, "BLOCK_D": block_d},
-            (triton.cdiv(lq, block_q), n * m))
+    _, lq, _, num_levels, num_points, _ = sampling_locations.shape
+    block_q, block_d, num_warps = block_config(d, lq, value.dtype)
+    meta = {"HEAD_DIM": d, "NUM_LEVELS": num_levels, "NUM_POINTS": num_points,
+            "ACC": tl.float64 if value.dtype == torch.float64 else tl.float32,
+            "BLOCK_Q": block_q, "BLOCK_D": block_d, "num_warps": num_warps}
+    return _kernels(_interpret_mode()), meta, (triton.cdiv(lq, block_q), n * m)
+
+
+def block_config(head_dim: int, num_queries: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """(BLOCK_Q, BLOCK_D, num_warps) of a launch. BLOCK_D = next power of two >= D (masked);
+    a [BLOCK_Q, BLOCK_D] tile holds at most 4 elements per thread (2 for float64), the
+    budget that keeps every specialization of docs/msda_triton.md free of spills, and at most
+    one query per thread; 4 warps, up to 16 for D > 512 (BLOCK_Q = 1 there). Small tiles also
+    fill the GPU: a decoder layer (300 queries, batch 2, 8 heads, D = 32) is 304 programs."""
+    block_d = triton.next_power_of_2(head_dim)
+    num_warps = min(16, max(4, block_d // 128))
+    threads = 32 * num_warps
+    per_thread = 2 if dtype == torch.float64 else 4
+    block_q = max(1, min(threads, threads * per_thread // block_d,
+                         triton.next_power_of_2(num_queries)))
+    return block_q, block_d, num_warps
+
+
+def _on_device(tensor: Tensor) -> contextlib.AbstractContextManager:
+    """Make `tensor`'s CUDA device current for a launch (Triton launches on the current one)."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 def msda_triton_forward(
@@ -242,19 +268,29 @@ def msda_triton_forward(
     Shapes and level bounds are checked by the caller (the `fad::ms_deform_attn` op); this
     function checks only the dtypes (int64 shapes) and that triton is importable.
     """
-    (forward, _), meta, grid = _launch_setup(value, spatial_shapes, level_start_index,
-                                          sampling_locations, attention_weights)
-    n, s, m, d = value.shape
-    _, lq, _, num_levels, num_points, _ = sampling_locations.shape
-    out = value.new_zeros(n, lq, m * d)
+    n, _, m, d = value.shape
+    out = value.new_zeros(n, sampling_locations.shape[1], m * d)
     if out.numel() == 0:
         return out
-    forward[grid](
-        value.contiguous(), spatial_shapes.contiguous(), level_start_index.contiguous(),
-        sampling_locations.contiguous(), attention_weights.contiguous(), out,
-        s, lq, m, d, num_levels, num_points, **meta,
-    )
+    kernel, args, meta, grid = forward_launch(value, spatial_shapes, level_start_index,
+                                              sampling_locations, attention_weights, out)
+    with _on_device(value):
+        kernel[grid](*args, **meta)
     return out
+
+
+def forward_launch(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                   sampling_locations: Tensor, attention_weights: Tensor, out: Tensor
+                   ) -> tuple[object, tuple, dict, tuple]:
+    """(kernel, positional args, constexpr/launch kwargs, grid) of the forward launch that
+    writes `out` [N, Lq, M * D]; `fad-bench triton_resources` compiles exactly these."""
+    (forward, _), meta, grid = _launch_setup(value, spatial_shapes, level_start_index,
+                                             sampling_locations, attention_weights)
+    _, s, m, _ = value.shape
+    args = (value.contiguous(), spatial_shapes.contiguous(), level_start_index.contiguous(),
+            sampling_locations.contiguous(), attention_weights.contiguous(), out,
+            s, sampling_locations.shape[1], m)
+    return forward, args, meta, grid
 
 
 def msda_triton_backward(
@@ -277,20 +313,33 @@ def msda_triton_backward(
         in float32 (float64 for float64) with atomics, so its last bits vary from run to run
         on a GPU.
     """
-    (_, backward), meta, grid = _launch_setup(value, spatial_shapes, level_start_index,
-                                          sampling_locations, attention_weights)
-    n, s, m, d = value.shape
-    _, lq, _, num_levels, num_points, _ = sampling_locations.shape
     acc_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
     grad_value = torch.zeros(value.shape, dtype=acc_dtype, device=value.device)
-    grad_loc = torch.zeros_like(sampling_locations)
-    grad_attn = torch.zeros_like(attention_weights)
-    if grad_attn.numel() == 0 or d == 0:
+    # contiguous whatever the inputs' strides: the kernel writes them densely
+    grad_loc = torch.zeros(sampling_locations.shape, dtype=value.dtype, device=value.device)
+    grad_attn = torch.zeros(attention_weights.shape, dtype=value.dtype, device=value.device)
+    if grad_attn.numel() == 0 or value.shape[3] == 0:
         return grad_value.to(value.dtype), grad_loc, grad_attn
-    backward[grid](
-        grad_output.contiguous(), value.contiguous(), spatial_shapes.contiguous(),
-        level_start_index.contiguous(), sampling_locations.contiguous(),
-        attention_weights.contiguous(), grad_value, grad_loc, grad_attn,
-        s, lq, m, d, num_levels, num_points, **meta,
-    )
+    kernel, args, meta, grid = backward_launch(grad_output, value, spatial_shapes,
+                                               level_start_index, sampling_locations,
+                                               attention_weights, grad_value, grad_loc,
+                                               grad_attn)
+    with _on_device(value):
+        kernel[grid](*args, **meta)
     return grad_value.to(value.dtype), grad_loc, grad_attn
+
+
+def backward_launch(grad_output: Tensor, value: Tensor, spatial_shapes: Tensor,
+                    level_start_index: Tensor, sampling_locations: Tensor,
+                    attention_weights: Tensor, grad_value: Tensor, grad_loc: Tensor,
+                    grad_attn: Tensor) -> tuple[object, tuple, dict, tuple]:
+    """(kernel, positional args, constexpr/launch kwargs, grid) of the backward launch into the
+    zeroed gradient buffers; `fad-bench triton_resources` compiles exactly these."""
+    (_, backward), meta, grid = _launch_setup(value, spatial_shapes, level_start_index,
+                                              sampling_locations, attention_weights)
+    _, s, m, _ = value.shape
+    args = (grad_output.contiguous(), value.contiguous(), spatial_shapes.contiguous(),
+            level_start_index.contiguous(), sampling_locations.contiguous(),
+            attention_weights.contiguous(), grad_value, grad_loc, grad_attn,
+            s, sampling_locations.shape[1], m)
+    return backward, args, meta, grid
