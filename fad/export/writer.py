@@ -1,6 +1,7 @@
 """Write an export module to a file: ONNX (torch.onnx dynamo exporter) or `.pt2` (torch.export).
 
-Both trace the module on a random 0-255 example of [batch, 3, H, W]. With `dynamic`, the batch,
+Both trace the module, our fused ops on their pure-PyTorch references (`reference_ops`), on a
+random 0-255 example of [batch, 3, H, W]. With `dynamic`, the batch,
 height and width are symbolic (any H, W above `DYNAMIC_MIN_SIDE`: padding to the size
 divisibility happens inside, so an image is run at its own size). The metadata (class names,
 input size, the config's name, the genotype, ...) is stored as string key/values: ONNX
@@ -8,9 +9,10 @@ input size, the config's name, the genotype, ...) is stored as string key/values
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 
@@ -25,6 +27,18 @@ PT2_METADATA = "fad_metadata.json"
 DYNAMIC_MIN_SIDE = 128  # a dynamic graph takes sides above the coarsest stride (P7 >= 2x2)
 DYNAMIC_MAX_SIDE = 8192
 DYNAMIC_MIN_TRACE = 256  # a dynamic graph is traced at >= 2 images of >= this size (P7 >= 2x2)
+
+
+@contextlib.contextmanager
+def reference_ops() -> Iterator[None]:
+    """Inside the block our fused ops (MSDA, depthwise, sparse) run their pure-PyTorch
+    references: a graph traced there holds standard ops only, which any runtime runs."""
+    from fad.ops.backends import BACKENDS, using
+
+    with contextlib.ExitStack() as stack:
+        for op in BACKENDS:
+            stack.enter_context(using(op, "reference"))
+        yield
 
 
 def require_onnx() -> None:
@@ -73,7 +87,7 @@ def export_onnx(module: ExportModule, path: str, example: torch.Tensor, dynamic:
     in `msda` mode (`fad.ops.msda.onnx`: "standard" ops, or "tensorrt"'s plugin node)."""
     require_onnx()
     import onnx
-    with torch.no_grad():
+    with torch.no_grad(), reference_ops():
         program = torch.onnx.export(
             module, (example,), dynamo=True, opset_version=OPSET, input_names=["images"],
             output_names=list(OUTPUT_NAMES), verbose=False,
@@ -90,7 +104,7 @@ def export_onnx(module: ExportModule, path: str, example: torch.Tensor, dynamic:
 def export_pt2(module: ExportModule, path: str, example: torch.Tensor, dynamic: bool,
                metadata: Mapping[str, str]) -> None:
     """Write `module` as a torch.export ExportedProgram (`torch.export.save`) to `path`."""
-    with torch.no_grad():
+    with torch.no_grad(), reference_ops():
         program = torch.export.export(module, (example,),
                                       dynamic_shapes=dynamic_shapes() if dynamic else None)
     tmp = f"{path}.tmp"
