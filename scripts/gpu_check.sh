@@ -5,6 +5,7 @@
 #
 # Steps, each under its own timeout (seconds; a step that runs over is killed, recorded with
 # rc 124, and the next step runs):
+#   build     the CUDA C++ MSDA extension (prebuilt, else built now by nvcc)
 #   selftest  python -m fad.ops.selftest: every op backend vs the reference, CPU and CUDA
 #   pytest    pytest -m cuda: the CUDA C++ and Triton MSDA tests (every dtype, strided inputs,
 #             a second device when present) and the other cuda-marked tests
@@ -30,31 +31,34 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run it, log it, record rc and second
     shift 2
     echo "== $name (timeout ${limit}s)"
     start=$(date +%s%N)
-    timeout --kill-after=5 "$limit" "$@" > "$out/$name.log" 2>&1
+    timeout --kill-after=2 "$limit" "$@" > "$out/$name.log" 2>&1
     rc=$?
     printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(( ($(date +%s%N) - start) / 1000000 ))" "$limit" \
         >> "$out/steps.tsv"
     echo "   rc $rc"
 }
 
+tiny=fad-fcos_tiny_synthetic.yaml
 common=(MODEL.DEVICE cuda SOLVER.AMP True DATASETS.ROOT "$out/datasets")
-step selftest 60 "$py" -m fad.ops.selftest
-step pytest 150 "$py" -m pytest -q -p no:cacheprovider -m cuda tests
-step bench 45 "$py" tools/benchmark.py msda --device cuda --repeats 10 --json "$out/bench_msda.json"
-step data 20 "$py" tools/make_synthetic_data.py --out "$out/datasets" --num-train 64 --num-val 16 \
+step build 70 "$py" -c "from fad.ops import build; build.load('msda_cuda')"
+step selftest 40 "$py" -m fad.ops.selftest
+step pytest 120 "$py" -m pytest -q -p no:cacheprovider -m cuda tests
+step bench 40 "$py" tools/benchmark.py msda --device cuda --repeats 10 --json "$out/bench_msda.json"
+step data 15 "$py" tools/make_synthetic_data.py --out "$out/datasets" --num-train 64 --num-val 16 \
     --seed 0
-step search 75 "$py" tools/search_net.py --config-file configs/fad/search/fad-fcos_tiny_synthetic.yaml \
+step search 65 "$py" tools/search_net.py --config-file configs/fad/search/$tiny \
     --overwrite "${common[@]}" SOLVER.MAX_ITER 50 SOLVER.STEPS "(40,)" \
     SOLVER.CHECKPOINT_PERIOD 50 SOLVER.CHECKPOINT_KEEP 1 OUTPUT_DIR "$out/search"
 genotype="$out/search/genotype.log"
 [ -f "$genotype" ] || genotype=configs/fad/genotypes/fad_paper.log
-step augment 60 "$py" tools/train_net.py --config-file configs/fad/augment/fad-fcos_tiny_synthetic.yaml \
+step augment 55 "$py" tools/train_net.py --config-file configs/fad/augment/$tiny \
     --genotype-file "$genotype" --overwrite --skip-test "${common[@]}" SOLVER.MAX_ITER 100 \
     SOLVER.STEPS "(80,)" SOLVER.CHECKPOINT_PERIOD 100 SOLVER.CHECKPOINT_KEEP 1 \
     OUTPUT_DIR "$out/augment"
-step ddp 45 "$py" -m torch.distributed.run --standalone --nproc_per_node 1 tools/train_net.py \
+step ddp 40 "$py" -m torch.distributed.run --standalone --nproc_per_node 1 tools/train_net.py \
     --config-file configs/fcos/fcos_tiny_synthetic.yaml --overwrite --skip-test "${common[@]}" \
-    SOLVER.MAX_ITER 2 SOLVER.STEPS "(1,)" SOLVER.IMS_PER_BATCH 2 SOLVER.CHECKPOINT_PERIOD 2 SOLVER.CHECKPOINT_KEEP 1 \
+    SOLVER.MAX_ITER 2 SOLVER.STEPS "(1,)" SOLVER.IMS_PER_BATCH 2 SOLVER.CHECKPOINT_PERIOD 2 \
+    SOLVER.CHECKPOINT_KEEP 1 \
     OUTPUT_DIR "$out/ddp"
 
 "$py" - "$out" <<'PY'
