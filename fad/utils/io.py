@@ -54,11 +54,16 @@ class _HashingWriter:
 
     def __init__(self, f: BinaryIO):
         self.f, self.size, self.sha256 = f, 0, hashlib.sha256()
+        self.error: OSError | None = None  # torch's zip writer hides it behind a RuntimeError
 
     def write(self, data: bytes) -> int:
         self.sha256.update(data)
         self.size += len(data)
-        return self.f.write(data)
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
 
     def flush(self) -> None:
         self.f.flush()
@@ -71,7 +76,12 @@ def atomic_torch_save(obj: Any, path: str) -> tuple[int, str]:
 
     def save(f: BinaryIO) -> None:
         writer.append(_HashingWriter(f))
-        torch.save(obj, writer[0])
+        try:
+            torch.save(obj, writer[0])
+        except RuntimeError:
+            if writer[0].error is not None:
+                raise writer[0].error from None
+            raise
 
     _atomic(path, save)
     return writer[0].size, writer[0].sha256.hexdigest()
