@@ -149,3 +149,14 @@ def test_an_onnx_weight_that_is_not_onnx_is_one_line(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "not a readable ONNX model" in last
     assert "Traceback" not in proc.stderr
+
+
+def test_faster_rcnn_says_in_one_line_why_it_cannot_be_exported():
+    from fad.export import build_export_module
+
+    cfg = load_config(os.path.join(REPO, "configs", "sai", "tiny_synthetic.yaml"),
+                      ["MODEL.DEVICE", "cpu", "MODEL.FPN.OUT_CHANNELS", "16"])
+    model = randomized_detector(cfg, 2)
+    with pytest.raises(FadError, match="FasterRCNN cannot be exported: torchvision's RPN") as info:
+        build_export_module(model, cfg, (96, 128))
+    assert "\n" not in str(info.value)
