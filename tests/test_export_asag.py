@@ -27,9 +27,9 @@ def test_exporter_refuses_asag_in_one_line():
         build_export_module(model, cfg, (160, 160))
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith("ASAG cannot be exported: its adaptive anchor generator emits a "
-                              "data-dependent number of anchors")
-    assert message.endswith("see docs/export.md")
+    assert message.startswith("MODEL.META_ARCHITECTURE ASAG cannot be exported: its adaptive "
+                              "anchor generator emits a data-dependent number of anchors")
+    assert message.endswith("(docs/export.md)")
 
 
 class _FastPath(nn.Module):

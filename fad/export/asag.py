@@ -17,9 +17,9 @@ from yacs.config import CfgNode
 
 from .base import ExportError
 
-REASON = ("ASAG cannot be exported: its adaptive anchor generator emits a data-dependent number "
-          "of anchors and probe patches per image (thresholds, nonzero, per-image patch crops), "
-          "which ONNX and torch.export cannot trace; see docs/export.md")
+REASON = ("MODEL.META_ARCHITECTURE ASAG cannot be exported: its adaptive anchor generator emits a "
+          "data-dependent number of anchors and probe patches per image (thresholds, nonzero, "
+          "per-image patch crops), which ONNX and torch.export cannot trace (docs/export.md)")
 
 
 def build_asag_export(model: nn.Module, cfg: CfgNode, input_size: Sequence[int]) -> nn.Module:
