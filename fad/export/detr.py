@@ -28,7 +28,7 @@ from fad.modeling.set_prediction import cxcywh_to_xyxy
 from .base import ExportError, ExportModule, pad_detections
 
 
-def padding_mask(batch: Tensor, height, width) -> Tensor:
+def padding_mask(batch: Tensor, height: int, width: int) -> Tensor:
     """[N, H', W'] bool, True outside the top-left `height` x `width` of the padded `batch`
     [N, 3, H', W'] (as `fad.modeling.image_batch.batch_images` for images of one size)."""
     n, _, hp, wp = batch.shape
@@ -57,7 +57,7 @@ class DeformableDETRExport(ExportModule):
         boxes = refine_boxes(m.heads.box(last)(t.hs[last]), t.layer_reference(last))
         return self._detections(logits, boxes, height, width)
 
-    def _detections(self, logits: Tensor, boxes: Tensor, height, width
+    def _detections(self, logits: Tensor, boxes: Tensor, height: int, width: int
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Top (query, class) pairs as in `fad.modeling.detr.postprocess`, in export layout."""
         n, q, c = logits.shape
