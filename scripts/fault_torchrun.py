@@ -127,15 +127,18 @@ def same_finish(out: Path, ref: Path) -> bool:
     return same
 
 
-def reference(tool: str, root: str, work: Path) -> Path:
-    """OUTPUT_DIR of an uninterrupted 2-process run of `tool` under `work` (made once)."""
-    out = work / f"torchrun_reference_{tool}"
-    if not (out / "model_final.pth").is_file():
+def reference(tool: str, root: str, work: Path) -> tuple[Path, float]:
+    """(OUTPUT_DIR, seconds) of an uninterrupted 2-process run of `tool` under `work`, made
+    once (the seconds are kept beside it)."""
+    out, seconds = work / f"torchrun_reference_{tool}", work / f"torchrun_reference_{tool}.s"
+    if not (out / "model_final.pth").is_file() or not seconds.is_file():
         shutil.rmtree(out, ignore_errors=True)
+        start = time.monotonic()
         code, log = finish(torchrun(tool_args(tool, root, str(out)), free_port()))
         if code != 0:
             raise RuntimeError(f"reference torchrun {tool} run failed: {log[-2000:]}")
-    return out
+        seconds.write_text(f"{time.monotonic() - start:.1f}")
+    return out, float(seconds.read_text())
 
 
 def lost_steps(log: str) -> int:
@@ -146,14 +149,15 @@ def lost_steps(log: str) -> int:
 
 
 def rank_kill_trial(tool: str, trial: int, root: str, work: Path) -> tuple[bool, int, bool, str]:
-    """Kill a random rank at a random instant of a 2-process run of `tool`; (survived: the agent
-    exited 0, lost steps, bit-identical finish, note)."""
+    """Kill a random rank at a random instant of a 2-process run of `tool` (within the
+    reference run's duration); (survived: the agent exited 0, lost steps, bit-identical finish,
+    note)."""
     rng = random.Random(f"torchrun{tool}{trial}")
-    ref = reference(tool, root, work)
+    ref, seconds = reference(tool, root, work)
     out = work / f"torchrun_kill_{tool}_{trial}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    rank, delay = rng.randrange(2), rng.uniform(5.0, 60.0 if tool == "train" else 90.0)
+    rank, delay = rng.randrange(2), rng.uniform(0.1, seconds)
     agent = torchrun(tool_args(tool, root, str(out)), free_port(), log=out / "agent.txt")
     killed = kill_worker(agent, rank, delay)
     code, _ = finish(agent)
@@ -165,7 +169,7 @@ def rank_kill_trial(tool: str, trial: int, root: str, work: Path) -> tuple[bool,
 def two_agents_trial(trial: int, root: str, work: Path) -> tuple[bool, int, bool, str]:
     """Two agents (`--nnodes 2`, one process each) train; (both exited 0, 0, weights equal one
     agent's 2-process run, note)."""
-    ref = reference("train", root, work)
+    ref, _ = reference("train", root, work)
     out = work / f"torchrun_two_nodes_{trial}"
     shutil.rmtree(out, ignore_errors=True)
     port = free_port()
