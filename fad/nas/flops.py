@@ -8,7 +8,6 @@ and `build_fad_head`, so a change of the augment edge or tower reaches the table
 """
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
@@ -43,9 +42,8 @@ def count_flops(module: nn.Module, *inputs: object) -> int:
     return counter.get_total_flops()
 
 
-@functools.lru_cache(maxsize=256)
 def edge_flops(op: str, tower_channels: int, edge_channels: int,
-               input_size: tuple[int, int]) -> int:
+               input_size: Sequence[int]) -> int:
     """FLOPs of one `augment_edge` with op `op` run on every level of a padded (H, W) input
     (built on meta, never on the host: no memory, and no copy under a fake-tensor mode)."""
     with torch.device("meta"):
