@@ -1,0 +1,57 @@
+"""kill -9 at any instant (issue #22 item 1), a few trials of scripts/fault_campaign.py (the
+script runs the full count): the same command with --resume always starts, from the last
+complete checkpoint, and finishes with weights (and genotype, for the search) bit-identical to
+an uninterrupted run; the temporary file of a killed checkpoint write is removed on resume."""
+import importlib.util
+import os
+import random
+import sys
+
+import pytest
+from conftest import REPO
+
+spec = importlib.util.spec_from_file_location(
+    "fault_campaign", os.path.join(REPO, "scripts", "fault_campaign.py"))
+campaign = importlib.util.module_from_spec(spec)
+sys.modules["fault_campaign"] = campaign  # its dataclasses look their module up there
+spec.loader.exec_module(campaign)
+
+
+@pytest.fixture(scope="module")
+def ctx(synthetic_root, tmp_path_factory):
+    """The campaign's context on the session's synthetic data (references made once)."""
+    return campaign.Context(synthetic_root, str(tmp_path_factory.mktemp("faults")))
+
+
+def _check(trial, ctx, name: str) -> None:
+    assert trial.survived, trial
+    assert trial.identical, trial
+    out = os.path.join(ctx.work, name)
+    assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["bytes", "record", "pointer"])
+def test_kill_inside_a_checkpoint_save_then_resume(ctx, where):
+    """Killed half-way through the bytes of the 2nd checkpoint (iteration 4), after it before
+    its record, after the record before the pointer: the resume starts from iteration 2."""
+    name = f"save_{where}"
+    trial = campaign.kill_in_save(ctx, "train", where, 2, name)
+    _check(trial, ctx, name)
+    assert trial.lost_steps == 2  # killed after iteration 4, resumed from 2
+    assert trial.note == ("1 temporary file(s) of the killed write" if where == "bytes" else "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool, seed", [("train", 0), ("train", 1), ("search", 0)])
+def test_kill_at_a_random_instant_then_resume(ctx, tool, seed):
+    name = f"random_{tool}_{seed}"
+    trial = campaign.kill_at_random(ctx, tool, 0, random.Random(seed), name)
+    _check(trial, ctx, name)
+    assert trial.lost_steps <= 2  # CHECKPOINT_PERIOD 2: at most the steps since the last one
+
+
+def test_the_table_counts_survivors_and_identical_finishes():
+    rows = [("kill", [campaign.Trial(True, 1, True), campaign.Trial(True, 2, False),
+                      campaign.Trial(False, 5, False)])]
+    assert campaign.table(rows).splitlines()[-1] == "| kill | 3 | 2 | 1.5 / 2 | 1 |"
