@@ -93,10 +93,11 @@ _C.SOLVER.WARMUP_FACTOR = in_range(1.0 / 3, 0, 1, low_open=True)  # lr factor at
 _C.SOLVER.WARMUP_ITERS = non_negative(500)  # linear warm-up length
 _C.SOLVER.IMS_PER_BATCH = positive(16)  # images per iteration over all ranks
 _C.SOLVER.CHECKPOINT_PERIOD = positive(2500)  # write a checkpoint every this many iterations
-_C.SOLVER.CHECKPOINT_KEEP = non_negative(0)  # keep the newest N periodic checkpoints; 0 = all
+_C.SOLVER.CHECKPOINT_KEEP = non_negative(0)  # keep the newest N (>= 2) periodic ckpts; 0 = all
 _C.SOLVER.CLIP_GRAD_NORM = non_negative(0.0)  # max total grad norm (0 = no clipping)
 _C.SOLVER.AMP = True  # mixed precision: fp16 autocast + loss scaling on CUDA
 _C.SOLVER.AMP_CPU = False  # with SOLVER.AMP: bf16 autocast on the CPU too (bf16-capable CPUs)
+_C.SOLVER.COMPILE = False  # torch.compile the model of the training step (docs/ops.md)
 _C.SOLVER.LOG_PERIOD = positive(20)  # iterations between log lines
 
 _C.TEST = CN()
