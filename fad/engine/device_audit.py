@@ -17,8 +17,9 @@ with the source line of our code that caused it:
 A source line may name its sync and the reason with a `# host sync: <reason>` comment; such
 findings are reported as allowed and do not fail the audit (docs/ops.md lists them).
 
-Sizes and scalars that depend on data get a hint (`HINT_SIZE`; `bool(t)` is False, so input
-checks such as `if (labels < 0).any(): raise` pass), so the code after them runs on. A hint
+Sizes that depend on data get a hint (`HINT_SIZE`) and scalars read back get 0 (`bool(t)` is
+False, so input checks such as `if (labels < 0).any(): raise` pass; an `int(t)` used as an index
+stays in range), so the code after them runs on. A hint
 is not the real value: code whose shapes follow from a host copy of a device tensor (such as a
 `spatial_shapes.tolist()`) may then fail with an `error` finding at a later line.
 
@@ -100,7 +101,7 @@ class _AuditShapeEnv(ShapeEnv):
 
     def create_unbacked_symint(self, source=None):  # noqa: ANN001 - ShapeEnv's signature
         sym = super().create_unbacked_symint(source)
-        hint = 0 if self.audit.bool_scalar else HINT_SIZE  # a check `if (x < 0).any()` passes
+        hint = 0 if self.audit.scalar_read else HINT_SIZE  # `if (x < 0).any()` passes
         self.real_tensor_prop_unbacked_vals[sym.node.expr] = sympy.Integer(hint)
         if self.audit.in_device_op:
             self.device_symbols.add(sym.node.expr)
@@ -140,11 +141,11 @@ class _Watch(TorchDispatchMode):
             self.audit.report("host-sync", f"{func.__name__} (.item()/.tolist()/bool()) of a "
                                            "device tensor")
         outer, self.audit.in_device_op = self.audit.in_device_op, on_device
-        self.audit.bool_scalar = func in _SYNC_OPS and tensors[0].dtype == torch.bool
+        self.audit.scalar_read = func in _SYNC_OPS
         try:
             out = func(*args, **kwargs)
         finally:
-            self.audit.in_device_op, self.audit.bool_scalar = outer, False
+            self.audit.in_device_op, self.audit.scalar_read = outer, False
         outs = out if isinstance(out, (tuple, list)) else (out,)
         made_cpu = [o for o in outs if isinstance(o, torch.Tensor) and o.device.type == "cpu"]
         if func in _COPY_OPS and on_device and made_cpu:
@@ -173,7 +174,7 @@ class DeviceAudit:
         self._seen: set[tuple[str, str]] = set()
         self._phase = ""
         self.in_device_op = False  # set by the watch while an op with device inputs runs
-        self.bool_scalar = False  # set while `bool(t)` runs: its hint is False, not HINT_SIZE
+        self.scalar_read = False  # set while `.item()`/`bool(t)` runs: hint 0, not HINT_SIZE
 
     def report(self, kind: str, detail: str, exc: BaseException | None = None) -> None:
         """Record a finding at the innermost frame of our code on the stack, or in the

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fad.modeling.layers import prior_bias
-from fad.modeling.set_prediction import normalize_xyxy
+from fad.modeling.set_prediction import normalize_xyxy, values_like
 
 from .blocks import IoFSelfAttention, branch, ffn
 from .boxes import refine_xyzr, xyzr_to_wh, xyzr_to_xyxy
@@ -51,7 +51,7 @@ def sample_3d(points: Tensor, features: list[Tensor], strides: list[int], tau: f
     out = points.new_zeros(batch, num_queries, groups, num_points, channels)
     for level, (feature, stride) in enumerate(zip(features, strides)):
         height, width = feature.shape[-2:]
-        size = xy.new_tensor([width * stride, height * stride])
+        size = values_like([width * stride, height * stride], xy)
         grid = (xy / size * 2 - 1).permute(0, 2, 1, 3, 4).flatten(0, 1)  # [B*G, Q, P, 2]
         value = feature.reshape(batch * groups, channels, height, width)
         sampled = F.grid_sample(value, grid.to(value.dtype), mode="bilinear",

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert
 
 from fad.errors import ConfigError
+from fad.modeling.set_prediction import values_like
 
 from .patches import crop_patches, predicted_patches, training_patches
 
@@ -204,7 +205,8 @@ class AdaptiveAnchorGenerator(nn.Module):
         """
         self._check_inputs(features, image_sizes, targets, epoch, fast_inference)
         levels = _Compressed(self.compress, features, lazy=fast_inference)
-        image_wh = features[0].new_tensor([[w, h] for h, w in image_sizes])
+        sizes_wh = [v for h, w in image_sizes for v in (w, h)]
+        image_wh = values_like(sizes_wh, features[0]).view(-1, 2)
         coarse = self._coarse_predictions(levels.get(2), image_sizes)
         current = self._coarse_anchors(coarse[:, :5].detach(), image_wh)
         from_gt = self.training and epoch < self.use_target_epoch
@@ -214,7 +216,7 @@ class AdaptiveAnchorGenerator(nn.Module):
             selected = ((current.conf < SELECT_HIGH) & (current.conf > SELECT_LOW)
                         & (current.boxes[..., 3] < stride * PATCH / 2)
                         & (current.boxes[..., 2] < stride * PATCH / 2))
-            if not self.training and not selected.any():
+            if not self.training and not selected.any():  # host sync: no patch left to probe
                 break
             keep = current.conf > self.emit_threshold
             self._emit(emitted, current, keep if from_gt else keep & ~selected)
@@ -225,7 +227,7 @@ class AdaptiveAnchorGenerator(nn.Module):
             preds = _with_box_sigmoid(self.patch_mlp(tokens.flatten(1)).unflatten(
                 -1, (self.num_patch, 5)))
             records.append(PatchRecord(stride, preds, corners, owners, loss_only))
-            real = ~loss_only
+            real = (~loss_only).nonzero()[:, 0]  # host sync: patches that are not loss-only
             current = self._patch_anchors(preds[real].detach(), corners[real], owners[real],
                                           image_wh, stride)
         self._emit(emitted, current, current.conf > self.emit_threshold)
@@ -268,8 +270,9 @@ class AdaptiveAnchorGenerator(nn.Module):
 
     def _coarse_anchors(self, preds: Tensor, image_wh: Tensor) -> _Anchors:
         """[B, 5, N1, 5] (quadrants + P6) -> 5 * N1 anchors per image in (patch, index) order."""
-        scale = preds.new_tensor([0.5, 0.5, 0.5, 0.5, 1.0])[None, :, None, None]
-        offset = preds.new_tensor([[c / 2, r / 2] for r, c in QUADRANTS] + [[0.0, 0.0]])
+        scale = values_like([0.5, 0.5, 0.5, 0.5, 1.0], preds)[None, :, None, None]
+        offset = values_like([v for r, c in QUADRANTS for v in (c / 2, r / 2)] + [0.0, 0.0],
+                             preds).view(-1, 2)
         boxes = preds[..., :4] * scale
         boxes = torch.cat([boxes[..., :2] + offset[None, :, None], boxes[..., 2:]], -1)
         boxes = boxes.flatten(1, 2) * image_wh.repeat(1, 2)[:, None]
@@ -314,15 +317,15 @@ class AdaptiveAnchorGenerator(nn.Module):
         its anchors instead (ties in index order)."""
         for i, out in enumerate(emitted):
             if current.coarse:
-                index = keep[i].nonzero().squeeze(1)
-                if len(index) < self.min_anchors:
+                index = keep[i].nonzero().squeeze(1)  # host sync: adaptive anchor count
+                if len(index) < self.min_anchors:  # host sync: adaptive anchor count
                     index = current.conf[i].sort(descending=True, stable=True).indices
                     index = index[:self.min_anchors]
                 out.append((current.boxes[i, index], current.conf[i, index]))
             else:
-                rows = current.owner == i
-                mask = keep[rows]
-                out.append((current.boxes[rows][mask], current.conf[rows][mask]))
+                mine = keep & (current.owner == i)[:, None]
+                index = mine.nonzero(as_tuple=True)  # host sync: adaptive anchor count
+                out.append((current.boxes[index], current.conf[index]))
 
     def _pad(self, emitted: list[list[tuple[Tensor, Tensor]]], image_wh: Tensor
              ) -> tuple[Tensor, Tensor, Tensor]:
@@ -332,7 +335,7 @@ class AdaptiveAnchorGenerator(nn.Module):
         for parts in emitted:
             boxes = torch.cat([b for b, _ in parts])
             conf = torch.cat([c for _, c in parts])
-            if len(conf) > self.max_anchors:
+            if len(conf) > self.max_anchors:  # host sync: adaptive anchor count
                 index = conf.sort(descending=True, stable=True).indices[:self.max_anchors]
                 boxes, conf = boxes[index], conf[index]
             per_image.append((box_convert(boxes, "cxcywh", "xyxy"), conf))

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import box_convert, box_iou, generalized_box_iou_loss
+from torchvision.ops import box_convert, box_iou
 
-from fad.utils.dist import all_reduce_mean
+from fad.modeling.set_prediction import average_num_boxes, giou_loss, values_like
 
 from .anchor_generator import QUADRANTS, AnchorRecords
 from .boxes import area_weights
@@ -71,7 +71,7 @@ def frame_targets(boxes: Tensor, origin: Tensor, extent: Tensor, limit_size: boo
     inside = ((centre >= origin) & (centre <= origin + extent)).all(1)
     if limit_size:
         inside &= (boxes[:, 2:] <= extent).all(1)
-    xyxy = box_convert(boxes[inside], "cxcywh", "xyxy")
+    xyxy = box_convert(boxes[inside], "cxcywh", "xyxy")  # host sync: targets in the frame
     low, high = origin.repeat(2), (origin + extent).repeat(2)
     xyxy = (torch.minimum(torch.maximum(xyxy, low), high) - low) / extent.repeat(2)
     return box_convert(xyxy, "xyxy", "cxcywh")
@@ -112,9 +112,7 @@ class AnchorLoss(nn.Module):
         self.reference_flip_bug = reference_flip_bug
 
     def forward(self, records: AnchorRecords, targets: list[dict]) -> dict[str, Tensor]:
-        count = torch.tensor(float(sum(len(t["boxes"]) for t in targets)),
-                             device=records.p5.device)
-        num_boxes = max(float(all_reduce_mean(count)), 1.0)
+        num_boxes = average_num_boxes(targets, records.p5.device)
         boxes = [t["boxes"].to(records.p5) for t in targets]
 
         flips = records.p6.shape[1]
@@ -122,8 +120,8 @@ class AnchorLoss(nn.Module):
                       for flipped in flip_p6_targets(b, self.reference_flip_bug)[:flips]]
         total = self.frame_losses(records.p6.flatten(0, 1), p6_targets, inverse=True)
 
-        half = records.p5.new_tensor([0.5, 0.5])
-        p5_targets = [frame_targets(b, half * records.p5.new_tensor([c, r]), half, False)
+        half = values_like([0.5, 0.5], records.p5)
+        p5_targets = [frame_targets(b, values_like([c / 2, r / 2], records.p5), half, False)
                       for b in boxes for r, c in QUADRANTS]
         total = total + self.frame_losses(records.p5.flatten(0, 1), p5_targets, inverse=False)
 
@@ -134,8 +132,10 @@ class AnchorLoss(nn.Module):
                 wh = records.image_wh[rec.owners]
                 origins = rec.corners.to(wh) * rec.stride / wh
                 extent = records.patch_size * rec.stride / wh
-                patch_targets += [frame_targets(boxes[int(b)], o, e, True)
-                                  for b, o, e in zip(rec.owners, origins, extent)]
+                owners = rec.owners.tolist()  # host sync: one target list per patch
+                frames = list(zip(owners, origins, extent))  # host sync: one frame per patch
+                patch_targets += [frame_targets(boxes[b], o, e, True)  # host sync: owner b
+                                  for b, o, e in frames]
             preds = torch.cat(preds)
             total = total + self.frame_losses(preds, patch_targets, inverse=False) * (
                 self.patch_scale / len(preds))
@@ -148,8 +148,8 @@ class AnchorLoss(nn.Module):
         [T_g, 4] in frame units); `inverse`: P6 area weights."""
         matcher = self.p6_matcher if inverse else self.matcher
         logits = preds[..., 4]
-        labelled = [{"labels": torch.zeros(len(t), dtype=torch.int64, device=t.device),
-                     "boxes": t} for t in targets]
+        labelled = [{"labels": torch.zeros_like(t[:, 0], dtype=torch.int64), "boxes": t}
+                    for t in targets]
         indices = matcher(preds[..., 4:], preds[..., :4], labelled)
         iou_target = torch.zeros_like(logits)
         weight = torch.zeros_like(logits)
@@ -182,7 +182,6 @@ class AnchorLoss(nn.Module):
                                   self.gamma1, self.gamma2)
         scale = quality * weight[frame, row]
         loss_l1 = ((src - tgt).abs().sum(-1) * scale).sum()
-        loss_giou = (generalized_box_iou_loss(box_convert(src, "cxcywh", "xyxy"),
-                                              box_convert(tgt, "cxcywh", "xyxy"),
-                                              reduction="none") * scale).sum()
+        loss_giou = (giou_loss(box_convert(src, "cxcywh", "xyxy"),
+                               box_convert(tgt, "cxcywh", "xyxy")) * scale).sum()
         return torch.stack([loss_ce, loss_l1, loss_giou])

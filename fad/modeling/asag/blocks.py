@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fad.modeling.set_prediction import values_like
+
 from .boxes import box_iof, xyzr_to_xyxy
 
 
@@ -17,7 +19,7 @@ def sine_xyzr_encoding(xyzr: Tensor, num_feats: int = 64, temperature: float = 1
     v / temperature^(2 * floor(i / 2) / num_feats), sine at even i and cosine at odd i
     (interleaved), coordinates in the order x, y, z, r.
     """
-    scale = xyzr.new_tensor([1000.0, 1000.0, 1.0, 1.0])
+    scale = values_like([1000.0, 1000.0, 1.0, 1.0], xyzr)
     i = torch.arange(num_feats, dtype=torch.float32, device=xyzr.device)
     dim_t = temperature ** (2 * torch.div(i, 2, rounding_mode="floor") / num_feats)
     pos = (xyzr / scale)[..., None] / dim_t  # [B, Q, 4, F]

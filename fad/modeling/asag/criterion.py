@@ -7,9 +7,14 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import box_iou, generalized_box_iou_loss
+from torchvision.ops import box_iou
 
-from fad.modeling.set_prediction import average_num_boxes, cxcywh_to_xyxy, matched_pairs
+from fad.modeling.set_prediction import (
+    average_num_boxes,
+    cxcywh_to_xyxy,
+    giou_loss,
+    matched_pairs,
+)
 
 from .boxes import area_weights
 from .matcher import AreaWeightedMatcher
@@ -104,8 +109,7 @@ class AsagCriterion(nn.Module):
         loss_ce = (loss_ce * valid[..., None]).sum()
         weight = w_pos * w_area
         loss_bbox = (F.l1_loss(matched, tgt_boxes, reduction="none") * weight[:, None]).sum()
-        loss_giou = (generalized_box_iou_loss(src_xyxy, tgt_xyxy, reduction="none")
-                     * weight).sum()
+        loss_giou = (giou_loss(src_xyxy, tgt_xyxy) * weight).sum()
         return {"loss_ce": loss_ce / num_boxes, "loss_bbox": loss_bbox / num_boxes,
                 "loss_giou": loss_giou / num_boxes}
 

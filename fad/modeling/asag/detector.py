@@ -10,7 +10,7 @@ from yacs.config import CfgNode
 
 from fad.modeling.hooks import ModelHooks
 from fad.modeling.image_batch import batch_images
-from fad.modeling.set_prediction import normalized_targets
+from fad.modeling.set_prediction import normalized_targets, values_like
 
 from .anchor_generator import AdaptiveAnchorGenerator
 from .anchor_loss import AnchorLoss
@@ -99,7 +99,7 @@ class ASAG(nn.Module, ModelHooks):
         features = self.backbone(batch)
         with _autocast_off(batch.device):
             features = [f.float() for f in features]
-            image_hw = features[0].new_tensor(sizes)
+            image_hw = values_like([v for hw in sizes for v in hw], features[0]).view(-1, 2)
             if not self.training:
                 return self._detect(features, sizes, image_hw)
             norm_targets = normalized_targets(targets, sizes, self.criterion.num_classes,

@@ -5,8 +5,6 @@ cells `[x, x + size) x [y, y + size)`. Image sizes are the unpadded `(w, h)` in 
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, box_convert, nms
@@ -63,10 +61,11 @@ def ground_truth_patches(boxes: Tensor, image_wh: Tensor, stride: int, size: int
     random part of the room left beyond the box's bottom-right corner. Returns [K, 2] int64.
     """
     px = boxes * image_wh.repeat(2)
-    px = px[(px[:, 2] < stride * size / 2) & (px[:, 3] < stride * size / 2)]
+    small = (px[:, 2] < stride * size / 2) & (px[:, 3] < stride * size / 2)
+    px = px[small]  # host sync: the small boxes (data-dependent count)
     scores = -(px[:, None, :2] - px[None, :, :2]).square().sum(-1).sum(-1)
     xyxy = box_convert(px, "cxcywh", "xyxy")
-    cells = xyxy[nms(xyxy, scores, PATCH_NMS_IOU)] / stride
+    cells = xyxy[nms(xyxy, scores, PATCH_NMS_IOU)] / stride  # host sync: NMS keeps a count
     corner = torch.floor(cells[:, :2])
     corner = corner + (torch.ceil(image_wh / stride) - (corner + size)).clamp(max=0)
     room = (corner + size - cells[:, 2:]).clamp(min=0)
@@ -74,11 +73,10 @@ def ground_truth_patches(boxes: Tensor, image_wh: Tensor, stride: int, size: int
 
 
 def random_patches(count: int, image_wh: Tensor, stride: int, size: int) -> Tensor:
-    """`count` uniformly random corners [count, 2] int64 (x in [0, max(ceil(w/s) - size, 1)))."""
-    x_max = max(math.ceil(float(image_wh[0]) / stride) - size, 1)
-    y_max = max(math.ceil(float(image_wh[1]) / stride) - size, 1)
-    return torch.stack([torch.randint(0, x_max, (count,)), torch.randint(0, y_max, (count,))],
-                       1).to(image_wh.device)
+    """`count` uniformly random corners [count, 2] int64 (x in [0, max(ceil(w/s) - size, 1))),
+    drawn on `image_wh`'s device."""
+    high = (torch.ceil(image_wh / stride) - size).clamp(min=1)
+    return (torch.rand(count, 2, device=image_wh.device) * high).long()
 
 
 def training_patches(corners: Tensor, owners: Tensor, targets: list[dict], image_wh: Tensor,
@@ -94,27 +92,27 @@ def training_patches(corners: Tensor, owners: Tensor, targets: list[dict], image
     `loss_only` [P'] bool.
     """
     out_corners, out_owners, out_loss_only = [], [], []
+    device = image_wh.device
     for i, tgt in enumerate(targets):
         gt = ground_truth_patches(tgt["boxes"].to(image_wh), image_wh[i], stride, size)
         if from_ground_truth:
-            mine, loss_only = gt, torch.zeros(len(gt), dtype=torch.bool)
+            mine = gt
+            loss_only = torch.zeros_like(gt[:, 0], dtype=torch.bool)
         else:
-            mine = corners[owners == i]
-            loss_only = torch.zeros(len(mine), dtype=torch.bool)
-            if len(gt) and len(mine) < min_patches:
-                pick = torch.randperm(len(gt))[:min_patches - len(mine)].to(gt.device)
+            mine = corners[owners == i]  # host sync: the patches of image i (adaptive count)
+            loss_only = torch.zeros_like(mine[:, 0], dtype=torch.bool)
+            if len(gt) and len(mine) < min_patches:  # host sync: top-up by the patch counts
+                pick = torch.randperm(len(gt), device=device)[:min_patches - len(mine)]
                 mine = torch.cat([mine, gt[pick]])
-                loss_only = torch.cat([loss_only, torch.ones(len(pick), dtype=torch.bool)])
-        if len(mine) < min_patches:
+                loss_only = torch.cat([loss_only, torch.ones_like(pick, dtype=torch.bool)])
+        if len(mine) < min_patches:  # host sync: top-up by the patch count
             extra = random_patches(min_patches - len(mine), image_wh[i], stride, size)
             mine = torch.cat([mine, extra])
-            loss_only = torch.cat([loss_only, torch.ones(len(extra), dtype=torch.bool)])
+            loss_only = torch.cat([loss_only, torch.ones_like(extra[:, 0], dtype=torch.bool)])
         out_corners.append(mine)
-        out_owners.append(torch.full((len(mine),), i, dtype=torch.int64))
+        out_owners.append(torch.full_like(mine[:, 0], i))
         out_loss_only.append(loss_only)
-    device = image_wh.device
-    return (torch.cat(out_corners), torch.cat(out_owners).to(device),
-            torch.cat(out_loss_only).to(device))
+    return torch.cat(out_corners), torch.cat(out_owners), torch.cat(out_loss_only)
 
 
 def crop_patches(feature: Tensor, corners: Tensor, owners: Tensor, size: int) -> Tensor:
@@ -122,15 +120,12 @@ def crop_patches(feature: Tensor, corners: Tensor, owners: Tensor, size: int) ->
 
     `feature` [B, C, H, W]; `corners` [P, 2] int64 (x, y); `owners` [P]. Cells past the map
     (a patch of an image smaller than `size` cells) read zeros. Returns [P, size * size, C],
-    position-major ((y * size + x), then channel).
+    position-major ((y * size + x), then channel). Every placement (`place_patches`,
+    `ground_truth_patches`, `random_patches`) keeps a corner within the map (x <= W, y <= H),
+    so a margin of `size` cells (zeros) holds every patch, without reading the corners back.
     """
     num, channels = len(corners), feature.shape[1]
-    if num == 0:
-        return feature.new_zeros((0, size * size, channels))
-    height, width = feature.shape[-2:]
-    need_w = max(int(corners[:, 0].max()) + size, width)
-    need_h = max(int(corners[:, 1].max()) + size, height)
-    feature = torch.nn.functional.pad(feature, (0, need_w - width, 0, need_h - height))
+    feature = torch.nn.functional.pad(feature, (0, size, 0, size))
     offsets = torch.arange(size, device=corners.device)
     ys = (corners[:, 1, None] + offsets)[:, :, None]
     xs = (corners[:, 0, None] + offsets)[:, None, :]

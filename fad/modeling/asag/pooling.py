@@ -37,7 +37,7 @@ def multiscale_roi_align(features: list[Tensor], boxes: Tensor, strides: list[in
     levels = fpn_levels(flat, len(features), finest)
     out = features[0].new_zeros(len(rois), features[0].shape[1], output_size, output_size)
     for level, (feature, stride) in enumerate(zip(features, strides)):
-        idx = torch.where(levels == level)[0]
+        idx = torch.where(levels == level)[0]  # host sync: the boxes of a level, by size
         out[idx] = roi_align(feature, rois[idx].to(feature.dtype), output_size, 1.0 / stride,
                              sampling_ratio, aligned=False).to(out.dtype)
     return out

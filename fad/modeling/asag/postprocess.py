@@ -6,6 +6,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, box_convert
 
+from fad.modeling.set_prediction import values_like
+
 
 @torch.no_grad()
 def postprocess(logits: Tensor, boxes: Tensor, valid: Tensor, image_sizes: list[tuple[int, int]],
@@ -28,12 +30,12 @@ def postprocess(logits: Tensor, boxes: Tensor, valid: Tensor, image_sizes: list[
     num_classes = logits.shape[-1]
     results = []
     for i, (h, w) in enumerate(image_sizes):
-        prob = logits[i][valid[i]].sigmoid().flatten()
+        prob = logits[i][valid[i]].sigmoid().flatten()  # host sync: adaptive anchor count
         scores, flat = prob.topk(min(num_detections, prob.numel()))
         query = torch.div(flat, num_classes, rounding_mode="floor")
         labels = flat % num_classes
-        xyxy = box_convert(boxes[i][valid[i]][query], "cxcywh", "xyxy")
-        xyxy = xyxy * xyxy.new_tensor([w, h, w, h])
+        xyxy = box_convert(boxes[i][valid[i]][query], "cxcywh", "xyxy")  # host sync: as above
+        xyxy = xyxy * values_like([w, h, w, h], xyxy)
         if nms_thresh > 0:
             keep = batched_nms(xyxy, scores, labels, nms_thresh)
             xyxy, scores, labels = xyxy[keep], scores[keep], labels[keep]

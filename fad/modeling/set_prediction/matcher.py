@@ -87,7 +87,7 @@ class HungarianMatcher:
                  query_mask: Tensor | None = None) -> list[tuple[Tensor, Tensor]]:
         indices = []
         for i, tgt in enumerate(targets):
-            if len(tgt["labels"]) == 0:
+            if len(tgt["labels"]) == 0:  # host sync: ASAG's frame targets (adaptive count)
                 empty = torch.empty(0, dtype=torch.int64, device=logits.device)
                 indices.append((empty, empty.clone()))
                 continue
