@@ -26,7 +26,15 @@ from fad.data import build_dataset, make_train_loader, split_dataset
 from fad.engine.amp import amp_policy
 from fad.engine.distributed import all_reduce_mean, get_world_size, is_main_process
 from fad.engine.solver import build_optimizer
-from fad.engine.trainer import HookBase, StepOutput, Trainer, TrainStep, forward_losses, to_device
+from fad.engine.trainer import (
+    HookBase,
+    StepOutput,
+    Trainer,
+    TrainStep,
+    forward_losses,
+    maybe_compile,
+    to_device,
+)
 from fad.errors import ConfigError
 from fad.nas.draw import draw_genotype
 from fad.nas.genotype import Genotype, format_genotype, write_genotype_file
@@ -68,6 +76,7 @@ class SearchStep(TrainStep):
         super().__init__(cfg, model, build_optimizer(cfg, model.weight_named_parameters()),
                          amp_policy(cfg, device, second_order=second_order), device)
         self.weights = model.weight_parameters()
+        self.net = maybe_compile(cfg, model)
         self.cost = SearchCost(cfg, model.tower_alphas, model.num_classes)
         self.architect = Architect(self.loss, self.weights, model.arch_parameters(),
                                    lr=cfg.SEARCH.ARCH_LR, betas=cfg.SEARCH.ARCH_BETAS,
@@ -78,12 +87,12 @@ class SearchStep(TrainStep):
 
     def loss(self, batch: Batch) -> Tensor:
         """The supernet's total loss on one batch (the architect's loss function)."""
-        return sum(forward_losses(self.model, *batch, self.amp).values())
+        return sum(forward_losses(self.net, *batch, self.amp).values())
 
     def run(self, batch: tuple[Batch, Batch]) -> StepOutput:
         train_batch, val_batch = (to_device(*b, self.device) for b in batch)
         val_loss = self.architect.step(val_batch, train_batch, self.optimizer)
-        losses = forward_losses(self.model, *train_batch, self.amp)
+        losses = forward_losses(self.net, *train_batch, self.amp)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(sum(losses.values())).backward(inputs=self.weights)
         for p in self.weights:

@@ -90,6 +90,13 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
                                                find_unused_parameters=find_unused)
 
 
+def maybe_compile(cfg: CfgNode, module: nn.Module) -> nn.Module:
+    """`torch.compile(module)` with SOLVER.COMPILE (it breaks its graphs at the host syncs named
+    in docs/ops.md), else `module`. The step keeps the plain module as `model`: checkpoints save
+    its state dict, with the key names of an uncompiled run."""
+    return torch.compile(module) if cfg.SOLVER.COMPILE else module
+
+
 def forward_losses(model: nn.Module, images: list[Tensor], targets: list[dict],
                    amp: AmpPolicy) -> dict[str, Tensor]:
     """The detector's loss dict plus every submodule's `aux_losses()`, under `amp`'s autocast."""
@@ -151,7 +158,7 @@ class DetectorStep(TrainStep):
 
     def __init__(self, cfg: CfgNode, model: nn.Module, device: torch.device):
         super().__init__(cfg, model, build_optimizer(cfg, model), amp_policy(cfg, device), device)
-        self.net = wrap_ddp(model, device)
+        self.net = maybe_compile(cfg, wrap_ddp(model, device))
 
     def run(self, batch: tuple[list, list[dict]]) -> StepOutput:
         images, targets = to_device(*batch, self.device)

@@ -19,7 +19,10 @@ def kernel_runs(x: Tensor) -> bool:
 
 def depthwise_conv3x3(x: Tensor, weight: Tensor, dilation: int = 1) -> Tensor:
     """`F.conv2d(x, weight, padding=dilation, dilation=dilation, groups=C)` for
-    x Tensor[N, C, H, W] and weight Tensor[C, 1, 3, 3]."""
+    x Tensor[N, C, H, W] and weight Tensor[C, 1, 3, 3]. Under torch.compile the reference
+    (the compiler's own convolution; loading the kernel would break the graph)."""
+    if torch.compiler.is_compiling():
+        return depthwise_conv3x3_reference(x, weight, dilation)
     if kernel_runs(x) and weight.dtype == x.dtype and not torch.is_autocast_enabled("cpu"):
         return DepthwiseFunction.apply(x, weight, dilation)
     return depthwise_conv3x3_reference(x, weight, dilation)
