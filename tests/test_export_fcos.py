@@ -100,6 +100,7 @@ def _onnx_run(path, images):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # exports take minutes on a loaded CPU
 def test_onnx_fixed_size_batch_2_equals_eager_and_passes_the_checker(tmp_path):
     onnx = pytest.importorskip("onnx")
     cfg, model = _plain()
@@ -129,6 +130,7 @@ def test_a_sparse_backbone_is_exported_dense_masked():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # exports take minutes on a loaded CPU
 @pytest.mark.parametrize("build", [_plain, _searched, _sparse], ids=["plain", "searched", "sai"])
 def test_onnx_dynamic_equals_eager_at_batch_1_and_2_and_several_sizes(build, tmp_path):
     pytest.importorskip("onnxruntime")
@@ -141,6 +143,7 @@ def test_onnx_dynamic_equals_eager_at_batch_1_and_2_and_several_sizes(build, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # exports take minutes on a loaded CPU
 def test_pt2_dynamic_equals_eager(tmp_path):
     cfg, model = _plain()
     path = tmp_path / "fcos.pt2"

@@ -19,15 +19,13 @@ from .base import ExportError, ExportModule, normalize_and_pad, pad_detections, 
 
 EXPORTERS = Registry("MODEL.META_ARCHITECTURE (export)", ExportError, {
     "FCOS": "fad.export.fcos:build_fcos_export",
+    "FasterRCNN": "fad.export.faster_rcnn:build_faster_rcnn_export",
     "DeformableDETR": "fad.export.detr:build_detr_export",
     "SparseDETR": "fad.export.detr:build_detr_export",
     "ASAG": "fad.export.asag:build_asag_export",
 })
-# detectors that cannot be exported yet, and why (docs/export.md)
-NOT_EXPORTABLE = {
-    "FasterRCNN": "torchvision's RPN and RoI heads pick boxes with data-dependent shapes and no "
-                  "static-shape rewrite exists yet (docs/export.md)",
-}
+# detectors that cannot be exported, and why (docs/export.md)
+NOT_EXPORTABLE: dict[str, str] = {}
 
 
 def masked_dense(model: nn.Module) -> nn.Module:

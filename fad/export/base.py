@@ -45,12 +45,13 @@ def normalize_and_pad(images: Tensor, mean: Tensor, std: Tensor, size_divisible:
     return F.pad(x, (0, pad_w, 0, pad_h))  # also with symbolic sizes (a dynamic graph)
 
 
-def topk_padded(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def topk_padded(scores: Tensor, k: int, fill: float = -1.0) -> tuple[Tensor, Tensor]:
     """Top `k` of `scores` [N, M] along dim 1 for any M (also M < k, or M symbolic): the scores
-    are extended by `k` entries of -1 first. Returns (values [N, k], indices [N, k]); an index
-    >= M marks a padding entry (its value is -1). Valid scores must be >= 0."""
-    fill = scores.new_full((scores.shape[0], k), -1.0)
-    return torch.cat([scores, fill], 1).topk(k, dim=1)
+    are extended by `k` entries of `fill` first. Returns (values [N, k], indices [N, k]); an
+    index >= M marks a padding entry (its value is `fill`). Valid scores must be above `fill`
+    (the default -1 suits probabilities; -inf suits logits)."""
+    pad = scores.new_full((scores.shape[0], k), fill)
+    return torch.cat([scores, pad], 1).topk(k, dim=1)
 
 
 def gather_rows(x: Tensor, index: Tensor) -> Tensor:
