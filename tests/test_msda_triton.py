@@ -235,6 +235,23 @@ def test_backward_with_non_contiguous_inputs():
                  HIGH[torch.float64])
 
 
+@interpreter
+def test_int64_offsets_match_int32(monkeypatch):
+    """Tensors over 2**31 - 1 elements switch the kernels to int64 offsets (INDEX64); forced here
+    on small inputs, that path gives the same forward and gradients."""
+    args = _inputs("2lvl-1x7-D7-N2", torch.float64, kinks=False, seed=7)
+    grad_output = torch.randn(2, 6, 14, generator=torch.Generator().manual_seed(8),
+                              dtype=torch.float64)
+    narrow = [msda_triton.msda_triton_forward(*args),
+              *msda_triton.msda_triton_backward(grad_output, *args)]
+    monkeypatch.setattr(msda_triton, "_INT32_MAX", 0)
+    assert msda_triton.forward_launch(*args, narrow[0])[2]["INDEX64"]
+    wide = [msda_triton.msda_triton_forward(*args),
+            *msda_triton.msda_triton_backward(grad_output, *args)]
+    for a, b in zip(wide, narrow):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-14)
+
+
 def test_head_dim_zero_returns_empty_results():
     value, shapes, starts, loc, attn = random_msda_inputs(1, [(2, 2)], 2, 0, 3, 1)
     out = msda_triton.msda_triton_forward(value, shapes, starts, loc, attn)

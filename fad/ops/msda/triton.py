@@ -38,6 +38,7 @@ except ImportError:  # the kernels are plain functions until `_kernels` wraps th
 _point = None  # `_point_setup` wrapped by triton.jit, set with the kernels by `_kernels`
 
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_INT32_MAX = 2**31 - 1  # larger tensors are indexed with int64 offsets (INDEX64)
 
 
 def _point_setup(loc_ptr, attn_ptr, j, q_mask, height, width, ACC: tl.constexpr):
@@ -61,7 +62,7 @@ def _msda_forward_kernel(
     value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_ptr,
     num_tokens, num_queries, num_heads,
     HEAD_DIM: tl.constexpr, NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, INDEX64: tl.constexpr,
 ):
     """out[n, q, m * D + d] = sum_{l, p} attn * bilinear(value[n, level l, m, d], loc).
 
@@ -69,10 +70,11 @@ def _msda_forward_kernel(
     value [N, S, M, D], loc [N, Lq, M, L, P, 2], attn [N, Lq, M, L, P], out [N, Lq, M * D].
     Levels and points are compile-time constants: the loops are unrolled.
     """
-    pid_nm = tl.program_id(1).to(tl.int64)
-    n = pid_nm // num_heads
-    m = pid_nm % num_heads
-    q = tl.program_id(0).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    idx: tl.constexpr = tl.int64 if INDEX64 else tl.int32  # offsets; int32 saves registers
+    pid_nm = tl.program_id(1)
+    n = (pid_nm // num_heads).to(idx)
+    m = (pid_nm % num_heads).to(idx)
+    q = tl.program_id(0).to(idx) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     q_mask = q < num_queries
     d = tl.arange(0, BLOCK_D)
     d_mask = d < HEAD_DIM
@@ -83,7 +85,7 @@ def _msda_forward_kernel(
     for level in tl.static_range(NUM_LEVELS):
         height = tl.load(shapes_ptr + 2 * level).to(tl.int32)
         width = tl.load(shapes_ptr + 2 * level + 1).to(tl.int32)
-        start = tl.load(starts_ptr + level)
+        start = tl.load(starts_ptr + level).to(idx)
         for point in range(NUM_POINTS):
             j = item * (NUM_LEVELS * NUM_POINTS) + (level * NUM_POINTS + point)
             a, h0, w0, lh, lw, live = _point(loc_ptr, attn_ptr, j, q_mask, height,
@@ -94,7 +96,7 @@ def _msda_forward_kernel(
                 wy = lh if corner // 2 == 1 else 1 - lh
                 wx = lw if corner % 2 == 1 else 1 - lw
                 inside = live & (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
-                rows = start + (yy * width + xx).to(tl.int64)
+                rows = start + (yy * width + xx).to(idx)
                 v = tl.load(value_nm + rows[:, None] * row_stride + d[None, :],
                             mask=inside[:, None] & d_mask[None, :], other=0).to(ACC)
                 acc += (a * wy * wx)[:, None] * v
@@ -108,7 +110,7 @@ def _msda_backward_kernel(
     grad_value_ptr, grad_loc_ptr, grad_attn_ptr,
     num_tokens, num_queries, num_heads,
     HEAD_DIM: tl.constexpr, NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
+    ACC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr, INDEX64: tl.constexpr,
 ):
     """Gradients of `_msda_forward_kernel` for the same program tiling.
 
@@ -117,11 +119,12 @@ def _msda_backward_kernel(
     are written once per point (zero for points that sample nothing). Program i starts at level
     i % L, so the programs' atomics on the small coarse levels are spread over time.
     """
+    idx: tl.constexpr = tl.int64 if INDEX64 else tl.int32  # offsets; int32 saves registers
     pid_q = tl.program_id(0)
-    pid_nm = tl.program_id(1).to(tl.int64)
-    n = pid_nm // num_heads
-    m = pid_nm % num_heads
-    q = pid_q.to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    pid_nm = tl.program_id(1)
+    n = (pid_nm // num_heads).to(idx)
+    m = (pid_nm % num_heads).to(idx)
+    q = pid_q.to(idx) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     q_mask = q < num_queries
     d = tl.arange(0, BLOCK_D)
     d_mask = d < HEAD_DIM
@@ -135,7 +138,7 @@ def _msda_backward_kernel(
         level = (step + pid_q) % NUM_LEVELS
         height = tl.load(shapes_ptr + 2 * level).to(tl.int32)
         width = tl.load(shapes_ptr + 2 * level + 1).to(tl.int32)
-        start = tl.load(starts_ptr + level)
+        start = tl.load(starts_ptr + level).to(idx)
         for point in range(NUM_POINTS):
             j = item * (NUM_LEVELS * NUM_POINTS) + (level * NUM_POINTS + point)
             a, h0, w0, lh, lw, live = _point(loc_ptr, attn_ptr, j, q_mask, height,
@@ -151,7 +154,7 @@ def _msda_backward_kernel(
                 sign_y = 1.0 if corner // 2 == 1 else -1.0  # d wy / d h_im
                 sign_x = 1.0 if corner % 2 == 1 else -1.0
                 inside = live & (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
-                rows = start + (yy * width + xx).to(tl.int64)
+                rows = start + (yy * width + xx).to(idx)
                 offsets = nm_offset + rows[:, None] * row_stride + d[None, :]
                 corner_mask = inside[:, None] & d_mask[None, :]
                 v = tl.load(value_ptr + offsets, mask=corner_mask, other=0).to(ACC)
@@ -222,7 +225,8 @@ def _launch_setup(value: Tensor, spatial_shapes: Tensor, level_start_index: Tens
     block_q, block_d, num_warps = block_config(d, lq, value.dtype)
     meta = {"HEAD_DIM": d, "NUM_LEVELS": num_levels, "NUM_POINTS": num_points,
             "ACC": tl.float64 if value.dtype == torch.float64 else tl.float32,
-            "BLOCK_Q": block_q, "BLOCK_D": block_d, "num_warps": num_warps}
+            "BLOCK_Q": block_q, "BLOCK_D": block_d, "num_warps": num_warps,
+            "INDEX64": max(value.numel(), sampling_locations.numel(), n * lq * m * d) > _INT32_MAX}
     return _kernels(_interpret_mode()), meta, (triton.cdiv(lq, block_q), n * m)
 
 
