@@ -107,7 +107,7 @@ def export_pt2(module: ExportModule, path: str, example: torch.Tensor, dynamic: 
     with torch.no_grad(), reference_ops():
         program = torch.export.export(module, (example,),
                                       dynamic_shapes=dynamic_shapes() if dynamic else None)
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.tmp.pt2"  # torch.export.save wants the .pt2 suffix
     torch.export.save(program, tmp, extra_files={PT2_METADATA: json.dumps(dict(metadata))})
     os.replace(tmp, path)
 
