@@ -27,6 +27,8 @@ TINY = {
                    "MODEL.FAD.EDGE_CHANNELS", "8", "MODEL.FAD.COST_INPUT_SIZE", "(64,64)"],
     "asag": ["--depth", "18", "--size", "96", "128", "--classes", "3", "--images", "1",
              "--anchor-logit", "-0.4", "--warmup", "0", "--repeats", "1"],
+    "compile": ["--size", "64", "64", "--batch", "1", "--backend", "eager", "--warmup", "0",
+                "--repeats", "1"],
 }
 # keys that docs/BENCHMARKS.md and the per-topic docs quote
 KEYS = {
@@ -44,6 +46,7 @@ KEYS = {
     "op_latency": {"ops_ms", "fixed_ms"},
     "asag": {"asag_head_latency_s", "fast_vs_full_head_latency", "asag_vs_deformable_head_latency",
              "mean_queries"},
+    "compile": {"eager_step_s", "compiled_step_s", "time_ratio", "compile_s"},
 }
 SLOW = {"msda", "sparse_resnet", "supernet"}  # C++ kernels may compile first; 30-60 s on 2 CPUs
 

@@ -9,6 +9,7 @@
   asag           ASAG head: queries, GMACs and CPU latency vs Deformable DETR
   triton_resources  Triton MSDA kernels: registers, spills, occupancy per specialization (compiles)
   export         deployment formats (eager, torch.compile, ONNX Runtime, pt2): size, AP, latency
+  compile        SOLVER.COMPILE: CPU training step time of FCOS, torch.compile'd vs eager
 
 Each is a module of this package, `fad.cli.bench.NAME` (`add_arguments(parser)`,
 `run(args) -> dict`), imported only when it is the one run; it times its candidates side by side
@@ -30,7 +31,7 @@ from fad.utils.registry import Registry
 BENCHMARKS = Registry("benchmark", FadError, {
     name: f"{__name__}.{name}" for name in (
         "fcos_step", "supernet", "msda", "sparse_resnet", "detr_flops", "op_latency", "asag",
-        "triton_resources", "export")})
+        "triton_resources", "export", "compile")})
 
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:
