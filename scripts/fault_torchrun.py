@@ -12,6 +12,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -66,14 +67,21 @@ def torchrun(args: list[str], port: int, nnodes: int = 1, nproc: int = 2,
     env.pop("TORCHELASTIC_RESTART_COUNT", None)
     if log is None:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     with open(log, "w") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def finish(agent: subprocess.Popen) -> tuple[int, str]:
-    """Wait for an agent: (exit code, its output when piped)."""
-    out, _ = agent.communicate(timeout=TIMEOUT_S)
+    """Wait for an agent: (exit code, its output when piped); an agent still running after
+    TIMEOUT_S is killed with its workers (its session) and reported as hung (exit code -9)."""
+    try:
+        out, _ = agent.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(agent.pid, signal.SIGKILL)
+        out, _ = agent.communicate()
+        return -signal.SIGKILL, f"{out or ''}\nhung: killed after {TIMEOUT_S} s"
     return agent.returncode, out or ""
 
 
@@ -163,6 +171,7 @@ def rank_kill_trial(tool: str, trial: int, root: str, work: Path) -> tuple[bool,
     code, _ = finish(agent)
     log = (out / "log.txt").read_text() if (out / "log.txt").is_file() else ""
     note = f"rank {rank} at {delay:.0f} s" + ("" if killed else ", run ended before the kill")
+    note += f", hung over {TIMEOUT_S} s" if code == -signal.SIGKILL else ""
     return code == 0, lost_steps(log), same_finish(out, ref), note
 
 
