@@ -29,6 +29,8 @@ TINY = {
              "--anchor-logit", "-0.4", "--warmup", "0", "--repeats", "1"],
     "compile": ["--size", "64", "64", "--batch", "1", "--backend", "eager", "--warmup", "0",
                 "--repeats", "1"],
+    "export": ["--models", "fcos", "--scales", "tiny", "--no-compile", "--warmup", "0",
+               "--repeats", "1"],
 }
 # keys that docs/BENCHMARKS.md and the per-topic docs quote
 KEYS = {
@@ -47,8 +49,10 @@ KEYS = {
     "asag": {"asag_head_latency_s", "fast_vs_full_head_latency", "asag_vs_deformable_head_latency",
              "mean_queries"},
     "compile": {"eager_step_s", "compiled_step_s", "time_ratio", "compile_s"},
+    "export": {"rows", "threads"},
 }
-SLOW = {"msda", "sparse_resnet", "supernet"}  # C++ kernels may compile first; 30-60 s on 2 CPUs
+# C++ kernels may compile first (30-60 s on 2 CPUs); export writes ONNX and pt2 files (minutes)
+SLOW = {"msda", "sparse_resnet", "supernet", "export"}
 
 
 def _benchmark(monkeypatch):
