@@ -34,9 +34,10 @@ def encoder_reference_points(spatial_shapes: Sequence[tuple[int, int]], ratios: 
     """
     refs = []
     for level, (h, w) in enumerate(spatial_shapes):
+        # cell centres 0.5 .. size - 0.5 (linspace's values; arange traces with symbolic sizes)
         ys, xs = torch.meshgrid(
-            torch.linspace(0.5, h - 0.5, h, dtype=ratios.dtype, device=ratios.device),
-            torch.linspace(0.5, w - 0.5, w, dtype=ratios.dtype, device=ratios.device),
+            (torch.arange(h, dtype=torch.float32, device=ratios.device) + 0.5).to(ratios.dtype),
+            (torch.arange(w, dtype=torch.float32, device=ratios.device) + 0.5).to(ratios.dtype),
             indexing="ij")
         ref_y = ys.reshape(1, -1) / (ratios[:, None, level, 1] * h)
         ref_x = xs.reshape(1, -1) / (ratios[:, None, level, 0] * w)
