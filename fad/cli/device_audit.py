@@ -102,7 +102,11 @@ def _host_solvers_stood_in(audit: DeviceAudit) -> Iterator[None]:
 
 
 def run_audit(cfg: CfgNode, search: bool = False) -> DeviceAudit:
-    """Audit the detector of `cfg` (or its search step) and return the findings."""
+    """Audit the detector of `cfg` (or its search step) and return the findings. Pretrained
+    backbone weights are not loaded: fake tensors hold no data."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.BACKBONE.PRETRAINED = ""
     audit = DeviceAudit()
     with _host_solvers_stood_in(audit):
         (audit_search if search else audit_detector)(cfg, audit)

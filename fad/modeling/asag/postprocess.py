@@ -31,13 +31,13 @@ def postprocess(logits: Tensor, boxes: Tensor, valid: Tensor, image_sizes: list[
     results = []
     for i, (h, w) in enumerate(image_sizes):
         prob = logits[i][valid[i]].sigmoid().flatten()  # host sync: adaptive anchor count
-        scores, flat = prob.topk(min(num_detections, prob.numel()))
+        scores, flat = prob.topk(min(num_detections, prob.numel()))  # host sync: as above
         query = torch.div(flat, num_classes, rounding_mode="floor")
         labels = flat % num_classes
         xyxy = box_convert(boxes[i][valid[i]][query], "cxcywh", "xyxy")  # host sync: as above
         xyxy = xyxy * values_like([w, h, w, h], xyxy)
         if nms_thresh > 0:
-            keep = batched_nms(xyxy, scores, labels, nms_thresh)
+            keep = batched_nms(xyxy, scores, labels, nms_thresh)  # host sync: NMS keeps a count
             xyxy, scores, labels = xyxy[keep], scores[keep], labels[keep]
         results.append({"boxes": xyxy, "scores": scores, "labels": labels})
     return results

@@ -133,10 +133,18 @@ def ms_deform_attn(
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights, shapes)
 
 
+def _mirror_host_read(spatial_shapes: Tensor, level_shapes: list[int] | None) -> None:
+    """The op reads device shape tensors back when `level_shapes` is None; so do the fake
+    impls, so that torch.compile and the device audit see that host sync."""
+    if level_shapes is None and spatial_shapes.device.type != "cpu":
+        host_levels(spatial_shapes, None)
+
+
 @ms_deform_attn.register_fake
 def _ms_deform_attn_fake(value, spatial_shapes, level_start_index, sampling_locations,
                          attention_weights, level_shapes=None):
     check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    _mirror_host_read(spatial_shapes, level_shapes)
     n, _, m, d = value.shape
     return value.new_empty((n, sampling_locations.shape[1], m * d))
 
@@ -163,6 +171,7 @@ def ms_deform_attn_backward(
 @ms_deform_attn_backward.register_fake
 def _ms_deform_attn_backward_fake(grad_output, value, spatial_shapes, level_start_index,
                                   sampling_locations, attention_weights, level_shapes=None):
+    _mirror_host_read(spatial_shapes, level_shapes)
     return (torch.empty_like(value), torch.empty_like(sampling_locations),
             torch.empty_like(attention_weights))
 
