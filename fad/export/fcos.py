@@ -74,8 +74,8 @@ class FCOSExport(ExportModule):
             above = (cls_l > self.score_thresh).flatten(1)
             top, index = topk_padded(torch.where(above, score.flatten(1), -1.0), self.topk)
             loc = torch.div(index, num_classes, rounding_mode="floor")
-            p, r = gather_rows(points[lo:hi].expand(cls.shape[0], -1, -1), loc), \
-                gather_rows(reg[:, lo:hi], loc)
+            p = gather_rows(points[lo:hi].expand(cls.shape[0], -1, -1), loc)
+            r = gather_rows(reg[:, lo:hi], loc)
             boxes.append(torch.cat([p - r[..., :2], p + r[..., 2:]], -1))
             scores.append(top)
             labels.append(index % num_classes)
