@@ -137,3 +137,36 @@ def test_planted_cpu_tensor_in_a_detector_fails_the_tool(monkeypatch, capsys):
     assert exit_info.value.code == 1
     out = capsys.readouterr().out
     assert "tests/test_device_audit.py" in out and "mismatch" in out
+
+
+PAPER = os.path.join(REPO, "configs", "fad", "genotypes", "fad_paper.log")
+
+
+def _configs(*folders: str) -> list[str]:
+    """Every shipped config of `folders` (configs/<folder>/*.yaml, bases included): slow, from
+    ~15 s (tiny FCOS) to ~90 s (R-50) on 2 CPUs, minutes when they are busy."""
+    paths = sorted(os.path.relpath(os.path.join(root, name), REPO)
+                   for folder in folders
+                   for root, _, names in os.walk(os.path.join(REPO, "configs", folder))
+                   for name in names if name.endswith(".yaml"))
+    return paths
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", _configs("fcos", "fad/augment", "sai"))
+def test_shipped_fcos_sai_and_augment_configs_pass_the_audit(path, capsys):
+    """FCOS, FAD augment (paper genotype), SAI Faster R-CNN and FCOS: exit 0 (a finding that is
+    not allowed exits 1 and fails the test with the report)."""
+    argv = ["--config-file", os.path.join(REPO, path)]
+    if "augment" in path:
+        argv += ["--genotype-file", PAPER]
+    main(argv)
+    assert "0 not allowed" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", _configs("fad/search"))
+def test_search_configs_pass_the_audit_of_the_search_step(path, capsys):
+    """The FAD search step (supernet loss; alpha step first and second order, weight step)."""
+    main(["--search", "--config-file", os.path.join(REPO, path)])
+    assert "0 not allowed" in capsys.readouterr().out
