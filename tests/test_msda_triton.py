@@ -273,6 +273,12 @@ def test_block_config(dim, queries, dtype, expected):
     assert msda_triton.block_config(dim, queries, dtype) == expected
 
 
+def test_backward_block_config_halves_wide_tiles():
+    """Backward at BLOCK_D >= 256: 2 elements a thread (its cross-warp sums spilled at 4)."""
+    assert msda_triton.block_config(256, 300, torch.float32, backward=True) == (1, 256, 4)
+    assert msda_triton.block_config(64, 300, torch.float32, backward=True) == (8, 64, 4)
+
+
 def _rerun_in_fresh_process(request, interpret: str, select: str) -> None:
     """Run this file's tests matching `select` in a new process with TRITON_INTERPRET set
     before triton's first import; fail with the tail of its output."""

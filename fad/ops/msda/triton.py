@@ -8,10 +8,15 @@ sits at pixel coordinates (x * W - 0.5, y * H - 0.5), pixel centres at integers;
 bilinear corners outside the map read zero.
 
 Design (see docs/msda_triton.md): grid (ceil(Lq / BLOCK_Q), N * M); a program owns BLOCK_Q
-queries of one (image, head) and a BLOCK_D >= D channel tile (power of two, masked), and loops
-over levels (shapes and starts read from the tensors) and points. Accumulation is float32
-(float64 for float64 inputs). The backward adds grad_value with atomics into a float32 (float64)
-buffer that is cast to the input dtype at the end.
+queries of one (image, head) and a BLOCK_D >= D channel tile (power of two, masked). D, the
+level count L and the point count P are compile-time constants: the level loop is unrolled,
+the point loop is not (unrolled, sm_90's ptxas hoists all 64 gathers: 242 registers). Tiles
+hold at most 4 elements a thread (2 for float64 and wide backwards), `block_config`; offsets
+are int32 unless a tensor exceeds 2**31 - 1 elements (INDEX64). Accumulation is float32
+(float64 for float64 inputs). The backward adds grad_value with atomics into a float32
+(float64) buffer that is cast to the input dtype at the end; program i starts at level i % L.
+Launches run on the inputs' device. `fad-bench triton_resources` compiles every launch
+specialization for sm_80/sm_90 and reads its registers and spills (table in the doc).
 
 Triton is optional: importing this module never fails; launching without triton raises.
 TRITON_INTERPRET=1 must be set before anything imports triton (torch.library does): triton
@@ -206,7 +211,7 @@ def triton_unavailable() -> str | None:
 
 
 def _launch_setup(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
-                  sampling_locations: Tensor, attention_weights: Tensor
+                  sampling_locations: Tensor, attention_weights: Tensor, backward: bool
                   ) -> tuple[tuple, dict, tuple]:
     """Kernels, the constexpr kwargs and the grid for these inputs; raises when unsupported."""
     reason = triton_unavailable()
@@ -222,7 +227,7 @@ def _launch_setup(value: Tensor, spatial_shapes: Tensor, level_start_index: Tens
                       f"{sampling_locations.dtype}, {attention_weights.dtype}")
     n, _, m, d = value.shape
     _, lq, _, num_levels, num_points, _ = sampling_locations.shape
-    block_q, block_d, num_warps = block_config(d, lq, value.dtype)
+    block_q, block_d, num_warps = block_config(d, lq, value.dtype, backward)
     meta = {"HEAD_DIM": d, "NUM_LEVELS": num_levels, "NUM_POINTS": num_points,
             "ACC": tl.float64 if value.dtype == torch.float64 else tl.float32,
             "BLOCK_Q": block_q, "BLOCK_D": block_d, "num_warps": num_warps,
@@ -230,16 +235,18 @@ def _launch_setup(value: Tensor, spatial_shapes: Tensor, level_start_index: Tens
     return _kernels(_interpret_mode()), meta, (triton.cdiv(lq, block_q), n * m)
 
 
-def block_config(head_dim: int, num_queries: int, dtype: torch.dtype) -> tuple[int, int, int]:
+def block_config(head_dim: int, num_queries: int, dtype: torch.dtype,
+                 backward: bool = False) -> tuple[int, int, int]:
     """(BLOCK_Q, BLOCK_D, num_warps) of a launch. BLOCK_D = next power of two >= D (masked);
-    a [BLOCK_Q, BLOCK_D] tile holds at most 4 elements per thread (2 for float64), the
-    budget that keeps every specialization of docs/msda_triton.md free of spills, and at most
-    one query per thread; 4 warps, up to 16 for D > 512 (BLOCK_Q = 1 there). Small tiles also
-    fill the GPU: a decoder layer (300 queries, batch 2, 8 heads, D = 32) is 304 programs."""
+    a [BLOCK_Q, BLOCK_D] tile holds at most 4 elements per thread (2 for float64, and for the
+    backward at BLOCK_D >= 256, whose cross-warp sums spilled at 4 on sm_90) and at most one
+    query per thread; 4 warps, up to 16 for D > 512 (BLOCK_Q = 1 there). These budgets keep
+    the specializations of docs/msda_triton.md free of spills. Small tiles also fill the GPU:
+    a decoder layer (300 queries, batch 2, 8 heads, D = 32) is 304 programs."""
     block_d = triton.next_power_of_2(head_dim)
     num_warps = min(16, max(4, block_d // 128))
     threads = 32 * num_warps
-    per_thread = 2 if dtype == torch.float64 else 4
+    per_thread = 2 if dtype == torch.float64 or (backward and block_d >= 256) else 4
     block_q = max(1, min(threads, threads * per_thread // block_d,
                          triton.next_power_of_2(num_queries)))
     return block_q, block_d, num_warps
@@ -289,7 +296,7 @@ def forward_launch(value: Tensor, spatial_shapes: Tensor, level_start_index: Ten
     """(kernel, positional args, constexpr/launch kwargs, grid) of the forward launch that
     writes `out` [N, Lq, M * D]; `fad-bench triton_resources` compiles exactly these."""
     (forward, _), meta, grid = _launch_setup(value, spatial_shapes, level_start_index,
-                                             sampling_locations, attention_weights)
+                                             sampling_locations, attention_weights, False)
     _, s, m, _ = value.shape
     args = (value.contiguous(), spatial_shapes.contiguous(), level_start_index.contiguous(),
             sampling_locations.contiguous(), attention_weights.contiguous(), out,
@@ -340,7 +347,7 @@ def backward_launch(grad_output: Tensor, value: Tensor, spatial_shapes: Tensor,
     """(kernel, positional args, constexpr/launch kwargs, grid) of the backward launch into the
     zeroed gradient buffers; `fad-bench triton_resources` compiles exactly these."""
     (_, backward), meta, grid = _launch_setup(value, spatial_shapes, level_start_index,
-                                              sampling_locations, attention_weights)
+                                              sampling_locations, attention_weights, True)
     _, s, m, _ = value.shape
     args = (grad_output.contiguous(), value.contiguous(), spatial_shapes.contiguous(),
             level_start_index.contiguous(), sampling_locations.contiguous(),
