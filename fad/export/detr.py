@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from yacs.config import CfgNode
 
@@ -25,7 +26,7 @@ from fad.modeling.detr.box_ops import refine_boxes
 from fad.modeling.detr.detector import DeformableDETR
 from fad.modeling.set_prediction import cxcywh_to_xyxy
 
-from .base import ExportError, ExportModule, pad_detections
+from .base import ExportError, ExportModule, normalize_and_pad, pad_detections
 
 
 def padding_mask(batch: Tensor, height: int, width: int) -> Tensor:
@@ -44,6 +45,14 @@ class DeformableDETRExport(ExportModule):
     def __init__(self, model: DeformableDETR, cfg: CfgNode, input_size: Sequence[int]):
         super().__init__(cfg, input_size, model.num_detections)
         self.model = model
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """`normalize_and_pad` with the padded size written as d * ceil(size / d), which the
+        symbolic shapes of a dynamic graph simplify (Sparse DETR's token count divides it)."""
+        height, width = images.shape[-2:]
+        d = self.size_divisible
+        x = normalize_and_pad(images, self.pixel_mean, self.pixel_std, 1)
+        return F.pad(x, (0, -(-width // d) * d - width, 0, -(-height // d) * d - height))
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         height, width = images.shape[-2:]

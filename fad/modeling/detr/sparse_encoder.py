@@ -6,7 +6,6 @@ tokens keep their backbone features.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -54,7 +53,8 @@ def token_budget(num_tokens: int, rho: float) -> int:
     """K = floor(rho * S) + 1, at most S: the largest k_i of `sparse_token_counts` for S tokens
     per image, known on the host from the shapes (so selecting K tokens reads nothing back
     from the device; image i uses the first k_i <= K of them)."""
-    return min(math.floor(num_tokens * rho) + 1, num_tokens)
+    # int() truncates, = floor for rho >= 0; a symbolic floor fails in torch.export's solver
+    return min(int(num_tokens * rho) + 1, num_tokens)
 
 
 def select_tokens(logits: Tensor, padding_mask: Tensor, k: int) -> Tensor:
