@@ -30,6 +30,7 @@ def test_every_family_ships_configs():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # fake tensors: no compute, but every op dispatched in Python
 @pytest.mark.parametrize("config", TINY)
 def test_tiny_configs_pass_and_name_only_their_host_syncs(config, capsys):
     main(["--config-file", os.path.join(REPO, config)])  # exit 0: no SystemExit
@@ -40,6 +41,7 @@ def test_tiny_configs_pass_and_name_only_their_host_syncs(config, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a full R50/R101 model: ~1-2 min on an idle core, 3 phases
 @pytest.mark.parametrize("config", [path for path in SHIPPED if path not in TINY])
 def test_shipped_configs_pass_the_audit(config):
     audit = run_audit(load_config(os.path.join(REPO, config)))
@@ -66,6 +68,7 @@ def test_msda_layer_reads_no_shape_back_on_a_fake_gpu():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_the_stand_in_is_used_only_during_the_audit():
     assert HungarianMatcher.assignment is hungarian_assignment
     run_audit(load_config(os.path.join(REPO, TINY[0])))
