@@ -49,8 +49,11 @@ class NormalizeOnlyTransform(GeneralizedRCNNTransform):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.register_buffer("mean", torch.tensor(self.image_mean), persistent=False)
-        self.register_buffer("std", torch.tensor(self.image_std), persistent=False)
+        # float64, as torchvision's Python floats: cast straight to the image's dtype per call
+        self.register_buffer("mean", torch.tensor(self.image_mean, dtype=torch.float64),
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(self.image_std, dtype=torch.float64),
+                             persistent=False)
 
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None):
         return image, target
