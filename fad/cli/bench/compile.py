@@ -57,7 +57,7 @@ def _step(net: nn.Module, params: list[nn.Parameter], batch: tuple) -> Callable[
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
     return step
 
 
