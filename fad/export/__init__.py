@@ -29,20 +29,26 @@ NOT_EXPORTABLE: dict[str, str] = {}
 
 
 def masked_dense(model: nn.Module) -> nn.Module:
-    """`model` with every SparseResNet body in its dense-masked execution (a copy when one ran
-    sparse): dense convolutions times the sampled masks are standard ops of any runtime, while
-    the sparse execution gathers a data-dependent number of positions (no static shapes) through
-    our custom kernels. Both give the same detections (to float rounding)."""
+    """A copy of `model` with every SparseResNet body in its dense-masked execution (`model`
+    itself when it has none): dense convolutions times the sampled masks are standard ops of any
+    runtime, while the sparse execution gathers a data-dependent number of positions (no static
+    shapes) through our custom kernels. Both give the same detections (to float rounding)."""
     from fad.modeling.backbone.sparse_resnet import SparseResNetBody
 
-    if not any(isinstance(m, SparseResNetBody) and m.execution != "dense_masked"
-               for m in model.modules()):
+    if not any(isinstance(m, SparseResNetBody) for m in model.modules()):
         return model
     model = copy.deepcopy(model)
     for m in model.modules():
         if isinstance(m, SparseResNetBody):
             m.execution = "dense_masked"
+            # its eval statistics (densities, GMACs for log_stats) read values on the host,
+            # which a traced graph cannot; the copy keeps none
+            m._accumulate_eval_stats = _no_statistics
     return model
+
+
+def _no_statistics() -> None:
+    """Stands in for a SparseResNet body's eval statistics in an export copy."""
 
 
 def build_export_module(model: nn.Module, cfg: CfgNode, input_size: Sequence[int]
