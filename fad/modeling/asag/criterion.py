@@ -134,8 +134,8 @@ class AsagCriterion(nn.Module):
                    ) -> dict[str, Tensor]:
         """Denoising losses: slot i of image b is matched to dn_targets[b] entry i."""
         device = sets[0][1]["logits"].device
-        indices = [(torch.arange(len(t["labels"])), torch.arange(len(t["labels"])))
-                   for t in dn_targets]
+        indices = [(torch.arange(len(t["labels"]), device=device),
+                    torch.arange(len(t["labels"]), device=device)) for t in dn_targets]
         slots = torch.arange(num_dn, device=device)
         valid = torch.stack([slots < len(t["labels"]) for t in dn_targets])
         normaliser = float(num_dn * len(dn_targets))

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_convert
 
+from fad.modeling.set_prediction import values_like
+
 
 def dn_noise_scale(epoch: int, fixed: float | None = None) -> float:
     """Box noise scale of 0-based `epoch`: 0.8 - 0.04 * epoch, or `fixed` when given."""
@@ -69,8 +71,7 @@ def prepare_denoising(targets: list[dict], boxes: Tensor, valid: Tensor, image_s
     device, dtype = boxes.device, boxes.dtype
     dn_boxes, dn_targets = [], []
     for b, tgt in enumerate(targets):
-        h, w = image_sizes[b].tolist()
-        whwh = torch.tensor([w, h, w, h], device=device, dtype=dtype)
+        whwh = image_sizes[b].flip(0).repeat(2).to(device=device, dtype=dtype)  # (w, h, w, h)
         gt = tgt["boxes"].to(device=device, dtype=dtype)
         repeats = num_dn // len(gt) if len(gt) else 0
         clean = gt.repeat(repeats, 1)
@@ -81,7 +82,7 @@ def prepare_denoising(targets: list[dict], boxes: Tensor, valid: Tensor, image_s
             spread = torch.cat([wh / 2, wh], 1)
             u = torch.rand(clean.shape, generator=generator, device=device, dtype=dtype) * 2 - 1
             noised = (clean + u * spread * noise_scale).clamp(0.0, 1.0)
-        whole = torch.tensor([[0.5, 0.5, 1.0, 1.0]], device=device, dtype=dtype)
+        whole = values_like([0.5, 0.5, 1.0, 1.0], boxes)[None]
         cxcywh = torch.cat([noised, whole.expand(num_dn - len(clean), 4)]) * whwh
         dn_boxes.append(box_convert(cxcywh, "cxcywh", "xyxy"))
     all_boxes = torch.cat([torch.stack(dn_boxes), boxes], 1)
