@@ -92,3 +92,31 @@ def test_every_torch_load_of_the_package_is_weights_only():
                       "weights_only=False)"]
     source = Path(REPO, "fad", "convert", "common.py").read_text().splitlines()
     assert source[86].strip() == "if trust:"
+
+
+def test_a_checkpoint_from_before_tensor_rng_states_loads_and_resumes_its_streams(tmp_path):
+    """Checkpoints written before the RNG state was kept as tensors hold numpy's generator state
+    as a uint32 array: they still load (plain numpy arrays are data), and the state restores."""
+    import random
+
+    import numpy as np
+
+    from fad.engine.trainer import set_rng_state
+
+    np.random.seed(5)
+    state = {"model": {"w": torch.ones(2)}, "iteration": 4, "cfg": "SEED: 1\n",
+             "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                     "torch": torch.get_rng_state()}}
+    expected = np.random.rand(3)
+    path = tmp_path / "old.pth"
+    torch.save(state, path)
+    loaded = Checkpointer.load(str(path))
+    assert torch.equal(loaded["model"]["w"], torch.ones(2))
+    np.random.seed(0)
+    set_rng_state(loaded["rng"])
+    assert np.array_equal(np.random.rand(3), expected)
+    objects = tmp_path / "objects.pth"
+    torch.save({"x": np.array([Payload(str(tmp_path / "ran"))], dtype=object)}, objects)
+    with pytest.raises(CheckpointError):  # an object array is refused, its payload not run
+        Checkpointer.load(str(objects))
+    assert not (tmp_path / "ran").exists()

@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from yacs.config import CfgNode
@@ -64,6 +65,14 @@ def damage(path: str) -> str | None:
     if digest.hexdigest() != found.group(1):
         return "its sha256 differs from its record"
     return None
+
+
+def numpy_array_globals() -> list:
+    """What the weights-only unpickler needs for plain numpy arrays (data, no code): checkpoints
+    written before the RNG state was stored as tensors hold numpy's generator state (a uint32
+    array). An object array would need more globals and stays refused."""
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    return [np.ndarray, np.dtype, np.dtypes.UInt32DType, multiarray._reconstruct]
 
 
 class Checkpointer:
@@ -156,7 +165,8 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint {path} is damaged ({reason}); use an earlier "
                                   "checkpoint of the run")
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(numpy_array_globals()):
+                return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable file gets one line
             text = " ".join(str(exc).split())
             code = re.search(r"GLOBAL (\S+)", text)

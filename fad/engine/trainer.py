@@ -64,7 +64,8 @@ def set_rng_state(state: dict) -> None:
     """Restore the generators saved by `rng_state`."""
     random.setstate(state["python"])
     name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    keys = keys.numpy() if torch.is_tensor(keys) else keys  # a numpy array before tensors
+    np.random.set_state((name, keys.astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
