@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from fad.modeling.layers import prior_bias
-from fad.modeling.set_prediction import denormalize_cxcywh
+from fad.modeling.set_prediction import denormalize_cxcywh, values_like
 
 from .blocks import branch, ffn
 from .pooling import multiscale_roi_align
@@ -25,7 +25,7 @@ def apply_box_deltas(deltas: Tensor, boxes: Tensor,
     cx += dx / wx * w, cy += dy / wy * h, w *= exp(dw / ww), h *= exp(dh / wh), with dw, dh
     clamped at log(100000 / 16).
     """
-    d = deltas / deltas.new_tensor(weights)
+    d = deltas / values_like(weights, deltas)
     dwh = d[..., 2:].clamp(max=SCALE_CLAMP)
     xy = boxes[..., :2] + d[..., :2] * boxes[..., 2:]
     return torch.cat([xy, boxes[..., 2:] * dwh.exp()], -1)
