@@ -149,7 +149,7 @@ def _configs(*folders: str) -> list[str]:
                    for folder in folders
                    for root, _, names in os.walk(os.path.join(REPO, "configs", folder))
                    for name in names if name.endswith(".yaml"))
-    return paths
+    return [p if "tiny" in p else pytest.param(p, marks=pytest.mark.heavy) for p in paths]
 
 
 @pytest.mark.slow

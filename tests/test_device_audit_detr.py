@@ -40,7 +40,7 @@ def test_tiny_configs_pass_and_name_only_their_host_syncs(config, capsys):
     assert "fad/ops/msda" not in out  # no MSDA finding: the shapes are never read back
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.timeout(1800)  # a full R50/R101 model: ~1-2 min on an idle core, 3 phases
 @pytest.mark.parametrize("config", [path for path in SHIPPED if path not in TINY])
 def test_shipped_configs_pass_the_audit(config):
@@ -67,7 +67,7 @@ def test_msda_layer_reads_no_shape_back_on_a_fake_gpu():
                        for f in audit.failures), audit.lines()
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.timeout(1200)
 def test_the_stand_in_is_used_only_during_the_audit():
     assert HungarianMatcher.assignment is hungarian_assignment

@@ -72,8 +72,10 @@ def _export(model, cfg, size, path, batch: int, dynamic: bool):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant,trained,batch", [
-    ("refine_two_stage", False, 1), ("refine_two_stage", True, 2), ("single_stage", False, 2),
-    ("sparse", True, 1), ("sparse", False, 2)])
+    pytest.param("refine_two_stage", False, 1, marks=pytest.mark.heavy),
+    ("refine_two_stage", True, 2),
+    pytest.param("single_stage", False, 2, marks=pytest.mark.heavy),
+    pytest.param("sparse", True, 1, marks=pytest.mark.heavy), ("sparse", False, 2)])
 def test_fixed_size_matches_eager(tmp_path, variant, trained, batch):
     """Fixed 150x210 (padded to 160x224 inside, so the padding mask matters)."""
     cfg, model = _detector(variant, trained)
@@ -88,7 +90,7 @@ SPARSE_DYNAMIC_BUG = pytest.mark.xfail(
     strict=True, reason="known bug: dynamic Sparse DETR graph differs from eager (docs/export.md)")
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("variant", ["refine_two_stage",
                                      pytest.param("sparse", marks=SPARSE_DYNAMIC_BUG)])
 def test_dynamic_size_matches_eager(tmp_path, variant):
@@ -100,7 +102,7 @@ def test_dynamic_size_matches_eager(tmp_path, variant):
         _assert_same_detections(session, model, _images(batch, h, w, seed))
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.xfail(strict=True, reason="known bug: a dynamic DETR graph run at a size that is "
                    "padded inside differs from eager (docs/export.md)")
 def test_dynamic_padded_size_matches_eager(tmp_path):

@@ -31,7 +31,7 @@ def test_faster_rcnn_export_module_equals_the_eager_detections(shape):
     assert_matches_eager(model, images, outputs)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.timeout(1500)  # exports take minutes on a loaded CPU
 @pytest.mark.parametrize("dynamic", [False, True], ids=["fixed", "dynamic"])
 def test_faster_rcnn_onnx_equals_eager(dynamic, tmp_path):

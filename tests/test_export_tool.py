@@ -46,7 +46,7 @@ def exported(tmp_path_factory) -> tuple[Path, Path]:
     return weight, Path(out)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.timeout(1500)  # exports take minutes on a loaded CPU
 def test_the_onnx_file_carries_its_metadata(exported):
     import onnx
@@ -60,7 +60,7 @@ def test_the_onnx_file_carries_its_metadata(exported):
     assert meta["config"] == "fad-fcos_tiny_synthetic.yaml" and meta["meta_architecture"] == "FCOS"
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.timeout(1500)  # exports take minutes on a loaded CPU
 def test_fad_test_on_the_onnx_gives_the_ap_of_the_pth(exported, synthetic_root, tmp_path):
     from fad.cli.test import main
@@ -78,7 +78,7 @@ def test_fad_test_on_the_onnx_gives_the_ap_of_the_pth(exported, synthetic_root, 
             assert metrics[".onnx"][key] == pytest.approx(value, abs=1e-6), key
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.timeout(1500)  # exports take minutes on a loaded CPU
 def test_fad_demo_on_real_images_finds_the_detections_of_the_pth(exported, tmp_path):
     """The exported searched FCOS, end to end on the real fixture's photographs."""

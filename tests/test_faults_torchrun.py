@@ -99,7 +99,7 @@ def test_killed_train_worker_restarts_and_finishes_with_the_same_weights(
     assert F.same_weights(straight_train / "model_final.pth", out / "model_final.pth")
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_killed_search_worker_restarts_and_finishes_with_the_same_weights(
         synthetic_root, tmp_path):
     straight, out = tmp_path / "straight", tmp_path / "killed"
@@ -108,7 +108,7 @@ def test_killed_search_worker_restarts_and_finishes_with_the_same_weights(
     assert F.same_finish(out, straight)  # weights and genotype.log
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_two_agents_train_to_the_weights_of_one(synthetic_root, tmp_path, straight_train):
     out, port = tmp_path / "two_nodes", F.free_port()
     agents = [F.torchrun(F.tool_args("train", synthetic_root, str(out)), port, nnodes=2, nproc=1)

@@ -29,6 +29,8 @@ TINY = {
              "--anchor-logit", "-0.4", "--warmup", "0", "--repeats", "1"],
     "compile": ["--size", "64", "64", "--batch", "1", "--backend", "eager", "--warmup", "0",
                 "--repeats", "1"],
+    "triton_resources": ["--dtypes", "fp32", "--head-dims", "32", "--archs", "90",
+                         "--kernels", "forward", "--cache", ""],
     "export": ["--models", "fcos", "--scales", "tiny", "--no-compile", "--warmup", "0",
                "--repeats", "1"],
 }
@@ -50,9 +52,11 @@ KEYS = {
              "mean_queries"},
     "compile": {"eager_step_s", "compiled_step_s", "time_ratio", "compile_s"},
     "export": {"rows", "threads"},
+    "triton_resources": {"specializations", "max_registers", "spilling"},
 }
-# C++ kernels may compile first (30-60 s on 2 CPUs); export writes ONNX and pt2 files (minutes)
-SLOW = {"msda", "sparse_resnet", "supernet", "export"}
+# C++ kernels may compile first (30-60 s on 2 CPUs); export writes ONNX and pt2 files (minutes);
+# triton_resources compiles a Triton kernel to a cubin
+SLOW = {"msda", "sparse_resnet", "supernet", "export", "triton_resources"}
 
 
 def _benchmark(monkeypatch):
