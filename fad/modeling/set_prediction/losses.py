@@ -11,7 +11,7 @@ def average_num_boxes(targets: list[dict], device: torch.device) -> float | Tens
     """Target boxes in the batch, at least 1: a Python float in one process (the counts are
     shapes, known on the host); averaged over ranks when distributed, then a 0-dim tensor on
     `device` (not read back: no host sync)."""
-    num = float(sum(len(t["boxes"]) for t in targets))
+    num = float(sum(len(t["labels"]) for t in targets))
     if get_world_size() == 1:
         return max(num, 1.0)
     return all_reduce_mean(torch.full((), num, device=device)).clamp(min=1.0)
