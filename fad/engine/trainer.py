@@ -222,7 +222,7 @@ class Trainer:
         fit = {"cfg": self.cfg, "classes": self.extra_state.get("classes"),
                "genotype": self.cfg.MODEL.FAD.GENOTYPE, "build": self.build}
         if last:
-            state = Checkpointer.load(last)
+            state = Checkpointer.load(last, checked=True)  # last() hashed it
             load_model_weights(model, state, last, **fit)
             self.step.load_state_dict(state)
             self.scheduler.load_state_dict(state["scheduler"])
