@@ -45,15 +45,25 @@ def fake_batch(cfg: CfgNode, num_classes: int) -> tuple[list[Tensor], list[dict]
     return images, targets
 
 
+def _train_forward_on_cuda(cfg: CfgNode, audit: DeviceAudit, make, build, phase: str
+                           ) -> tuple[torch.nn.Module, list[Tensor]]:
+    """Build `build(cfg, num_classes)` and a fake batch with `make` of the caller's
+    `audit.fake("cuda")`, audit the training forward with its losses under `phase`; returns the
+    model and the images."""
+    num_classes = cfg.MODEL.NUM_CLASSES or NUM_CLASSES
+    model, (images, targets) = make(lambda: (build(cfg, num_classes),
+                                                   fake_batch(cfg, num_classes)))
+    with audit.phase(phase):
+        model.train()
+        forward_losses(model, images, targets, amp_policy(cfg, torch.device("cuda")))
+    return model, images
+
+
 def audit_detector(cfg: CfgNode, audit: DeviceAudit, build=build_detector) -> None:
     """The detector's training forward and inference on fake CUDA, a training step on meta."""
     num_classes = cfg.MODEL.NUM_CLASSES or NUM_CLASSES
     with audit.fake("cuda") as make:
-        model, (images, targets) = make(lambda: (build(cfg, num_classes),
-                                                 fake_batch(cfg, num_classes)))
-        with audit.phase("train forward, cuda"):
-            model.train()
-            forward_losses(model, images, targets, amp_policy(cfg, torch.device("cuda")))
+        model, images = _train_forward_on_cuda(cfg, audit, make, build, "train forward, cuda")
         with audit.phase("inference, cuda"), torch.no_grad():
             model.eval()
             model(images)
@@ -71,11 +81,7 @@ def audit_search(cfg: CfgNode, audit: DeviceAudit) -> None:
 
     num_classes = cfg.MODEL.NUM_CLASSES or NUM_CLASSES
     with audit.fake("cuda") as make:
-        model, (images, targets) = make(lambda: (build_supernet(cfg, num_classes),
-                                                 fake_batch(cfg, num_classes)))
-        with audit.phase("search forward, cuda"):
-            model.train()
-            forward_losses(model, images, targets, amp_policy(cfg, torch.device("cuda")))
+        _train_forward_on_cuda(cfg, audit, make, build_supernet, "search forward, cuda")
     for second_order in (False, True):
         run_cfg = cfg.clone()
         run_cfg.defrost()
