@@ -125,8 +125,9 @@ def test_anchor_loss_assembly():
     def preds(*shape):
         return torch.cat([torch.rand(*shape, 4) * 0.5 + 0.25, torch.randn(*shape, 1)], -1)
 
-    targets = [{"boxes": torch.tensor([[0.3, 0.3, 0.1, 0.1], [0.6, 0.7, 0.3, 0.2]])},
-               {"boxes": torch.tensor([[0.5, 0.5, 0.05, 0.05]])}]
+    targets = [{"boxes": torch.tensor([[0.3, 0.3, 0.1, 0.1], [0.6, 0.7, 0.3, 0.2]]),
+                "labels": torch.tensor([1, 2])},
+               {"boxes": torch.tensor([[0.5, 0.5, 0.05, 0.05]]), "labels": torch.tensor([0])}]
     image_wh = torch.tensor([[640.0, 480.0], [320.0, 320.0]])
     patches = [PatchRecord(16, preds(3, 20), torch.tensor([[5, 3], [0, 0], [3, 2]]),
                            torch.tensor([0, 1, 1]), torch.tensor([False, True, False])),
