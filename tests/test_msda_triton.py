@@ -277,6 +277,10 @@ def test_backward_block_config_halves_wide_tiles():
     """Backward at BLOCK_D >= 256: 2 elements a thread (its cross-warp sums spilled at 4)."""
     assert msda_triton.block_config(256, 300, torch.float32, backward=True) == (1, 256, 4)
     assert msda_triton.block_config(64, 300, torch.float32, backward=True) == (8, 64, 4)
+    # float64 there: 1 element a thread (2 spilled 16 bytes on sm_80), so 8 warps
+    assert msda_triton.block_config(256, 300, torch.float64, backward=True) == (1, 256, 8)
+    assert msda_triton.block_config(256, 300, torch.float64) == (1, 256, 4)
+    assert msda_triton.block_config(1024, 300, torch.float64, backward=True) == (1, 1024, 16)
 
 
 def _rerun_in_fresh_process(request, interpret: str, select: str) -> None:

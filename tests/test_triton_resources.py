@@ -44,3 +44,18 @@ def test_hot_specializations_neither_spill_nor_exceed_128_registers(tmp_path):
         assert row["spill_bytes"] == 0, row
         assert 0 < row["registers"] <= 128, row
         assert row["programs"] >= 132, row  # fills an H100's 132 SMs at the decoder shape
+
+
+@pytest.mark.slow
+def test_float64_wide_backward_does_not_spill_on_sm80(tmp_path):
+    """The last specialization of docs/msda_triton.md that spilled (16 bytes at 4 warps)."""
+    out = tmp_path / "res.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from fad.cli.bench import main; main()", "triton_resources",
+         "--dtypes", "fp64", "--head-dims", "256", "--archs", "80", "--kernels", "backward",
+         "--cache", "", "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["specializations"]
+    assert (row["spill_bytes"], row["num_warps"]) == (0, 8), row

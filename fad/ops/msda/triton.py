@@ -239,14 +239,21 @@ def block_config(head_dim: int, num_queries: int, dtype: torch.dtype,
                  backward: bool = False) -> tuple[int, int, int]:
     """(BLOCK_Q, BLOCK_D, num_warps) of a launch. BLOCK_D = next power of two >= D (masked);
     a [BLOCK_Q, BLOCK_D] tile holds at most 4 elements per thread (2 for float64, and for the
-    backward at BLOCK_D >= 256, whose cross-warp sums spilled at 4 on sm_90) and at most one
-    query per thread; 4 warps, up to 16 for D > 512 (BLOCK_Q = 1 there). These budgets keep
-    the specializations of docs/msda_triton.md free of spills. Small tiles also fill the GPU:
-    a decoder layer (300 queries, batch 2, 8 heads, D = 32) is 304 programs."""
+    backward at BLOCK_D >= 256, whose cross-warp sums spilled at 4 on sm_90; 1 for the float64
+    backward at BLOCK_D >= 256, which spilled 16 bytes at 2 on sm_80) and at most one query per
+    thread; at least 4 warps, as many as that budget needs up to 16 (BLOCK_Q = 1 there). These
+    budgets keep the specializations of docs/msda_triton.md free of spills. Small tiles also
+    fill the GPU: a decoder layer (300 queries, batch 2, 8 heads, D = 32) is 304 programs."""
     block_d = triton.next_power_of_2(head_dim)
-    num_warps = min(16, max(4, block_d // 128))
+    wide_backward = backward and block_d >= 256
+    if dtype == torch.float64 and wide_backward:
+        per_thread = 1
+    elif dtype == torch.float64 or wide_backward:
+        per_thread = 2
+    else:
+        per_thread = 4
+    num_warps = min(16, max(4, block_d // (32 * per_thread)))
     threads = 32 * num_warps
-    per_thread = 2 if dtype == torch.float64 or (backward and block_d >= 256) else 4
     block_q = max(1, min(threads, threads * per_thread // block_d,
                          triton.next_power_of_2(num_queries)))
     return block_q, block_d, num_warps
