@@ -82,3 +82,34 @@ def test_nan_loss_stops_with_a_clear_error(synthetic_root, tmp_path):
     cfg.merge_from_list(["SOLVER.BASE_LR", 1e30])
     with pytest.raises(FloatingPointError, match="lower SOLVER.BASE_LR"):
         _run(cfg)
+
+
+def test_step_scalars_reach_the_host_in_one_named_sync():
+    """The trainer reads a step's losses and scalars back once per iteration (one stacked
+    `.tolist()`, named for the device audit), not one `.item()` per key."""
+    from types import SimpleNamespace
+
+    from fad.engine.device_audit import DeviceAudit
+
+    audit = DeviceAudit()
+    with audit.fake("cuda") as make:
+        out = make(lambda: trainer.StepOutput(
+            losses={"loss_cls": torch.ones(()), "loss_box": torch.ones(()),
+                    "loss_ctr": torch.ones((), dtype=torch.bfloat16)},
+            scalars={"val_loss": torch.ones((), dtype=torch.float64)}))
+        with audit.phase("reduce"):
+            reduced = trainer.Trainer._reduce(SimpleNamespace(iter=0, max_iter=1), out)
+    assert sorted(reduced) == ["loss", "loss_box", "loss_cls", "loss_ctr", "val_loss"]
+    syncs = [f for f in audit.findings if f.kind == "host-sync"]
+    assert len(syncs) == 1 and syncs[0].allowed and "trainer.py" in syncs[0].where, audit.lines()
+    assert audit.failures == [], audit.lines()
+
+
+def test_reduce_keeps_float64_scalars_and_sums_the_losses():
+    from types import SimpleNamespace
+
+    out = trainer.StepOutput(losses={"a": torch.tensor(0.1, dtype=torch.float64),
+                                     "b": torch.tensor(0.25)},
+                             scalars={"c": torch.tensor(1 / 3, dtype=torch.float64)})
+    reduced = trainer.Trainer._reduce(SimpleNamespace(iter=0, max_iter=1), out)
+    assert reduced == {"a": 0.1, "b": 0.25, "c": 1 / 3, "loss": 0.1 + 0.25}

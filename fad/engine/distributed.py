@@ -60,7 +60,7 @@ def max_over_ranks(value: int, device: torch.device) -> int:
         return value
     t = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+    return int(t.item())  # host sync: all ranks stop at the same iteration
 
 
 def broadcast_tensors(tensors: list[Tensor], src: int = 0) -> None:
