@@ -139,6 +139,29 @@ def test_planted_cpu_tensor_in_a_detector_fails_the_tool(monkeypatch, capsys):
     assert "tests/test_device_audit.py" in out and "mismatch" in out
 
 
+@pytest.mark.slow
+def test_training_forward_runs_under_fp16_autocast_on_fake_cuda(monkeypatch):
+    """SOLVER.AMP (the default) trains in fp16 autocast on CUDA: the audit's training forward
+    must run so (torch.autocast("cuda") turns itself off where no driver answers)."""
+    from fad.modeling.fcos import head as fcos_head
+
+    forward, seen = fcos_head.FCOSHead.forward, []
+
+    def recording(self, features):
+        out = forward(self, features)
+        logits = out["cls_logits"]
+        seen.append((self.training, logits.device.type, logits.dtype))
+        return out
+
+    monkeypatch.setattr(fcos_head.FCOSHead, "forward", recording)
+    audit = run_audit(load_config(os.path.join(REPO, TINY["fcos"])))
+    assert audit.failures == [], audit.lines()
+    assert (True, "cuda", torch.float16) in seen, seen
+    seen.clear()
+    run_audit(load_config(os.path.join(REPO, TINY["fcos"]), ["SOLVER.AMP", False]))
+    assert (True, "cuda", torch.float32) in seen and (True, "cuda", torch.float16) not in seen
+
+
 PAPER = os.path.join(REPO, "configs", "fad", "genotypes", "fad_paper.log")
 
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from unittest import mock
 
 import torch
 from torch import Tensor
 from yacs.config import CfgNode
 
 from fad.config.build import load_config
-from fad.engine.amp import amp_policy
+from fad.engine.amp import AmpPolicy, amp_policy
 from fad.engine.device_audit import DeviceAudit
 from fad.engine.launch import default_argument_parser, parse_args, run_tool
 from fad.engine.trainer import DetectorStep, forward_losses
@@ -45,6 +46,16 @@ def fake_batch(cfg: CfgNode, num_classes: int) -> tuple[list[Tensor], list[dict]
     return images, targets
 
 
+class _FakeCudaAmp(AmpPolicy):
+    """The training's AMP policy with an autocast that engages on fake CUDA tensors:
+    `torch.autocast("cuda")` turns itself off (with a warning) where no CUDA driver answers, so
+    it is made while CUDA claims to be there; entering and running it need no driver."""
+
+    def autocast(self) -> AbstractContextManager:
+        with mock.patch.object(torch.cuda, "is_available", return_value=True):
+            return super().autocast()
+
+
 def _train_forward_on_cuda(cfg: CfgNode, audit: DeviceAudit, make, build, phase: str
                            ) -> tuple[torch.nn.Module, list[Tensor]]:
     """Build `build(cfg, num_classes)` and a fake batch with `make` of the caller's
@@ -55,7 +66,8 @@ def _train_forward_on_cuda(cfg: CfgNode, audit: DeviceAudit, make, build, phase:
                                                    fake_batch(cfg, num_classes)))
     with audit.phase(phase):
         model.train()
-        forward_losses(model, images, targets, amp_policy(cfg, torch.device("cuda")))
+        policy = amp_policy(cfg, torch.device("cuda"))  # SOLVER.AMP: fp16 autocast, as trained
+        forward_losses(model, images, targets, _FakeCudaAmp(policy.device_type, policy.dtype))
     return model, images
 
 
