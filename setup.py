@@ -58,7 +58,7 @@ setup(
     ],
     extras_require={
         "viz": ["tensorboard"],  # `tensorboard --logdir OUTPUT_DIR` to read the tb/ logs
-        "test": ["pytest", "pytest-timeout", "tensorboard", "ruff"],  # ruff: .ci/run lints first
+        "test": ["pytest", "pytest-timeout", "pytest-xdist", "tensorboard", "ruff"],  # ruff: .ci/run lints first
         "export": ["onnx", "onnxruntime", "onnxscript"],  # fad-export to ONNX, .onnx in fad-test
     },
     entry_points={"console_scripts": [  # the tools of fad.cli (tools/*.py wrap the same mains)
