@@ -115,3 +115,26 @@ def test_solver_compile_compiles_the_search_step_forward():
     step = SearchStep(cfg, model, torch.device("cpu"))
     assert isinstance(step.net, torch._dynamo.eval_frame.OptimizedModule)
     assert step.net._orig_mod is model and step.model is model
+
+
+@pytest.mark.heavy  # minutes: dynamo traces the whole supernet, each order
+@pytest.mark.parametrize("second_order", [False, True])
+def test_compiled_search_step_runs_and_matches_eager(eager_compile, second_order):
+    """SOLVER.COMPILE in a search: the alpha step (first or second order) and the weight step
+    run through the compiled supernet and leave the weights and alphas of the eager step."""
+    states, outputs = {}, {}
+    for compile_ in (False, True):
+        cfg = load_config(SEARCH_TINY, ["SOLVER.COMPILE", compile_,
+                                        "SEARCH.SECOND_ORDER", second_order])
+        torch.manual_seed(0)
+        model = build_supernet(cfg, 3)
+        step = SearchStep(cfg, model, torch.device("cpu"))
+        assert isinstance(step.net, torch._dynamo.eval_frame.OptimizedModule) == compile_
+        outputs[compile_] = step.run((_batch(), _batch()))
+        states[compile_] = model.state_dict()
+    for key in ("losses", "scalars"):
+        for name, value in getattr(outputs[False], key).items():
+            torch.testing.assert_close(getattr(outputs[True], key)[name], value)
+    assert list(states[True]) == list(states[False])
+    for key, value in states[False].items():
+        torch.testing.assert_close(states[True][key], value, msg=key)
