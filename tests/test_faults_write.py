@@ -4,6 +4,7 @@ write and exits 2; the previous checkpoint and `last_checkpoint` are untouched a
 partial file is left behind."""
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import textwrap
@@ -119,3 +120,56 @@ def test_atomic_write_failure_leaves_the_old_file(tmp_path, monkeypatch):
         atomic_write_text(str(target), "new")
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["metrics.json"]
     assert isinstance(WriteError("x"), OSError)  # optional writes that catch OSError still do
+
+
+def test_atomic_write_fsyncs_the_folder_after_the_rename(tmp_path, monkeypatch):
+    """The rename is made durable: after os.replace the containing folder is fsync'ed (a power
+    loss could otherwise lose the new directory entry); the file itself was fsync'ed before."""
+    events: list[tuple[str, object]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        events.append(("fsync", (st.st_ino, stat.S_ISDIR(st.st_mode))))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(("replace", os.path.basename(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / "last_checkpoint"
+    atomic_write_text(str(target), "model_0000002.pth")
+    folder = os.stat(tmp_path).st_ino
+    assert target.read_text() == "model_0000002.pth"
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"], events
+    assert events[0][1] == (os.stat(target).st_ino, False)  # the file, before its rename
+    assert events[2][1][0] == folder  # then the folder holding the new entry
+    assert os.listdir(tmp_path) == ["last_checkpoint"]
+
+
+@pytest.mark.parametrize("fails", ["open", "fsync"])
+def test_atomic_write_skips_a_folder_it_cannot_fsync(tmp_path, monkeypatch, fails):
+    """Where a folder cannot be opened (Windows) or fsync'ed (some network file systems), the
+    write still succeeds quietly: the folder fsync is best effort."""
+    folder = str(tmp_path)
+    real_open, real_fsync = os.open, os.fsync
+
+    def no_folder_open(path, flags, *args, **kwargs):
+        if os.fspath(path) == folder:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args, **kwargs)
+
+    def no_folder_fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(22, "Invalid argument")
+        real_fsync(fd)
+
+    if fails == "open":
+        monkeypatch.setattr(os, "open", no_folder_open)
+    else:
+        monkeypatch.setattr(os, "fsync", no_folder_fsync)
+    atomic_write_text(str(tmp_path / "metrics.json"), "new")
+    assert (tmp_path / "metrics.json").read_text() == "new"
+    assert os.listdir(tmp_path) == ["metrics.json"]

@@ -1,12 +1,14 @@
 """Atomic file writes: a reader never sees a half-written checkpoint, genotype or metrics file.
 
 Each write goes to a temporary file beside the target (flushed and fsync'ed), then `os.replace`
-puts it in place, so a process killed at any instant leaves either the old file or the new one.
+puts it in place, so a process killed at any instant leaves either the old file or the new one;
+the folder is then fsync'ed too (POSIX), so that the rename itself survives a power loss.
 A write that fails (disk full, RLIMIT_FSIZE "File too large", a read-only folder) removes its
 temporary file, leaves the old file as it was and raises a one-line `WriteError` naming the file.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -15,6 +17,20 @@ from typing import Any, BinaryIO, Callable
 import torch
 
 from fad.errors import WriteError
+
+
+def _fsync_folder(folder: str) -> None:
+    """fsync the folder `folder` so that a rename inside it is on disk; skipped quietly where a
+    folder cannot be opened (Windows) or fsync'ed (some network and FUSE file systems)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
@@ -28,6 +44,7 @@ def _atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_folder(folder)
     except BaseException as exc:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
