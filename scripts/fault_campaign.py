@@ -3,7 +3,7 @@ fault, run them again with `--resume`, and count what survived.
 
     python scripts/fault_campaign.py [--trials 30] [--worker-trials 10] [--out DIR] [--jobs N]
                                      [--torchrun-trials 5] [--bad-data-trials 1]
-                                     [--only NAME ...]
+                                     [--first-trial N] [--only NAME ...]
 
 prints one table: fault | trials | survived | lost steps (mean / max) | bit-identical finish.
 `scripts/fault_campaign.sh` runs it with the full counts; tests/test_faults_*.py import it and
@@ -310,6 +310,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bad-data-trials", type=int, default=1,
                         help="runs of every bad-data case")
     parser.add_argument("--jobs", type=int, default=1, help="trials run side by side")
+    parser.add_argument("--first-trial", type=int, default=0,
+                        help="number of the first trial (each number is one random kill time: "
+                             "a later run with --first-trial N adds new trials to earlier ones)")
     parser.add_argument("--out", default="output/fault_campaign", help="scratch folder")
     parser.add_argument("--only", nargs="*", default=None, help="fault names (substrings)")
     args = parser.parse_args(argv)
@@ -319,11 +322,15 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in chosen:
         fault, count = FAULTS[name]
+
+        def one(number: int, fault=fault, name=name) -> Trial:
+            trial = fault(number, ctx)
+            print(f"{name} #{number}: {trial}", file=sys.stderr, flush=True)
+            return trial
+
+        first = args.first_trial
         trials = list(ThreadPoolExecutor(args.jobs).map(
-            lambda t, f=fault: f(t, ctx), range(getattr(args, count))))
-        for t in trials:
-            if not (t.survived and t.identical) or t.note:
-                print(f"{name}: {t}", file=sys.stderr)
+            one, range(first, first + getattr(args, count))))
         rows.append((name, trials))
         print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     print(table(rows))
