@@ -6,8 +6,13 @@ detector, so `fad-test` and `fad-demo` run the exported graph through their usua
 
 - a dynamic graph gets each image alone at its own size (it pads inside), which matches the
   eager model at TEST.IMS_PER_BATCH 1;
-- a fixed-size graph gets the images resized to its input size, in calls of its batch size, and
-  the boxes are scaled back to each image.
+- a fixed-size graph (input H x W) gets the images in calls of its batch size, each at the top
+  left of an H x W canvas filled with the pixel mean (zero after the graph's normalisation, as
+  the eager model pads): an image that fits is not resized; a larger one is shrunk, keeping its
+  aspect ratio, until it fits (`fit_size`). The boxes are scaled back to the image and clipped
+  to it. The detections equal the eager model's when the images have the graph's input size;
+  images smaller than it see more padding than in eager mode (and larger ones are shrunk), so
+  export at INPUT.MAX_SIZE_TEST x INPUT.MAX_SIZE_TEST for every test image to fit unscaled.
 """
 from __future__ import annotations
 
@@ -18,10 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fad.ops.msda.onnx import TRT_DOMAIN
+
 from .base import ExportError
 from .writer import require_onnx
 
-REQUIRED_METADATA = ("classes", "input_size", "dynamic", "batch")
+REQUIRED_METADATA = ("classes", "input_size", "dynamic", "batch", "pixel_mean")
 
 
 def open_session(path: str, threads: int = 0):
@@ -36,6 +43,10 @@ def open_session(path: str, threads: int = 0):
         return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / NoSuchFile
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if TRT_DOMAIN in first:
+            raise ExportError(f"{path} holds TensorRT plugin nodes (fad-export --msda tensorrt), "
+                              "which ONNX Runtime cannot run; run it in TensorRT, or export "
+                              "with --msda standard") from None
         raise ExportError(f"{path}: not a readable ONNX model ({first})") from None
 
 
@@ -62,6 +73,7 @@ class OnnxDetector(nn.Module):
         self.input_size = tuple(json.loads(meta["input_size"]))
         self.dynamic: bool = json.loads(meta["dynamic"])
         self.batch: int = json.loads(meta["batch"]) or 1
+        self.pixel_mean = torch.tensor(json.loads(meta["pixel_mean"]), dtype=torch.float32)
 
     def train(self, mode: bool = True) -> OnnxDetector:
         if mode:
@@ -83,7 +95,7 @@ class OnnxDetector(nn.Module):
             return [self._detect_alone(img) for img in images]
         results: list[dict] = []
         for start in range(0, len(images), self.batch):
-            results += self._detect_resized(images[start: start + self.batch])
+            results += self._detect_fitted(images[start: start + self.batch])
         return results
 
     def _detect_alone(self, image: Tensor) -> dict:
@@ -91,16 +103,35 @@ class OnnxDetector(nn.Module):
         h, w = image.shape[-2:]
         return unpad(boxes[0], scores[0], labels[0], int(num[0]), 1.0, 1.0, h, w)
 
-    def _detect_resized(self, images: list[Tensor]) -> list[dict]:
-        h, w = self.input_size
-        batch = torch.stack([F.interpolate(img[None] * 255, size=(h, w), mode="bilinear",
-                                           align_corners=False)[0] for img in images])
-        if len(images) < self.batch:
-            batch = torch.cat([batch, batch[-1:].expand(self.batch - len(images), -1, -1, -1)])
+    def _detect_fitted(self, images: list[Tensor]) -> list[dict]:
+        """Up to `batch` images [3, H_i, W_i] in [0, 1] on pixel-mean canvases of the input size
+        (shrunk to fit where larger), one call of the graph; boxes mapped back to each image."""
+        batch = (self.pixel_mean * 255)[None, :, None, None].repeat(self.batch, 1,
+                                                                     *self.input_size)
+        sizes = []
+        for i, img in enumerate(images):
+            h, w = fit_size(img.shape[-2:], self.input_size)
+            x = img.detach().cpu().float()[None] * 255
+            if (h, w) != tuple(img.shape[-2:]):
+                x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False,
+                                  antialias=True)
+            batch[i, :, :h, :w] = x[0]
+            sizes.append((h, w))
         boxes, scores, labels, num = self.run(batch)
         return [unpad(boxes[i], scores[i], labels[i], int(num[i]), img.shape[-1] / w,
                       img.shape[-2] / h, img.shape[-2], img.shape[-1])
-                for i, img in enumerate(images)]
+                for i, (img, (h, w)) in enumerate(zip(images, sizes))]
+
+
+def fit_size(size: tuple[int, int], canvas: tuple[int, int]) -> tuple[int, int]:
+    """The size (h, w) an image of `size` (H, W) takes on a `canvas` (H_c, W_c): its own when it
+    fits, else scaled by min(H_c / H, W_c / W) (aspect kept, rounded, at least 1 pixel)."""
+    height, width = int(size[0]), int(size[1])
+    scale = min(1.0, canvas[0] / height, canvas[1] / width)
+    if scale == 1.0:
+        return height, width
+    return (min(canvas[0], max(1, round(height * scale))),
+            min(canvas[1], max(1, round(width * scale))))
 
 
 def unpad(boxes: Tensor, scores: Tensor, labels: Tensor, num: int, scale_x: float,

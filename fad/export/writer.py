@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
+from yacs.config import CfgNode
 
+from fad.ops.msda.onnx import MODES as MSDA_MODES
 from fad.ops.msda.onnx import msda_translation_table
 
 from .base import ExportError, ExportModule
@@ -112,10 +114,50 @@ def export_pt2(module: ExportModule, path: str, example: torch.Tensor, dynamic: 
     os.replace(tmp, path)
 
 
+def check_msda_mode(model: torch.nn.Module, fmt: str, mode: str) -> None:
+    """A one-line ExportError when `mode` (fad-export --msda) is not one of MSDA_MODES, is given
+    for a `.pt2` (it picks how the ONNX file writes MSDA), or `model` has no MSDA layer."""
+    from fad.ops.msda.layer import MSDeformAttn
+
+    if mode not in MSDA_MODES:
+        raise ExportError(f"--msda {mode!r} is unknown; use one of {', '.join(MSDA_MODES)}")
+    if fmt != "onnx":
+        raise ExportError(f"--msda picks how an ONNX file writes multi-scale deformable "
+                          f"attention; --format {fmt} has no such choice")
+    if not any(isinstance(m, MSDeformAttn) for m in model.modules()):
+        raise ExportError(f"--msda applies to detectors with multi-scale deformable attention "
+                          f"(Deformable DETR, Sparse DETR); {type(model).__name__} has none")
+
+
+def export_metadata(cfg: CfgNode, classes: Sequence[str], input_size: Sequence[int],
+                    dynamic: bool, batch: int, config_name: str, msda: str = "standard"
+                    ) -> dict[str, str]:
+    """The metadata stored in an exported file (all values strings, most JSON): `classes`,
+    `input_size` [H, W], `dynamic`, `batch` (null when dynamic), `pixel_mean` (INPUT.PIXEL_MEAN,
+    of [0, 1] images: what `OnnxDetector` pads a fixed-size input with), `msda` (the MSDA node
+    mode), `config` (`config_name`), `meta_architecture`, `genotype` (FAD) and `weights`."""
+    return {
+        "classes": json.dumps(list(classes)),
+        "input_size": json.dumps([int(v) for v in input_size]),
+        "dynamic": json.dumps(bool(dynamic)),
+        "batch": json.dumps(None if dynamic else int(batch)),
+        "pixel_mean": json.dumps([float(v) for v in cfg.INPUT.PIXEL_MEAN]),
+        "msda": msda,
+        "config": config_name,
+        "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
+        "genotype": cfg.MODEL.FAD.GENOTYPE,
+        "weights": os.path.basename(cfg.MODEL.WEIGHT),
+    }
+
+
 def write_export(module: ExportModule, path: str, fmt: str, batch: int, dynamic: bool,
-                 metadata: Mapping[str, str]) -> None:
-    """Export `module` in format `fmt` ("onnx" or "pt2") to `path` (written atomically)."""
+                 metadata: Mapping[str, str], msda: str = "standard") -> None:
+    """Export `module` in format `fmt` ("onnx" or "pt2") to `path` (written atomically); the
+    MSDA nodes of an ONNX file in `msda` mode (`fad.ops.msda.onnx.MODES`)."""
     if fmt not in FORMATS:
         raise ExportError(f"unsupported export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     example = example_input(module, batch, dynamic)
-    (export_onnx if fmt == "onnx" else export_pt2)(module, path, example, dynamic, metadata)
+    if fmt == "onnx":
+        export_onnx(module, path, example, dynamic, metadata, msda)
+    else:
+        export_pt2(module, path, example, dynamic, metadata)

@@ -31,7 +31,7 @@ from fad.config import load_config
 from fad.errors import FadError
 from fad.export import build_export_module
 from fad.export.onnx_model import OnnxDetector, open_session, unpad
-from fad.export.writer import reference_ops, write_export
+from fad.export.writer import export_metadata, reference_ops, write_export
 
 from .timing import time_rounds
 
@@ -131,7 +131,8 @@ def _bench_one(name: str, scale: str, args, tmp: str) -> dict:
     graphs: dict[str, Callable] = {}
     for fmt in ("onnx", "pt2"):
         files[fmt] = os.path.join(tmp, f"{name}_{scale}.{fmt}")
-        write_export(module, files[fmt], fmt, 1, dynamic, {"classes": repr(classes)})
+        write_export(module, files[fmt], fmt, 1, dynamic, export_metadata(
+            cfg, classes, size, dynamic, 1, os.path.basename(CONFIGS[name][scale][0])))
     session = open_session(files["onnx"], args.threads)
     graphs["onnx"] = lambda x: session.run(None, {"images": x.numpy()})
     graphs["pt2"] = torch.export.load(files["pt2"]).module()
