@@ -17,6 +17,7 @@ from fad.nas.genotype import read_genotype_text
 
 AUGMENT = os.path.join(REPO, "configs", "fad", "augment", "fad-fcos_tiny_synthetic.yaml")
 PAPER = os.path.join(REPO, "configs", "fad", "genotypes", "fad_paper.log")
+DETR = os.path.join(REPO, "configs", "deformable_detr", "tiny_synthetic.yaml")
 CLASSES = ["red_circle", "green_square", "blue_triangle", "yellow_star"]  # the synthetic set's
 SMALL = ["MODEL.DEVICE", "cpu", "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.FAD.TOWER_CHANNELS", "16",
          "MODEL.FAD.EDGE_CHANNELS", "8", "INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST",
@@ -124,7 +125,52 @@ def test_bad_input_is_one_line(tmp_path):
     # weights of another head width than the config builds
     message = _error([*base, "--format", "onnx", "MODEL.FAD.TOWER_CHANNELS", "24"])
     assert "model.pth" in message
+    message = _error([*base, "--format", "onnx", "--msda", "tensorrt"])
+    assert "--msda applies to detectors with multi-scale deformable attention" in message
+    assert "--msda 'plugin' is unknown; use one of standard, tensorrt" in _error(
+        [*base, "--format", "onnx", "--msda", "plugin"])
+    assert "--format pt2 has no such choice" in _error([*base, "--format", "pt2", "--msda",
+                                                        "tensorrt"])
     assert not (tmp_path / "m.onnx").exists()
+
+
+def _detr_checkpoint(path: Path) -> int:
+    """A random tiny Deformable DETR (+ refine, + two-stage), stored as fad-train stores one;
+    returns its number of MSDA layers."""
+    from fad.ops.msda.layer import MSDeformAttn
+
+    cfg = load_config(DETR, ["MODEL.DEVICE", "cpu", "MODEL.DETR.NUM_QUERIES", "20"])
+    model = randomized_detector(cfg, len(CLASSES), std=0.1, seed=5)
+    torch.save({"model": model.state_dict(), "cfg": cfg.dump(), "classes": CLASSES,
+                "iteration": 1}, path)
+    return sum(isinstance(m, MSDeformAttn) for m in model.modules())
+
+
+@pytest.mark.slow  # one ONNX export of a tiny Deformable DETR (~25 s on a loaded CPU)
+@pytest.mark.timeout(600)
+def test_msda_tensorrt_writes_one_plugin_node_per_msda_layer(tmp_path):
+    """`fad-export --msda tensorrt`: every MSDA call is TensorRT's plugin node, no GridSample is
+    left; ONNX Runtime (fad-test) refuses the file in one line."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from fad.cli.export import main
+    from fad.export.onnx_model import OnnxDetector
+    from fad.ops.msda.onnx import TRT_DOMAIN, TRT_OP
+
+    weight = tmp_path / "detr.pth"
+    layers = _detr_checkpoint(weight)
+    out = main(["--config-file", DETR, "MODEL.DEVICE", "cpu", "MODEL.DETR.NUM_QUERIES", "20",
+                "MODEL.WEIGHT", str(weight), "--format", "onnx", "--input-size", "96", "128",
+                "--msda", "tensorrt", "--output", str(tmp_path / "detr.onnx")])
+    proto = onnx.load(out)
+    nodes = [n for graph in [proto.graph, *proto.functions] for n in graph.node]
+    assert layers == 4  # 2 encoder + 2 decoder layers
+    assert [(n.domain, n.op_type) for n in nodes if n.domain == TRT_DOMAIN] == [
+        (TRT_DOMAIN, TRT_OP)] * layers
+    assert "GridSample" not in {n.op_type for n in nodes}
+    assert {p.key: p.value for p in proto.metadata_props}["msda"] == "tensorrt"
+    with pytest.raises(FadError, match="TensorRT plugin nodes .* export with --msda standard"):
+        OnnxDetector(out)
 
 
 def test_missing_export_extra_is_named(monkeypatch):
