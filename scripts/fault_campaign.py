@@ -51,6 +51,7 @@ TOOLS = {  # tool -> (script, config, extra overrides)
                 "MODEL.FAD.EDGE_CHANNELS", "16"]),
 }
 MAX_ITER = int(SMALL[SMALL.index("SOLVER.MAX_ITER") + 1])
+STARTED = re.compile(r"start \S+ at iteration \d+ of")  # the trainer's line before the 1st step
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
@@ -71,7 +72,7 @@ class Context:
 
     root: str
     work: str
-    references: dict[tuple[str, int], tuple[str, float]] = field(default_factory=dict)
+    references: dict[tuple[str, int], tuple[str, float, float]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -90,8 +91,25 @@ def run(cmd: list[str], timeout: float = 600,
                           preexec_fn=preexec)
 
 
-def reference(ctx: Context, tool: str, workers: int) -> tuple[str, float]:
-    """(output folder, seconds) of an uninterrupted run of `tool`, made once."""
+def run_logged(cmd: list[str], log: str) -> tuple[subprocess.Popen, float | None]:
+    """Start `cmd` in its own process group, output to the file `log`, and wait until the
+    trainer's first-step line (STARTED) is there: (process, seconds until then; None when the
+    process ended first)."""
+    start = time.time()
+    with open(log, "w") as f:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=ENV,
+                                start_new_session=True)
+    while proc.poll() is None:
+        with open(log) as f:
+            if STARTED.search(f.read()):
+                return proc, time.time() - start
+        time.sleep(0.02)
+    return proc, None
+
+
+def reference(ctx: Context, tool: str, workers: int) -> tuple[str, float, float]:
+    """(output folder, seconds, seconds of its start-up) of an uninterrupted run of `tool`,
+    made once; the start-up ends at the trainer's line before the first step."""
     key = (tool, workers)
     with ctx.lock:
         if key in ctx.references:
@@ -99,10 +117,11 @@ def reference(ctx: Context, tool: str, workers: int) -> tuple[str, float]:
         out = os.path.join(ctx.work, f"reference_{tool}_{workers}")
         shutil.rmtree(out, ignore_errors=True)
         start = time.time()
-        done = run(command(tool, out, ctx.root, workers))
-        if done.returncode != 0:
-            raise RuntimeError(f"reference {tool} run failed: {done.stderr[-2000:]}")
-        ctx.references[key] = (out, time.time() - start)
+        proc, startup = run_logged(command(tool, out, ctx.root, workers), f"{out}.log")
+        if proc.wait() != 0 or startup is None:
+            with open(f"{out}.log") as f:
+                raise RuntimeError(f"reference {tool} run failed: {f.read()[-2000:]}")
+        ctx.references[key] = (out, time.time() - start, startup)
         return ctx.references[key]
 
 
@@ -137,29 +156,46 @@ def resume_and_check(ctx: Context, tool: str, workers: int, out: str, reached: i
         resumed = MAX_ITER
     else:
         resumed = 0
-    ref, _ = reference(ctx, tool, workers)
+    ref = reference(ctx, tool, workers)[0]
     return Trial(True, max(reached - resumed, 0), same_finish(out, ref))
 
 
-def kill_at_random(ctx: Context, tool: str, workers: int, rng: random.Random,
-                   name: str) -> Trial:
-    """SIGKILL the tool's whole process group (loader workers too) at a random instant of an
-    uninterrupted run's duration (startup, steps, checkpoint writes, evaluation), then resume."""
-    _, seconds = reference(ctx, tool, workers)
+def kill_at_random(ctx: Context, tool: str, workers: int, rng: random.Random, name: str,
+                   after_startup: bool = False) -> Trial:
+    """SIGKILL the tool's whole process group (loader workers too) at a random instant, then
+    resume. The instant is uniform over an uninterrupted run's duration (start-up, steps,
+    checkpoint writes, evaluation), or with `after_startup` over the part after its start-up
+    (counted from the line before the first step: the loader workers exist then). The trial's
+    note says where the kill landed."""
+    _, seconds, startup = reference(ctx, tool, workers)
     out = os.path.join(ctx.work, name)
     shutil.rmtree(out, ignore_errors=True)
-    delay = rng.uniform(0.1, seconds)
-    with open(os.path.join(ctx.work, f"{name}.log"), "w+") as log:
-        proc = subprocess.Popen(command(tool, out, ctx.root, workers), stdout=log,
-                                stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.seek(0)
-        reached = finished_iterations(log.read())
-    return resume_and_check(ctx, tool, workers, out, reached)
+    log = os.path.join(ctx.work, f"{name}.log")
+    if after_startup:
+        delay = rng.uniform(0.05, seconds - startup)
+        proc, _ = run_logged(command(tool, out, ctx.root, workers), log)
+    else:
+        delay = rng.uniform(0.1, seconds)
+        with open(log, "w") as f:
+            proc = subprocess.Popen(command(tool, out, ctx.root, workers), stdout=f,
+                                    stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+    try:
+        proc.wait(timeout=delay)
+        where = "not killed: the run ended first"
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        where = None
+    with open(log) as f:
+        text = f.read()
+    reached = finished_iterations(text)
+    if where is None:
+        where = ("in the start-up" if not STARTED.search(text) else
+                 "after the last step (final save, evaluation)" if reached == MAX_ITER else
+                 f"in the steps, after iteration {reached}")
+    trial = resume_and_check(ctx, tool, workers, out, reached)
+    trial.note = f"killed {where}" + (f"; {trial.note}" if trial.note else "")
+    return trial
 
 
 # Injected kills at the risky instants of a checkpoint save (fad.engine.checkpoint.Checkpointer
@@ -214,7 +250,8 @@ def kill_in_save(ctx: Context, tool: str, where: str, nth: int, name: str) -> Tr
 def _random_kills(tool: str, workers: int) -> Callable[[int, Context], Trial]:
     def fault(trial: int, ctx: Context) -> Trial:
         rng = random.Random(f"{tool}{workers}{trial}")
-        return kill_at_random(ctx, tool, workers, rng, f"kill_{tool}_{workers}_{trial}")
+        return kill_at_random(ctx, tool, workers, rng, f"kill_{tool}_{workers}_{trial}",
+                              after_startup=workers > 0)
     return fault
 
 

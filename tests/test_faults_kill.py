@@ -51,6 +51,19 @@ def test_kill_at_a_random_instant_then_resume(ctx, tool, seed):
     assert trial.lost_steps <= 2  # CHECKPOINT_PERIOD 2: at most the steps since the last one
 
 
+@pytest.mark.slow
+def test_kill_with_two_loader_workers_then_resume(ctx):
+    """The campaign's `2 loader workers` row, one trial: the tool and its 2 DataLoader worker
+    processes killed at once (SIGKILL of the process group) at a random instant after the
+    start-up (the workers exist then), then --resume: finishes bit-identical to an
+    uninterrupted run with 2 workers."""
+    name = "random_train_workers"
+    trial = campaign.kill_at_random(ctx, "train", 2, random.Random(0), name, after_startup=True)
+    _check(trial, ctx, name)
+    assert trial.lost_steps <= 2
+    assert trial.note.startswith(("killed in the steps", "killed after the last step")), trial
+
+
 def test_the_table_counts_survivors_and_identical_finishes():
     rows = [("kill", [campaign.Trial(True, 1, True), campaign.Trial(True, 2, False),
                       campaign.Trial(False, 5, False)])]
