@@ -251,7 +251,7 @@ def _random_kills(tool: str, workers: int) -> Callable[[int, Context], Trial]:
     def fault(trial: int, ctx: Context) -> Trial:
         rng = random.Random(f"{tool}{workers}{trial}")
         return kill_at_random(ctx, tool, workers, rng, f"kill_{tool}_{workers}_{trial}",
-                              after_startup=workers > 0)
+                              after_startup=True)
     return fault
 
 
