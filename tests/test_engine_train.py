@@ -113,3 +113,30 @@ def test_reduce_keeps_float64_scalars_and_sums_the_losses():
                              scalars={"c": torch.tensor(1 / 3, dtype=torch.float64)})
     reduced = trainer.Trainer._reduce(SimpleNamespace(iter=0, max_iter=1), out)
     assert reduced == {"a": 0.1, "b": 0.25, "c": 1 / 3, "loss": 0.1 + 0.25}
+
+
+def test_channels_last_step_equals_the_nchw_step(synthetic_root, tmp_path):
+    """SOLVER.CHANNELS_LAST (the default) trains in NHWC memory: the conv weights are
+    channels-last, and a step gives the losses and weights of the NCHW step (same math, other
+    kernels: float32 rounding)."""
+    losses, states = {}, {}
+    for channels_last in (True, False):
+        cfg = tiny_fcos_cfg(synthetic_root, str(tmp_path / str(channels_last)))
+        cfg.defrost()
+        cfg.SOLVER.CHANNELS_LAST = channels_last
+        torch.manual_seed(0)
+        model = build_detector(cfg, 3)
+        step = trainer.DetectorStep(cfg, model, torch.device("cpu"))
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+        g = torch.Generator().manual_seed(1)
+        batch = ([torch.rand(3, 96, 128, generator=g) * 255 for _ in range(2)],
+                 [{"boxes": torch.tensor([[8.0, 8.0, 60.0, 50.0]]), "labels": torch.tensor([1])},
+                  {"boxes": torch.tensor([[30.0, 20.0, 120.0, 90.0]]),
+                   "labels": torch.tensor([0])}])
+        losses[channels_last] = step.run(batch).losses
+        states[channels_last] = model.state_dict()
+    for key, value in losses[False].items():
+        torch.testing.assert_close(losses[True][key], value, rtol=1e-4, atol=1e-5)
+    for key, value in states[False].items():
+        torch.testing.assert_close(states[True][key], value, rtol=1e-4, atol=1e-5, msg=key)
