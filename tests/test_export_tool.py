@@ -1,6 +1,7 @@
 """`fad-export` end to end on a searched FCOS checkpoint: the ONNX file carries class names,
-genotype, input size and config name; `fad-test` on it gives the AP of the `.pth`; `fad-demo`
-on it finds the `.pth`'s detections on the real fixture's images; bad input is one line."""
+genotype, input size and config name; `fad-test` and `fad-demo` on it find the `.pth`'s
+detections (and AP) on the real fixture's images; `--msda tensorrt` writes TensorRT's plugin
+node; bad input is one line."""
 import json
 import os
 import subprocess
@@ -32,75 +33,128 @@ def _checkpoint(path: Path) -> None:
                 "iteration": 3}, path)
 
 
+def _real_classes() -> tuple[list[str], list[str]]:
+    """(config overrides that register the real fixture as DATASETS.TEST, its class names)."""
+    from fad.data import build_dataset
+
+    real = voc_fixture("VOC2012")
+    opts = ["DATASETS.REGISTER", f"('voc_real_mini:voc:{real}:trainval',)", "DATASETS.TEST",
+            "('voc_real_mini',)"]
+    dataset = build_dataset(load_config(AUGMENT, [*SMALL, *opts]), ["voc_real_mini"], False)
+    return opts, list(dataset.classes)
+
+
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> tuple[Path, Path]:
-    """(model.pth, model.onnx): `fad-export --dynamic` of a searched FCOS; the config names no
-    genotype (it comes from the checkpoint)."""
+def exported(tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    """(model.pth, model.onnx, config overrides for the real fixture): a random searched FCOS
+    with the real fixture's classes (box regression biased to ~1 stride a side, so that some
+    boxes hit the objects), `fad-export` at 160 x 213, the size the test transforms give the
+    fixture's 640 x 480 photographs; the config names no genotype (it comes from the
+    checkpoint)."""
     pytest.importorskip("onnxruntime")
     from fad.cli.export import main
 
+    opts, classes = _real_classes()
     folder = tmp_path_factory.mktemp("export")
     weight = folder / "model.pth"
-    _checkpoint(weight)
+    cfg = load_config(AUGMENT, [*SMALL, "MODEL.FAD.GENOTYPE", read_genotype_text(PAPER)])
+    model = randomized_detector(cfg, len(classes), std=0.1, seed=2)
+    with torch.no_grad():
+        model.head.bbox_pred.bias.fill_(1.0)
+        for scale in model.head.scales:
+            scale.scale.fill_(1.0)
+    torch.save({"model": model.state_dict(), "cfg": cfg.dump(), "classes": classes,
+                "iteration": 3}, weight)
     out = main(["--config-file", AUGMENT, *SMALL, "MODEL.WEIGHT", str(weight), "--format", "onnx",
-                "--dynamic", "--output", str(folder / "model.onnx")])
-    return weight, Path(out)
+                "--input-size", "160", "213", "--output", str(folder / "model.onnx")])
+    return weight, Path(out), opts
+
+
 
 
 @pytest.mark.heavy
-@pytest.mark.timeout(1500)  # exports take minutes on a loaded CPU
+@pytest.mark.timeout(900)
 def test_the_onnx_file_carries_its_metadata(exported):
     import onnx
 
     proto = onnx.load(str(exported[1]))
     onnx.checker.check_model(proto, full_check=True)
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert json.loads(meta["classes"]) == CLASSES
+    assert json.loads(meta["classes"]) == _real_classes()[1]
     assert meta["genotype"] == read_genotype_text(PAPER)
-    assert json.loads(meta["input_size"]) == [160, 256] and json.loads(meta["dynamic"]) is True
+    assert json.loads(meta["input_size"]) == [160, 213] and json.loads(meta["dynamic"]) is False
     assert meta["config"] == "fad-fcos_tiny_synthetic.yaml" and meta["meta_architecture"] == "FCOS"
+    assert json.loads(meta["batch"]) == 1 and meta["msda"] == "standard"
+
+
+def _differ_only_at_ties(eager: list[tuple], onnx: list[tuple]) -> int:
+    """`eager`, `onnx`: one image's (label, score, box) rows, best first. The same count and
+    scores rank by rank (1e-4); a row whose label or box differs (1e-2 px) must have the same
+    score in both (1e-6): equal-score candidates, which the two runtimes order differently (a
+    random detector's scores lie in a narrow band, where float32 values collide). Returns the
+    number of such rows."""
+    assert len(onnx) == len(eager)
+    differ = 0
+    for (la, sa, ba), (lb, sb, bb) in zip(eager, onnx):
+        assert sb == pytest.approx(sa, abs=1e-4)
+        if la != lb or ba != pytest.approx(bb, abs=1e-2):
+            assert sb == pytest.approx(sa, abs=1e-6)
+            differ += 1
+    return differ
 
 
 @pytest.mark.heavy
-@pytest.mark.timeout(1500)  # exports take minutes on a loaded CPU
-def test_fad_test_on_the_onnx_gives_the_ap_of_the_pth(exported, synthetic_root, tmp_path):
+@pytest.mark.timeout(900)
+def test_fad_test_on_the_real_fixture_gives_the_ap_of_the_pth(exported, tmp_path):
+    """The exported searched FCOS evaluated end to end on the real fixture's photographs: the
+    detections of the `.pth` (up to the order of equal scores), so its AP."""
     from fad.cli.test import main
 
-    metrics = {}
-    for weight in exported:
+    metrics, rows = {}, {}
+    for weight in exported[:2]:
         out = tmp_path / weight.suffix[1:]
-        main(["--config-file", AUGMENT, *SMALL, "MODEL.WEIGHT", str(weight), "DATASETS.ROOT",
-              synthetic_root, "OUTPUT_DIR", str(out), "MODEL.FCOS.SCORE_THRESH", "0.0"])
-        path = out / "inference" / "synthetic_coco_val" / "metrics.json"
-        metrics[weight.suffix] = json.loads(path.read_text())
-    assert metrics[".pth"]["AP"] > 0  # the random detector finds something: the check can fail
-    for key, value in metrics[".pth"].items():
-        if isinstance(value, float):
-            assert metrics[".onnx"][key] == pytest.approx(value, abs=1e-6), key
+        main(["--config-file", AUGMENT, *SMALL, *exported[2], "MODEL.WEIGHT", str(weight),
+              "OUTPUT_DIR", str(out), "MODEL.FCOS.SCORE_THRESH", "0.0"])
+        folder = out / "inference" / "voc_real_mini"
+        metrics[weight.suffix] = json.loads((folder / "metrics.json").read_text())
+        rows[weight.suffix] = {}
+        for d in json.loads((folder / "coco_results.json").read_text()):
+            rows[weight.suffix].setdefault(d["image_id"], []).append(
+                (d["category_id"], d["score"], d["bbox"]))
+    print("real fixture:", {k: {m: round(v[m], 6) for m in ("AP", "AP50", "VOC_mAP")}
+                            for k, v in metrics.items()})
+    assert sorted(rows[".onnx"]) == sorted(rows[".pth"]) and len(rows[".pth"]) == 12
+    differ = sum(_differ_only_at_ties(rows[".pth"][i], rows[".onnx"][i]) for i in rows[".pth"])
+    total = sum(len(r) for r in rows[".pth"].values())
+    print(f"real fixture: {differ} of {total} detections differ (equal scores)")
+    assert differ <= total // 100
+    assert metrics[".pth"]["VOC_mAP"] > 0  # the random detector finds something
+    for key in ("AP", "AP50", "AP75", "VOC_mAP"):  # one tie-broken detection moves them a little
+        assert metrics[".onnx"][key] == pytest.approx(metrics[".pth"][key], abs=5e-3), key
 
 
 @pytest.mark.heavy
-@pytest.mark.timeout(1500)  # exports take minutes on a loaded CPU
+@pytest.mark.timeout(900)
 def test_fad_demo_on_real_images_finds_the_detections_of_the_pth(exported, tmp_path):
-    """The exported searched FCOS, end to end on the real fixture's photographs."""
+    """fad-demo with the exported file on the real fixture's photographs: the `.pth`'s
+    detections (boxes in the original image's pixels), up to the order of equal scores."""
     from fad.cli.demo import main
 
     images = voc_fixture("VOC2012", "JPEGImages")
     records = {}
-    for weight in exported:
+    for weight in exported[:2]:
         records[weight.suffix] = main(["--config-file", AUGMENT, *SMALL, "MODEL.WEIGHT",
                                        str(weight), "--input", str(images), "--output",
                                        str(tmp_path / weight.suffix[1:]), "--score-threshold",
                                        "0.0"])
-    assert len(records[".onnx"]) == len(records[".pth"]) > 0
-    found = 0
+    assert len(records[".onnx"]) == len(records[".pth"]) == 12
+    differ = total = 0
     for eager, onnx in zip(records[".pth"], records[".onnx"]):
-        assert len(onnx["detections"]) == len(eager["detections"])
-        for a, b in zip(eager["detections"], onnx["detections"]):
-            assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=1e-4)
-            assert a["box"] == pytest.approx(b["box"], abs=1e-2)  # pixels of the original image
-            found += 1
-    assert found > 0
+        differ += _differ_only_at_ties(
+            [(d["label"], d["score"], d["box"]) for d in eager["detections"]],
+            [(d["label"], d["score"], d["box"]) for d in onnx["detections"]])
+        total += len(eager["detections"])
+    assert total > 0 and differ <= total // 100
 
 
 def _error(argv: list[str]) -> str:
