@@ -190,11 +190,11 @@ def kill_at_random(ctx: Context, tool: str, workers: int, rng: random.Random, na
         text = f.read()
     reached = finished_iterations(text)
     if where is None:
-        where = ("in the start-up" if not STARTED.search(text) else
-                 "after the last step (final save, evaluation)" if reached == MAX_ITER else
-                 f"in the steps, after iteration {reached}")
+        where = ("killed in the start-up" if not STARTED.search(text) else
+                 "killed after the last step (final save, evaluation)" if reached == MAX_ITER
+                 else f"killed in the steps, after iteration {reached}")
     trial = resume_and_check(ctx, tool, workers, out, reached)
-    trial.note = f"killed {where}" + (f"; {trial.note}" if trial.note else "")
+    trial.note = where + (f"; {trial.note}" if trial.note else "")
     return trial
 
 

@@ -6,12 +6,17 @@ one agent with 2 processes. CPU, gloo, one thread per process; the helpers are t
 campaign (scripts/fault_torchrun.py)."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch.distributed as dist
 from conftest import REPO
 
 from fad.engine.distributed import elastic_restart
@@ -81,6 +86,63 @@ def test_an_elastic_restart_resumes_and_never_clears_the_run(tmp_path, monkeypat
     assert (tmp_path / "model_0000003.pth").read_bytes() == b"weights"
     assert ("torchrun restart 1 of the worker group: resuming from the last checkpoint in "
             f"{tmp_path} (as --resume)") in (tmp_path / "log.txt").read_text()
+
+
+# One rank of a 2-process group: joins the process group (fad.engine.distributed), sums its
+# rank + 1 over the group and prints it.
+SUM_WORKER = """
+import torch, torch.distributed as dist
+from fad.engine.distributed import init_distributed
+init_distributed()
+t = torch.ones(1) * (dist.get_rank() + 1)
+dist.all_reduce(t)
+print("sum", int(t.item()), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_restarted_group_never_connects_to_the_dead_attempts_addresses():
+    """The gloo hang of docs/RELIABILITY.md section 4, made deterministic: torchrun's agent keeps
+    one store for every restart of its group, so the address a rank of the dead attempt
+    published is still there. Attempt 0: rank 1 alone joins (publishes its address) and is
+    killed. Restart 1: rank 0 starts, rank 1 10 s after rank 0 has written its address. Without
+    a key prefix per restart, rank 0 reads the dead rank 1's address (connection refused) and
+    rank 1 waits for rank 0 until the process group's timeout."""
+    agent = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(agent.port),
+           "WORLD_SIZE": "2", "GROUP_WORLD_SIZE": "1", "TORCHELASTIC_USE_AGENT_STORE": "True",
+           "OMP_NUM_THREADS": "1"}
+
+    def start(rank: int, restart: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-c", SUM_WORKER], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank),
+                 "TORCHELASTIC_RESTART_COUNT": str(restart)})
+
+    def after_a_new_key(proc: subprocess.Popen, seconds: float) -> None:
+        keys = len(agent.list_keys())  # num_keys() also counts the store's own keys
+        while len(agent.list_keys()) == keys and proc.poll() is None:
+            time.sleep(0.05)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=seconds)
+
+    dead = start(1, 0)
+    after_a_new_key(dead, 1)  # its address
+    dead.kill()
+    dead.wait()
+    rank0 = start(0, 1)
+    # rank 0 wrote its address; a rank 0 that read the dead one gives up after gloo's retries
+    # (~4 s) unless the new rank 1 connects first: it starts once they are over
+    after_a_new_key(rank0, 10)
+    rank1 = start(1, 1)
+    for proc in (rank0, rank1):
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        assert proc.returncode == 0 and "sum 3" in out, out[-2000:]
 
 
 def test_lost_steps_come_from_the_log():

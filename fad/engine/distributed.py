@@ -9,6 +9,7 @@ import os
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.rendezvous import rendezvous
 
 from fad.utils.dist import (
     all_reduce_mean,
@@ -40,7 +41,16 @@ def init_distributed() -> bool:
     use_cuda = torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    timeout = datetime.timedelta(minutes=30)
+    store, rank, world_size = next(rendezvous("env://", timeout=timeout))
+    if int(os.environ.get("GROUP_WORLD_SIZE", "1")) == 1:
+        # One torchrun agent keeps one store for all restarts of its group: the addresses a dead
+        # attempt published are still in it, and a restarted rank reading one connects to a dead
+        # peer (refused, or a hang when its port was reused). Each restart gets its own keys.
+        # Several agents may count restarts differently, so they share the keys (torch's rule).
+        store = dist.PrefixStore(f"fad/restart_{elastic_restart()}", store)
+    dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank,
+                            world_size=world_size, timeout=timeout)
     return True
 
 
