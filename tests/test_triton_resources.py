@@ -26,17 +26,23 @@ def test_occupancy_from_registers(registers, warps, expected):
     assert occupancy(registers, warps) == expected
 
 
-@pytest.mark.slow
-def test_hot_specializations_neither_spill_nor_exceed_128_registers(tmp_path):
-    """float32, D = 32, forward and backward, sm_80 and sm_90, at the decoder shape."""
+def _specializations(tmp_path, *args: str) -> list[dict]:
+    """The `specializations` rows of `fad-bench triton_resources ARGS`, run in a fresh process
+    without TRITON_INTERPRET and without the ptxas cache."""
     out = tmp_path / "res.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
         [sys.executable, "-c", "from fad.cli.bench import main; main()", "triton_resources",
-         "--dtypes", "fp32", "--head-dims", "32", "--cache", "", "--json", str(out)],
+         *args, "--cache", "", "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(out.read_text())["specializations"]
+    return json.loads(out.read_text())["specializations"]
+
+
+@pytest.mark.slow
+def test_hot_specializations_neither_spill_nor_exceed_128_registers(tmp_path):
+    """float32, D = 32, forward and backward, sm_80 and sm_90, at the decoder shape."""
+    rows = _specializations(tmp_path, "--dtypes", "fp32", "--head-dims", "32")
     assert sorted((r["kernel"], r["arch"]) for r in rows) == [
         ("backward", "sm_80"), ("backward", "sm_90"), ("forward", "sm_80"), ("forward", "sm_90")]
     for row in rows:
@@ -49,13 +55,6 @@ def test_hot_specializations_neither_spill_nor_exceed_128_registers(tmp_path):
 @pytest.mark.slow
 def test_float64_wide_backward_does_not_spill_on_sm80(tmp_path):
     """The last specialization of docs/msda_triton.md that spilled (16 bytes at 4 warps)."""
-    out = tmp_path / "res.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run(
-        [sys.executable, "-c", "from fad.cli.bench import main; main()", "triton_resources",
-         "--dtypes", "fp64", "--head-dims", "256", "--archs", "80", "--kernels", "backward",
-         "--cache", "", "--json", str(out)],
-        env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (row,) = json.loads(out.read_text())["specializations"]
+    (row,) = _specializations(tmp_path, "--dtypes", "fp64", "--head-dims", "256", "--archs",
+                              "80", "--kernels", "backward")
     assert (row["spill_bytes"], row["num_warps"]) == (0, 8), row
