@@ -152,7 +152,7 @@ def test_lost_steps_come_from_the_log():
     assert F.lost_steps("iter: 1/12\n") == 1  # killed before the first checkpoint
 
 
-@pytest.mark.heavy  # minutes, and a restart once hung in gloo's connect (docs/RELIABILITY.md)
+@pytest.mark.heavy  # minutes each
 def test_killed_train_worker_restarts_and_finishes_with_the_same_weights(
         synthetic_root, tmp_path, straight_train):
     out = tmp_path / "killed"
