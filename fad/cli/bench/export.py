@@ -4,7 +4,11 @@ For each of --models (FCOS plain `fcos`, FCOS with the FAD paper's searched head
 `fcos_searched`, Deformable DETR `deformable_detr`) at each of --scales:
 
 - `tiny`: the tiny synthetic config (random weights, seed 0, or --weights MODEL=PATH), latency
-  and AP on the synthetic val set under --data-root (made by `fad-make-data`; omitted without);
+  and AP on the synthetic val set under --data-root (made by `fad-make-data`; omitted without),
+  exported with dynamic sizes (each val image at its own size), or at a fixed --tiny-size H W
+  (minutes instead of tens of minutes for the searched head; every val image must come out of
+  the test transforms at H x W, e.g. `fad-make-data --min-size 256 --max-size 256` and
+  --tiny-size 160 160);
 - `r50`: ResNet-50 at --size (default 800 x 1333), random weights, latency only.
 
 Formats, all running the same export graph of `fad.export` (pre- and post-processing inside)
@@ -52,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--scales", nargs="+", default=["tiny", "r50"], choices=["tiny", "r50"])
     parser.add_argument("--size", type=int, nargs=2, default=(800, 1333), metavar=("H", "W"))
+    parser.add_argument("--tiny-size", type=int, nargs=2, metavar=("H", "W"),
+                        help="export the tiny models at this fixed size (default: dynamic)")
     parser.add_argument("--data-root", default="", metavar="DIR",
                         help="DATASETS.ROOT with synthetic_coco/ (AP of the tiny models)")
     parser.add_argument("--weights", nargs="*", default=[], metavar="MODEL=PATH",
@@ -65,15 +71,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 class GraphDetector(nn.Module):
     """A graph of the export contract (images 0-255 -> boxes, scores, labels, num) behind the
-    detector API, one image per call (as `OnnxDetector` runs a dynamic graph)."""
+    detector API, one image per call (as `OnnxDetector` runs a dynamic graph); a graph of
+    `fixed_size` (H, W) takes images of that size only (a one-line error for another)."""
 
-    def __init__(self, graph: Callable[[Tensor], tuple]):
+    def __init__(self, graph: Callable[[Tensor], tuple],
+                 fixed_size: tuple[int, int] | None = None):
         super().__init__()
         self.graph = graph
+        self.fixed_size = fixed_size
+
+    def train(self, mode: bool = True) -> GraphDetector:
+        """Sets this module's flag only: a loaded `.pt2` module refuses train() / eval()."""
+        self.training = mode
+        return self
 
     def forward(self, images: list[Tensor]) -> list[dict]:
         out = []
         for img in images:
+            if self.fixed_size and tuple(img.shape[-2:]) != self.fixed_size:
+                raise FadError(f"a val image of {tuple(img.shape[-2:])} for a graph exported "
+                               f"at {self.fixed_size}; give --tiny-size the size the test "
+                               "transforms make of every val image")
             boxes, scores, labels, num = (torch.as_tensor(o) for o in self.graph(img[None] * 255))
             out.append(unpad(boxes[0], scores[0], labels[0], int(num[0]), 1.0, 1.0,
                              img.shape[-2], img.shape[-1]))
@@ -122,9 +140,9 @@ def _ap(cfg: CfgNode, detector: nn.Module, classes: list[str], out: str) -> floa
 def _bench_one(name: str, scale: str, args, tmp: str) -> dict:
     cfg = _config(name, scale, args)
     model, classes = _model(cfg, name, scale, args)
-    size = tuple(args.size) if scale == "r50" else (cfg.INPUT.MIN_SIZE_TEST,
-                                                    cfg.INPUT.MAX_SIZE_TEST)
-    dynamic = scale == "tiny"  # runs the val images at their own sizes
+    size = tuple(args.size) if scale == "r50" else tuple(
+        args.tiny_size or (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST))
+    dynamic = scale == "tiny" and not args.tiny_size  # runs the val images at their own sizes
     module = build_export_module(model, cfg, size)
     files = {"eager": os.path.join(tmp, f"{name}_{scale}.pth")}
     torch.save(model.state_dict(), files["eager"])
@@ -160,7 +178,7 @@ def _bench_one(name: str, scale: str, args, tmp: str) -> dict:
         if scale == "tiny" and args.data_root:
             detector = model if fmt == "eager" else (
                 OnnxDetector(files["onnx"], args.threads) if fmt == "onnx"
-                else GraphDetector(graphs[fmt]))
+                else GraphDetector(graphs[fmt], None if dynamic else size))
             with torch.no_grad():
                 entry["AP"] = _ap(cfg, detector, classes, os.path.join(tmp, f"ap_{fmt}"))
         row["formats"][fmt] = entry
