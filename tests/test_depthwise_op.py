@@ -94,3 +94,23 @@ def test_bad_backend_name(monkeypatch):
     monkeypatch.setenv("FAD_DEPTHWISE_BACKEND", "fastest")
     with pytest.raises(ValueError, match="FAD_DEPTHWISE_BACKEND"):
         kernel_runs(torch.zeros(1))
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_channels_last_input_takes_onednn_with_the_kernels_values(dilation):
+    """NHWC x (channels-last training) runs F.conv2d in NHWC, not the NCHW kernel: the output
+    stays channels-last and output and gradients equal the kernel's on the NCHW copy."""
+    torch.manual_seed(4)
+    x = torch.randn(2, 8, 9, 11)
+    w = torch.randn(8, 1, 3, 3, requires_grad=True)
+    nhwc = x.to(memory_format=torch.channels_last).requires_grad_()
+    nchw = x.clone().requires_grad_()
+    assert kernel_runs(nchw) and not kernel_runs(nhwc)
+    out, ref = depthwise_conv3x3(nhwc, w, dilation), depthwise_conv3x3(nchw, w, dilation)
+    assert "Depthwise" in type(ref.grad_fn).__name__
+    assert out.grad_fn.name().startswith("Convolution")
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(out, (nhwc, w), g), torch.autograd.grad(ref, (nchw, w), g)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -1,6 +1,11 @@
 """Which depthwise 3x3 backend runs: the compiled CPU kernel ("cpp") on CPU float32/float64
 tensors, else the reference `F.conv2d` (CUDA, other dtypes, CPU autocast, backend "reference" by
-MODEL.OPS.DEPTHWISE_BACKEND or FAD_DEPTHWISE_BACKEND, no compiler; see `fad.ops.backends`)."""
+MODEL.OPS.DEPTHWISE_BACKEND or FAD_DEPTHWISE_BACKEND, no compiler; see `fad.ops.backends`).
+
+A channels-last input (SOLVER.CHANNELS_LAST training) also takes the reference: the kernel
+reads NCHW, so it would copy x to NCHW and return NCHW, while oneDNN's NHWC depthwise stays in
+NHWC and, fwd+bwd at [8, 32, 20, 32], is 2.7x faster than the kernel (docs/fad.md, "Where the
+demo's time goes")."""
 from __future__ import annotations
 
 import torch
@@ -11,9 +16,15 @@ from .reference import depthwise_conv3x3_reference
 from .schema import DepthwiseFunction
 
 
+def _channels_last(x: Tensor) -> bool:
+    """x is a 4-D channels-last (NHWC) tensor that is not also NCHW-contiguous."""
+    return (x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
 def kernel_runs(x: Tensor) -> bool:
-    """Whether `depthwise_conv3x3(x, ...)` runs the compiled kernel."""
-    return (x.dtype in (torch.float32, torch.float64)
+    """Whether `depthwise_conv3x3(x, ...)` runs the compiled kernel (not for channels-last x)."""
+    return (x.dtype in (torch.float32, torch.float64) and not _channels_last(x)
             and use_cpu_kernel("depthwise", "depthwise_cpu", x.device.type))
 
 
