@@ -3,16 +3,19 @@
 // Forward: at::parallel_for over (n, q, m); each item accumulates its D output channels over the
 // L * P points, the four bilinear corners fused into one contiguous loop over D.
 // Backward: at::parallel_for over (query group g, n, m). A task owns the grad_value slice of head
-// m of image n in buffer g (no atomics); with G > 1 groups the G buffers are summed at the end.
+// m of image n in buffer g (no atomics) and zeroes it itself; with G > 1 groups the G buffers are
+// summed at the end. Every grad_loc / grad_attn element is written (no zero fills).
+// Both walk their items in order and build the taps of item i + 1 (corner rows and weights,
+// msda_cpu_taps.h), prefetching the rows, before they sum item i: the row loads, which miss the
+// cache, overlap the arithmetic of the item before.
 // Half and bfloat16 compute in float (at::opmath_type).
 // The item loops are compiled twice, for baseline x86-64 and for AVX2+FMA (picked at run time
-// by fad::use_avx2), and specialised for D = 32 and 64 in float32.
+// by fad::use_avx2), and specialised for D = 32 and 64 in float32 (msda_cpu_vec.h).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -22,6 +25,8 @@
 
 #include "../../common/cpu_dispatch.h"
 #include "../msda.h"
+#include "msda_cpu_taps.h"
+#include "msda_cpu_vec.h"
 
 namespace fad_msda {
 namespace {
@@ -52,161 +57,280 @@ Sizes sizes_of(const at::Tensor& value, const at::Tensor& sampling_loc) {
           sampling_loc.size(1), sampling_loc.size(3), sampling_loc.size(4)};
 }
 
-// Forward of items [begin, end) of (n, q, m); `acc` holds D scratch values, `zeros` D zeros.
+// Fill `taps` with the contributing points of item i = (n, q, m) and prefetch their rows;
+// returns how many there are.
 template <typename scalar_t, int kD>
-FAD_ALWAYS_INLINE void forward_items(const Problem<scalar_t>& pr, int64_t begin, int64_t end,
-                                     at::opmath_type<scalar_t>* __restrict__ acc,
-                                     const scalar_t* zeros) {
+FAD_ALWAYS_INLINE int64_t forward_taps(const Problem<scalar_t>& pr, int64_t i,
+                                       Tap<scalar_t>* __restrict__ taps,
+                                       const scalar_t* zeros) {
   using acc_t = at::opmath_type<scalar_t>;
   const Sizes z = pr.z;
-  const int64_t dim = kD > 0 ? kD : z.d, row = z.m * z.d, num = z.levels * z.points;
-  for (int64_t i = begin; i < end; ++i) {
-    const int64_t n = i / (z.lq * z.m), m = i % z.m;
-    for (int64_t d = 0; d < dim; ++d) {
-      acc[d] = acc_t(0);
-    }
-    const scalar_t* loc_i = pr.loc + i * num * 2;
-    const scalar_t* attn_i = pr.attn + i * num;
-    for (int64_t l = 0; l < z.levels; ++l) {
-      const int64_t height = pr.shapes[2 * l], width = pr.shapes[2 * l + 1];
-      const scalar_t* value_l = pr.value + (n * z.s + pr.starts[l]) * row + m * z.d;
-      for (int64_t p = 0; p < z.points; ++p) {
-        const int64_t j = l * z.points + p;
-        Corners<acc_t> c;
-        if (!bilinear_corners<acc_t>(loc_i[2 * j], loc_i[2 * j + 1], height, width, c)) {
-          continue;
-        }
-        const acc_t a = attn_i[j];
-        const scalar_t* v[4];
-        acc_t w[4];
-        for (int k = 0; k < 4; ++k) {
-          v[k] = c.offset[k] >= 0 ? value_l + c.offset[k] * row : zeros;
-          w[k] = a * c.weight[k];
-        }
-        const scalar_t* __restrict__ v0 = v[0];
-        const scalar_t* __restrict__ v1 = v[1];
-        const scalar_t* __restrict__ v2 = v[2];
-        const scalar_t* __restrict__ v3 = v[3];
-#pragma omp simd
-        for (int64_t d = 0; d < dim; ++d) {
-          acc[d] += w[0] * acc_t(v0[d]) + w[1] * acc_t(v1[d]) + w[2] * acc_t(v2[d]) +
-                    w[3] * acc_t(v3[d]);
-        }
+  const int64_t n = i / (z.lq * z.m), m = i % z.m, row = z.m * z.d, num = z.levels * z.points;
+  const int64_t dim = kD > 0 ? kD : z.d, bytes = dim * static_cast<int64_t>(sizeof(scalar_t));
+  const scalar_t* loc_i = pr.loc + i * num * 2;
+  const scalar_t* attn_i = pr.attn + i * num;
+  int64_t count = 0;
+  for (int64_t l = 0; l < z.levels; ++l) {
+    const int64_t height = pr.shapes[2 * l], width = pr.shapes[2 * l + 1];
+    const scalar_t* value_l = pr.value + (n * z.s + pr.starts[l]) * row + m * z.d;
+    for (int64_t p = 0; p < z.points; ++p) {
+      const int64_t j = l * z.points + p;
+      Corners<acc_t> c;
+      if (!bilinear_corners<acc_t>(loc_i[2 * j], loc_i[2 * j + 1], height, width, c)) {
+        continue;
+      }
+      const acc_t a = attn_i[j];
+      Tap<scalar_t>& t = taps[count++];
+      for (int k = 0; k < 4; ++k) {
+        t.v[k] = c.offset[k] >= 0 ? value_l + c.offset[k] * row : zeros;
+        t.w[k] = a * c.weight[k];
+        prefetch_row<false>(t.v[k], bytes);
       }
     }
-    scalar_t* out_i = pr.out + i * z.d;
+  }
+  return count;
+}
+
+// out[0, dim) = sum over the taps of the four weighted corner rows (any dtype and D; `acc`
+// holds dim scratch values).
+template <typename scalar_t>
+FAD_ALWAYS_INLINE void sum_taps(const Tap<scalar_t>* __restrict__ taps, int64_t count,
+                                int64_t dim, at::opmath_type<scalar_t>* __restrict__ acc,
+                                scalar_t* __restrict__ out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t d = 0; d < dim; ++d) {
+    acc[d] = acc_t(0);
+  }
+  for (int64_t t = 0; t < count; ++t) {
+    const Tap<scalar_t>& tap = taps[t];
+    const scalar_t* __restrict__ v0 = tap.v[0];
+    const scalar_t* __restrict__ v1 = tap.v[1];
+    const scalar_t* __restrict__ v2 = tap.v[2];
+    const scalar_t* __restrict__ v3 = tap.v[3];
+    const acc_t w0 = tap.w[0], w1 = tap.w[1], w2 = tap.w[2], w3 = tap.w[3];
+#pragma omp simd
     for (int64_t d = 0; d < dim; ++d) {
-      out_i[d] = static_cast<scalar_t>(acc[d]);
+      acc[d] += w0 * acc_t(v0[d]) + w1 * acc_t(v1[d]) + w2 * acc_t(v2[d]) + w3 * acc_t(v3[d]);
+    }
+  }
+  for (int64_t d = 0; d < dim; ++d) {
+    out[d] = static_cast<scalar_t>(acc[d]);
+  }
+}
+
+// Forward of items [begin, end) of (n, q, m). The taps of item i + 1 are built (and their rows
+// prefetched) before item i is summed, so the row loads of consecutive items overlap. kD > 0:
+// float32 with D = kD on vectors (msda_cpu_vec.h).
+template <typename scalar_t, int kD>
+FAD_ALWAYS_INLINE void forward_items(const Problem<scalar_t>& pr, int64_t begin, int64_t end,
+                                     Scratch<scalar_t>& s) {
+  const int64_t num = pr.z.levels * pr.z.points;
+  Tap<scalar_t>* taps[2] = {s.taps, s.taps + num};
+  int64_t count[2] = {forward_taps<scalar_t, kD>(pr, begin, taps[0], s.zeros), 0};
+  for (int64_t i = begin; i < end; ++i) {
+    const int cur = (i - begin) & 1;
+    if (i + 1 < end) {
+      count[cur ^ 1] = forward_taps<scalar_t, kD>(pr, i + 1, taps[cur ^ 1], s.zeros);
+    }
+    if constexpr (kD > 0) {
+      sum_taps_vec<kD>(taps[cur], count[cur], pr.out + i * kD);
+    } else {
+      sum_taps(taps[cur], count[cur], pr.z.d, s.acc, pr.out + i * pr.z.d);
     }
   }
 }
 
-// Backward of tasks [begin, end) of (g, n, m); `scratch` holds 4 * D values that absorb the
-// grad_value updates of corners outside the map.
+// Fill `taps` with the contributing points of query q of task (n, m) (grad_value rows in
+// `grad_value_g`, a `sink` row per corner for those outside the map) and prefetch their rows;
+// write zero grad_loc / grad_attn for the points that do not contribute; returns the count.
 template <typename scalar_t, int kD>
-FAD_ALWAYS_INLINE void backward_tasks(const Problem<scalar_t>& pr, int64_t begin, int64_t end,
-                                      at::opmath_type<scalar_t>* scratch,
-                                      const scalar_t* zeros) {
+FAD_ALWAYS_INLINE int64_t backward_taps(const Problem<scalar_t>& pr, int64_t n, int64_t q,
+                                        int64_t m, at::opmath_type<scalar_t>* grad_value_g,
+                                        GradTap<scalar_t>* __restrict__ taps,
+                                        Scratch<scalar_t>& s) {
   using acc_t = at::opmath_type<scalar_t>;
   const Sizes z = pr.z;
-  const int64_t dim = kD > 0 ? kD : z.d, row = z.m * z.d, num = z.levels * z.points;
+  const int64_t i = (n * z.lq + q) * z.m + m, row = z.m * z.d, num = z.levels * z.points;
+  const int64_t dim = kD > 0 ? kD : z.d, bytes = dim * static_cast<int64_t>(sizeof(scalar_t));
+  const scalar_t* loc_i = pr.loc + i * num * 2;
+  const scalar_t* attn_i = pr.attn + i * num;
+  int64_t count = 0;
+  for (int64_t l = 0; l < z.levels; ++l) {
+    const int64_t height = pr.shapes[2 * l], width = pr.shapes[2 * l + 1];
+    const int64_t base = (n * z.s + pr.starts[l]) * row + m * z.d;
+    for (int64_t p = 0; p < z.points; ++p) {
+      const int64_t j = l * z.points + p;
+      GradTap<scalar_t>& t = taps[count];
+      if (!bilinear_corners<acc_t>(loc_i[2 * j], loc_i[2 * j + 1], height, width, t.c)) {
+        pr.grad_attn[i * num + j] = scalar_t(0);
+        pr.grad_loc[2 * (i * num + j)] = scalar_t(0);
+        pr.grad_loc[2 * (i * num + j) + 1] = scalar_t(0);
+        continue;
+      }
+      t.a = attn_i[j];
+      t.width = static_cast<acc_t>(width);
+      t.height = static_cast<acc_t>(height);
+      t.j = i * num + j;
+      for (int k = 0; k < 4; ++k) {
+        const bool inside = t.c.offset[k] >= 0;
+        t.v[k] = inside ? pr.value + base + t.c.offset[k] * row : s.zeros;
+        t.gv[k] = inside ? grad_value_g + base + t.c.offset[k] * row : s.sink + k * z.d;
+        t.w[k] = t.a * t.c.weight[k];
+        prefetch_row<false>(t.v[k], bytes);
+        prefetch_row<true>(t.gv[k], dim * static_cast<int64_t>(sizeof(acc_t)));
+      }
+      ++count;
+    }
+  }
+  return count;
+}
+
+// dots[4 t + k] = <go, corner k row of tap t>, and grad_value rows += w * go, for one query-head
+// (any dtype and D; `go` holds dim scratch values).
+template <typename scalar_t>
+FAD_ALWAYS_INLINE void backward_taps_scalar(const GradTap<scalar_t>* __restrict__ taps,
+                                            int64_t count, int64_t dim, const scalar_t* go_row,
+                                            at::opmath_type<scalar_t>* __restrict__ go,
+                                            at::opmath_type<scalar_t>* __restrict__ dots) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t d = 0; d < dim; ++d) {
+    go[d] = acc_t(go_row[d]);
+  }
+  for (int64_t t = 0; t < count; ++t) {
+    const GradTap<scalar_t>& tap = taps[t];
+    const scalar_t* __restrict__ v0 = tap.v[0];
+    const scalar_t* __restrict__ v1 = tap.v[1];
+    const scalar_t* __restrict__ v2 = tap.v[2];
+    const scalar_t* __restrict__ v3 = tap.v[3];
+    acc_t* __restrict__ g0 = tap.gv[0];
+    acc_t* __restrict__ g1 = tap.gv[1];
+    acc_t* __restrict__ g2 = tap.gv[2];
+    acc_t* __restrict__ g3 = tap.gv[3];
+    const acc_t w0 = tap.w[0], w1 = tap.w[1], w2 = tap.w[2], w3 = tap.w[3];
+    acc_t dot0 = 0, dot1 = 0, dot2 = 0, dot3 = 0;
+#pragma omp simd reduction(+ : dot0, dot1, dot2, dot3)
+    for (int64_t d = 0; d < dim; ++d) {
+      const acc_t gd = go[d];
+      dot0 += gd * acc_t(v0[d]);
+      dot1 += gd * acc_t(v1[d]);
+      dot2 += gd * acc_t(v2[d]);
+      dot3 += gd * acc_t(v3[d]);
+      g0[d] += w0 * gd;
+      g1[d] += w1 * gd;
+      g2[d] += w2 * gd;
+      g3[d] += w3 * gd;
+    }
+    dots[4 * t] = dot0;
+    dots[4 * t + 1] = dot1;
+    dots[4 * t + 2] = dot2;
+    dots[4 * t + 3] = dot3;
+  }
+}
+
+// grad_attn and grad_loc of every tap from its four corner dot products.
+template <typename scalar_t>
+FAD_ALWAYS_INLINE void write_point_grads(const Problem<scalar_t>& pr,
+                                         const GradTap<scalar_t>* __restrict__ taps,
+                                         int64_t count,
+                                         const at::opmath_type<scalar_t>* __restrict__ dots) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t t = 0; t < count; ++t) {
+    const GradTap<scalar_t>& tap = taps[t];
+    acc_t g_attn = 0, g_w = 0, g_h = 0;
+    for (int k = 0; k < 4; ++k) {
+      g_attn += tap.c.weight[k] * dots[4 * t + k];
+      g_w += tap.c.dweight_dw[k] * dots[4 * t + k];
+      g_h += tap.c.dweight_dh[k] * dots[4 * t + k];
+    }
+    pr.grad_attn[tap.j] = static_cast<scalar_t>(g_attn);
+    pr.grad_loc[2 * tap.j] = static_cast<scalar_t>(tap.a * g_w * tap.width);
+    pr.grad_loc[2 * tap.j + 1] = static_cast<scalar_t>(tap.a * g_h * tap.height);
+  }
+}
+
+// Prefetch the locations, attention weights and output gradient of query q of task (n, m) (a
+// task reads them with a stride of M query-heads, which the hardware prefetcher may miss).
+template <typename scalar_t>
+FAD_ALWAYS_INLINE void prefetch_query(const Problem<scalar_t>& pr, int64_t n, int64_t q,
+                                      int64_t m) {
+  const Sizes z = pr.z;
+  const int64_t i = (n * z.lq + q) * z.m + m, num = z.levels * z.points;
+  constexpr int64_t size = sizeof(scalar_t);
+  prefetch_row<false>(pr.loc + i * num * 2, num * 2 * size);
+  prefetch_row<false>(pr.attn + i * num, num * size);
+  prefetch_row<false>(pr.grad_out + i * z.d, z.d * size);
+}
+
+// Backward of tasks [begin, end) of (g, n, m): a task zeroes its grad_value slice, then walks its
+// queries, building the taps of query q + 1 (rows prefetched) before it handles query q. kD > 0:
+// float32 with D = kD on vectors (msda_cpu_vec.h).
+template <typename scalar_t, int kD>
+FAD_ALWAYS_INLINE void backward_tasks(const Problem<scalar_t>& pr, int64_t begin, int64_t end,
+                                      Scratch<scalar_t>& s) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Sizes z = pr.z;
+  const int64_t row = z.m * z.d, num = z.levels * z.points;
+  GradTap<scalar_t>* taps[2] = {s.grad_taps, s.grad_taps + num};
   for (int64_t task = begin; task < end; ++task) {
     const int64_t g = task / (z.n * z.m), n = (task / z.m) % z.n, m = task % z.m;
     const int64_t q_begin = g * z.lq / pr.groups, q_end = (g + 1) * z.lq / pr.groups;
     acc_t* grad_value_g = pr.grad_value + g * z.n * z.s * row;
+    for (int64_t t = 0; t < z.s; ++t) {
+      std::fill_n(grad_value_g + (n * z.s + t) * row + m * z.d, z.d, acc_t(0));
+    }
+    if (q_begin >= q_end) {
+      continue;
+    }
+    int64_t count[2] = {
+        backward_taps<scalar_t, kD>(pr, n, q_begin, m, grad_value_g, taps[0], s), 0};
     for (int64_t q = q_begin; q < q_end; ++q) {
-      const int64_t i = (n * z.lq + q) * z.m + m;
-      const scalar_t* __restrict__ go = pr.grad_out + i * z.d;
-      const scalar_t* loc_i = pr.loc + i * num * 2;
-      const scalar_t* attn_i = pr.attn + i * num;
-      for (int64_t l = 0; l < z.levels; ++l) {
-        const int64_t height = pr.shapes[2 * l], width = pr.shapes[2 * l + 1];
-        const int64_t base = (n * z.s + pr.starts[l]) * row + m * z.d;
-        for (int64_t p = 0; p < z.points; ++p) {
-          const int64_t j = l * z.points + p;
-          Corners<acc_t> c;
-          if (!bilinear_corners<acc_t>(loc_i[2 * j], loc_i[2 * j + 1], height, width, c)) {
-            continue;
-          }
-          const acc_t a = attn_i[j];
-          const scalar_t* v[4];
-          acc_t* gv[4];
-          acc_t w[4];
-          for (int k = 0; k < 4; ++k) {
-            const bool inside = c.offset[k] >= 0;
-            v[k] = inside ? pr.value + base + c.offset[k] * row : zeros;
-            gv[k] = inside ? grad_value_g + base + c.offset[k] * row : scratch + k * dim;
-            w[k] = a * c.weight[k];
-          }
-          const scalar_t* __restrict__ v0 = v[0];
-          const scalar_t* __restrict__ v1 = v[1];
-          const scalar_t* __restrict__ v2 = v[2];
-          const scalar_t* __restrict__ v3 = v[3];
-          acc_t* __restrict__ g0 = gv[0];
-          acc_t* __restrict__ g1 = gv[1];
-          acc_t* __restrict__ g2 = gv[2];
-          acc_t* __restrict__ g3 = gv[3];
-          acc_t dot0 = 0, dot1 = 0, dot2 = 0, dot3 = 0;
-#pragma omp simd reduction(+ : dot0, dot1, dot2, dot3)
-          for (int64_t d = 0; d < dim; ++d) {
-            const acc_t gd = go[d];
-            dot0 += gd * acc_t(v0[d]);
-            dot1 += gd * acc_t(v1[d]);
-            dot2 += gd * acc_t(v2[d]);
-            dot3 += gd * acc_t(v3[d]);
-            g0[d] += w[0] * gd;
-            g1[d] += w[1] * gd;
-            g2[d] += w[2] * gd;
-            g3[d] += w[3] * gd;
-          }
-          const acc_t dots[4] = {dot0, dot1, dot2, dot3};
-          acc_t g_attn = 0, g_w = 0, g_h = 0;
-          for (int k = 0; k < 4; ++k) {
-            g_attn += c.weight[k] * dots[k];
-            g_w += c.dweight_dw[k] * dots[k];
-            g_h += c.dweight_dh[k] * dots[k];
-          }
-          const int64_t out_j = i * num + j;
-          pr.grad_attn[out_j] = static_cast<scalar_t>(g_attn);
-          pr.grad_loc[2 * out_j] = static_cast<scalar_t>(a * g_w * static_cast<acc_t>(width));
-          pr.grad_loc[2 * out_j + 1] =
-              static_cast<scalar_t>(a * g_h * static_cast<acc_t>(height));
-        }
+      const int cur = (q - q_begin) & 1;
+      if (q + 2 < q_end) {
+        prefetch_query(pr, n, q + 2, m);
       }
+      if (q + 1 < q_end) {
+        count[cur ^ 1] =
+            backward_taps<scalar_t, kD>(pr, n, q + 1, m, grad_value_g, taps[cur ^ 1], s);
+      }
+      const scalar_t* go_row = pr.grad_out + ((n * z.lq + q) * z.m + m) * z.d;
+      if constexpr (kD > 0) {
+        backward_taps_vec<kD>(taps[cur], count[cur], go_row, s.dots);
+      } else {
+        backward_taps_scalar(taps[cur], count[cur], z.d, go_row, s.acc, s.dots);
+      }
+      write_point_grads(pr, taps[cur], count[cur], s.dots);
     }
   }
 }
 
 template <typename scalar_t>
-using ForwardFn = void (*)(const Problem<scalar_t>&, int64_t, int64_t,
-                           at::opmath_type<scalar_t>*, const scalar_t*);
+using ForwardFn = void (*)(const Problem<scalar_t>&, int64_t, int64_t, Scratch<scalar_t>&);
 template <typename scalar_t>
 using BackwardFn = ForwardFn<scalar_t>;
 
 template <typename scalar_t, int kD>
 void forward_items_base(const Problem<scalar_t>& pr, int64_t b, int64_t e,
-                        at::opmath_type<scalar_t>* acc, const scalar_t* zeros) {
-  forward_items<scalar_t, kD>(pr, b, e, acc, zeros);
+                        Scratch<scalar_t>& s) {
+  forward_items<scalar_t, kD>(pr, b, e, s);
 }
 
 template <typename scalar_t, int kD>
 void backward_tasks_base(const Problem<scalar_t>& pr, int64_t b, int64_t e,
-                         at::opmath_type<scalar_t>* scratch, const scalar_t* zeros) {
-  backward_tasks<scalar_t, kD>(pr, b, e, scratch, zeros);
+                         Scratch<scalar_t>& s) {
+  backward_tasks<scalar_t, kD>(pr, b, e, s);
 }
 
 #if FAD_AVX2_BUILD
 template <typename scalar_t, int kD>
 FAD_TARGET_AVX2 void forward_items_avx2(const Problem<scalar_t>& pr, int64_t b, int64_t e,
-                                        at::opmath_type<scalar_t>* acc, const scalar_t* zeros) {
-  forward_items<scalar_t, kD>(pr, b, e, acc, zeros);
+                                        Scratch<scalar_t>& s) {
+  forward_items<scalar_t, kD>(pr, b, e, s);
 }
 
 template <typename scalar_t, int kD>
 FAD_TARGET_AVX2 void backward_tasks_avx2(const Problem<scalar_t>& pr, int64_t b, int64_t e,
-                                         at::opmath_type<scalar_t>* scratch,
-                                         const scalar_t* zeros) {
-  backward_tasks<scalar_t, kD>(pr, b, e, scratch, zeros);
+                                         Scratch<scalar_t>& s) {
+  backward_tasks<scalar_t, kD>(pr, b, e, s);
 }
 #endif
 
@@ -235,25 +359,21 @@ std::pair<ForwardFn<scalar_t>, BackwardFn<scalar_t>> pick(int64_t dim) {
 
 template <typename scalar_t>
 void run_forward(const Problem<scalar_t>& pr) {
-  using acc_t = at::opmath_type<scalar_t>;
   const ForwardFn<scalar_t> fn = pick<scalar_t>(pr.z.d).first;
   const int64_t work = pr.z.levels * pr.z.points * std::max<int64_t>(pr.z.d, 1);
   const int64_t grain = std::max<int64_t>(1, 32768 / work);
   at::parallel_for(0, pr.z.n * pr.z.lq * pr.z.m, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(pr.z.d);
-    const std::vector<scalar_t> zeros(pr.z.d, scalar_t(0));
-    fn(pr, begin, end, acc.data(), zeros.data());
+    Scratch<scalar_t> s(pr.z.d, pr.z.levels * pr.z.points, false);
+    fn(pr, begin, end, s);
   });
 }
 
 template <typename scalar_t>
 void run_backward(const Problem<scalar_t>& pr) {
-  using acc_t = at::opmath_type<scalar_t>;
   const BackwardFn<scalar_t> fn = pick<scalar_t>(pr.z.d).second;
   at::parallel_for(0, pr.groups * pr.z.n * pr.z.m, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> scratch(4 * pr.z.d);
-    const std::vector<scalar_t> zeros(pr.z.d, scalar_t(0));
-    fn(pr, begin, end, scratch.data(), zeros.data());
+    Scratch<scalar_t> s(pr.z.d, pr.z.levels * pr.z.points, true);
+    fn(pr, begin, end, s);
   });
 }
 
@@ -331,11 +451,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
   const auto acc_type = at::toOpMathType(in.value.scalar_type());
   const int64_t groups = query_groups(z.n * z.m, z.lq);
   const bool direct = groups == 1 && acc_type == in.value.scalar_type();
+  // No zero fills: the kernel zeroes its grad_value slices and writes every grad_loc/grad_attn.
   at::Tensor grad_value_acc =
-      direct ? at::zeros_like(in.value)
-             : at::zeros({groups, z.n, z.s, z.m, z.d}, in.value.options().dtype(acc_type));
-  at::Tensor grad_loc = at::zeros_like(in.sampling_loc);
-  at::Tensor grad_attn = at::zeros_like(in.attn_weight);
+      direct ? at::empty_like(in.value)
+             : at::empty({groups, z.n, z.s, z.m, z.d}, in.value.options().dtype(acc_type));
+  at::Tensor grad_loc = at::empty_like(in.sampling_loc);
+  at::Tensor grad_attn = at::empty_like(in.attn_weight);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, in.value.scalar_type(), "msda_backward_cpu", [&] {
         Problem<scalar_t> pr = problem_of<scalar_t>(in);
