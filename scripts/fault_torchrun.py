@@ -172,7 +172,7 @@ def rank_kill_trial(tool: str, trial: int, root: str, work: Path) -> tuple[bool,
     log = (out / "log.txt").read_text() if (out / "log.txt").is_file() else ""
     note = f"rank {rank} at {delay:.0f} s" + ("" if killed else ", run ended before the kill")
     note += f", hung over {TIMEOUT_S} s" if code == -signal.SIGKILL else ""
-    return code == 0, lost_steps(log), same_finish(out, ref), note
+    return code == 0, lost_steps(log) if killed else 0, same_finish(out, ref), note
 
 
 def two_agents_trial(trial: int, root: str, work: Path) -> tuple[bool, int, bool, str]:
