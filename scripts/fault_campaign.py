@@ -203,6 +203,7 @@ def kill_at_random(ctx: Context, tool: str, workers: int, rng: random.Random, na
 # the record before the pointer. The child patches the save, then runs the tool.
 INJECT = """
 import os, runpy, signal, sys
+sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[3]))  # the tool's folder, not the cwd
 import fad.utils.io as io
 import fad.engine.checkpoint as ck
 where, nth = sys.argv[1], int(sys.argv[2])
