@@ -59,6 +59,33 @@ def test_token_budget_formula():
     assert [token_budget(12, rho) for rho in (0.3, 0.5, 1.0)] == [4, 7, 12]
 
 
+@pytest.mark.parametrize("rho", [0.1, 0.2, 0.3, 0.5, 0.7])
+def test_token_counts_equal_the_original_float32_formula(rho):
+    """k_i = floor(rho * valid) + 1 in integer arithmetic equals the original Sparse DETR's
+    `(valid_token_nums * rho).int() + 1` (float32) for 0..30000 valid tokens (a float64
+    product truncated by floor gave 62 for 90 tokens at rho 0.7, the original 63), and the
+    host bound K is the count of an image without padding."""
+    valid = torch.arange(0, 30001)
+    expected = (valid * rho).int() + 1
+    s = 30000
+    mask = torch.arange(s)[None, :] >= valid[:, None]  # image i: valid[i] tokens, then padding
+    assert torch.equal(sparse_token_counts(mask, rho), expected.clamp(max=s).long())
+    assert [token_budget(n, rho) for n in (1, 90, 12345, s)] == [
+        min(int(expected[n]), n) for n in (1, 90, 12345, s)]
+
+
+def test_token_budget_follows_a_dynamic_size_under_torch_export():
+    """K from a symbolic token count stays symbolic: an exported graph keeps K = floor(rho*S)+1
+    at sizes other than the traced one (an int() of a float product pinned the traced K)."""
+    class Keep(torch.nn.Module):
+        def forward(self, x):
+            return x[:, :token_budget(x.shape[1], 0.1)]
+
+    exported = torch.export.export(Keep(), (torch.rand(1, 50),),
+                                   dynamic_shapes={"x": {1: torch.export.Dim.AUTO}}).module()
+    assert [exported(torch.rand(1, s)).shape[1] for s in (50, 77, 123)] == [6, 8, 13]
+
+
 def test_selection_ranks_padding_last_and_best_first():
     logits = torch.tensor([[0.1, 5.0, -1.0, 9.0], [3.0, 2.0, 1.0, 8.0]])
     mask = torch.tensor([[False, False, False, False], [False, False, False, True]])

@@ -86,13 +86,8 @@ def test_fixed_size_matches_eager(tmp_path, variant, trained, batch):
     assert "GridSample" in ops and all(node.domain == "" for node in model_proto.graph.node)
 
 
-SPARSE_DYNAMIC_BUG = pytest.mark.xfail(
-    strict=True, reason="known bug: dynamic Sparse DETR graph differs from eager (docs/export.md)")
-
-
 @pytest.mark.heavy
-@pytest.mark.parametrize("variant", ["refine_two_stage",
-                                     pytest.param("sparse", marks=SPARSE_DYNAMIC_BUG)])
+@pytest.mark.parametrize("variant", ["refine_two_stage", "sparse"])
 def test_dynamic_size_matches_eager(tmp_path, variant):
     """One dynamic file runs batch 1 and 2 at sizes other than the traced one (multiples of
     the size divisibility; padded sizes: `test_dynamic_padded_size_matches_eager`)."""

@@ -7,6 +7,7 @@ tokens keep their backbone features.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
 
 import torch
 from torch import Tensor, nn
@@ -39,22 +40,33 @@ class ScoringNetwork(nn.Module):
         return logits.masked_fill(padding_mask, logits.min().detach())
 
 
+def keep_ratio(rho: float) -> tuple[int, int]:
+    """rho as a fraction p / q (q <= 10**6: rho = 0.1 -> (1, 10)), so the token counts below are
+    integer arithmetic: exact, the same on the host and on the device, and symbolic under
+    torch.export (a float product truncated by int() pins the traced size)."""
+    ratio = Fraction(rho).limit_denominator(10**6)
+    return ratio.numerator, ratio.denominator
+
+
 def sparse_token_counts(padding_mask: Tensor, rho: float) -> Tensor:
     """Per-image encoder query budget k_i = floor(rho * valid_tokens_i) + 1, at most S.
 
     `padding_mask` [N, S] bool (True = padded) -> [N] int64.
     """
+    p, q = keep_ratio(rho)
     valid = (~padding_mask).sum(1)
-    counts = torch.floor(valid.double() * rho).long() + 1
-    return counts.clamp(max=padding_mask.shape[1])
+    return (torch.div(valid * p, q, rounding_mode="floor") + 1).clamp(max=padding_mask.shape[1])
 
 
 def token_budget(num_tokens: int, rho: float) -> int:
     """K = floor(rho * S) + 1, at most S: the largest k_i of `sparse_token_counts` for S tokens
     per image, known on the host from the shapes (so selecting K tokens reads nothing back
-    from the device; image i uses the first k_i <= K of them)."""
-    # int() truncates, = floor for rho >= 0; a symbolic floor fails in torch.export's solver
-    return min(int(num_tokens * rho) + 1, num_tokens)
+    from the device; image i uses the first k_i <= K of them). A symbolic S (a dynamic export)
+    gives a symbolic K."""
+    p, q = keep_ratio(rho)
+    if p >= q:
+        return num_tokens
+    return num_tokens * p // q + 1  # <= S for rho < 1, without a min to guard on
 
 
 def select_tokens(logits: Tensor, padding_mask: Tensor, k: int) -> Tensor:
