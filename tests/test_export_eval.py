@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, randomized_detector
+from conftest import REPO, save_box_biased_fcos
 
 from fad.config import load_config
 from fad.data.synthetic import generate
@@ -86,16 +86,8 @@ def test_a_fixed_size_graph_gets_images_on_a_mean_canvas_and_its_boxes_mapped_ba
 
 
 def _checkpoint(path: Path) -> None:
-    """A random tiny FCOS, stored as fad-train stores one; its box regression is biased to
-    l = t = r = b = 1 stride (plus the random part), so that some boxes hit the objects."""
-    cfg = load_config(TINY, SMALL)
-    model = randomized_detector(cfg, len(CLASSES), std=0.1, seed=3)
-    with torch.no_grad():
-        model.head.bbox_pred.bias.fill_(1.0)
-        for scale in model.head.scales:
-            scale.scale.fill_(1.0)
-    torch.save({"model": model.state_dict(), "cfg": cfg.dump(), "classes": CLASSES,
-                "iteration": 5}, path)
+    """A random tiny FCOS with biased boxes (`save_box_biased_fcos`)."""
+    save_box_biased_fcos(load_config(TINY, SMALL), CLASSES, path, seed=3, iteration=5)
 
 
 @pytest.mark.slow  # one ONNX export (~15 s on a loaded CPU) and two evaluations

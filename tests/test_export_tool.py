@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, randomized_detector, voc_fixture
+from conftest import REPO, randomized_detector, save_box_biased_fcos, voc_fixture
 
 from fad.config import load_config
 from fad.errors import FadError
@@ -58,13 +58,7 @@ def exported(tmp_path_factory) -> tuple[Path, Path, list[str]]:
     folder = tmp_path_factory.mktemp("export")
     weight = folder / "model.pth"
     cfg = load_config(AUGMENT, [*SMALL, "MODEL.FAD.GENOTYPE", read_genotype_text(PAPER)])
-    model = randomized_detector(cfg, len(classes), std=0.1, seed=2)
-    with torch.no_grad():
-        model.head.bbox_pred.bias.fill_(1.0)
-        for scale in model.head.scales:
-            scale.scale.fill_(1.0)
-    torch.save({"model": model.state_dict(), "cfg": cfg.dump(), "classes": classes,
-                "iteration": 3}, weight)
+    save_box_biased_fcos(cfg, classes, weight, seed=2, iteration=3)
     out = main(["--config-file", AUGMENT, *SMALL, "MODEL.WEIGHT", str(weight), "--format", "onnx",
                 "--input-size", "160", "213", "--output", str(folder / "model.onnx")])
     return weight, Path(out), opts
