@@ -48,11 +48,14 @@ class DeformableDETRExport(ExportModule):
 
     def preprocess(self, images: Tensor) -> Tensor:
         """`normalize_and_pad` with the padded size written as d * ceil(size / d), which the
-        symbolic shapes of a dynamic graph simplify (Sparse DETR's token count divides it)."""
+        symbolic shapes of a dynamic graph simplify (Sparse DETR's token count divides it).
+        The ceil is (size + d - 1) // d: torch.onnx writes a symbolic floor division as ONNX
+        Div, which truncates, so -(-size // d) would round a padded size down in the graph."""
         height, width = images.shape[-2:]
         d = self.size_divisible
         x = normalize_and_pad(images, self.pixel_mean, self.pixel_std, 1)
-        return F.pad(x, (0, -(-width // d) * d - width, 0, -(-height // d) * d - height))
+        pad_w, pad_h = (width + d - 1) // d * d - width, (height + d - 1) // d * d - height
+        return F.pad(x, (0, pad_w, 0, pad_h))
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         height, width = images.shape[-2:]
