@@ -35,6 +35,20 @@ def level_sizes(input_size: Sequence[int]) -> list[tuple[int, int]]:
     return [(math.ceil(input_size[0] / s), math.ceil(input_size[1] / s)) for s in STRIDES]
 
 
+def without_norms(module: nn.Module) -> nn.Module:
+    """`module` with every GroupNorm / BatchNorm replaced by an identity, in place (returned).
+
+    The counter counts no FLOPs for norms, while a norm on meta tensors runs torch's Python
+    reference of the op under the counter (~10 ms a call; the search counts hundreds per
+    checkpoint), so the modules this file builds to count drop them first: same total."""
+    for name, child in module.named_children():
+        if isinstance(child, (nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
+            setattr(module, name, nn.Identity())
+        else:
+            without_norms(child)
+    return module
+
+
 def count_flops(module: nn.Module, *inputs: object) -> int:
     """FlopCounterMode's total (2 per multiply-add) of `module(*inputs)`, without autograd."""
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -47,7 +61,7 @@ def edge_flops(op: str, tower_channels: int, edge_channels: int,
     """FLOPs of one `augment_edge` with op `op` run on every level of a padded (H, W) input
     (built on meta, never on the host: no memory, and no copy under a fake-tensor mode)."""
     with torch.device("meta"):
-        edge = cells.augment_edge(op, tower_channels, edge_channels)
+        edge = without_norms(cells.augment_edge(op, tower_channels, edge_channels))
     return sum(count_flops(edge, torch.empty(1, tower_channels, h, w, device="meta"))
                for h, w in level_sizes(input_size))
 
@@ -82,7 +96,7 @@ def _fpn_features(cfg: CfgNode, input_size: Sequence[int]) -> list[Tensor]:
 def fixed_flops(cfg: CfgNode, num_classes: int, input_size: Sequence[int]) -> int:
     """FLOPs of `fixed_head` for one (H, W) image (padded to INPUT.SIZE_DIVISIBILITY)."""
     with torch.device("meta"):
-        head = fixed_head(cfg, num_classes)
+        head = without_norms(fixed_head(cfg, num_classes))
     return count_flops(head, _fpn_features(cfg, padded_size(cfg, input_size)))
 
 
@@ -92,7 +106,7 @@ def head_flops(cfg: CfgNode, num_classes: int, box: Genotype, cls: Genotype,
     (H, W) image, padded to INPUT.SIZE_DIVISIBILITY; "head" includes the reduce convs and
     predictors."""
     with torch.device("meta"):
-        head = build_fad_head(cfg, num_classes, box, cls)
+        head = without_norms(build_fad_head(cfg, num_classes, box, cls))
     feats = _fpn_features(cfg, padded_size(cfg, input_size))
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         head(feats)
