@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from conftest import REPO, randomized_detector, tiny_fcos_cfg
+from conftest import REPO, differ_only_at_ties, randomized_detector, tiny_fcos_cfg
 
 from fad.config import load_config
 from fad.export import build_export_module, pad_detections
@@ -44,10 +44,11 @@ def _images(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     return torch.rand((n, 3, h, w), generator=gen) * 255
 
 
-def assert_matches_eager(model, images: torch.Tensor, outputs) -> None:
+def assert_matches_eager(model, images: torch.Tensor, outputs, tie_order: bool = False) -> None:
     """`outputs` (boxes, scores, labels, num_detections; tensors or numpy) equal the eager
     detections of `images` [N, 3, H, W] 0-255: same count, labels and order, boxes within 1e-3
-    px, scores within 1e-4, rows past the count zero."""
+    px, scores within 1e-4, rows past the count zero. With `tie_order`, rows of the same score
+    (1e-6) may come in another order (`differ_only_at_ties`)."""
     boxes, scores, labels, num = (torch.as_tensor(o) for o in outputs)
     with torch.no_grad():
         eager = model([img / 255 for img in images])
@@ -57,10 +58,19 @@ def assert_matches_eager(model, images: torch.Tensor, outputs) -> None:
     for i, det in enumerate(eager):
         n = int(num[i])
         assert n == len(det["scores"]) > 0
-        assert torch.equal(labels[i, :n], det["labels"])
-        torch.testing.assert_close(boxes[i, :n], det["boxes"], atol=1e-3, rtol=0)
-        torch.testing.assert_close(scores[i, :n], det["scores"], atol=1e-4, rtol=0)
+        if tie_order:
+            differ_only_at_ties(_rows(det["labels"], det["scores"], det["boxes"]),
+                                _rows(labels[i, :n], scores[i, :n], boxes[i, :n]), box_atol=1e-3)
+        else:
+            assert torch.equal(labels[i, :n], det["labels"])
+            torch.testing.assert_close(boxes[i, :n], det["boxes"], atol=1e-3, rtol=0)
+            torch.testing.assert_close(scores[i, :n], det["scores"], atol=1e-4, rtol=0)
         assert not boxes[i, n:].any() and not scores[i, n:].any() and not labels[i, n:].any()
+
+
+def _rows(labels: torch.Tensor, scores: torch.Tensor, boxes: torch.Tensor) -> list[tuple]:
+    """(label, score, box) rows of one image's detections: labels [K], scores [K], boxes [K, 4]."""
+    return list(zip(labels.tolist(), scores.tolist(), boxes.tolist()))
 
 
 def test_pad_detections_ranks_the_valid_rows_and_zeros_the_rest():
@@ -129,23 +139,19 @@ def test_a_sparse_backbone_is_exported_dense_masked():
     assert [b.execution for b in bodies(model)] == ["sparse"]  # the trained one still runs sparse
 
 
-SEARCHED_DYNAMIC = pytest.mark.xfail(
-    strict=False, reason="seen once: 8 of 400 box values of two near-equal-score detections "
-    "swapped at a dynamic size (issue #19 note); under investigation")
-
-
 @pytest.mark.heavy
 @pytest.mark.timeout(1500)  # exports take minutes on a loaded CPU
-@pytest.mark.parametrize("build", [_plain, pytest.param(_searched, marks=SEARCHED_DYNAMIC),
-                                   _sparse], ids=["plain", "searched", "sai"])
+@pytest.mark.parametrize("build", [_plain, _searched, _sparse], ids=["plain", "searched", "sai"])
 def test_onnx_dynamic_equals_eager_at_batch_1_and_2_and_several_sizes(build, tmp_path):
+    """Up to the order of equal scores: the searched head's random scores collide in float32
+    (at 199x133 and 150x230, pairs of exactly equal eager scores come out swapped)."""
     pytest.importorskip("onnxruntime")
     cfg, model = build()
     path = tmp_path / "fcos.onnx"
     write_export(build_export_module(model, cfg, (160, 192)), str(path), "onnx", 1, True, {})
     for n, h, w in [(1, 160, 192), (2, 199, 133), (2, 150, 230)]:  # padded inside
         images = _images(n, h, w, seed=h + w)
-        assert_matches_eager(model, images, _onnx_run(path, images))
+        assert_matches_eager(model, images, _onnx_run(path, images), tie_order=True)
 
 
 @pytest.mark.heavy

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, randomized_detector, save_box_biased_fcos, voc_fixture
+from conftest import (
+    REPO,
+    differ_only_at_ties,
+    randomized_detector,
+    save_box_biased_fcos,
+    voc_fixture,
+)
 
 from fad.config import load_config
 from fad.errors import FadError
@@ -81,22 +87,6 @@ def test_the_onnx_file_carries_its_metadata(exported):
     assert json.loads(meta["batch"]) == 1 and meta["msda"] == "standard"
 
 
-def _differ_only_at_ties(eager: list[tuple], onnx: list[tuple]) -> int:
-    """`eager`, `onnx`: one image's (label, score, box) rows, best first. The same count and
-    scores rank by rank (1e-4); a row whose label or box differs (1e-2 px) must have the same
-    score in both (1e-6): equal-score candidates, which the two runtimes order differently (a
-    random detector's scores lie in a narrow band, where float32 values collide). Returns the
-    number of such rows."""
-    assert len(onnx) == len(eager)
-    differ = 0
-    for (la, sa, ba), (lb, sb, bb) in zip(eager, onnx):
-        assert sb == pytest.approx(sa, abs=1e-4)
-        if la != lb or ba != pytest.approx(bb, abs=1e-2):
-            assert sb == pytest.approx(sa, abs=1e-6)
-            differ += 1
-    return differ
-
-
 @pytest.mark.heavy
 @pytest.mark.timeout(900)
 def test_fad_test_on_the_real_fixture_gives_the_ap_of_the_pth(exported, tmp_path):
@@ -118,7 +108,7 @@ def test_fad_test_on_the_real_fixture_gives_the_ap_of_the_pth(exported, tmp_path
     print("real fixture:", {k: {m: round(v[m], 6) for m in ("AP", "AP50", "VOC_mAP")}
                             for k, v in metrics.items()})
     assert sorted(rows[".onnx"]) == sorted(rows[".pth"]) and len(rows[".pth"]) == 12
-    differ = sum(_differ_only_at_ties(rows[".pth"][i], rows[".onnx"][i]) for i in rows[".pth"])
+    differ = sum(differ_only_at_ties(rows[".pth"][i], rows[".onnx"][i]) for i in rows[".pth"])
     total = sum(len(r) for r in rows[".pth"].values())
     print(f"real fixture: {differ} of {total} detections differ (equal scores)")
     assert differ <= total // 100
@@ -144,7 +134,7 @@ def test_fad_demo_on_real_images_finds_the_detections_of_the_pth(exported, tmp_p
     assert len(records[".onnx"]) == len(records[".pth"]) == 12
     differ = total = 0
     for eager, onnx in zip(records[".pth"], records[".onnx"]):
-        differ += _differ_only_at_ties(
+        differ += differ_only_at_ties(
             [(d["label"], d["score"], d["box"]) for d in eager["detections"]],
             [(d["label"], d["score"], d["box"]) for d in onnx["detections"]])
         total += len(eager["detections"])
