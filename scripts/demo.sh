@@ -6,7 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
 out=${OUT:-output/demo}
+# The search's depthwise kernel compiles (first run on a machine only, ~12 s) while the data is
+# drawn; without a compiler the search falls back to PyTorch's convolution and says so itself.
+$py -c "from fad.ops.build import load; load('depthwise_cpu')" >/dev/null 2>&1 &
+build=$!
 $py tools/make_synthetic_data.py --out datasets --num-train 300 --num-val 60 --seed 0
+wait "$build" || true
 $py tools/search_net.py --config-file configs/fad/search/fad-fcos_tiny_synthetic.yaml --overwrite \
     SOLVER.MAX_ITER 40 SOLVER.STEPS "(30,)" SOLVER.CHECKPOINT_PERIOD 20 SOLVER.CHECKPOINT_KEEP 1 \
     OUTPUT_DIR "$out/search"
