@@ -14,7 +14,8 @@ from conftest import REPO, tiny_fcos_cfg
 from fad.cli import train as train_tool
 from fad.config import get_cfg_defaults, load_config
 from fad.config.catalog import check_dataset_names, resolve
-from fad.engine.launch import check_output_dir, run_tool
+from fad.engine.launch import check_output_dir
+from fad.engine.tool import run_tool
 from fad.errors import ConfigError
 from fad.search import run_search
 

@@ -20,7 +20,7 @@ from fad.config import get_cfg_defaults
 from fad.engine.amp import amp_policy
 from fad.engine.checkpoint import Checkpointer
 from fad.engine.interrupt import Interrupted
-from fad.engine.launch import run_tool
+from fad.engine.tool import run_tool
 from fad.engine.trainer import StepOutput, Trainer, TrainStep
 
 CPU = torch.device("cpu")

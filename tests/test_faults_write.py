@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent("""
     from torch import nn
     from fad.config import get_cfg_defaults
     from fad.engine.amp import amp_policy
-    from fad.engine.launch import run_tool
+    from fad.engine.tool import run_tool
     from fad.engine.trainer import HookBase, StepOutput, Trainer, TrainStep
 
     out, fault = sys.argv[1], sys.argv[2]

@@ -10,8 +10,8 @@ from conftest import REPO, load_tool
 from test_tools_search import SEARCH_CONFIG, TINY_SEARCH
 from test_tools_train_test import TINY
 
-from fad.engine.launch import run_tool
 from fad.engine.output_dir import check_run_folder, clear_run_files
+from fad.engine.tool import run_tool
 from fad.errors import ConfigError
 
 FCOS = os.path.join(REPO, "configs", "fcos", "fcos_tiny_synthetic.yaml")

@@ -7,7 +7,8 @@ import sys
 import pytest
 from conftest import REPO, load_tool
 
-from fad.engine.launch import default_argument_parser, parse_args, run_tool
+from fad.engine.launch import default_argument_parser, parse_args
+from fad.engine.tool import run_tool
 
 TOOLS = os.path.join(REPO, "tools")
 CONFIG = os.path.join(REPO, "configs", "fcos", "fcos_tiny_synthetic.yaml")

@@ -5,7 +5,7 @@ and nothing in `fad` (or in the stages) imports it. Dependencies point one way:
 `tools/*.py` (thin wrappers) -> `fad.cli` -> `fad.search` / `fad.augment` -> `fad`.
 
 Every module holds one tool: `main(argv)` parses and runs it (tests call it in-process) and
-`run()` is the console command (`main` under `fad.engine.launch.run_tool`, so bad input is one
+`run()` is the console command (`main` under `fad.engine.tool.run_tool`, so bad input is one
 `error: ...` line and exit code 2):
 
     fad-search     fad.cli.search      tools/search_net.py

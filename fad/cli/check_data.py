@@ -18,8 +18,9 @@ from fad.config import load_config
 from fad.config.catalog import check_dataset_names
 from fad.data import build_dataset
 from fad.data.check import CheckReport, check_dataset_images
-from fad.engine.launch import default_argument_parser, parse_args, run_tool
+from fad.engine.launch import default_argument_parser, parse_args
 from fad.engine.logger import setup_logger
+from fad.engine.tool import run_tool
 from fad.errors import DataError
 
 logger = logging.getLogger("fad")

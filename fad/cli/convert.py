@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 from fad.config import load_config
 from fad.convert import CONVERTERS, Options, convert_checkpoint
-from fad.engine.launch import parse_args, run_tool, tool_parser
+from fad.engine.launch import parse_args
+from fad.engine.tool import run_tool, tool_parser
 from fad.utils.io import atomic_torch_save
 
 

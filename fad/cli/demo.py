@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 from fad.data.transforms import build_transforms
 from fad.engine.demo import DETECTIONS_FILE, list_images, run_demo
-from fad.engine.launch import default_argument_parser, parse_args, run_tool, setup
+from fad.engine.launch import default_argument_parser, parse_args, setup
+from fad.engine.tool import run_tool
 
 from .trained_model import load_trained_model
 

@@ -23,7 +23,8 @@ from yacs.config import CfgNode
 from fad.config.build import load_config
 from fad.engine.amp import AmpPolicy, amp_policy
 from fad.engine.device_audit import DeviceAudit
-from fad.engine.launch import default_argument_parser, parse_args, run_tool
+from fad.engine.launch import default_argument_parser, parse_args
+from fad.engine.tool import run_tool
 from fad.engine.trainer import DetectorStep, forward_losses
 from fad.modeling import build_detector
 from fad.modeling.set_prediction import HungarianMatcher

@@ -21,7 +21,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from fad.engine.launch import default_argument_parser, parse_args, run_tool, setup
+from fad.engine.launch import default_argument_parser, parse_args, setup
+from fad.engine.tool import run_tool
 from fad.errors import ConfigError
 from fad.export import build_export_module
 from fad.export.base import ExportError

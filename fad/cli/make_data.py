@@ -14,7 +14,7 @@ from fad.data.synthetic import (
     DEFAULT_SEED,
     generate,
 )
-from fad.engine.launch import run_tool, tool_parser
+from fad.engine.tool import run_tool, tool_parser
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fad.engine.evaluate import evaluate_all
-from fad.engine.launch import default_argument_parser, parse_args, run_tool, setup
+from fad.engine.launch import default_argument_parser, parse_args, setup
+from fad.engine.tool import run_tool
 
 from .trained_model import load_trained_model
 

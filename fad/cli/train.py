@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 from fad.data import build_dataset, check_num_classes
 from fad.engine.evaluate import evaluate_all
-from fad.engine.launch import default_argument_parser, parse_args, run_tool, setup
+from fad.engine.launch import default_argument_parser, parse_args, setup
+from fad.engine.tool import run_tool
 from fad.engine.trainer import train
 from fad.modeling import build_detector
 

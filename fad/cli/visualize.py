@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 
 from fad.config import load_config
-from fad.engine.launch import run_tool, tool_parser
+from fad.engine.tool import run_tool, tool_parser
 from fad.nas.draw import DOT_HINT, FORMATS, dot_available, draw_genotype
 from fad.nas.flops import head_flops
 from fad.nas.genotype import Genotype, read_genotype_file

@@ -3,7 +3,7 @@
 While a `StopRequest` is active (the trainer's loop), the first SIGINT or SIGTERM only records
 the signal: the trainer finishes the current iteration, writes a checkpoint, logs
 "interrupted at iteration N; continue with --resume" and raises `Interrupted`, which
-`fad.engine.launch.run_tool` turns into exit code 128 + signal (130 for SIGINT, 143 for SIGTERM),
+`fad.engine.tool.run_tool` turns into exit code 128 + signal (130 for SIGINT, 143 for SIGTERM),
 without a traceback. A second signal exits at once (no checkpoint). Under torchrun the trainer
 takes the largest signal over all ranks every iteration, so every rank stops at the same one;
 torchrun passes a Ctrl-C on to its workers, who also get it from the terminal, so there a repeat

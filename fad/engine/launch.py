@@ -21,43 +21,25 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
-from typing import Callable
 
 import torch
 from yacs.config import CfgNode
 
 from fad.config import load_config
 from fad.config.catalog import check_dataset_names
-from fad.errors import ConfigError, FadError
+from fad.errors import ConfigError
 from fad.modeling.fcos import resolve_genotype
 from fad.utils.device import resolve_device
 from fad.utils.io import atomic_write_text
 from fad.utils.seed import seed_everything
 
 from .distributed import elastic_restart, get_rank, init_distributed, synchronize
-from .interrupt import Interrupted
 from .logger import setup_logger
 from .output_dir import check_run_folder, clear_run_files
 from .threads import set_num_threads
-
-EXIT_BAD_INPUT = 2
-EXIT_SIGINT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
-
-
-def tool_parser(description: str | None) -> argparse.ArgumentParser:
-    """The parser every tool starts from: the module docstring as help, kept as written."""
-    return argparse.ArgumentParser(description=description,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
-def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
-    """`--verbose`: pycocotools' 12-line summary (and other debug lines) on the console too."""
-    parser.add_argument("--verbose", action="store_true",
-                        help="also print debug lines, e.g. pycocotools' full summary (log.txt "
-                             "always has them)")
+from .tool import add_verbose_flag, tool_parser
 
 
 def default_argument_parser(description: str | None, genotype_file: bool = False,
@@ -154,39 +136,3 @@ def setup(args: argparse.Namespace, config_name: str = "config.yaml"
     logger.info("threads: %s", threads)
     _configure_ops(cfg)
     return cfg, logger, resolve_device(cfg)
-
-
-def error_line(exc: BaseException) -> str:
-    """`error: <last line of the message>` (loader workers prepend their traceback)."""
-    lines = str(exc).strip().splitlines()
-    return f"error: {lines[-1] if lines else type(exc).__name__}"
-
-
-def _log_to_files(line: str) -> None:
-    """Append `line` to the log files of the "fad" logger (OUTPUT_DIR/log.txt) if it has any."""
-    logger = logging.getLogger("fad")
-    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, line, None, None)
-    for handler in logger.handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
-
-
-def run_tool(main: Callable[[], object]) -> None:
-    """Run a tool's `main`; bad input (any FadError) ends it with one line on stderr, also
-    written to OUTPUT_DIR/log.txt once the logger is set up, and exit code 2. A run the trainer
-    stopped on a signal (`Interrupted`, already logged with its checkpoint) exits 130 (SIGINT)
-    or 143 (SIGTERM); a Ctrl-C elsewhere (loading data, evaluating) exits 130 with one line."""
-    try:
-        main()
-    except FadError as exc:
-        line = error_line(exc)
-        _log_to_files(line)
-        print(line, file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    except Interrupted as exc:
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        line = "interrupted (Ctrl-C)"
-        _log_to_files(line)
-        print(line, file=sys.stderr)
-        sys.exit(EXIT_SIGINT)

@@ -23,7 +23,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from fad.engine.launch import run_tool, tool_parser
+from fad.engine.tool import run_tool, tool_parser
 from fad.errors import FadError
 from fad.utils.io import atomic_write_text
 from fad.utils.registry import Registry

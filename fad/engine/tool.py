@@ -1,0 +1,72 @@
+"""The error path and parser of every command-line tool, without torch: a tool that needs no
+model (fad-make-data) starts in a fraction of a second instead of paying torch's import.
+
+    parser = tool_parser(__doc__)
+    ...
+    run_tool(main)         # FadError -> "error: ..." and exit 2; Ctrl-C -> exit 130
+
+`fad.engine.launch` builds the config parsers and the set-up of the tools that run models on
+these.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from fad.errors import FadError
+
+from .interrupt import Interrupted
+
+EXIT_BAD_INPUT = 2
+EXIT_SIGINT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+
+
+def tool_parser(description: str | None) -> argparse.ArgumentParser:
+    """The parser every tool starts from: the module docstring as help, kept as written."""
+    return argparse.ArgumentParser(description=description,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    """`--verbose`: pycocotools' 12-line summary (and other debug lines) on the console too."""
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print debug lines, e.g. pycocotools' full summary (log.txt "
+                             "always has them)")
+
+
+def error_line(exc: BaseException) -> str:
+    """`error: <last line of the message>` (loader workers prepend their traceback)."""
+    lines = str(exc).strip().splitlines()
+    return f"error: {lines[-1] if lines else type(exc).__name__}"
+
+
+def _log_to_files(line: str) -> None:
+    """Append `line` to the log files of the "fad" logger (OUTPUT_DIR/log.txt) if it has any."""
+    logger = logging.getLogger("fad")
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, line, None, None)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def run_tool(main: Callable[[], object]) -> None:
+    """Run a tool's `main`; bad input (any FadError) ends it with one line on stderr, also
+    written to OUTPUT_DIR/log.txt once the logger is set up, and exit code 2. A run the trainer
+    stopped on a signal (`Interrupted`, already logged with its checkpoint) exits 130 (SIGINT)
+    or 143 (SIGTERM); a Ctrl-C elsewhere (loading data, evaluating) exits 130 with one line."""
+    try:
+        main()
+    except FadError as exc:
+        line = error_line(exc)
+        _log_to_files(line)
+        print(line, file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except Interrupted as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        line = "interrupted (Ctrl-C)"
+        _log_to_files(line)
+        print(line, file=sys.stderr)
+        sys.exit(EXIT_SIGINT)
