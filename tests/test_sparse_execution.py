@@ -129,6 +129,29 @@ def test_block_sparse_equals_masked_dense_at_forced_density(monkeypatch, threads
         assert all(abs(d - density) < 0.05 for d in block.density.tolist())
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sampling", ["stochastic", "deterministic"])
+@pytest.mark.parametrize("name, inplanes, planes, stride", [("bottleneck-stride2", 64, 32, 2),
+                                                            ("basic-stride2", 32, 64, 2)])
+def test_sparse_records_the_masks_densities(monkeypatch, backend, sampling, name, inplanes,
+                                            planes, stride):
+    """Sparse execution records each block's densities from its own count of the sampled
+    positions: equal to the share of nonzero mask values, as the masked dense path records."""
+    monkeypatch.setenv("FAD_SPARSE_BACKEND", backend)
+    torch.manual_seed(0)
+    block = _block(name, inplanes, planes, stride, False, sampling)
+    x = torch.randn(2, inplanes, 21, 26).relu().contiguous(memory_format=torch.channels_last)
+    _run(block, x, "dense_masked")
+    dense = block.density.clone()
+    torch.manual_seed(1)  # `_run`'s seed: the same stochastic masks
+    m1, m2 = block.masks(x)
+    shares = [(m != 0).sum().item() / m.numel() for m in (m1, m2)]
+    _run(block, x, "sparse")
+    assert block.density.tolist() == pytest.approx(shares, abs=1e-7)
+    assert block.density.tolist() == pytest.approx(dense.tolist(), abs=1e-7)
+    assert 0.05 < shares[0] < 0.95 and shares[0] != shares[1]
+
+
 @pytest.mark.parametrize("name, inplanes, planes, stride, dcn",
                          [b for b in BLOCKS if not b[-1]])
 def test_dense_fallback_decision(monkeypatch, name, inplanes, planes, stride, dcn):

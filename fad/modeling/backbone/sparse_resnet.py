@@ -106,18 +106,20 @@ class SparseBlockMixin:
         self.interp1 = GaussianInterpolation(opts.interp_kernel, opts.interp_init_scale)
         self.interp2 = GaussianInterpolation(opts.interp_kernel, opts.interp_init_scale)
 
-    def masks(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Masks (m1 [N,1,H1,W1], m2 [N,1,H2,W2]) for input x; records loss term and densities."""
+    def masks(self, x: Tensor, count: bool = True) -> tuple[Tensor, Tensor]:
+        """Masks (m1 [N,1,H1,W1], m2 [N,1,H2,W2]) for input x; records loss term and densities
+        (at inference with `count` False the caller records them: sparse execution takes them
+        from its own count of the sampled positions)."""
         logits1, logits2 = small_conv3x3(x, [self.conv1_mask, self.conv2_mask])
         m1, m2 = self.sampler1(logits1), self.sampler2(logits2)
+        self.loss_term = None
         if self.training:
             self.loss_term = (0.25 * torch.sigmoid(logits1).mean()
                               + 0.75 * torch.sigmoid(logits2).mean())
-            density = [m1.mean(), m2.mean()]
-        else:
-            self.loss_term = None
+            self.density = torch.stack([m1.mean(), m2.mean()]).detach().float()
+        elif count:
             density = [torch.count_nonzero(m) / m.numel() for m in (m1, m2)]
-        self.density = torch.stack(density).detach().float()
+            self.density = torch.stack(density).float()
         return m1, m2
 
     def _conv2(self, out: Tensor, x: Tensor) -> Tensor:

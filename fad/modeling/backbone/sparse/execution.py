@@ -236,11 +236,19 @@ def _conv2_deform(block: nn.Module, f1: Tensor, x: Tensor, a2: Active,
     return torch.addmm(conv2.bias, cols, conv2.gemm).relu_() @ weights["conv3"].gemm
 
 
+def active_masks(block: nn.Module, x: Tensor) -> tuple[Active, Active]:
+    """The block's masks of x as `Active` positions; the block's densities [2] are recorded from
+    their counts (no separate counting pass over the masks)."""
+    m1, m2 = block.masks(x, count=False)
+    a1, a2 = Active.of(m1), Active.of(m2)
+    block.density = torch.tensor([a1.density, a2.density], device=x.device)
+    return a1, a2
+
+
 def sparse_bottleneck(block: nn.Module, x: Tensor) -> Tensor:
     """Inference of a SparseBottleneck computing only sampled positions; x [N, Cin, H, W]."""
     n, _, h, w = x.shape
-    m1, m2 = block.masks(x)
-    a1, a2 = Active.of(m1), Active.of(m2)
+    a1, a2 = active_masks(block, x)
     weights = folded_weights(block)
     conv1, conv2, conv3 = weights["conv1"], weights["conv2"], weights["conv3"]
     x_rows = as_rows(x)
@@ -266,8 +274,7 @@ def sparse_bottleneck(block: nn.Module, x: Tensor) -> Tensor:
 def sparse_basic(block: nn.Module, x: Tensor) -> Tensor:
     """Inference of a SparseBasicBlock computing only sampled positions; x [N, Cin, H, W]."""
     n, _, h, w = x.shape
-    m1, m2 = block.masks(x)
-    a1, a2 = Active.of(m1), Active.of(m2)
+    a1, a2 = active_masks(block, x)
     weights = folded_weights(block)
     conv1, conv2 = weights["conv1"], weights["conv2"]
     stride = block.conv1.stride[0]

@@ -74,7 +74,7 @@ class MaskSampler(nn.Module):
             density, seed = self.forced
             gen = torch.Generator(device=logits.device).manual_seed(seed + 7919 * self.unit_id)
             u = torch.rand(logits.shape, generator=gen, device=logits.device, dtype=logits.dtype)
-            return (u < density).to(logits.dtype)
+            return u.lt_(density)  # 1 where u < density, else 0 (one pass, u's dtype)
         if self.training:
             m = torch.sigmoid(self._noisy(logits, 1.0 / self.temperature))
             with torch.no_grad():
