@@ -12,9 +12,9 @@ A search tower owns its alphas: one Tensor[i + 2, 11 or 13] per node, shared by 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fad.nas.pointwise import Pointwise, conv1x1
 from fad.nas.primitives import FAMILIES, preprocess, primitives
 from fad.nas.repshare import RepShare, SeparateCandidates, weighted_sum
 
@@ -28,10 +28,10 @@ class MixedEdge(nn.Module):
     def __init__(self, tower_channels: int, edge_channels: int, shared: bool = True,
                  dil3: bool = False):
         super().__init__()
-        self.squeeze = nn.Conv2d(tower_channels, edge_channels, 1, bias=False)
+        self.squeeze = Pointwise(tower_channels, edge_channels, bias=False)
         op = RepShare if shared else SeparateCandidates
         self.families = nn.ModuleList(op(family, edge_channels, dil3) for family in FAMILIES)
-        self.expand = nn.Conv2d(edge_channels, tower_channels, 1, bias=False)
+        self.expand = Pointwise(edge_channels, tower_channels, bias=False)
 
     def mix(self, h: Tensor, weights: Tensor) -> Tensor:
         """`sum_k w_k * out_k(h)` at the edge width: h Tensor[N, C, H, W] (squeezed input);
@@ -71,7 +71,7 @@ class SearchCell(nn.Module):
         if not keys:
             return
         weight = torch.cat([self._edge(i, j).squeeze.weight for i, j in keys])
-        for key, h in zip(keys, F.conv2d(x, weight).chunk(len(keys), 1)):
+        for key, h in zip(keys, conv1x1(x, weight).chunk(len(keys), 1)):
             squeezed[key] = h
 
     def forward(self, s0: Tensor, s1: Tensor, weights: list[Tensor]) -> Tensor:
@@ -86,7 +86,7 @@ class SearchCell(nn.Module):
             edges = [self._edge(i, j) for j in range(i + 2)]
             mixed = torch.cat([e.mix(squeezed.pop((i, j)), w[j]) for j, e in enumerate(edges)], 1)
             expand = torch.cat([e.expand.weight for e in edges], 1)
-            states.append(F.conv2d(mixed, expand))
+            states.append(conv1x1(mixed, expand))
             self._squeeze(states[-1], [i + 2], squeezed)
         return torch.cat(states[2:], 1)
 

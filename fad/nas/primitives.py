@@ -25,6 +25,8 @@ from torch import nn
 from fad.modeling.layers import group_norm
 from fad.ops.depthwise import DepthwiseConv3x3
 
+from .pointwise import Pointwise
+
 FAMILIES = ("std", "sinSep")
 # suffix -> (chain length, dilation of the trailing separable unit or 0 for none)
 _SUFFIX_SPECS = {
@@ -83,7 +85,7 @@ def conv_unit(family: str, channels: int) -> nn.Sequential:
     if family == "std":
         convs = [nn.Conv2d(channels, channels, 3, padding=1)]
     elif family == "sinSep":
-        convs = [DepthwiseConv3x3(channels), nn.Conv2d(channels, channels, 1)]
+        convs = [DepthwiseConv3x3(channels), Pointwise(channels, channels)]
     else:
         raise ValueError(f"unknown unit family {family!r}; choose one of {FAMILIES}")
     return nn.Sequential(*convs, group_norm(channels), nn.ReLU(inplace=True))
@@ -93,7 +95,7 @@ def dil_unit(channels: int, dilation: int = 2) -> nn.Sequential:
     """Dilated separable unit: depthwise 3x3 with `dilation` (no bias), 1x1 (bias), GN, ReLU."""
     return nn.Sequential(
         DepthwiseConv3x3(channels, dilation),
-        nn.Conv2d(channels, channels, 1),
+        Pointwise(channels, channels),
         group_norm(channels),
         nn.ReLU(inplace=True),
     )
@@ -113,5 +115,5 @@ def preprocess(in_channels: int, out_channels: int) -> nn.Module:
     reference's adapter) + GN + ReLU."""
     if in_channels == out_channels:
         return nn.Identity()
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1),
+    return nn.Sequential(Pointwise(in_channels, out_channels),
                          group_norm(out_channels), nn.ReLU(inplace=True))

@@ -14,9 +14,9 @@ None) pairs, so that `weighted_sum` can fold a mixing weight into a 1x1's weight
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .pointwise import Pointwise, conv1x1
 from .primitives import conv_unit, dil_unit
 
 Term = tuple[Tensor, "nn.Conv2d | None"]
@@ -28,7 +28,7 @@ def weighted_sum(terms: list[Term], weights: Tensor) -> Tensor:
     acc = None
     for (t, conv), w in zip(terms, weights):
         if conv is not None:
-            out = F.conv2d(t, conv.weight * w)
+            out = conv1x1(t, conv.weight * w)
             acc = out if acc is None else acc + out
         else:
             acc = t * w if acc is None else torch.addcmul(acc, t, w)
@@ -52,7 +52,7 @@ class RepShare(nn.Module):
         super().__init__()
         self.chain = nn.ModuleList(conv_unit(family, channels) for _ in range(3))
         self.dilated = _side_branches(channels, dil3)
-        self.decouple = nn.ModuleList(nn.Conv2d(channels, channels, 1, bias=False)
+        self.decouple = nn.ModuleList(Pointwise(channels, channels, bias=False)
                                       for _ in range(2))
 
     def terms(self, x: Tensor) -> list[Term]:
@@ -82,7 +82,7 @@ class SeparateCandidates(nn.Module):
             return [conv_unit(family, channels) for _ in range(n)]
 
         def one_by_one() -> nn.Module:
-            return nn.Conv2d(channels, channels, 1, bias=False)
+            return Pointwise(channels, channels, bias=False)
 
         dil3_ops = [nn.Sequential(*chain(1), dil_unit(channels, 3))] if dil3 else []
         self.ops = nn.ModuleList([
