@@ -42,11 +42,17 @@ def test_cell_equals_the_plain_sum_of_edges(shared, dil3, same_inputs, in_channe
 def test_mixed_edge_is_the_weighted_sum_of_candidates():
     torch.manual_seed(1)
     edge = MixedEdge(32, 16)
-    x, w = torch.randn(1, 32, 6, 5), torch.randn(11).softmax(-1)
+    x, w = torch.randn(1, 32, 6, 5), torch.randn(11).softmax(-1).requires_grad_()
     h = edge.squeeze(x)
     outs = [o for family in edge.families for o in family(h)]
     expected = edge.expand(sum(wk * o for wk, o in zip(w, outs)))
-    torch.testing.assert_close(edge(x, w), expected, rtol=1e-5, atol=1e-6)
+    got = edge(x, w)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # the weights folded into 1x1s and GroupNorm affines give the definition's gradients
+    g = torch.randn_like(got)
+    leaves = [w, *edge.parameters()]
+    for a, b in zip(torch.autograd.grad(got, leaves, g), torch.autograd.grad(expected, leaves, g)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     one_hot_none = torch.zeros(11)
     one_hot_none[-1] = 1.0
     assert edge(x, one_hot_none).abs().max() == 0

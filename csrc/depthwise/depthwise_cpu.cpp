@@ -6,7 +6,8 @@
 // y[n, c, h, w] = sum_{ky, kx} weight[c, 0, ky, kx] * x[n, c, h + (ky - 1) d, w + (kx - 1) d]
 // (zero outside the map). Every output row is built from 9 shifted row slices with an axpy,
 // and the weight gradient of each tap is a sum of row dot products, so the loops run over
-// contiguous memory; planes (forward) and channels (weight gradient) run in parallel.
+// contiguous memory; planes (forward) and channels (weight gradient) run in parallel, in tasks
+// of at least kGrainElements elements.
 // PyTorch's own CPU path for this op (oneDNN / slow_conv2d) is an order of magnitude below its
 // dense 3x3 throughput, most of all in the backward and with dilation.
 #include <ATen/Dispatch.h>
@@ -127,6 +128,14 @@ void plane_grad_weight(const T* g, const T* x, double* acc, int64_t h, int64_t w
   plane_grad_weight_base(g, x, acc, h, w, d);
 }
 
+// Elements per parallel task: small maps (the supernet's P5-P7, the tiny search) run in one
+// task instead of paying a parallel region (and, on a loaded machine, a barrier) per call.
+constexpr int64_t kGrainElements = 1 << 15;
+
+inline int64_t grain(int64_t per_item) {
+  return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, per_item));
+}
+
 void check(const at::Tensor& x, const at::Tensor& weight, int64_t dilation) {
   TORCH_CHECK(x.dim() == 4, "fad depthwise: x must be [N, C, H, W], got ", x.sizes());
   TORCH_CHECK(weight.dim() == 4 && weight.size(0) == x.size(1) && weight.size(1) == 1 &&
@@ -147,7 +156,7 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight_in, int6
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* kp = weight.const_data_ptr<scalar_t>();
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, n * c, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, n * c, grain(h * w), [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
         plane_forward(xp + p * h * w, kp + (p % c) * 9, yp + p * h * w, h, w, dilation);
       }
@@ -166,7 +175,7 @@ at::Tensor grad_weight_cpu(const at::Tensor& grad_in, const at::Tensor& x_in, in
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, c, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, c, grain(n * h * w), [&](int64_t begin, int64_t end) {
       for (int64_t ch = begin; ch < end; ++ch) {
         double acc[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
         for (int64_t b = 0; b < n; ++b) {

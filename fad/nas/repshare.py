@@ -7,36 +7,65 @@ units); decouple 1x1s P, Q (no bias, no norm) on the emitted copies of x1 and x2
 With `dil3` (as the reference), a dilation-3 separable unit D3 on x1 adds a sixth output, emitted
 second: `[P(x1), D3(x1), D1(x1), Q(x2), D2(x2), x3]`.
 
-Both modules also expose their candidates as `terms(x)`: (tensor, trailing bias-free 1x1 or
-None) pairs, so that `weighted_sum` can fold a mixing weight into a 1x1's weight (`w * P(x1)` =
-`conv1x1(x1, w * P)`) instead of scaling a whole feature map; the supernet mixes with it.
+Both modules also expose their candidates as `terms(x)`: (tensor, tail) pairs where the tail
+is the candidate's last step still to run: its bias-free 1x1 (decouple P, Q), the GroupNorm of
+its last unit (then ReLU), or None (tensor is the output). `weighted_sum` folds each mixing
+weight into that step: `w * P(x1)` = `conv1x1(x1, w * P)`, and, as a softmax weight is > 0,
+`w * relu(GN(t))` = `relu(GN(t) with affine (w * gamma, w * beta))`, so no whole feature map is
+scaled and the sum's backward is free; the supernet mixes with it.
 """
 from __future__ import annotations
 
+from itertools import islice
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .pointwise import Pointwise, conv1x1
 from .primitives import conv_unit, dil_unit
 
-Term = tuple[Tensor, "nn.Conv2d | None"]
+Term = tuple[Tensor, "nn.Conv2d | nn.GroupNorm | None"]
+
+
+def _pending(unit: nn.Sequential, x: Tensor) -> Term:
+    """A unit (..., GroupNorm, ReLU) run on `x` up to its GroupNorm: (GN input, the GN)."""
+    for layer in islice(unit, len(unit) - 2):
+        x = layer(x)
+    return x, unit[-2]
+
+
+def _scaled(t: Tensor, tail: nn.Conv2d | nn.GroupNorm, w: Tensor) -> Tensor:
+    """`w * output` of a term whose tail is a bias-free 1x1 or a GroupNorm (+ ReLU), w >= 0."""
+    if isinstance(tail, nn.GroupNorm):
+        return F.relu(F.group_norm(t, tail.num_groups, tail.weight * w, tail.bias * w, tail.eps),
+                      inplace=True)
+    return conv1x1(t, tail.weight * w)
 
 
 def weighted_sum(terms: list[Term], weights: Tensor) -> Tensor:
-    """`sum_k weights[k] * out_k` where out_k = conv_k(t_k) for a (t_k, conv_k) term with a 1x1
-    and t_k otherwise. Tensors Tensor[N, C, H, W], weights Tensor[len(terms)]."""
+    """`sum_k weights[k] * out_k` of the candidates' terms (tensors Tensor[N, C, H, W]);
+    weights Tensor[len(terms)], each >= 0 (softmax weights: the fold into a ReLU needs it)."""
     acc = None
-    for (t, conv), w in zip(terms, weights):
-        if conv is not None:
-            out = conv1x1(t, conv.weight * w)
-            acc = out if acc is None else acc + out
-        else:
+    for (t, tail), w in zip(terms, weights):
+        if tail is None:
             acc = t * w if acc is None else torch.addcmul(acc, t, w)
+        else:
+            out = _scaled(t, tail, w)
+            acc = out if acc is None else acc + out
     return acc
 
 
 def _outputs(terms: list[Term]) -> list[Tensor]:
-    return [t if conv is None else conv(t) for t, conv in terms]
+    """The candidates' outputs (unweighted) from their terms."""
+    outs = []
+    for t, tail in terms:
+        if isinstance(tail, nn.GroupNorm):
+            t = F.relu(tail(t), inplace=True)
+        elif tail is not None:
+            t = tail(t)
+        outs.append(t)
+    return outs
 
 
 def _side_branches(channels: int, dil3: bool) -> nn.ModuleList:
@@ -56,13 +85,12 @@ class RepShare(nn.Module):
                                       for _ in range(2))
 
     def terms(self, x: Tensor) -> list[Term]:
-        """The candidates as (tensor, trailing 1x1 or None), in primitive order."""
+        """The candidates as (tensor, tail), in primitive order."""
         x1 = self.chain[0](x)
         x2 = self.chain[1](x1)
-        x3 = self.chain[2](x2)
-        dil3 = [(d3(x1), None) for d3 in self.dilated[2:]]
-        return [(x1, self.decouple[0]), *dil3, (self.dilated[0](x1), None),
-                (x2, self.decouple[1]), (self.dilated[1](x2), None), (x3, None)]
+        dil3 = [_pending(d3, x1) for d3 in self.dilated[2:]]
+        return [(x1, self.decouple[0]), *dil3, _pending(self.dilated[0], x1),
+                (x2, self.decouple[1]), _pending(self.dilated[1], x2), _pending(self.chain[2], x2)]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return _outputs(self.terms(x))
@@ -95,14 +123,14 @@ class SeparateCandidates(nn.Module):
         ])
 
     def terms(self, x: Tensor) -> list[Term]:
-        """The candidates as (tensor, trailing 1x1 or None), in primitive order."""
+        """The candidates as (tensor, tail), in primitive order."""
         terms = []
         for op in self.ops:
             last = op[-1]
             if isinstance(last, nn.Conv2d) and last.kernel_size == (1, 1) and last.bias is None:
                 terms.append((op[:-1](x), last))
             else:
-                terms.append((op(x), None))
+                terms.append(_pending(op[-1], op[:-1](x)))
         return terms
 
     def forward(self, x: Tensor) -> list[Tensor]:
