@@ -237,11 +237,15 @@ def _conv2_deform(block: nn.Module, f1: Tensor, x: Tensor, a2: Active,
 
 
 def active_masks(block: nn.Module, x: Tensor) -> tuple[Active, Active]:
-    """The block's masks of x as `Active` positions; the block's densities [2] are recorded from
-    their counts (no separate counting pass over the masks)."""
-    m1, m2 = block.masks(x, count=False)
+    """The block's masks of x as `Active` positions, and the block's densities [2]. On the CPU
+    they come from the positions' counts (no separate counting pass over the masks); on a GPU
+    the masks count them on the device, as a host-made tensor would be one more copy in and a
+    branch on the positions' count."""
+    on_cpu = x.device.type == "cpu"
+    m1, m2 = block.masks(x, count=not on_cpu)
     a1, a2 = Active.of(m1), Active.of(m2)
-    block.density = torch.tensor([a1.density, a2.density], device=x.device)
+    if on_cpu:
+        block.density = torch.tensor([a1.density, a2.density])
     return a1, a2
 
 
