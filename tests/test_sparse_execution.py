@@ -1,10 +1,13 @@
 """Sparse execution of SparseResNet equals the masked dense path; block facts from the spec."""
+import contextlib
+
 import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import FrozenBatchNorm2d, deform_conv2d
 
+from fad.modeling.backbone import sparse_resnet
 from fad.modeling.backbone.sparse import execution
 from fad.modeling.backbone.sparse.execution import (
     Active,
@@ -295,6 +298,58 @@ def test_body_sparse_equals_dense_at_forced_density(depth):
         assert (sparse[k] - dense[k]).abs().max() <= 1e-4 * scale
     assert abs(stats["density_conv1"] - 0.3) < 0.05 and abs(stats["density_conv2"] - 0.3) < 0.05
     assert stats["backbone_gmacs"] > 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("depth", [18, 50])
+def test_body_blocks_take_their_mask_taps_from_the_previous_block(monkeypatch, backend, depth):
+    """Blocks get their mask-conv tap rows from the previous block's last interpolation
+    (`MaskLink`, when it writes onto the shortcut); with masks sampled from the logits (deterministic p >= 0.5),
+    the body stays equal to the masked dense path and to sparse execution without the links."""
+    monkeypatch.setenv("FAD_SPARSE_BACKEND", backend)
+    torch.manual_seed(0)
+    body = SparseResNetBody(depth, FrozenBatchNorm2d, SparseOptions(sampling="deterministic"))
+    _randomise(body)
+    body.eval()
+    x = torch.randn(1, 3, 64, 96)
+    taken = []
+    take = execution.MaskLink.take
+    monkeypatch.setattr(execution.MaskLink, "take",
+                        lambda link, t: taken.append(take(link, t)) or taken[-1])
+    with torch.no_grad():
+        body.execution = "dense_masked"
+        dense = body(x)
+        body.execution = "sparse"
+        sparse = body(x)
+        sparse_densities = body._density_tensor()
+        # R-18's first block writes a new map (it has no downsample and may not overwrite the
+        # stem's output), so it hands no rows on; every other block does
+        assert len(taken) == len(body.blocks) - 1
+        assert [t is None for t in taken] == [depth == 18] + [False] * (len(taken) - 1)
+        monkeypatch.setattr(sparse_resnet, "linked", lambda blocks: contextlib.nullcontext())
+        unlinked = body(x)
+        assert len(taken) == len(body.blocks) - 1  # no links this time
+    assert all(b.link_in is None and b.link_out is None for b in body.blocks)
+    densities = sparse_densities.flatten()
+    mixed = (densities > 0.05) & (densities < 0.95)  # masks with computed and skipped positions
+    assert mixed.float().mean() >= 0.5
+    for k in ("c2", "c3", "c4", "c5"):
+        scale = dense[k].abs().max()
+        assert (sparse[k] - dense[k]).abs().max() <= 1e-4 * scale
+        assert (sparse[k] - unlinked[k]).abs().max() <= 1e-5 * scale
+
+
+def test_mask_link_hands_rows_only_for_the_unchanged_map():
+    link = execution.MaskLink(torch.randn(4, 18))
+    out, rows = torch.randn(1, 4, 2, 3), torch.randn(6, 18)
+    link.hand(out, rows)
+    assert link.take(out) is rows
+    assert link.take(out) is None  # taken once
+    link.hand(out, rows)
+    assert link.take(out.clone()) is None  # another tensor
+    link.hand(out, rows)
+    out.add_(1.0)
+    assert link.take(out) is None  # changed since
 
 
 def test_sparse_loss_at_init_and_gradients():

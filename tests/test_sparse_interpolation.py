@@ -93,6 +93,49 @@ def test_rows_interpolation_matches_dense(monkeypatch, backend, channels):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n, h, w, channels", [(2, 13, 17, 70), (1, 6, 1000, 70)])
+def test_interpolate_into_projects_its_output_rows(monkeypatch, backend, threads, n, h, w,
+                                                   channels):
+    # (1, 6, 1000, 70): lines of 70000 floats, so the kernel projects one line per group
+    monkeypatch.setenv("FAD_SPARSE_BACKEND", backend)
+    torch.manual_seed(channels + w)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        u = torch.rand(n * h * w)
+        mask = torch.where(u < 0.2, 1.0, torch.where(u < 0.3, 0.5 + u, torch.zeros_like(u)))
+        positions = mask.nonzero().squeeze(1)
+        index = torch.zeros(n * h * w, dtype=torch.long)
+        index[positions] = torch.arange(positions.numel())
+        rows, bias = torch.randn(positions.numel(), channels), torch.randn(channels)
+        residual = torch.randn(n * h * w, channels)
+        project = torch.randn(channels, 18)
+        taps = gaussian_taps(torch.tensor(3.0), 7)
+        want = interpolate_rows(rows, index, mask, taps, (n, h, w), bias=bias,
+                                residual=residual, relu=True)
+        projected = torch.full((n * h * w, 18), float("nan"))
+        got = interpolate_rows(rows, index, mask, taps, (n, h, w), bias=bias,
+                               residual=residual.clone(), relu=True, into_residual=True,
+                               project=project, projected=projected)
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(projected, want @ project, atol=1e-4, rtol=1e-4)
+
+
+def test_projection_needs_its_output_and_the_residual():
+    mask, index, taps = torch.ones(6), torch.arange(6), torch.ones(7)
+    rows, project = torch.randn(6, 4), torch.randn(4, 18)
+    with pytest.raises(ValueError, match="project needs projected and into_residual"):
+        interpolate_rows(rows, index, mask, taps, (1, 2, 3), residual=torch.randn(6, 4),
+                         into_residual=True, project=project)
+    with pytest.raises(ValueError, match="project needs projected and into_residual"):
+        interpolate_rows(rows, index, mask, taps, (1, 2, 3), project=project,
+                         projected=torch.empty(6, 18))
+
+
 def test_kernel_rejects_bad_rows(monkeypatch):
     if shutil.which("c++") is None:
         pytest.skip("no C++ compiler on PATH")

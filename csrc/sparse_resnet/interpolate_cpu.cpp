@@ -14,8 +14,15 @@
 // so the work per position is about window * density * C multiply-adds; positions with mask
 // exactly 1 skip the window. Float32 only; the Python side falls back to the PyTorch
 // reference for other dtypes and devices.
+//
+// `interpolate_into` can also project its output rows: projected = out @ project ([C, K]), the
+// per-pixel tap contributions of the next block's mask convs (`small_conv3x3`). Each group of
+// lines is multiplied right after it is written, while its rows are still in L2, so the
+// projection does not read the whole map from memory again.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -38,6 +45,8 @@ constexpr const char* kOp = "fad_sparse.interpolate";
 constexpr float kMinTapWeight = 1e-13f;
 // Output channels are accumulated in blocks of kBlock floats held in registers.
 constexpr int64_t kBlock = 32;
+// Lines are projected in groups of about this many output floats (512 KB, a quarter of L2).
+constexpr int64_t kProjectGroupFloats = 1 << 17;
 
 struct WindowTap {
   int64_t dy, dx;
@@ -222,12 +231,24 @@ void interpolate_lines(const Inputs in, const Grid g, int64_t begin, int64_t end
   interpolate_lines_generic(in, g, begin, end, nb, out);
 }
 
+at::Tensor matrix(float* data, int64_t rows, int64_t cols) {
+  return at::from_blob(data, {rows, cols}, at::TensorOptions().dtype(at::kFloat));
+}
+
+// The optional projection of the output rows: out [M, K] = rows @ weight [C, K].
+struct Projection {
+  const at::Tensor* weight;  // nullptr: no projection
+  float* out;
+};
+
 // Checks the inputs, builds the window and interpolates into out_p ([N*H*W, C]; may be the
-// residual, whose row p is read before row p of the output is written).
+// residual, whose row p is read before row p of the output is written), projecting each group
+// of lines after it is written when `proj.weight` is set.
 void interpolate_checked(const at::Tensor& rows, const at::Tensor& index, const at::Tensor& mask,
                          const at::Tensor& taps, double eps, const std::optional<at::Tensor>& bias,
                          const std::optional<at::Tensor>& residual, bool relu, bool relu_rows,
-                         int64_t n, int64_t h, int64_t w, float* out_p) {
+                         int64_t n, int64_t h, int64_t w, float* out_p,
+                         Projection proj = {nullptr, nullptr}) {
   check_float_cpu(rows, kOp, "rows");
   check_float_cpu(mask, kOp, "mask");
   check_float_cpu(taps, kOp, "taps");
@@ -275,9 +296,21 @@ void interpolate_checked(const at::Tensor& rows, const at::Tensor& index, const 
   const int64_t lines = n * h;
   const int64_t min_lines = std::max<int64_t>(1, 65536 / std::max<int64_t>(w * c_dim, 1));
   const int64_t chunk = std::max(min_lines, lines / (8 * at::get_num_threads()));
+  const int64_t group =
+      std::max<int64_t>(1, kProjectGroupFloats / std::max<int64_t>(w * c_dim, 1));
   parallel_chunks(lines, chunk, [&](int64_t begin, int64_t end) {
     std::vector<Neighbour> nb(window.size());
-    interpolate_lines(in, g, begin, end, nb.data(), out_p);
+    if (proj.weight == nullptr) {
+      interpolate_lines(in, g, begin, end, nb.data(), out_p);
+      return;
+    }
+    const int64_t k = proj.weight->size(1);
+    for (int64_t first = begin; first < end; first += group) {
+      const int64_t last = std::min(end, first + group), m = (last - first) * w;
+      interpolate_lines(in, g, first, last, nb.data(), out_p);
+      at::Tensor dst = matrix(proj.out + first * w * k, m, k);
+      at::mm_out(dst, matrix(out_p + first * w * c_dim, m, c_dim), *proj.weight);
+    }
   });
 }
 
@@ -298,10 +331,25 @@ at::Tensor interpolate_cpu(const at::Tensor& rows, const at::Tensor& index,
 void interpolate_into_cpu(const at::Tensor& residual, const at::Tensor& rows,
                           const at::Tensor& index, const at::Tensor& mask, const at::Tensor& taps,
                           double eps, const std::optional<at::Tensor>& bias, bool relu,
-                          int64_t n, int64_t h, int64_t w) {
+                          int64_t n, int64_t h, int64_t w,
+                          const std::optional<at::Tensor>& project,
+                          const std::optional<at::Tensor>& projected) {
   check_float_cpu(residual, kOp, "residual");
+  Projection proj{nullptr, nullptr};
+  TORCH_CHECK(project.has_value() == projected.has_value(),
+              "fad_sparse.interpolate_into: give both project and projected, or neither");
+  if (project.has_value()) {
+    check_float_cpu(*project, kOp, "project");
+    check_float_cpu(*projected, kOp, "projected");
+    TORCH_CHECK(rows.dim() == 2 && project->dim() == 2 && project->size(0) == rows.size(1),
+                "fad_sparse.interpolate_into: project must be [C, K]");
+    TORCH_CHECK(projected->dim() == 2 && projected->size(0) == n * h * w &&
+                    projected->size(1) == project->size(1),
+                "fad_sparse.interpolate_into: projected must be [N*H*W, K]");
+    proj = {&*project, projected->data_ptr<float>()};
+  }
   interpolate_checked(rows, index, mask, taps, eps, bias, residual, relu, false, n, h, w,
-                      residual.data_ptr<float>());
+                      residual.data_ptr<float>(), proj);
 }
 
 }  // namespace fad_sparse

@@ -54,7 +54,9 @@ at::Tensor interpolate_cpu(const at::Tensor& rows, const at::Tensor& index,
 void interpolate_into_cpu(const at::Tensor& residual, const at::Tensor& rows,
                           const at::Tensor& index, const at::Tensor& mask, const at::Tensor& taps,
                           double eps, const std::optional<at::Tensor>& bias, bool relu,
-                          int64_t n, int64_t h, int64_t w);
+                          int64_t n, int64_t h, int64_t w,
+                          const std::optional<at::Tensor>& project,
+                          const std::optional<at::Tensor>& projected);
 
 at::Tensor gather_conv_cpu(const at::Tensor& src, const at::Tensor& positions, int64_t n,
                            int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,

@@ -42,7 +42,14 @@ from .resnet import (
     norm_layer,
     set_norm_eval,
 )
-from .sparse.execution import run_stage, sparse_basic, sparse_bottleneck, sparse_stem
+from .sparse.execution import (
+    MaskLink,
+    linked,
+    run_stage,
+    sparse_basic,
+    sparse_bottleneck,
+    sparse_stem,
+)
 from .sparse.flops import backbone_macs
 from .sparse.interpolation import GaussianInterpolation
 from .sparse.masks import MaskSampler, forced_density, small_conv3x3
@@ -82,6 +89,10 @@ class SparseBlockMixin:
     # sparse execution may write the output onto the input (set by `run_stage` while the body
     # runs a stage: the input is then the previous block's output, which nothing else holds)
     overwrite_input = False
+    # sparse execution: the block computes the following block's mask tap rows (`link_out`), or
+    # takes its own from the previous block (`link_in`); set by `linked` while the body runs
+    link_in: MaskLink | None = None
+    link_out: MaskLink | None = None
 
     def _init_sparse(self, inplanes: int, strides: tuple[int, int], opts: SparseOptions,
                      unit_id: int, dcn: bool) -> None:
@@ -106,11 +117,13 @@ class SparseBlockMixin:
         self.interp1 = GaussianInterpolation(opts.interp_kernel, opts.interp_init_scale)
         self.interp2 = GaussianInterpolation(opts.interp_kernel, opts.interp_init_scale)
 
-    def masks(self, x: Tensor, count: bool = True) -> tuple[Tensor, Tensor]:
+    def masks(self, x: Tensor, count: bool = True,
+              taps: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Masks (m1 [N,1,H1,W1], m2 [N,1,H2,W2]) for input x; records loss term and densities
         (at inference with `count` False the caller records them: sparse execution takes them
-        from its own count of the sampled positions)."""
-        logits1, logits2 = small_conv3x3(x, [self.conv1_mask, self.conv2_mask])
+        from its own count of the sampled positions). `taps`: the mask convs' tap rows
+        [N*H*W, 18] of x when already computed (`small_conv3x3`)."""
+        logits1, logits2 = small_conv3x3(x, self.mask_convs(), taps)
         m1, m2 = self.sampler1(logits1), self.sampler2(logits2)
         self.loss_term = None
         if self.training:
@@ -121,6 +134,10 @@ class SparseBlockMixin:
             density = [torch.count_nonzero(m) / m.numel() for m in (m1, m2)]
             self.density = torch.stack(density).float()
         return m1, m2
+
+    def mask_convs(self) -> list[nn.Conv2d]:
+        """conv1_mask and conv2_mask (one GEMM computes both, `small_conv3x3`)."""
+        return [self.conv1_mask, self.conv2_mask]
 
     def _conv2(self, out: Tensor, x: Tensor) -> Tensor:
         """conv2 of the conv1 features `out`; deformable with offsets from the block input x."""
@@ -278,10 +295,11 @@ class SparseResNetBody(nn.Module, ModelHooks):
         else:
             x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         feats = OrderedDict()
-        for name, layer in zip(("c2", "c3", "c4", "c5"),
-                               (self.layer1, self.layer2, self.layer3, self.layer4)):
-            x = run_stage(layer, x)
-            feats[name] = x
+        with linked(self.blocks):
+            for name, layer in zip(("c2", "c3", "c4", "c5"),
+                                   (self.layer1, self.layer2, self.layer3, self.layer4)):
+                x = run_stage(layer, x)
+                feats[name] = x
         if not self.training:
             self._accumulate_eval_stats()
         return feats

@@ -32,7 +32,8 @@ def interpolate_rows(rows: Tensor, index: Tensor, mask: Tensor, taps: Tensor,
                      size: tuple[int, int, int], bias: Tensor | None = None,
                      residual: Tensor | None = None, relu: bool = False,
                      relu_rows: bool = False, into_residual: bool = False,
-                     eps: float = EPS) -> Tensor:
+                     eps: float = EPS, project: Tensor | None = None,
+                     projected: Tensor | None = None) -> Tensor:
     """Interpolate features known only at sampled positions, then add bias/residual, ReLU.
 
     Args:
@@ -48,23 +49,32 @@ def interpolate_rows(rows: Tensor, index: Tensor, mask: Tensor, taps: Tensor,
         relu_rows: use ReLU(rows) as the features (fuses the producer's ReLU).
         into_residual: write the result onto `residual` (contiguous; no new memory) and return
             it; not with relu_rows.
+        project: optional [C, K] with into_residual: `projected` [N*H*W, K] (contiguous) is
+            then filled with result @ project. The kernel multiplies each group of output lines
+            right after writing it (in cache), instead of reading the whole result again.
 
     Returns:
         [N*H*W, C]: row p is the interpolated feature of position p. On the CPU the compiled
         kernel visits only sampled neighbours; elsewhere `interpolate_rows_reference`.
     """
     n, h, w = size
+    if (project is None) != (projected is None) or (project is not None and not into_residual):
+        raise ValueError("project needs projected and into_residual (and projected needs project)")
     if into_residual:
         if residual is None or relu_rows or not residual.is_contiguous():
             raise ValueError("into_residual needs a contiguous residual and relu_rows False")
-        if kernel_runs(rows):
+        if kernel_runs(rows) and (projected is None or projected.is_contiguous()):
             torch.ops.fad_sparse.interpolate_into(
                 residual, rows.contiguous(), index.contiguous(), mask.contiguous(),
                 taps.detach().float().contiguous(), eps,
-                None if bias is None else bias.contiguous(), relu, n, h, w)
+                None if bias is None else bias.contiguous(), relu, n, h, w,
+                None if project is None else project.detach().float().contiguous(), projected)
             return residual
-        return residual.copy_(interpolate_rows_reference(rows, index, mask, taps, size, bias,
-                                                         residual, relu, eps=eps))
+        residual.copy_(interpolate_rows_reference(rows, index, mask, taps, size, bias, residual,
+                                                  relu, eps=eps))
+        if project is not None:
+            torch.mm(residual, project.to(residual.dtype), out=projected)
+        return residual
     if kernel_runs(rows):
         return torch.ops.fad_sparse.interpolate(
             rows.contiguous(), index.contiguous(), mask.contiguous(),

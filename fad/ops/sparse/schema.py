@@ -2,7 +2,8 @@
 
 `torch.ops.fad_sparse.*` (CPU, float32; kernels in csrc/sparse_resnet, loaded by
 `fad.ops.build`) replace parts of the pure-PyTorch path at inference: `interpolate` /
-`interpolate_into` (the Gaussian interpolation, into a new tensor or onto the residual),
+`interpolate_into` (the Gaussian interpolation, into a new tensor or onto the residual, the
+latter optionally also projecting its output rows: the next block's mask-conv tap rows),
 `gather_conv` (a conv at sampled positions: tiled gather + GEMM, optionally a second 1x1 conv),
 `gather_windows` (im2col at sampled positions), `tap_sum` (mask-conv tap sums) and
 `active_rows` (the sampled positions of a mask). `gather_conv` has a FLOP formula (its GEMMs, as
@@ -20,7 +21,8 @@ _KERNEL_LIB = define_library("fad_sparse", (
     "interpolate(Tensor rows, Tensor index, Tensor mask, Tensor taps, float eps, Tensor? bias, "
     "Tensor? residual, bool relu, bool relu_rows, int n, int h, int w) -> Tensor",
     "interpolate_into(Tensor(a!) residual, Tensor rows, Tensor index, Tensor mask, Tensor taps, "
-    "float eps, Tensor? bias, bool relu, int n, int h, int w) -> ()",
+    "float eps, Tensor? bias, bool relu, int n, int h, int w, Tensor? project, "
+    "Tensor(b!)? projected) -> ()",
     "gather_conv(Tensor src, Tensor positions, int n, int in_h, int in_w, int out_h, int out_w, "
     "int kernel_size, int stride, Tensor weight, Tensor? bias, bool relu, Tensor? weight2) "
     "-> Tensor",

@@ -9,7 +9,9 @@ bias). For a block with masks m1 (conv1) and m2 (conv2):
 3. conv2 at the P2 positions with m2 > 0, ReLU, and conv3 (1x1, without its bias) in the same
    tiles (DCN: offsets from a gather of the block input, bilinear sampling of the four corners);
 4. one fused call interpolates conv3's output to every position and adds BN3's bias, the
-   shortcut and the ReLU, writing onto the shortcut tensor when nothing else holds it.
+   shortcut and the ReLU, writing onto the shortcut tensor when nothing else holds it; while the
+   body runs (`linked`), the same call also multiplies the output rows, still in cache, by the
+   next block's mask-conv tap weight, so the next block's masks need no pass over the map.
 Step 4 equals the dense order (interpolate conv2's output, then conv3 + BN3) because conv3 + BN3
 is affine per position and the interpolation is a per-position weighted average: moving the
 linear part across it is exact, so the result matches the masked dense path to float rounding
@@ -22,6 +24,8 @@ same function. The stem and the downsample shortcuts run as BN-folded dense conv
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fad.ops import sparse as ops
+
+from .masks import mask_tap_weight
 
 # A conv computes densely when the density of its mask exceeds this: the crossover of the
 # sparse and the dense block lies at 0.9-1.0 in every R-101 stage at 800x1344, 1 and 2 threads
@@ -212,16 +218,66 @@ def _shortcut(block: nn.Module, x: Tensor, weights: dict[str, Folded]) -> Tensor
     return F.conv2d(x, ds.conv, ds.bias, block.downsample[0].stride)
 
 
+class MaskLink:
+    """What a block hands the block after it in sparse execution: the tap rows [N*H*W, K] of the
+    next block's mask convs (`small_conv3x3`'s GEMM of its input), computed by this block's last
+    interpolation from its output rows while they are in cache (`_finish`)."""
+
+    def __init__(self, weight: Tensor):
+        self.weight = weight  # [C, K] `mask_tap_weight` of the next block's mask convs
+        self.rows: Tensor | None = None  # [N*H*W, K], set by `_finish`
+        self.source: tuple[Tensor, int] | None = None  # the map they are of, and its version
+
+    def hand(self, out: Tensor, rows: Tensor) -> None:
+        """Record the tap rows of the output map `out`."""
+        self.rows, self.source = rows, (out, out._version)
+
+    def take(self, x: Tensor) -> Tensor | None:
+        """The tap rows when they are of x unchanged since (then dropped here), else None."""
+        rows, source = self.rows, self.source
+        self.rows = self.source = None
+        if source is None or source[0] is not x or source[1] != x._version:
+            return None
+        return rows
+
+
+@contextlib.contextmanager
+def linked(blocks: Sequence[nn.Module]) -> Iterator[None]:
+    """Within: each block of sparse execution computes the mask tap rows of the block after it
+    (`MaskLink`) when both run sparse execution without gradients (the kernel's projection is
+    inference only); a block without a link computes its own."""
+    try:
+        if not torch.is_grad_enabled():
+            for block, following in zip(blocks, blocks[1:]):
+                if block._use_sparse() and following._use_sparse():
+                    link = MaskLink(mask_tap_weight(following.mask_convs()).detach())
+                    block.link_out = following.link_in = link
+        yield
+    finally:
+        for block in blocks:
+            block.link_in = block.link_out = None
+
+
 def _finish(block: nn.Module, x: Tensor, a2: Active, rows: Tensor, bias: Tensor,
             weights: dict[str, Folded]) -> Tensor:
     """Interpolate the last conv's rows, add `bias`, the shortcut and the ReLU -> [N, C, H, W].
 
     The result is written onto the shortcut when it is a new tensor (downsample) or when the
-    block may overwrite its input (`overwrite_input`, set by `run_stage`)."""
+    block may overwrite its input (`overwrite_input`, set by `run_stage`); then, with a
+    `link_out`, the same kernel call also computes the next block's mask tap rows."""
     identity = _shortcut(block, x, weights)
+    into = identity is not x or block.overwrite_input
+    link = block.link_out if into else None
+    project = projected = None
+    if link is not None:
+        project = link.weight.to(identity.dtype)
+        projected = identity.new_empty(a2.n * a2.h * a2.w, project.shape[1])
     out = a2.interpolate(rows, block.interp2.taps(), bias=bias, residual=as_rows(identity),
-                         relu=True, into_residual=identity is not x or block.overwrite_input)
-    return as_map(out, a2.n, a2.h, a2.w)
+                         relu=True, into_residual=into, project=project, projected=projected)
+    out = as_map(out, a2.n, a2.h, a2.w)
+    if link is not None:
+        link.hand(out, projected)
+    return out
 
 
 def _conv2_deform(block: nn.Module, f1: Tensor, x: Tensor, a2: Active,
@@ -237,12 +293,14 @@ def _conv2_deform(block: nn.Module, f1: Tensor, x: Tensor, a2: Active,
 
 
 def active_masks(block: nn.Module, x: Tensor) -> tuple[Active, Active]:
-    """The block's masks of x as `Active` positions, and the block's densities [2]. On the CPU
+    """The block's masks of x as `Active` positions (their tap rows from the previous block when
+    it computed them, `MaskLink`), and the block's densities [2]. On the CPU
     they come from the positions' counts (no separate counting pass over the masks); on a GPU
     the masks count them on the device, as a host-made tensor would be one more copy in and a
     branch on the positions' count."""
     on_cpu = x.device.type == "cpu"
-    m1, m2 = block.masks(x, count=not on_cpu)
+    taps = None if block.link_in is None else block.link_in.take(x)
+    m1, m2 = block.masks(x, count=not on_cpu, taps=taps)
     a1, a2 = Active.of(m1), Active.of(m2)
     if on_cpu:
         block.density = torch.tensor([a1.density, a2.density])

@@ -25,20 +25,29 @@ from fad.ops.sparse import tap_sum
 SAMPLING_MODES = ("stochastic", "deterministic")
 
 
-def small_conv3x3(x: Tensor, convs: Sequence[nn.Conv2d]) -> list[Tensor]:
+def mask_tap_weight(convs: Sequence[nn.Conv2d]) -> Tensor:
+    """The GEMM weight [Cin, 9 * sum O_j], ordered (ky, kx, output), of 3x3 convs with O_j
+    outputs each: pixels [M, Cin] @ it = every tap's contribution to every output."""
+    weight = torch.cat([c.weight for c in convs])
+    return weight.permute(1, 2, 3, 0).reshape(weight.shape[1], -1)
+
+
+def small_conv3x3(x: Tensor, convs: Sequence[nn.Conv2d],
+                  taps: Tensor | None = None) -> list[Tensor]:
     """Outputs of 3x3 pad-1 convs with few output channels, as one GEMM over the pixels.
 
     x [N, Cin, H, W] (cheapest channels-last) -> one [N, O_j, H_j, W_j] per conv (its stride).
-    Equals `conv(x)` up to float rounding: y = x_pixels @ W holds every tap's contribution
-    [N, H, W, 3, 3, sum O_j] (one pass over x, where a direct conv with so few output channels
-    is slow on the CPU), and each output adds its nine taps from shifted windows of y (the
-    compiled `tap_sum` kernel at CPU inference).
+    Equals `conv(x)` up to float rounding: y = x_pixels @ `mask_tap_weight(convs)` holds every
+    tap's contribution [N*H*W, 9 * sum O_j] (one pass over x, where a direct conv with so few
+    output channels is slow on the CPU), and each output adds its nine taps from shifted
+    windows of y (the compiled `tap_sum` kernel at CPU inference). `taps`: y when it is already
+    known (sparse execution computes it while writing x, see `execution.MaskLink`).
     """
     n, cin, h, w = x.shape
     outs = [c.out_channels for c in convs]
-    k = sum(outs)
-    weight = torch.cat([c.weight for c in convs]).permute(1, 2, 3, 0).reshape(cin, 9 * k)
-    y = x.permute(0, 2, 3, 1).reshape(-1, cin) @ weight.to(x.dtype)
+    y = taps
+    if y is None:
+        y = x.permute(0, 2, 3, 1).reshape(-1, cin) @ mask_tap_weight(convs).to(x.dtype)
     results, start = [], 0
     for conv, o in zip(convs, outs):
         results.append(tap_sum(y, conv.bias.to(x.dtype), n, h, w, start, conv.stride[0]))
