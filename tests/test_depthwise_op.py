@@ -13,7 +13,10 @@ def _need_kernel(monkeypatch):
     assert kernel_runs(torch.zeros(1, 1, 1, 1))
 
 
-@pytest.mark.parametrize("shape", [(2, 5, 9, 13), (1, 3, 1, 1), (3, 2, 2, 7), (1, 4, 17, 4)])
+# rows with interior columns (13, 37: vector loop and its remainder), rows whose every column
+# is an end column (1, 4, 7 with dilation 3; width 4 < 2 * 3), maps smaller than the dilation
+@pytest.mark.parametrize("shape", [(2, 5, 9, 13), (1, 3, 1, 1), (3, 2, 2, 7), (1, 4, 17, 4),
+                                   (1, 2, 4, 37)])
 @pytest.mark.parametrize("dilation", [1, 2, 3])
 def test_matches_conv2d_forward_and_backward(shape, dilation):
     torch.manual_seed(0)
@@ -28,10 +31,10 @@ def test_matches_conv2d_forward_and_backward(shape, dilation):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("dilation", [1, 2])
-def test_gradcheck_float64(dilation):
+@pytest.mark.parametrize("dilation,width", [(1, 5), (2, 5), (3, 11)])
+def test_gradcheck_float64(dilation, width):
     torch.manual_seed(1)
-    x = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, 6, width, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: depthwise_conv3x3(a, b, dilation), (x, w))
 
