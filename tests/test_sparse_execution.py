@@ -304,8 +304,9 @@ def test_body_sparse_equals_dense_at_forced_density(depth):
 @pytest.mark.parametrize("depth", [18, 50])
 def test_body_blocks_take_their_mask_taps_from_the_previous_block(monkeypatch, backend, depth):
     """Blocks get their mask-conv tap rows from the previous block's last interpolation
-    (`MaskLink`, when it writes onto the shortcut); with masks sampled from the logits (deterministic p >= 0.5),
-    the body stays equal to the masked dense path and to sparse execution without the links."""
+    (`MaskLink`, when it writes onto the shortcut); with masks sampled from the logits
+    (deterministic p >= 0.5), the body stays equal to the masked dense path and to sparse
+    execution without the links."""
     monkeypatch.setenv("FAD_SPARSE_BACKEND", backend)
     torch.manual_seed(0)
     body = SparseResNetBody(depth, FrozenBatchNorm2d, SparseOptions(sampling="deterministic"))
@@ -337,6 +338,19 @@ def test_body_blocks_take_their_mask_taps_from_the_previous_block(monkeypatch, b
         scale = dense[k].abs().max()
         assert (sparse[k] - dense[k]).abs().max() <= 1e-4 * scale
         assert (sparse[k] - unlinked[k]).abs().max() <= 1e-5 * scale
+
+
+def test_sparse_stem_equals_the_dense_stem():
+    torch.manual_seed(0)
+    body = SparseResNetBody(18, FrozenBatchNorm2d, SparseOptions())
+    _randomise(body)
+    body.eval()
+    x = torch.randn(2, 3, 37, 50).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want = body.maxpool(body.relu(body.bn1(body.conv1(x))))
+        got = execution.sparse_stem(body, x)
+    assert (want < 0.0).sum() == 0 and (want == 0.0).sum() > 0  # the ReLU cut some positions
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_mask_link_hands_rows_only_for_the_unchanged_map():

@@ -25,6 +25,7 @@
 #include <ATen/ops/mm.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -50,6 +51,7 @@ constexpr int64_t kProjectGroupFloats = 1 << 17;
 
 struct WindowTap {
   int64_t dy, dx;
+  int64_t offset;  // dy * W + dx: the tap's distance in flat positions
   float weight;
 };
 
@@ -63,6 +65,7 @@ struct Inputs {
   const float* mask;
   const WindowTap* taps;
   int64_t num_taps;
+  int64_t radius;  // the largest |dy| or |dx| of the taps
   const float* bias;      // nullptr when absent
   const float* residual;  // nullptr when absent
   float eps;
@@ -156,12 +159,42 @@ FAD_ALWAYS_INLINE void accumulate_block(const Neighbour* nb, int64_t count, int6
 }
 #endif
 
+// Lists the sampled neighbours of position p = (y, x) in nb (weight K * m and row) and returns
+// their number; `den` gets the sum of the weights. kChecked: skip taps outside the grid (not
+// needed where the whole window lies inside, which saves the bounds checks).
+template <bool kChecked>
+FAD_ALWAYS_INLINE int64_t sampled_window(const Inputs& in, const Grid& g, int64_t y, int64_t x,
+                                         int64_t p, Neighbour* nb, float& den) {
+  int64_t count = 0;
+  float sum = 0.f;
+  for (int64_t t = 0; t < in.num_taps; ++t) {
+    int64_t q = p + in.taps[t].offset;
+    if (kChecked) {
+      const int64_t yy = y + in.taps[t].dy, xx = x + in.taps[t].dx;
+      if (!fad::inside(yy, xx, g.h, g.w)) continue;
+      q = p - y * g.w - x + yy * g.w + xx;
+    }
+    // branch-free compaction: unsampled neighbours (weight 0) are overwritten next
+    const float mq = in.mask[q];
+    const float wq = in.taps[t].weight * mq;
+    sum += wq;
+    nb[count] = {wq, in.rows + in.index[q] * g.c};
+    count += mq != 0.f;
+  }
+  den = sum;
+  return count;
+}
+
 // Interpolates the grid lines (n * H + y) in [begin, end); `nb` is scratch for the window.
 FAD_ALWAYS_INLINE void interpolate_lines_body(const Inputs in, const Grid g, int64_t begin,
                                               int64_t end, Neighbour* nb, float* out) {
-  const int64_t c_dim = g.c;
+  const int64_t c_dim = g.c, r = in.radius;
   for (int64_t line = begin; line < end; ++line) {
-    const int64_t y = line % g.h, image_start = (line - y) * g.w;
+    const int64_t y = line % g.h;
+    // the columns whose window lies inside the grid (none when the line is too close to an edge)
+    const bool inner_line = y >= r && y < g.h - r;
+    const int64_t inner_begin = inner_line ? std::min(r, g.w) : g.w;
+    const int64_t inner_end = inner_line ? std::max(inner_begin, g.w - r) : g.w;
     for (int64_t x = 0; x < g.w; ++x) {
       const int64_t p = line * g.w + x;
       const float mp = in.mask[p];
@@ -169,16 +202,10 @@ FAD_ALWAYS_INLINE void interpolate_lines_body(const Inputs in, const Grid g, int
       float scale = 0.f;
       if (mp != 1.f) {
         float den = 0.f;
-        for (int64_t t = 0; t < in.num_taps; ++t) {
-          const int64_t yy = y + in.taps[t].dy, xx = x + in.taps[t].dx;
-          if (!fad::inside(yy, xx, g.h, g.w)) continue;
-          const int64_t q = image_start + yy * g.w + xx;
-          // branch-free compaction: unsampled neighbours (weight 0) are overwritten next
-          const float mq = in.mask[q];
-          const float wq = in.taps[t].weight * mq;
-          den += wq;
-          nb[count] = {wq, in.rows + in.index[q] * c_dim};
-          count += mq != 0.f;
+        if (x >= inner_begin && x < inner_end) {
+          count = sampled_window<false>(in, g, y, x, p, nb, den);
+        } else {
+          count = sampled_window<true>(in, g, y, x, p, nb, den);
         }
         scale = (1.f - mp) / (den + in.eps);
       }
@@ -271,15 +298,19 @@ void interpolate_checked(const at::Tensor& rows, const at::Tensor& index, const 
   const float* t = taps.data_ptr<float>();
   const int64_t r = taps.numel() / 2;
   std::vector<WindowTap> window;
+  int64_t radius = 0;
   for (int64_t dy = -r; dy <= r; ++dy) {
     for (int64_t dx = -r; dx <= r; ++dx) {
       const float weight = t[dy + r] * t[dx + r];
-      if (weight >= kMinTapWeight || (dy == 0 && dx == 0)) window.push_back({dy, dx, weight});
+      if (weight >= kMinTapWeight || (dy == 0 && dx == 0)) {
+        window.push_back({dy, dx, dy * w + dx, weight});
+        radius = std::max({radius, std::abs(dy), std::abs(dx)});
+      }
     }
   }
   Inputs in{rows.data_ptr<float>(), index_p, mask_p, window.data(),
-            static_cast<int64_t>(window.size()), nullptr, nullptr, static_cast<float>(eps), relu,
-            relu_rows};
+            static_cast<int64_t>(window.size()), radius, nullptr, nullptr,
+            static_cast<float>(eps), relu, relu_rows};
   if (bias.has_value()) {
     check_float_cpu(*bias, kOp, "bias");
     TORCH_CHECK(bias->numel() == c_dim, "fad_sparse.interpolate: bias must have C entries");

@@ -356,10 +356,11 @@ def sparse_basic(block: nn.Module, x: Tensor) -> Tensor:
 
 def sparse_stem(body: nn.Module, x: Tensor) -> Tensor:
     """The body's stem (conv1, BN, ReLU, max pool) with BN folded into the conv; x channels-last
-    [N, 3, H, W] -> [N, 64, H / 4, W / 4]."""
+    [N, 3, H, W] -> [N, 64, H / 4, W / 4]. The ReLU runs after the max pool, on the 4x smaller
+    map: both are monotone, so max(ReLU(y)) = ReLU(max(y)) exactly."""
     stem = _folded(body, {"stem": (body.conv1, body.bn1)})["stem"]
-    y = F.conv2d(x, stem.conv, stem.bias, body.conv1.stride, body.conv1.padding).relu_()
-    return body.maxpool(y)
+    y = F.conv2d(x, stem.conv, stem.bias, body.conv1.stride, body.conv1.padding)
+    return body.maxpool(y).relu_()
 
 
 def run_stage(layer: nn.Sequential, x: Tensor) -> Tensor:
