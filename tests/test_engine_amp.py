@@ -1,5 +1,6 @@
 """One AMP policy: fp16 + GradScaler on CUDA, bf16 autocast on the CPU when asked, fp32 for the
-second-order search; a real detector step under CPU bf16; the architect's scaled alpha step."""
+second-order search; a real detector step under CPU bf16 (whole model, or the backbone only:
+SOLVER.AMP_CPU_SCOPE backbone); the architect's scaled alpha step."""
 import math
 
 import pytest
@@ -9,8 +10,9 @@ from torch import nn
 
 from fad.config import get_cfg_defaults
 from fad.data import build_dataset, make_train_loader
-from fad.engine.amp import amp_policy
+from fad.engine.amp import amp_policy, to_float32
 from fad.engine.trainer import DetectorStep
+from fad.errors import ConfigError
 from fad.modeling import build_detector
 from fad.search.architect import Architect
 
@@ -53,6 +55,61 @@ def test_detector_step_runs_under_cpu_bf16(synthetic_root, tmp_path):
     after = [p for p in model.parameters() if p.requires_grad]
     assert all(p.dtype == torch.float32 for p in after)
     assert any(not torch.equal(a, b) for a, b in zip(after, before))
+
+
+def _first_conv(module: nn.Module) -> nn.Conv2d:
+    return next(m for m in module.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_backbone_scope_runs_only_the_backbone_in_bf16(synthetic_root, tmp_path):
+    cfg = tiny_fcos_cfg(synthetic_root, str(tmp_path))
+    cfg.merge_from_list(["SOLVER.AMP", True, "SOLVER.AMP_CPU", True,
+                         "SOLVER.AMP_CPU_SCOPE", "backbone"])
+    policy = amp_policy(cfg, CPU)
+    assert policy.dtype == torch.bfloat16 and policy.scope == "backbone"
+    assert not torch.is_autocast_enabled("cpu")
+    with policy.autocast():  # the forward itself runs fp32; `attach` puts the autocast in place
+        assert not torch.is_autocast_enabled("cpu")
+    torch.manual_seed(0)
+    dataset = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
+    model = build_detector(cfg, dataset.num_classes).train()
+    step = DetectorStep(cfg, model, CPU)
+    seen = {"backbone conv": [], "backbone out": [], "head conv": []}
+    _first_conv(model.backbone).register_forward_hook(
+        lambda mod, inp, out: seen["backbone conv"].append(out.dtype))
+    model.backbone.register_forward_hook(
+        lambda mod, inp, out: seen["backbone out"].extend(v.dtype for v in out.values()))
+    _first_conv(model.head).register_forward_hook(
+        lambda mod, inp, out: seen["head conv"].append(out.dtype))
+    batch = next(iter(make_train_loader(cfg, dataset)))
+    out = step.run(batch)
+    assert seen["backbone conv"] == [torch.bfloat16]
+    assert set(seen["backbone out"]) == {torch.float32}  # cast back before the head
+    assert set(seen["head conv"]) == {torch.float32}
+    assert not torch.is_autocast_enabled("cpu")  # left after the backbone
+    assert math.isfinite(sum(v.item() for v in out.losses.values()))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    model.eval()  # inference (the evaluation after training, fad-test) stays fp32
+    with torch.no_grad():
+        model(batch[0])
+    assert seen["backbone conv"][-1] == torch.float32
+
+
+def test_backbone_scope_needs_a_backbone():
+    cfg = _cfg(True, amp_cpu=True)
+    cfg.merge_from_list(["SOLVER.AMP_CPU_SCOPE", "backbone"])
+    with pytest.raises(ConfigError, match="AMP_CPU_SCOPE"):
+        amp_policy(cfg, CPU).attach(nn.Linear(2, 2))
+    amp_policy(_cfg(True), CPU).attach(nn.Linear(2, 2))  # fp32: nothing to attach
+
+
+def test_to_float32_keeps_containers_and_non_float_tensors():
+    half, idx = torch.ones(2, dtype=torch.bfloat16), torch.arange(3)
+    out = to_float32({"a": half, "b": [half, (idx, half)], "c": "text"})
+    assert out["a"].dtype == torch.float32 and torch.equal(out["a"], torch.ones(2))
+    assert isinstance(out["b"], list) and isinstance(out["b"][1], tuple)
+    assert out["b"][1][0] is idx and out["b"][1][1].dtype == torch.float32
+    assert out["c"] == "text"
 
 
 def _tiny_architect(scaler=None, second_order=False):

@@ -97,6 +97,7 @@ _C.SOLVER.CHECKPOINT_KEEP = non_negative(0)  # keep the newest N (>= 2) periodic
 _C.SOLVER.CLIP_GRAD_NORM = non_negative(0.0)  # max total grad norm (0 = no clipping)
 _C.SOLVER.AMP = True  # mixed precision: fp16 autocast + loss scaling on CUDA
 _C.SOLVER.AMP_CPU = False  # with SOLVER.AMP: bf16 autocast on the CPU too (bf16-capable CPUs)
+_C.SOLVER.AMP_CPU_SCOPE = choice("model", ("model", "backbone"))  # AMP_CPU over: all, backbone+FPN
 _C.SOLVER.COMPILE = False  # torch.compile the model of the training step (docs/ops.md)
 _C.SOLVER.CHANNELS_LAST = True  # detector training in NHWC memory (faster convs; docs/ops.md)
 _C.SOLVER.LOG_PERIOD = positive(20)  # iterations between log lines

@@ -157,12 +157,14 @@ class DetectorStep(TrainStep):
     """Detector training: the loss dict (+ aux losses) of the DDP-wrapped model, one backward,
     one step of the optimizer from `build_optimizer` (gradients averaged over ranks by DDP).
     With SOLVER.CHANNELS_LAST the model's 4-D weights are made channels-last (NHWC) in place,
-    so the convolutions run and return NHWC (oneDNN on the CPU, tensor cores on a GPU)."""
+    so the convolutions run and return NHWC (oneDNN on the CPU, tensor cores on a GPU).
+    The AMP policy's autocast wraps the forward, or only the backbone (`AmpPolicy.attach`)."""
 
     def __init__(self, cfg: CfgNode, model: nn.Module, device: torch.device):
         if cfg.SOLVER.CHANNELS_LAST:
             model.to(memory_format=torch.channels_last)  # 4-D weights; activations follow
         super().__init__(cfg, model, build_optimizer(cfg, model), amp_policy(cfg, device), device)
+        self.amp.attach(model)  # SOLVER.AMP_CPU_SCOPE backbone: bf16 around the backbone only
         self.net = maybe_compile(cfg, wrap_ddp(model, device))
 
     def run(self, batch: tuple[list, list[dict]]) -> StepOutput:
