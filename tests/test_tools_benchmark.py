@@ -39,7 +39,7 @@ KEYS = {
     "fcos_step": {"ours_step_s", "ours_nchw_step_s", "torchvision_step_s", "time_ratio",
                   "time_ratio_nchw", "cpu_time_ratio"},
     "supernet": {"speedup", "peak_memory_ratio", "flop_ratio", "fraction_of_limit",
-                 "shared_step_s", "separate_step_s"},
+                 "fraction_of_limit_cpu", "shared_step_s", "separate_step_s"},
     "msda": {"speedup", "speedup_cpp", "forward_speedup_cpp", "memory_ratio_cpp", "cpp_fwd_ms",
              "reference_fwd_bwd_ms", "cpp_peak_mb", "max_abs_diff_cpp"},
     "sparse_resnet": {"speedup_at_density_0.5", "speedup_vs_plain_at_density_0.5",
@@ -87,6 +87,9 @@ def test_sub_command_prints_one_json_line(monkeypatch, capsys, tmp_path, name):
     if name == "supernet":
         assert result["fraction_of_limit"] == pytest.approx(
             result["speedup"] / result["flop_ratio"], abs=2e-3)
+        assert result["fraction_of_limit_cpu"] == pytest.approx(  # step times rounded to 0.1 ms
+            result["separate_step_cpu_s"] / result["shared_step_cpu_s"] / result["flop_ratio"],
+            rel=0.05)
     if name == "sparse_resnet":
         assert result["fraction_of_limit_at_density_0.5"] == pytest.approx(
             result["speedup_vs_plain_at_density_0.5"]

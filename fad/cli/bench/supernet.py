@@ -7,8 +7,10 @@ as independent ops (`SeparateCandidates`), interleaved in one process, medians r
 step (CUDA: max allocated; CPU: bytes of tensors saved for backward); `flop_ratio` = separate /
 shared forward FLOPs (torch's FlopCounterMode: convolutions, matmuls and the compiled depthwise
 kernel, which registers the same count as a depthwise convolution), the limit of the speed-up;
-`fraction_of_limit` = speedup / flop_ratio. Also times full iterations (alpha step +
-weight step) of the tiny search config on random data.
+`fraction_of_limit` = speedup / flop_ratio; the `_cpu` keys are the same from the process CPU
+time of each step (all threads: at 1 thread on a machine that other jobs load it leaves out the
+time the process waits for a core; with more threads it counts their spinning). Also times full
+iterations (alpha step + weight step) of the tiny search config on random data.
 """
 from __future__ import annotations
 
@@ -103,8 +105,9 @@ def _tower_benchmark(args, device: torch.device) -> dict:
         torch.manual_seed(0)
         heads[name] = build_search_head(cfg, args.classes, shared=shared).to(device).train()
     feats = _features(args, device)
-    times = time_rounds({n: _step(h, feats) for n, h in heads.items()}, 1, args.repeats, device,
-                        grad=True).medians()
+    samples = time_rounds({n: _step(h, feats) for n, h in heads.items()}, 1, args.repeats, device,
+                          grad=True)
+    times, cpu = samples.medians(), samples.medians(cpu=True)
     peaks = {n: _peak_bytes(h, feats, device) for n, h in heads.items()}
     flops = {}
     for name, head in heads.items():
@@ -126,6 +129,10 @@ def _tower_benchmark(args, device: torch.device) -> dict:
         "separate_forward_gflops": round(flops["separate"] / 1e9, 2),
         "flop_ratio": round(flops["separate"] / flops["shared"], 3),
         "fraction_of_limit": round(separate_s / shared_s * flops["shared"] / flops["separate"], 3),
+        "shared_step_cpu_s": round(cpu["shared"], 4),
+        "separate_step_cpu_s": round(cpu["separate"], 4),
+        "fraction_of_limit_cpu": round(cpu["separate"] / cpu["shared"] * flops["shared"]
+                                       / flops["separate"], 3),
         "shared_params": params["shared"], "separate_params": params["separate"],
     }
 
