@@ -5,7 +5,8 @@ MODEL.OPS.DEPTHWISE_BACKEND or FAD_DEPTHWISE_BACKEND, no compiler; see `fad.ops.
 A channels-last input (SOLVER.CHANNELS_LAST training) also takes the reference: the kernel
 reads NCHW, so it would copy x to NCHW and return NCHW, while oneDNN's NHWC depthwise stays in
 NHWC and, fwd+bwd at [8, 32, 20, 32], is 2.7x faster than the kernel (docs/fad.md, "Where the
-demo's time goes")."""
+demo's time goes"; after the kernel's rewrite in session 7 still 1.13x faster, 1 thread, before
+any copy)."""
 from __future__ import annotations
 
 import torch
