@@ -1,5 +1,5 @@
 // Registers the SparseResNet CPU kernels for the fad_sparse op schemas (declared in Python:
-// fad/modeling/backbone/sparse/kernel.py).
+// fad/ops/sparse/schema.py).
 #include <torch/library.h>
 
 #include "../common/macros.h"

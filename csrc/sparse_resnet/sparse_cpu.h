@@ -1,10 +1,11 @@
 // SparseResNet inference kernels on the CPU (float32, contiguous), one file each:
 // interpolate_cpu.cpp (Gaussian interpolation of sparsely computed features, into a new tensor
-// or onto the residual), gather_conv_cpu.cpp (a conv at sampled positions: tiled gather + GEMM,
-// optionally + a second 1x1 conv), gather_windows_cpu.cpp (im2col of a 3x3 conv at sampled
-// positions) and tap_sum_cpu.cpp (the tap sums of the mask convs computed as one GEMM over the
-// pixels) and active_rows_cpu.cpp (the sampled positions of a mask); register_cpu.cpp registers them for the fad_sparse op schemas declared in
-// fad/modeling/backbone/sparse/kernel.py.
+// or onto the residual, optionally projecting the output rows: the next block's mask-conv tap
+// rows), gather_conv_cpu.cpp (a conv at sampled positions: tiled gather + GEMM, optionally + a
+// second 1x1 conv), gather_windows_cpu.cpp (im2col of a 3x3 conv at sampled positions),
+// tap_sum_cpu.cpp (the tap sums of the mask convs computed as one GEMM over the pixels) and
+// active_rows_cpu.cpp (the sampled positions of a mask); register_cpu.cpp registers them for the
+// fad_sparse op schemas declared in fad/ops/sparse/schema.py.
 #pragma once
 
 #include <ATen/Parallel.h>
