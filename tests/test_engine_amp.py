@@ -1,6 +1,7 @@
 """One AMP policy: fp16 + GradScaler on CUDA, bf16 autocast on the CPU when asked, fp32 for the
 second-order search; a real detector step under CPU bf16 (whole model, or the backbone only:
-SOLVER.AMP_CPU_SCOPE backbone); the architect's scaled alpha step."""
+SOLVER.AMP_CPU_SCOPE backbone, or towers: the backbone and the towers' big convs); the
+architect's scaled alpha step."""
 import math
 
 import pytest
@@ -10,7 +11,8 @@ from torch import nn
 
 from fad.config import get_cfg_defaults
 from fad.data import build_dataset, make_train_loader
-from fad.engine.amp import amp_policy, to_float32
+from fad.engine import amp as amp_module
+from fad.engine.amp import amp_policy, to_float32, tower_convs
 from fad.engine.trainer import DetectorStep
 from fad.errors import ConfigError
 from fad.modeling import build_detector
@@ -101,6 +103,55 @@ def test_backbone_scope_needs_a_backbone():
     with pytest.raises(ConfigError, match="AMP_CPU_SCOPE"):
         amp_policy(cfg, CPU).attach(nn.Linear(2, 2))
     amp_policy(_cfg(True), CPU).attach(nn.Linear(2, 2))  # fp32: nothing to attach
+
+
+def test_towers_scope_runs_the_big_tower_convs_in_bf16(synthetic_root, tmp_path, monkeypatch):
+    cfg = tiny_fcos_cfg(synthetic_root, str(tmp_path))
+    cfg.merge_from_list(["SOLVER.AMP", True, "SOLVER.AMP_CPU", True,
+                         "SOLVER.AMP_CPU_SCOPE", "towers"])
+    torch.manual_seed(0)
+    dataset = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
+    model = build_detector(cfg, dataset.num_classes).train()
+    convs = tower_convs(model)
+    assert convs and all(m.groups == 1 and m.kernel_size == (3, 3) for m in convs)
+    assert not any(m is model.head.cls_logits or m is model.head.bbox_pred for m in convs)
+    batch = next(iter(make_train_loader(cfg, dataset)))
+    calls, head_outputs = [], []
+    for conv in convs:  # registered before the step's hooks: sees the conv's own output dtype
+        conv.register_forward_hook(lambda mod, inp, out: calls.append(
+            (inp[0].numel() // inp[0].shape[1], inp[0].dtype, out.dtype)))
+    model.head.cls_logits.register_forward_hook(
+        lambda mod, inp, out: head_outputs.append(out.dtype))
+    with torch.no_grad():  # the positions of every level's tower calls, to set the threshold
+        model.eval()(batch[0])
+    positions = sorted({n for n, _, _ in calls})
+    assert len(positions) >= 3
+    threshold = positions[-2]  # the two largest levels in bf16, the others fp32
+    monkeypatch.setattr(amp_module, "TOWER_MIN_POSITIONS", threshold)
+    calls.clear()
+    step = DetectorStep(cfg, model.train(), CPU)
+    out = step.run(batch)
+    assert {(n >= threshold, i, o) for n, i, o in calls} == {
+        (True, torch.float32, torch.bfloat16), (False, torch.float32, torch.float32)}
+    assert set(head_outputs) == {torch.float32}  # GroupNorm, ReLU and the predictors: fp32
+    assert not torch.is_autocast_enabled("cpu")
+    assert math.isfinite(sum(v.item() for v in out.losses.values()))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(p.grad is not None for conv in convs for p in conv.parameters())
+    model.eval()  # inference stays fp32
+    calls.clear()
+    with torch.no_grad():
+        model(batch[0])
+    assert {o for _, _, o in calls} == {torch.float32}
+
+
+def test_towers_scope_needs_tower_convs():
+    cfg = _cfg(True, amp_cpu=True)
+    cfg.merge_from_list(["SOLVER.AMP_CPU_SCOPE", "towers"])
+    model = nn.Module()
+    model.backbone, model.head = nn.Conv2d(3, 3, 3), nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match="towers"):
+        amp_policy(cfg, CPU).attach(model)
 
 
 def test_to_float32_keeps_containers_and_non_float_tensors():

@@ -24,6 +24,7 @@ _C.MODEL.OPS.MSDA_BACKEND = choice(  # deformable attention
     "auto", ("auto", "reference", "cpp", "cuda", "triton"))
 _C.MODEL.OPS.DEPTHWISE_BACKEND = choice("auto", ("auto", "reference", "cpp"))  # FAD depthwise 3x3
 _C.MODEL.OPS.SPARSE_BACKEND = choice("auto", ("auto", "reference", "cpp"))  # SparseResNet execution
+_C.MODEL.OPS.MIX_BACKEND = choice("auto", ("auto", "reference", "cpp"))  # FAD supernet edge mixing
 
 _C.MODEL.BACKBONE = CN()
 _C.MODEL.BACKBONE.NAME = choice("resnet", ("resnet", "sparse_resnet"))  # backbone body
@@ -97,7 +98,8 @@ _C.SOLVER.CHECKPOINT_KEEP = non_negative(0)  # keep the newest N (>= 2) periodic
 _C.SOLVER.CLIP_GRAD_NORM = non_negative(0.0)  # max total grad norm (0 = no clipping)
 _C.SOLVER.AMP = True  # mixed precision: fp16 autocast + loss scaling on CUDA
 _C.SOLVER.AMP_CPU = False  # with SOLVER.AMP: bf16 autocast on the CPU too (bf16-capable CPUs)
-_C.SOLVER.AMP_CPU_SCOPE = choice("model", ("model", "backbone"))  # AMP_CPU over: all, backbone+FPN
+# AMP_CPU over: all, backbone+FPN, backbone+FPN + the towers' big convs (fad/engine/amp.py)
+_C.SOLVER.AMP_CPU_SCOPE = choice("model", ("model", "backbone", "towers"))
 _C.SOLVER.COMPILE = False  # torch.compile the model of the training step (docs/ops.md)
 _C.SOLVER.CHANNELS_LAST = True  # detector training in NHWC memory (faster convs; docs/ops.md)
 _C.SOLVER.LOG_PERIOD = positive(20)  # iterations between log lines

@@ -164,7 +164,7 @@ class DetectorStep(TrainStep):
         if cfg.SOLVER.CHANNELS_LAST:
             model.to(memory_format=torch.channels_last)  # 4-D weights; activations follow
         super().__init__(cfg, model, build_optimizer(cfg, model), amp_policy(cfg, device), device)
-        self.amp.attach(model)  # SOLVER.AMP_CPU_SCOPE backbone: bf16 around the backbone only
+        self.amp.attach(model)  # SOLVER.AMP_CPU_SCOPE backbone|towers: bf16 in parts only
         self.net = maybe_compile(cfg, wrap_ddp(model, device))
 
     def run(self, batch: tuple[list, list[dict]]) -> StepOutput:
