@@ -12,7 +12,9 @@ is the candidate's last step still to run: its bias-free 1x1 (decouple P, Q), th
 its last unit (then ReLU), or None (tensor is the output). `weighted_sum` folds each mixing
 weight into that step: `w * P(x1)` = `conv1x1(x1, w * P)`, and, as a softmax weight is > 0,
 `w * relu(GN(t))` = `relu(GN(t) with affine (w * gamma, w * beta))`, so no whole feature map is
-scaled and the sum's backward is free; the supernet mixes with it.
+scaled and the sum's backward is free; the supernet mixes with it. The GroupNorm-tailed
+terms of an edge go through one `fad.ops.mix.gn_relu_sum` (on the CPU a compiled kernel: the
+GroupNorms, ReLUs and the sum in one pass over each term, and one op in autograd).
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from itertools import islice
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from fad.ops.mix import gn_relu_sum
 
 from .pointwise import Pointwise, conv1x1
 from .primitives import conv_unit, dil_unit
@@ -35,25 +39,32 @@ def _pending(unit: nn.Sequential, x: Tensor) -> Term:
     return x, unit[-2]
 
 
-def _scaled(t: Tensor, tail: nn.Conv2d | nn.GroupNorm, w: Tensor) -> Tensor:
-    """`w * output` of a term whose tail is a bias-free 1x1 or a GroupNorm (+ ReLU), w >= 0."""
-    if isinstance(tail, nn.GroupNorm):
-        return F.relu(F.group_norm(t, tail.num_groups, tail.weight * w, tail.bias * w, tail.eps),
-                      inplace=True)
-    return conv1x1(t, tail.weight * w)
-
-
 def weighted_sum(terms: list[Term], weights: Tensor) -> Tensor:
     """`sum_k weights[k] * out_k` of the candidates' terms (tensors Tensor[N, C, H, W]);
-    weights Tensor[len(terms)], each >= 0 (softmax weights: the fold into a ReLU needs it)."""
-    acc = None
-    for (t, tail), w in zip(terms, weights):
-        if tail is None:
-            acc = t * w if acc is None else torch.addcmul(acc, t, w)
+    weights Tensor[len(terms)], each >= 0 (softmax weights: the fold into a ReLU needs it).
+
+    The 1x1-tailed and untailed terms are summed first; the GroupNorm-tailed ones (one shared
+    GroupNorm layout) are added to that sum by one `gn_relu_sum` (a compiled kernel on the CPU).
+    """
+    base, norm_terms = None, []
+    for k, ((t, tail), w) in enumerate(zip(terms, weights)):
+        if isinstance(tail, nn.GroupNorm):
+            norm_terms.append((k, t, tail))
+        elif tail is None:
+            base = t * w if base is None else torch.addcmul(base, t, w)
         else:
-            out = _scaled(t, tail, w)
-            acc = out if acc is None else acc + out
-    return acc
+            out = conv1x1(t, tail.weight * w)
+            base = out if base is None else base + out
+    if not norm_terms:
+        return base
+    norms = [gn for _, _, gn in norm_terms]
+    if len({(gn.num_groups, gn.eps) for gn in norms}) > 1:
+        raise ValueError("the GroupNorm-tailed candidates of an edge differ in groups or eps")
+    w = weights[[k for k, _, _ in norm_terms]].unsqueeze(1)
+    scale = torch.stack([gn.weight for gn in norms]) * w
+    shift = torch.stack([gn.bias for gn in norms]) * w
+    return gn_relu_sum([t for _, t, _ in norm_terms], scale, shift, norms[0].num_groups,
+                       norms[0].eps, base)
 
 
 def _outputs(terms: list[Term]) -> list[Tensor]:

@@ -23,6 +23,7 @@ BACKENDS: dict[str, tuple[str, ...]] = {
     "msda": ("auto", "reference", "cpp", "cuda", "triton"),
     "depthwise": ("auto", "reference", "cpp"),
     "sparse": ("auto", "reference", "cpp"),
+    "mix": ("auto", "reference", "cpp"),
 }
 
 _logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def _checked(op: str, name: str, where: str) -> str:
 
 
 def set_backend(op: str, name: str | None) -> None:
-    """Set the backend of `op` ("msda", "depthwise", "sparse"); None goes back to "auto".
+    """Set the backend of `op` ("msda", "depthwise", "sparse", "mix"); None goes back to "auto".
 
     The environment variable `env_var(op)` still overrides it when set.
     """

@@ -6,6 +6,7 @@ Extensions (`EXTENSIONS`; sources under csrc/, one `torch.ops` namespace each):
     msda_cuda      fad_msda    MSDA forward/backward, CUDA (opt-in backend "cuda")
     depthwise_cpu  fad_dw      depthwise 3x3 convolution, CPU
     sparse_cpu     fad_sparse  SparseResNet interpolation, gathered convs, tap sums, CPU
+    mix_cpu        fad_mix     FAD supernet edge mixing (GroupNorm + ReLU + sum), CPU
 
 Each is imported from an ahead-of-time build (`FAD_BUILD_OPS=1 pip install -e .` puts
 `fad/ops/_<name>*.so` in place; `setup_extensions` is the list setup.py builds) or else
@@ -68,8 +69,11 @@ EXTENSIONS: dict[str, Extension] = {ext.name: ext for ext in (
     Extension("sparse_cpu", "SparseResNet CPU kernels", "fad.ops.sparse.schema",
               ("sparse_resnet/interpolate_cpu.cpp", "sparse_resnet/gather_conv_cpu.cpp",
                "sparse_resnet/gather_windows_cpu.cpp", "sparse_resnet/tap_sum_cpu.cpp",
-               "sparse_resnet/active_rows_cpu.cpp", "sparse_resnet/register_cpu.cpp"),
+               "sparse_resnet/active_rows_cpu.cpp", "sparse_resnet/stem_cpu.cpp",
+               "sparse_resnet/register_cpu.cpp"),
               cflags=("-Wno-psabi",)),
+    Extension("mix_cpu", "FAD edge mixing CPU kernel", "fad.ops.mix.schema",
+              ("mix/gn_relu_sum_cpu.cpp",)),
 )}
 
 
