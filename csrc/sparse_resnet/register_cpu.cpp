@@ -12,6 +12,7 @@ TORCH_LIBRARY_IMPL(fad_sparse, CPU, m) {
   m.impl("gather_windows", &fad_sparse::gather_windows_cpu);
   m.impl("tap_sum", &fad_sparse::tap_sum_cpu);
   m.impl("active_rows", &fad_sparse::active_rows_cpu);
+  m.impl("stem", &fad_sparse::stem_cpu);
 }
 
 FAD_EMPTY_PYTHON_MODULE(_sparse_cpu)

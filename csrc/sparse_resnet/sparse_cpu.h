@@ -3,8 +3,9 @@
 // or onto the residual, optionally projecting the output rows: the next block's mask-conv tap
 // rows), gather_conv_cpu.cpp (a conv at sampled positions: tiled gather + GEMM, optionally + a
 // second 1x1 conv), gather_windows_cpu.cpp (im2col of a 3x3 conv at sampled positions),
-// tap_sum_cpu.cpp (the tap sums of the mask convs computed as one GEMM over the pixels) and
-// active_rows_cpu.cpp (the sampled positions of a mask); register_cpu.cpp registers them for the
+// tap_sum_cpu.cpp (the tap sums of the mask convs computed as one GEMM over the pixels),
+// active_rows_cpu.cpp (the sampled positions of a mask) and stem_cpu.cpp (the stem's conv, max
+// pool and ReLU without the conv's output map); register_cpu.cpp registers them for the
 // fad_sparse op schemas declared in fad/ops/sparse/schema.py.
 #pragma once
 
@@ -70,6 +71,10 @@ at::Tensor gather_windows_cpu(const at::Tensor& src, const at::Tensor& positions
                               int64_t stride);
 
 std::tuple<at::Tensor, at::Tensor> active_rows_cpu(const at::Tensor& values);
+
+at::Tensor stem_cpu(const at::Tensor& src, int64_t n, int64_t h, int64_t w,
+                    const at::Tensor& weight, const at::Tensor& bias, int64_t kernel_size,
+                    int64_t stride, int64_t padding);
 
 at::Tensor tap_sum_cpu(const at::Tensor& y, const at::Tensor& bias, int64_t n, int64_t in_h,
                        int64_t in_w, int64_t start, int64_t stride);

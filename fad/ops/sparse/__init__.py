@@ -1,8 +1,8 @@
 """The SparseResNet ops: Gaussian interpolation of rows, gathered convs and im2col windows at
-sampled positions, active rows of a mask, mask-conv tap sums (the model side is
+sampled positions, active rows of a mask, mask-conv tap sums, the fused stem (the model side is
 `fad.modeling.backbone.sparse`). Laid out as every op in `fad.ops`:
 
-    schema.py     kernel schemas `fad_sparse` (csrc/sparse_resnet), `gather_conv` FLOP formula
+    schema.py     kernel schemas `fad_sparse` (csrc/sparse_resnet), FLOP formulas
     reference.py  pure-PyTorch references (any device and dtype, differentiable)
     dispatch.py   kernel or reference per call (MODEL.OPS.SPARSE_BACKEND / FAD_SPARSE_BACKEND)
 """
@@ -14,6 +14,7 @@ from .dispatch import (
     interpolate_rows,
     kernel_available,
     kernel_runs,
+    stem,
     tap_sum,
 )
 from .reference import EPS, interpolate_dense, with_zero_row
@@ -27,6 +28,7 @@ __all__ = [
     "interpolate_rows",
     "kernel_available",
     "kernel_runs",
+    "stem",
     "tap_sum",
     "with_zero_row",
 ]

@@ -14,6 +14,7 @@ from .reference import (
     gather_conv_reference,
     gather_windows_reference,
     interpolate_rows_reference,
+    stem_reference,
     tap_sum_reference,
 )
 
@@ -117,6 +118,20 @@ def gather_conv(rows: Tensor, positions: Tensor, n: int, in_h: int, in_w: int, o
                                                 weight2)
     return gather_conv_reference(rows, positions, n, in_h, in_w, out_h, out_w, size, stride,
                                  weight, bias, relu, weight2)
+
+
+def stem(rows: Tensor, n: int, h: int, w: int, weight: Tensor, bias: Tensor, kernel_size: int,
+         stride: int, padding: int) -> Tensor:
+    """The ResNet stem at inference: a kernel_size x kernel_size conv (`stride`, zero `padding`)
+    with weight [k*k*Cin, C] ordered (ky, kx, c) and bias [C] over the rows [N*H*W, Cin] of the
+    input grid, then the 3x3 stride-2 pad-1 max pool and the ReLU -> [N*Hp*Wp, C] rows of the
+    pooled grid. On the CPU the compiled kernel computes the conv line by line into a ring of
+    three lines and pools them in cache (no conv output map); elsewhere `stem_reference`."""
+    if not (torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad)) and (
+            kernel_runs(rows)):
+        return torch.ops.fad_sparse.stem(rows.contiguous(), n, h, w, weight.contiguous(),
+                                         bias.contiguous(), kernel_size, stride, padding)
+    return stem_reference(rows, n, h, w, weight, bias, kernel_size, stride, padding)
 
 
 def tap_sum(y: Tensor, bias: Tensor, n: int, h: int, w: int, start: int,

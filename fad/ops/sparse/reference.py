@@ -127,3 +127,15 @@ def tap_sum_reference(y: Tensor, bias: Tensor, n: int, h: int, w: int, start: in
                 :, iy0:iy0 + s * (oy1 - oy0) + 1:s, ix0:ix0 + s * (ox1 - ox0) + 1:s,
                 ky, kx, start:start + o]
     return acc.permute(0, 3, 1, 2)
+
+
+def stem_reference(src: Tensor, n: int, h: int, w: int, weight: Tensor, bias: Tensor,
+                   kernel_size: int, stride: int, padding: int) -> Tensor:
+    """`fad_sparse::stem`: rows [N*H*W, Cin] of the input grid, conv weight [k*k*Cin, C] ordered
+    (ky, kx, c) and bias [C] (stride, zero padding), then the 3x3 stride-2 pad-1 max pool and
+    the ReLU -> [N*Hp*Wp, C] rows of the pooled grid."""
+    cin, c = src.shape[1], weight.shape[1]
+    x = src.view(n, h, w, cin).permute(0, 3, 1, 2)
+    conv = weight.view(kernel_size, kernel_size, cin, c).permute(3, 2, 0, 1)
+    y = F.max_pool2d(F.conv2d(x, conv, bias, stride, padding), 3, 2, 1).relu()
+    return y.permute(0, 2, 3, 1).reshape(-1, c)

@@ -5,10 +5,12 @@
 `interpolate_into` (the Gaussian interpolation, into a new tensor or onto the residual, the
 latter optionally also projecting its output rows: the next block's mask-conv tap rows),
 `gather_conv` (a conv at sampled positions: tiled gather + GEMM, optionally a second 1x1 conv),
-`gather_windows` (im2col at sampled positions), `tap_sum` (mask-conv tap sums) and
-`active_rows` (the sampled positions of a mask). `gather_conv` has a FLOP formula (its GEMMs, as
-FlopCounterMode counts the reference's addmm/mm); the others replace gathers and elementwise sums
-that FlopCounterMode counts on neither path. `fad.ops.sparse.dispatch` picks kernel or reference.
+`gather_windows` (im2col at sampled positions), `tap_sum` (mask-conv tap sums),
+`active_rows` (the sampled positions of a mask) and `stem` (the stem's conv, max pool and ReLU,
+without writing the conv's output map). `gather_conv` and `stem` have FLOP formulas (their
+GEMMs, as FlopCounterMode counts the references' mm and conv); the others replace gathers and
+elementwise sums that FlopCounterMode counts on neither path. `fad.ops.sparse.dispatch` picks
+kernel or reference.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ _KERNEL_LIB = define_library("fad_sparse", (
     "int out_w, int stride) -> Tensor",
     "active_rows(Tensor values) -> (Tensor positions, Tensor row_of)",
     "tap_sum(Tensor y, Tensor bias, int n, int in_h, int in_w, int start, int stride) -> Tensor",
+    "stem(Tensor src, int n, int h, int w, Tensor weight, Tensor bias, int kernel_size, "
+    "int stride, int padding) -> Tensor",
 ))
 
 
@@ -41,3 +45,12 @@ def _gather_conv_flops(src_shape, positions_shape, *args, out_shape=None, **kwar
     if weight2_shape is not None:
         flops += 2 * positions_shape[0] * weight2_shape[0] * weight2_shape[1]
     return flops
+
+
+@register_flop_formula(torch.ops.fad_sparse.stem)
+def _stem_flops(src_shape, n, h, w, weight_shape, bias_shape, kernel_size, stride, padding,
+                *args, out_shape=None, **kwargs) -> int:
+    """2 per multiply-add of the conv: N*Hc*Wc output positions x [k*k*Cin, C]."""
+    hc = (h + 2 * padding - kernel_size) // stride + 1
+    wc = (w + 2 * padding - kernel_size) // stride + 1
+    return 2 * n * hc * wc * weight_shape[0] * weight_shape[1]

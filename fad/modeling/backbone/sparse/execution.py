@@ -355,12 +355,17 @@ def sparse_basic(block: nn.Module, x: Tensor) -> Tensor:
 
 
 def sparse_stem(body: nn.Module, x: Tensor) -> Tensor:
-    """The body's stem (conv1, BN, ReLU, max pool) with BN folded into the conv; x channels-last
-    [N, 3, H, W] -> [N, 64, H / 4, W / 4]. The ReLU runs after the max pool, on the 4x smaller
-    map: both are monotone, so max(ReLU(y)) = ReLU(max(y)) exactly."""
+    """The body's stem (conv1, BN, ReLU, the 3x3 stride-2 max pool) with BN folded into the conv;
+    x channels-last [N, 3, H, W] -> channels-last [N, 64, H / 4, W / 4]. The ReLU runs after
+    the max pool (both are monotone, so max(ReLU(y)) = ReLU(max(y)) exactly), and on the CPU
+    the conv, pool and ReLU are one kernel that never writes the conv's output map
+    (`fad.ops.sparse.stem`)."""
     stem = _folded(body, {"stem": (body.conv1, body.bn1)})["stem"]
-    y = F.conv2d(x, stem.conv, stem.bias, body.conv1.stride, body.conv1.padding)
-    return body.maxpool(y).relu_()
+    n, _, h, w = x.shape
+    k, s, p = body.conv1.kernel_size[0], body.conv1.stride[0], body.conv1.padding[0]
+    rows = ops.stem(as_rows(x), n, h, w, stem.gemm, stem.bias, k, s, p)
+    # the conv has (h + 2p - k) // s + 1 lines, the pool halves that, rounding up
+    return as_map(rows, n, (h + 2 * p - k) // s // 2 + 1, (w + 2 * p - k) // s // 2 + 1)
 
 
 def run_stage(layer: nn.Sequential, x: Tensor) -> Tensor:
