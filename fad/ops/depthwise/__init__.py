@@ -7,7 +7,7 @@ tensors runs `torch.ops.fad_dw` kernels: PyTorch's CPU depthwise path runs far b
 the FAD supernet and sinSep / dilated units are full of these convolutions. Everywhere else it
 is plain `F.conv2d`. Laid out as every op in `fad.ops`:
 
-    schema.py     kernel schemas `fad_dw`, autograd (`DepthwiseFunction`), FLOP formula
+    schema.py     kernel schemas `fad_dw` (`conv`: forward + autograd in C++), FLOP formula
     reference.py  `F.conv2d`
     dispatch.py   the backend choice: `kernel_runs`, `depthwise_conv3x3`
     layer.py      `DepthwiseConv3x3`

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from ..backends import use_cpu_kernel
+from . import schema  # noqa: F401  (declares the fad_dw ops)
 from .reference import depthwise_conv3x3_reference
-from .schema import DepthwiseFunction
 
 
 def _channels_last(x: Tensor) -> bool:
@@ -36,5 +36,5 @@ def depthwise_conv3x3(x: Tensor, weight: Tensor, dilation: int = 1) -> Tensor:
     if torch.compiler.is_compiling():
         return depthwise_conv3x3_reference(x, weight, dilation)
     if kernel_runs(x) and weight.dtype == x.dtype and not torch.is_autocast_enabled("cpu"):
-        return DepthwiseFunction.apply(x, weight, dilation)
+        return torch.ops.fad_dw.conv(x, weight, dilation)
     return depthwise_conv3x3_reference(x, weight, dilation)
