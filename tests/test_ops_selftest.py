@@ -45,7 +45,8 @@ def test_every_cpu_backend_passes(interpret, capability):
     proc = _run(env)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     rows = _report(proc.stdout)
-    for key in (("msda", "cpp", "cpu"), ("depthwise", "cpp", "cpu"), ("sparse", "cpp", "cpu")):
+    for key in (("msda", "cpp", "cpu"), ("depthwise", "cpp", "cpu"), ("sparse", "cpp", "cpu"),
+                ("gn_relu", "cpp", "cpu")):
         result, detail = rows[key]
         assert result == "pass" and detail.startswith("max error"), (key, detail)
         assert float(detail.split()[2]) <= selftest.TOLERANCE

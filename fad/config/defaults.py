@@ -25,6 +25,7 @@ _C.MODEL.OPS.MSDA_BACKEND = choice(  # deformable attention
 _C.MODEL.OPS.DEPTHWISE_BACKEND = choice("auto", ("auto", "reference", "cpp"))  # FAD depthwise 3x3
 _C.MODEL.OPS.SPARSE_BACKEND = choice("auto", ("auto", "reference", "cpp"))  # SparseResNet execution
 _C.MODEL.OPS.MIX_BACKEND = choice("auto", ("auto", "reference", "cpp"))  # FAD supernet edge mixing
+_C.MODEL.OPS.GN_RELU_BACKEND = choice("auto", ("auto", "reference", "cpp"))  # GN + ReLU, NHWC
 
 _C.MODEL.BACKBONE = CN()
 _C.MODEL.BACKBONE.NAME = choice("resnet", ("resnet", "sparse_resnet"))  # backbone body

@@ -24,6 +24,7 @@ BACKENDS: dict[str, tuple[str, ...]] = {
     "depthwise": ("auto", "reference", "cpp"),
     "sparse": ("auto", "reference", "cpp"),
     "mix": ("auto", "reference", "cpp"),
+    "gn_relu": ("auto", "reference", "cpp"),
 }
 
 _logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def _checked(op: str, name: str, where: str) -> str:
 
 
 def set_backend(op: str, name: str | None) -> None:
-    """Set the backend of `op` ("msda", "depthwise", "sparse", "mix"); None goes back to "auto".
+    """Set the backend of `op` (a key of `BACKENDS`); None goes back to "auto".
 
     The environment variable `env_var(op)` still overrides it when set.
     """

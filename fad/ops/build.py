@@ -7,6 +7,7 @@ Extensions (`EXTENSIONS`; sources under csrc/, one `torch.ops` namespace each):
     depthwise_cpu  fad_dw      depthwise 3x3 convolution, CPU
     sparse_cpu     fad_sparse  SparseResNet interpolation, gathered convs, tap sums, CPU
     mix_cpu        fad_mix     FAD supernet edge mixing (GroupNorm + ReLU + sum), CPU
+    gn_relu_cpu    fad_gn_relu GroupNorm + ReLU on channels-last maps, CPU
 
 Each is imported from an ahead-of-time build (`FAD_BUILD_OPS=1 pip install -e .` puts
 `fad/ops/_<name>*.so` in place; `setup_extensions` is the list setup.py builds) or else
@@ -74,6 +75,8 @@ EXTENSIONS: dict[str, Extension] = {ext.name: ext for ext in (
               cflags=("-Wno-psabi",)),
     Extension("mix_cpu", "FAD edge mixing CPU kernel", "fad.ops.mix.schema",
               ("mix/gn_relu_sum_cpu.cpp",)),
+    Extension("gn_relu_cpu", "GroupNorm + ReLU CPU kernel", "fad.ops.gn_relu.schema",
+              ("gn_relu/gn_relu_cpu.cpp",)),
 )}
 
 

@@ -1,11 +1,11 @@
 """`python -m fad.ops.selftest`: every backend of every op against the pure-PyTorch reference.
 
 The first command to run on a new machine. For each op (MSDA, depthwise 3x3, SparseResNet sparse
-execution), each non-reference backend and each device here (the CPU, and CUDA when torch sees
-a GPU) it builds or loads the kernel, runs small random float32 inputs forward and backward
-(sparse execution: forward only, its kernels serve inference) through the public op with that
-backend forced (`fad.ops.backends.using`), and compares with the reference backend. One line per
-backend:
+execution, GroupNorm + ReLU), each non-reference backend and each device here (the CPU, and CUDA
+when torch sees a GPU) it builds or loads the kernel, runs small random float32 inputs forward
+and backward (sparse execution: forward only, its kernels serve inference) through the public op
+with that backend forced (`fad.ops.backends.using`), and compares with the reference backend.
+One line per backend:
 
     op         backend  device  result       detail
     msda       cpp      cpu     pass         max error 3.0e-07 (tolerance 1e-04)
@@ -29,6 +29,7 @@ from . import msda, sparse
 from .backends import using
 from .build import ExtensionUnavailable, load
 from .depthwise import depthwise_conv3x3
+from .gn_relu import group_norm_relu
 from .msda.inputs import random_msda_inputs
 
 TOLERANCE = 1e-4  # float32 inputs, errors relative to the reference magnitude
@@ -74,6 +75,17 @@ def _depthwise_run(device: str) -> list[Tensor]:
     out = depthwise_conv3x3(x, w, dilation=2)
     grad = torch.randn(out.shape, generator=g).to(device)
     return [out.detach(), *torch.autograd.grad(out, (x, w), grad)]
+
+
+def _gn_relu_run(device: str) -> list[Tensor]:
+    """Output and the input / weight / bias gradients of GroupNorm + ReLU, channels-last."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 12, 5, 7, generator=g).to(device, memory_format=torch.channels_last)
+    weight, bias = (torch.randn(12, generator=g).to(device) for _ in range(2))
+    leaves = [t.requires_grad_() for t in (x, weight, bias)]
+    out = group_norm_relu(x, 4, weight, bias)
+    grad = torch.randn(out.shape, generator=g).to(device)
+    return [out.detach(), *torch.autograd.grad(out, leaves, grad)]
 
 
 def _sparse_run(device: str) -> list[Tensor]:
@@ -151,6 +163,8 @@ def run_all() -> list[Result]:
                                   _load_reason("depthwise_cpu")))
             results.append(_check("sparse", "cpp", device, _sparse_run,
                                   _load_reason("sparse_cpu"), "; forward only (inference)"))
+            results.append(_check("gn_relu", "cpp", device, _gn_relu_run,
+                                  _load_reason("gn_relu_cpu"), "; channels-last input"))
     return results
 
 

@@ -1,0 +1,354 @@
+// GroupNorm + ReLU on the CPU for channels-last (NHWC) maps: y = relu(GN(x)), GN with G groups,
+// biased variance, eps and the per-channel affine (weight, bias), and its backward.
+//
+// x: [N, C, H, W] in channels-last memory ([N, H*W, C]); weight, bias: [C]; float32 or float64.
+// The forward returns y (channels-last) and mean, rstd: [N, G] (what the backward reads).
+// One task per sample n: a pass over its H*W rows sums x and x * x per channel (vectorised over
+// the contiguous C; element-type partial sums over blocks of rows, added in double), the group
+// statistics give the per-channel affine a = weight * rstd, b = bias - mean * a, and a second
+// pass writes y = max(x * a + b, 0).
+// The backward, per sample, masks the incoming gradient by y > 0 (dy; ReLU's gradient at 0 is 0,
+// as PyTorch's), sums dy and dy * x per channel, and writes
+//   dx = dy * weight * rstd + x * q + r,   q = -rstd^3 (sum_g(dy w x) - mean sum_g(dy w)) / M,
+//   r = -q * mean - rstd * sum_g(dy w) / M   (M = C / G * H * W; sums over the channels of g),
+// and the per-sample channel sums of dy (grad of bias) and dy * xhat (grad of weight), added
+// over the samples at the end. PyTorch's own CPU GroupNorm on channels-last input and the
+// separate ReLU / threshold_backward passes are several times slower (docs/ops.md).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include "../common/cpu_dispatch.h"
+
+namespace fad_gn_relu {
+namespace {
+
+// Partial sums over rows run in the element type over blocks of kBlockRows rows (c scratch
+// values each, so the loops vectorize over the channels) and are added into double sums after
+// each block.
+constexpr int64_t kBlockRows = 64;
+
+// sum[c] += x[r, c], sumsq[c] += x[r, c]^2 over rows r < rows of width c.
+template <typename T>
+FAD_ALWAYS_INLINE void moments_body(const T* __restrict x, int64_t rows, int64_t c,
+                                    T* __restrict acc_s, T* __restrict acc_q,
+                                    double* __restrict sum, double* __restrict sumsq) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlockRows) {
+    const int64_t r1 = std::min(rows, r0 + kBlockRows);
+    for (int64_t j = 0; j < c; ++j) acc_s[j] = acc_q[j] = T(0);
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* row = x + r * c;
+      for (int64_t j = 0; j < c; ++j) {
+        acc_s[j] += row[j];
+        acc_q[j] += row[j] * row[j];
+      }
+    }
+    for (int64_t j = 0; j < c; ++j) {
+      sum[j] += static_cast<double>(acc_s[j]);
+      sumsq[j] += static_cast<double>(acc_q[j]);
+    }
+  }
+}
+
+// y[r, c] = max(x[r, c] * a[c] + b[c], 0).
+template <typename T>
+FAD_ALWAYS_INLINE void apply_body(const T* x, const T* a, const T* b, T* y, int64_t rows,
+                                  int64_t c) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * c;
+    T* yr = y + r * c;
+    for (int64_t j = 0; j < c; ++j) {
+      const T v = xr[j] * a[j] + b[j];
+      yr[j] = v > T(0) ? v : T(0);
+    }
+  }
+}
+
+// Over the rows, with dy = g where y > 0, else 0: sum_g[c] += dy, sum_gx[c] += dy * x.
+
+template <typename T>
+FAD_ALWAYS_INLINE void masked_sums_body(const T* __restrict x, const T* __restrict y,
+                                        const T* __restrict g, int64_t rows, int64_t c,
+                                        T* __restrict acc_g, T* __restrict acc_gx,
+                                        double* __restrict sum_g, double* __restrict sum_gx) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlockRows) {
+    const int64_t r1 = std::min(rows, r0 + kBlockRows);
+    for (int64_t j = 0; j < c; ++j) acc_g[j] = acc_gx[j] = T(0);
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * c;
+      const T* yr = y + r * c;
+      const T* gr = g + r * c;
+      for (int64_t j = 0; j < c; ++j) {
+        const T dy = yr[j] > T(0) ? gr[j] : T(0);  // g loaded always: the select vectorizes
+        acc_g[j] += dy;
+        acc_gx[j] += dy * xr[j];
+      }
+    }
+    for (int64_t j = 0; j < c; ++j) {
+      sum_g[j] += static_cast<double>(acc_g[j]);
+      sum_gx[j] += static_cast<double>(acc_gx[j]);
+    }
+  }
+}
+
+// dx[r, c] = dy * p[c] + x * q[c] + s[c], dy = g where y > 0, else 0.
+template <typename T>
+FAD_ALWAYS_INLINE void grad_x_body(const T* __restrict x, const T* __restrict y,
+                                   const T* __restrict g, const T* __restrict p,
+                                   const T* __restrict q, const T* __restrict s,
+                                   T* __restrict dx, int64_t rows, int64_t c) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * c;
+    const T* yr = y + r * c;
+    const T* gr = g + r * c;
+    T* dr = dx + r * c;
+    for (int64_t j = 0; j < c; ++j) {
+      const T dy = yr[j] > T(0) ? gr[j] : T(0);
+      dr[j] = dy * p[j] + xr[j] * q[j] + s[j];
+    }
+  }
+}
+
+// The loops compiled for the baseline and for AVX2+FMA; fad::use_avx2 picks one.
+template <typename T>
+void moments_base(const T* x, int64_t rows, int64_t c, T* as, T* aq, double* s, double* q) {
+  moments_body(x, rows, c, as, aq, s, q);
+}
+template <typename T>
+void apply_base(const T* x, const T* a, const T* b, T* y, int64_t rows, int64_t c) {
+  apply_body(x, a, b, y, rows, c);
+}
+template <typename T>
+void masked_sums_base(const T* x, const T* y, const T* g, int64_t rows, int64_t c, T* ag,
+                      T* agx, double* s, double* q) {
+  masked_sums_body(x, y, g, rows, c, ag, agx, s, q);
+}
+template <typename T>
+void grad_x_base(const T* x, const T* y, const T* g, const T* p, const T* q, const T* s, T* dx,
+                 int64_t rows, int64_t c) {
+  grad_x_body(x, y, g, p, q, s, dx, rows, c);
+}
+#if FAD_AVX2_BUILD
+template <typename T>
+FAD_TARGET_AVX2 void moments_avx2(const T* x, int64_t rows, int64_t c, T* as, T* aq, double* s,
+                                  double* q) {
+  moments_body(x, rows, c, as, aq, s, q);
+}
+template <typename T>
+FAD_TARGET_AVX2 void apply_avx2(const T* x, const T* a, const T* b, T* y, int64_t rows,
+                                int64_t c) {
+  apply_body(x, a, b, y, rows, c);
+}
+template <typename T>
+FAD_TARGET_AVX2 void masked_sums_avx2(const T* x, const T* y, const T* g, int64_t rows,
+                                      int64_t c, T* ag, T* agx, double* s, double* q) {
+  masked_sums_body(x, y, g, rows, c, ag, agx, s, q);
+}
+template <typename T>
+FAD_TARGET_AVX2 void grad_x_avx2(const T* x, const T* y, const T* g, const T* p, const T* q,
+                                 const T* s, T* dx, int64_t rows, int64_t c) {
+  grad_x_body(x, y, g, p, q, s, dx, rows, c);
+}
+#endif
+
+template <typename T>
+void moments(const T* x, int64_t rows, int64_t c, T* as, T* aq, double* s, double* q) {
+#if FAD_AVX2_BUILD
+  if (fad::use_avx2()) return moments_avx2(x, rows, c, as, aq, s, q);
+#endif
+  moments_base(x, rows, c, as, aq, s, q);
+}
+template <typename T>
+void apply(const T* x, const T* a, const T* b, T* y, int64_t rows, int64_t c) {
+#if FAD_AVX2_BUILD
+  if (fad::use_avx2()) return apply_avx2(x, a, b, y, rows, c);
+#endif
+  apply_base(x, a, b, y, rows, c);
+}
+template <typename T>
+void masked_sums(const T* x, const T* y, const T* g, int64_t rows, int64_t c, T* ag, T* agx,
+                 double* s, double* q) {
+#if FAD_AVX2_BUILD
+  if (fad::use_avx2()) return masked_sums_avx2(x, y, g, rows, c, ag, agx, s, q);
+#endif
+  masked_sums_base(x, y, g, rows, c, ag, agx, s, q);
+}
+template <typename T>
+void grad_x(const T* x, const T* y, const T* g, const T* p, const T* q, const T* s, T* dx,
+            int64_t rows, int64_t c) {
+#if FAD_AVX2_BUILD
+  if (fad::use_avx2()) return grad_x_avx2(x, y, g, p, q, s, dx, rows, c);
+#endif
+  grad_x_base(x, y, g, p, q, s, dx, rows, c);
+}
+
+// Elements per parallel task: small maps run in one task (no parallel region per call).
+constexpr int64_t kGrainElements = 1 << 15;
+
+// [N, C, H, W] sizes and the group layout.
+struct Shape {
+  int64_t n, c, groups, per_group, rows;
+  int64_t grain() const {
+    return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, rows * c));
+  }
+};
+
+Shape check(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+            int64_t groups) {
+  TORCH_CHECK(x.dim() == 4, "fad gn_relu: x must be [N, C, H, W], got ", x.sizes());
+  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "fad gn_relu: x must be channels-last contiguous");
+  const int64_t c = x.size(1);
+  TORCH_CHECK(groups > 0 && c % groups == 0, "fad gn_relu: ", c, " channels in ", groups,
+              " groups");
+  for (const at::Tensor& t : {weight, bias}) {
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == c && t.scalar_type() == x.scalar_type(),
+                "fad gn_relu: weight and bias must be [", c, "] of x's dtype, got ", t.sizes());
+  }
+  return {x.size(0), c, groups, c / groups, x.size(2) * x.size(3)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x,
+                                                           const at::Tensor& weight_in,
+                                                           const at::Tensor& bias_in,
+                                                           int64_t groups, double eps) {
+  const Shape s = check(x, weight_in, bias_in, groups);
+  const at::Tensor weight = weight_in.contiguous(), bias = bias_in.contiguous();
+  at::Tensor y = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor mean = at::empty({s.n, s.groups}, x.options());
+  at::Tensor rstd = at::empty({s.n, s.groups}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fad_gn_relu_forward", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* wp = weight.const_data_ptr<scalar_t>();
+    const scalar_t* bp = bias.const_data_ptr<scalar_t>();
+    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+    scalar_t* mp = mean.mutable_data_ptr<scalar_t>();
+    scalar_t* rp = rstd.mutable_data_ptr<scalar_t>();
+    const double count = static_cast<double>(s.per_group * s.rows);
+    at::parallel_for(0, s.n, s.grain(), [&](int64_t begin, int64_t end) {
+      std::vector<double> sum(s.c), sumsq(s.c);
+      std::vector<scalar_t> a(s.c), b(s.c);  // scratch of the sums, then the affine
+      for (int64_t n = begin; n < end; ++n) {
+        const int64_t offset = n * s.rows * s.c;
+        std::fill(sum.begin(), sum.end(), 0.0);
+        std::fill(sumsq.begin(), sumsq.end(), 0.0);
+        moments(xp + offset, s.rows, s.c, a.data(), b.data(), sum.data(), sumsq.data());
+        for (int64_t g = 0; g < s.groups; ++g) {
+          double gs = 0, gq = 0;
+          for (int64_t j = g * s.per_group; j < (g + 1) * s.per_group; ++j) {
+            gs += sum[j];
+            gq += sumsq[j];
+          }
+          const double mu = gs / count;
+          const double var = std::max(gq / count - mu * mu, 0.0);
+          const scalar_t m = static_cast<scalar_t>(mu);
+          const scalar_t r = static_cast<scalar_t>(1.0 / std::sqrt(var + eps));
+          mp[n * s.groups + g] = m;
+          rp[n * s.groups + g] = r;
+          for (int64_t j = g * s.per_group; j < (g + 1) * s.per_group; ++j) {
+            a[j] = wp[j] * r;
+            b[j] = bp[j] - m * a[j];
+          }
+        }
+        apply(xp + offset, a.data(), b.data(), yp + offset, s.rows, s.c);
+      }
+    });
+  });
+  return {y, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
+    const at::Tensor& grad_in, const at::Tensor& y, const at::Tensor& x,
+    const at::Tensor& weight_in, const at::Tensor& mean_in, const at::Tensor& rstd_in,
+    int64_t groups) {
+  const Shape s = check(x, weight_in, weight_in, groups);
+  TORCH_CHECK(grad_in.sizes() == x.sizes() && y.sizes() == x.sizes() &&
+                  y.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "fad gn_relu: grad ", grad_in.sizes(), " and y ", y.sizes(),
+              " must match x ", x.sizes(), " (y channels-last)");
+  TORCH_CHECK(mean_in.numel() == s.n * s.groups && rstd_in.numel() == s.n * s.groups,
+              "fad gn_relu: mean and rstd must be [N, G]");
+  const at::Tensor grad = grad_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor weight = weight_in.contiguous(), mean = mean_in.contiguous(),
+                   rstd = rstd_in.contiguous();
+  at::Tensor grad_x_out =
+      at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor grad_weight = at::empty({s.c}, x.options());
+  at::Tensor grad_bias = at::empty({s.c}, x.options());
+  // Per-sample channel sums of dy * xhat and dy, added over the samples after the tasks.
+  std::vector<double> part_w(s.n * s.c), part_b(s.n * s.c);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fad_gn_relu_backward", [&] {
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    const scalar_t* yp = y.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* wp = weight.const_data_ptr<scalar_t>();
+    const scalar_t* mp = mean.const_data_ptr<scalar_t>();
+    const scalar_t* rp = rstd.const_data_ptr<scalar_t>();
+    scalar_t* dxp = grad_x_out.mutable_data_ptr<scalar_t>();
+    const double count = static_cast<double>(s.per_group * s.rows);
+    at::parallel_for(0, s.n, s.grain(), [&](int64_t begin, int64_t end) {
+      std::vector<double> sum_g(s.c), sum_gx(s.c);
+      std::vector<scalar_t> p(s.c), q(s.c), r(s.c), acc_g(s.c), acc_gx(s.c);
+      for (int64_t n = begin; n < end; ++n) {
+        const int64_t offset = n * s.rows * s.c;
+        std::fill(sum_g.begin(), sum_g.end(), 0.0);
+        std::fill(sum_gx.begin(), sum_gx.end(), 0.0);
+        masked_sums(xp + offset, yp + offset, gp + offset, s.rows, s.c, acc_g.data(),
+                    acc_gx.data(), sum_g.data(), sum_gx.data());
+        for (int64_t g = 0; g < s.groups; ++g) {
+          const double md = mp[n * s.groups + g], rd = rp[n * s.groups + g];
+          double ma = 0, mb = 0;  // sum_g(dy * w), sum_g(dy * w * xhat), then / M
+          for (int64_t j = g * s.per_group; j < (g + 1) * s.per_group; ++j) {
+            const double dy_xhat = rd * (sum_gx[j] - md * sum_g[j]);
+            part_w[n * s.c + j] = dy_xhat;
+            part_b[n * s.c + j] = sum_g[j];
+            ma += static_cast<double>(wp[j]) * sum_g[j];
+            mb += static_cast<double>(wp[j]) * dy_xhat;
+          }
+          ma /= count;
+          mb /= count;
+          const scalar_t qg = static_cast<scalar_t>(-rd * rd * mb);
+          const scalar_t rg = static_cast<scalar_t>(rd * (md * rd * mb - ma));
+          for (int64_t j = g * s.per_group; j < (g + 1) * s.per_group; ++j) {
+            p[j] = static_cast<scalar_t>(static_cast<double>(wp[j]) * rd);
+            q[j] = qg;
+            r[j] = rg;
+          }
+        }
+        grad_x(xp + offset, yp + offset, gp + offset, p.data(), q.data(), r.data(),
+               dxp + offset, s.rows, s.c);
+      }
+    });
+    scalar_t* gwp = grad_weight.mutable_data_ptr<scalar_t>();
+    scalar_t* gbp = grad_bias.mutable_data_ptr<scalar_t>();
+    for (int64_t j = 0; j < s.c; ++j) {
+      double tw = 0, tb = 0;
+      for (int64_t n = 0; n < s.n; ++n) {
+        tw += part_w[n * s.c + j];
+        tb += part_b[n * s.c + j];
+      }
+      gwp[j] = static_cast<scalar_t>(tw);
+      gbp[j] = static_cast<scalar_t>(tb);
+    }
+  });
+  return {grad_x_out, grad_weight, grad_bias};
+}
+
+}  // namespace
+}  // namespace fad_gn_relu
+
+// Schemas: fad/ops/gn_relu/schema.py.
+TORCH_LIBRARY_IMPL(fad_gn_relu, CPU, m) {
+  m.impl("forward", &fad_gn_relu::forward_cpu);
+  m.impl("backward", &fad_gn_relu::backward_cpu);
+}
+
+FAD_EMPTY_PYTHON_MODULE(_gn_relu_cpu)

@@ -1,0 +1,92 @@
+"""`fuse_group_norm_relu`: which pairs it fuses, the unchanged state dict (checkpoints load
+both ways), and a channels-last training step of the tiny searched FCOS with the fused op equal
+to the unfused one."""
+import os
+
+import torch
+from conftest import REPO, tiny_fcos_cfg
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+from fad.engine import trainer
+from fad.modeling import build_detector
+from fad.modeling.fcos import resolve_genotype
+from fad.ops.gn_relu import GroupNormReLU, fuse_group_norm_relu, kernel_runs
+
+PAPER = os.path.join(REPO, "configs", "fad", "genotypes", "fad_paper.log")
+
+
+def _net() -> nn.Module:
+    """Two fusable pairs (one nested), a GroupNorm before a conv, a ReLU after a conv."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(4, 8), nn.ReLU(inplace=True),
+        nn.Sequential(nn.Conv2d(8, 8, 1), nn.GroupNorm(2, 8), nn.ReLU()),
+        nn.GroupNorm(2, 8), nn.Conv2d(8, 4, 1), nn.ReLU())
+
+
+def test_fuses_adjacent_group_norm_relu_pairs_only():
+    net = _net()
+    params = {name: id(p) for name, p in net.named_parameters()}
+    assert fuse_group_norm_relu(net) == 2
+    assert isinstance(net[1], GroupNormReLU) and isinstance(net[2], nn.Identity)
+    assert isinstance(net[3][1], GroupNormReLU) and isinstance(net[3][2], nn.Identity)
+    assert type(net[4]) is nn.GroupNorm and isinstance(net[6], nn.ReLU)
+    assert {name: id(p) for name, p in net.named_parameters()} == params  # the same objects
+    assert fuse_group_norm_relu(net) == 0
+
+
+def test_state_dict_unchanged_and_checkpoints_load_both_ways(tmp_path):
+    plain, fused = _net(), _net()
+    with torch.no_grad():
+        for p in plain.parameters():
+            p.add_(torch.rand_like(p))
+    before = plain.state_dict()
+    torch.save(before, tmp_path / "before.pth")
+    fuse_group_norm_relu(fused)
+    fused.load_state_dict(torch.load(tmp_path / "before.pth"))
+    after = fused.state_dict()
+    assert list(after) == list(before)
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+    torch.save(after, tmp_path / "after.pth")
+    reloaded = _net()
+    reloaded.load_state_dict(torch.load(tmp_path / "after.pth"))
+    x = torch.randn(2, 3, 9, 7).to(memory_format=torch.channels_last)
+    assert kernel_runs(fused[0](x), fused[1].weight, fused[1].bias)
+    torch.testing.assert_close(fused(x), reloaded(x), rtol=1e-5, atol=1e-5)
+
+
+def _batch() -> tuple[list[torch.Tensor], list[dict]]:
+    """Two 96x128 images (Tensor[3, 96, 128] in 0..255) with one box each."""
+    g = torch.Generator().manual_seed(1)
+    return ([torch.rand(3, 96, 128, generator=g) * 255 for _ in range(2)],
+            [{"boxes": torch.tensor([[8.0, 8.0, 60.0, 50.0]]), "labels": torch.tensor([1])},
+             {"boxes": torch.tensor([[30.0, 20.0, 120.0, 90.0]]), "labels": torch.tensor([0])}])
+
+
+def test_fused_searched_fcos_step_equals_the_unfused_one(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAD_GN_RELU_BACKEND", "cpp")  # a build failure fails the test
+    losses, grads, kernel_calls, fused = {}, {}, {}, 0
+    for fuse in (False, True):
+        cfg = tiny_fcos_cfg(synthetic_root, str(tmp_path / str(fuse)))
+        cfg.defrost()
+        cfg.MODEL.FAD.TOWER_CHANNELS, cfg.MODEL.FAD.EDGE_CHANNELS = 32, 16
+        resolve_genotype(cfg, PAPER)
+        cfg.SOLVER.CHANNELS_LAST = True
+        torch.manual_seed(0)
+        model = build_detector(cfg, 3)
+        if fuse:
+            fused = fuse_group_norm_relu(model)
+        step = trainer.DetectorStep(cfg, model, torch.device("cpu"))
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            losses[fuse] = step.run(_batch()).losses
+        kernel_calls[fuse] = sum(e.count for e in prof.key_averages()
+                                 if e.key == "fad_gn_relu::forward")
+        grads[fuse] = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert fused > 0 and kernel_calls[False] == 0 and kernel_calls[True] >= fused
+    for key, value in losses[False].items():
+        torch.testing.assert_close(losses[True][key], value, rtol=1e-4, atol=1e-5)
+    assert list(grads[True]) == list(grads[False])
+    for key, value in grads[False].items():
+        torch.testing.assert_close(grads[True][key], value, rtol=1e-3, atol=1e-5, msg=key)
