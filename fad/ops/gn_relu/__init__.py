@@ -9,7 +9,7 @@ pure-PyTorch reference. `GroupNormReLU` is an `nn.GroupNorm` whose forward is th
 `fuse_group_norm_relu(model)` puts it in place of every (GroupNorm, ReLU) pair of a model's
 nn.Sequential containers (same state dict). Laid out as every op in `fad.ops`:
 
-    schema.py     kernel schemas `fad_gn_relu`, fake impls, autograd (`GroupNormReluFunction`)
+    schema.py     kernel schemas `fad_gn_relu` (`gn_relu`: forward + autograd in C++), fakes
     reference.py  `F.group_norm` + `F.relu`
     dispatch.py   the backend choice: `kernel_runs`, `group_norm_relu`
     layer.py      `GroupNormReLU`, `fuse_group_norm_relu`
