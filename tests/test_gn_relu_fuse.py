@@ -17,21 +17,24 @@ PAPER = os.path.join(REPO, "configs", "fad", "genotypes", "fad_paper.log")
 
 
 def _net() -> nn.Module:
-    """Two fusable pairs (one nested), a GroupNorm before a conv, a ReLU after a conv."""
+    """Three fusable pairs (one nested, one without affine), a GroupNorm before a conv, a ReLU
+    after a conv."""
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(4, 8), nn.ReLU(inplace=True),
         nn.Sequential(nn.Conv2d(8, 8, 1), nn.GroupNorm(2, 8), nn.ReLU()),
-        nn.GroupNorm(2, 8), nn.Conv2d(8, 4, 1), nn.ReLU())
+        nn.GroupNorm(2, 8), nn.Conv2d(8, 4, 1), nn.ReLU(),
+        nn.GroupNorm(2, 4, affine=False), nn.ReLU())
 
 
 def test_fuses_adjacent_group_norm_relu_pairs_only():
     net = _net()
     params = {name: id(p) for name, p in net.named_parameters()}
-    assert fuse_group_norm_relu(net) == 2
+    assert fuse_group_norm_relu(net) == 3
     assert isinstance(net[1], GroupNormReLU) and isinstance(net[2], nn.Identity)
     assert isinstance(net[3][1], GroupNormReLU) and isinstance(net[3][2], nn.Identity)
     assert type(net[4]) is nn.GroupNorm and isinstance(net[6], nn.ReLU)
+    assert isinstance(net[7], GroupNormReLU) and net[7].weight is None
     assert {name: id(p) for name, p in net.named_parameters()} == params  # the same objects
     assert fuse_group_norm_relu(net) == 0
 
