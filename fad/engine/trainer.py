@@ -28,6 +28,7 @@ from yacs.config import CfgNode
 from fad.data import make_train_loader
 from fad.errors import DataError
 from fad.modeling.hooks import ModelHooks
+from fad.ops.gn_relu import fuse_group_norm_relu
 
 from .amp import AmpPolicy, amp_policy
 from .checkpoint import Checkpointer, load_model_weights
@@ -157,12 +158,15 @@ class DetectorStep(TrainStep):
     """Detector training: the loss dict (+ aux losses) of the DDP-wrapped model, one backward,
     one step of the optimizer from `build_optimizer` (gradients averaged over ranks by DDP).
     With SOLVER.CHANNELS_LAST the model's 4-D weights are made channels-last (NHWC) in place,
-    so the convolutions run and return NHWC (oneDNN on the CPU, tensor cores on a GPU).
+    so the convolutions run and return NHWC (oneDNN on the CPU, tensor cores on a GPU), and
+    each GroupNorm + ReLU pair becomes one `GroupNormReLU` (`fad.ops.gn_relu`: one compiled pass
+    on an NHWC CPU float map, else the same two ops; the state dict keeps its keys).
     The AMP policy's autocast wraps the forward, or only the backbone (`AmpPolicy.attach`)."""
 
     def __init__(self, cfg: CfgNode, model: nn.Module, device: torch.device):
         if cfg.SOLVER.CHANNELS_LAST:
             model.to(memory_format=torch.channels_last)  # 4-D weights; activations follow
+            fuse_group_norm_relu(model)  # NHWC GroupNorm + ReLU pairs: one CPU kernel each
         super().__init__(cfg, model, build_optimizer(cfg, model), amp_policy(cfg, device), device)
         self.amp.attach(model)  # SOLVER.AMP_CPU_SCOPE backbone|towers: bf16 in parts only
         self.net = maybe_compile(cfg, wrap_ddp(model, device))
