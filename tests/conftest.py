@@ -34,6 +34,15 @@ def image_check_cache(tmp_path_factory) -> str:
     return folder
 
 
+@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
+def threads(request) -> int:
+    """Run the test at 1 and at 2 intra-op threads (the kernels' serial and split paths)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> str:
     """DATASETS.ROOT holding synthetic_voc/ and synthetic_coco/ (24 train, 8 val images)."""

@@ -96,14 +96,6 @@ def _block(name: str, inplanes: int, planes: int, stride: int, dcn: bool,
     return block.eval()
 
 
-@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
-def threads(request):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(previous)
-
-
 def _assert_equal_to_masked_dense(block: nn.Module, x: torch.Tensor) -> None:
     """Sparse == masked dense within 1e-5 of the output's largest magnitude; x not modified."""
     x_before = x.clone()

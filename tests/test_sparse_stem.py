@@ -14,14 +14,6 @@ BACKENDS = ["auto", "reference"]
 SHAPES = [(2, 37, 50, 7, 2, 3), (3, 60, 45, 7, 2, 3), (1, 5, 4, 7, 2, 3), (2, 9, 11, 3, 1, 1)]
 
 
-@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
-def threads(request):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("n, h, w, k, s, p", SHAPES)
 def test_stem_equals_conv_pool_relu(monkeypatch, threads, backend, n, h, w, k, s, p):
