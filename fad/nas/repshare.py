@@ -47,9 +47,9 @@ def weighted_sum(terms: list[Term], weights: Tensor) -> Tensor:
     GroupNorm layout) are added to that sum by one `gn_relu_sum` (a compiled kernel on the CPU).
     """
     base, norm_terms = None, []
-    for k, ((t, tail), w) in enumerate(zip(terms, weights)):
+    for (t, tail), w in zip(terms, weights):
         if isinstance(tail, nn.GroupNorm):
-            norm_terms.append((k, t, tail))
+            norm_terms.append((w, t, tail))
         elif tail is None:
             base = t * w if base is None else torch.addcmul(base, t, w)
         else:
@@ -60,7 +60,7 @@ def weighted_sum(terms: list[Term], weights: Tensor) -> Tensor:
     norms = [gn for _, _, gn in norm_terms]
     if len({(gn.num_groups, gn.eps) for gn in norms}) > 1:
         raise ValueError("the GroupNorm-tailed candidates of an edge differ in groups or eps")
-    w = weights[[k for k, _, _ in norm_terms]].unsqueeze(1)
+    w = torch.stack([wk for wk, _, _ in norm_terms]).unsqueeze(1)  # views: no host-made index
     scale = torch.stack([gn.weight for gn in norms]) * w
     shift = torch.stack([gn.bias for gn in norms]) * w
     return gn_relu_sum([t for _, t, _ in norm_terms], scale, shift, norms[0].num_groups,
