@@ -11,9 +11,16 @@ Per-parameter learning rates (bias lr x2) are folded into v, so the perturbation
 A cost penalty P(alpha) (`fad.search.cost`, MODEL.FAD.COST) is added to L_val in both orders;
 it depends on the alphas only, so it adds grad_alpha P to dalpha and nothing to the weight
 gradients or the Hessian-vector product. Without one the objective is exactly L_val.
+The forwards that only feed alpha gradients (the first-order val loss, the two losses of the
+Hessian-vector product) run with the weights `frozen` (requires_grad off): autograd then
+records nothing for the parts that do not depend on the alphas (backbone, FPN, the first ops
+of the towers), and the alpha gradients, the losses and BatchNorm's running statistics are
+the same bit for bit (tests/test_search_architect.py).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import torch
@@ -30,6 +37,21 @@ def _no_reduce(tensors: list[Tensor]) -> None:
 
 def _grads(loss: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
     return list(torch.autograd.grad(loss, params, materialize_grads=True))
+
+
+@contextmanager
+def frozen(weights: list[nn.Parameter]) -> Iterator[None]:
+    """`weights` with requires_grad off inside the block (each flag restored after it, also on
+    an error): a forward in it records autograd only where the alphas enter, which is all that
+    `torch.autograd.grad(loss, alphas)` walks."""
+    flags = [p.requires_grad for p in weights]
+    for p in weights:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(weights, flags):
+            p.requires_grad_(flag)
 
 
 @torch.no_grad()
@@ -53,7 +75,9 @@ def finite_difference_hvp(loss_fn: LossFn, batch: Any, weights: list[nn.Paramete
         with torch.no_grad():
             for p, b, v in zip(weights, backup, vector):
                 p.copy_(b + sign * eps * v)
-        g = _grads(loss_fn(batch), alphas)
+        with frozen(weights):
+            loss = loss_fn(batch)
+        g = _grads(loss, alphas)
         reduce(g)
         results.append(g)
     _copy_into(weights, backup)
@@ -96,7 +120,8 @@ class Architect:
                                  "optimizer")
             grads, loss = self.unrolled_grads(val_batch, train_batch, weight_optimizer)
         else:
-            loss = self.loss_fn(val_batch)
+            with frozen(self.weights):
+                loss = self.loss_fn(val_batch)
             grads = _grads(self.scaler.scale(self._objective(loss)), self.alphas)
             self.reduce(grads)
         for a, g in zip(self.alphas, grads):

@@ -1,10 +1,13 @@
-"""Architect: first-order Adam step, finite-difference HVP and the unrolled gradient vs autograd."""
+"""Architect: first-order Adam step, finite-difference HVP and the unrolled gradient vs autograd;
+the alpha step's frozen weights change nothing."""
+import copy
+
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from fad.search.architect import Architect, finite_difference_hvp
+from fad.search.architect import Architect, finite_difference_hvp, frozen
 
 
 class TinySupernet(nn.Module):
@@ -99,3 +102,57 @@ def test_second_order_needs_train_batch():
     arch = Architect(loss_fn, weights, [model.alpha], second_order=True)
     with pytest.raises(ValueError, match="train batch"):
         arch.step(val)
+
+
+class ConvSupernet(nn.Module):
+    """A conv + BatchNorm 'backbone' (no alphas) under one mixed edge of two convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.ops = nn.ModuleList([nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)])
+        self.alpha = nn.Parameter(0.1 * torch.randn(2))
+
+    def forward(self, x):
+        feature = self.backbone(x)
+        w = self.alpha.softmax(-1)
+        return sum(wk * op(feature) for wk, op in zip(w, self.ops))
+
+
+def test_first_order_step_with_frozen_weights_is_bit_identical():
+    """The alpha step's forward runs with the weights frozen: the backbone records no autograd
+    (its output needs no grad), while the new alphas and BatchNorm's running statistics equal,
+    bit for bit, those of a step whose forward has every weight requiring grad."""
+    torch.manual_seed(0)
+    model = ConvSupernet().train()
+    reference = copy.deepcopy(model)
+    x, y = torch.randn(2, 3, 12, 16), torch.randn(2, 8, 12, 16)
+    seen = []
+    model.backbone.register_forward_hook(lambda m, i, out: seen.append(out.requires_grad))
+
+    def loss_fn(net):
+        return lambda batch: (net(batch[0]) - batch[1]).square().mean()
+
+    weights = [p for n, p in model.named_parameters() if n != "alpha"]
+    arch = Architect(loss_fn(model), weights, [model.alpha], lr=0.01, weight_decay=1e-3)
+    loss = arch.step((x, y))
+
+    adam = torch.optim.Adam([reference.alpha], lr=0.01, betas=(0.5, 0.999), weight_decay=1e-3)
+    ref_loss = loss_fn(reference)((x, y))
+    reference.alpha.grad = torch.autograd.grad(ref_loss, reference.alpha)[0]
+    adam.step()
+    assert seen == [False]
+    assert torch.equal(loss, ref_loss.detach())
+    assert not torch.equal(model.alpha, reference.alpha.new_zeros(2))
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert all(p.requires_grad and p.grad is None for p in weights)
+
+
+def test_frozen_restores_each_flag_also_on_an_error():
+    on, off = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2), requires_grad=False)
+    with pytest.raises(RuntimeError, match="inside"):
+        with frozen([on, off]):
+            assert not on.requires_grad and not off.requires_grad
+            raise RuntimeError("inside")
+    assert on.requires_grad and not off.requires_grad

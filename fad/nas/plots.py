@@ -70,7 +70,7 @@ def alpha_heatmaps(towers: Mapping[str, TowerWeights], subtitle: str = "") -> Fi
                 strong = abs(float(norm(data[r, c])) - 0.5) > 0.35
                 ax.text(c, r, f"{data[r, c] * len(ops):.2f}", ha="center", va="center",
                         fontsize=7, color="white" if strong else "black",
-                        fontweight="bold" if c == best[r] else "normal")
+                        fontweight="bold" if c == best[r] else "normal", in_layout=False)
         ax.set_yticks(range(data.shape[0]), edge_names(len(towers[tower])), fontsize=8)
         ax.set_xticks(range(len(ops)), [op_label(o) for o in ops], rotation=35, ha="right",
                       fontsize=8)
