@@ -15,6 +15,7 @@ SOLVER.AMP_CPU_SCOPE (CPU bf16 only; all three leave inference, fad-test and the
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -48,11 +49,13 @@ class ModuleAutocast:
     """Forward hooks that run one module under `torch.autocast(device_type, dtype)` in training
     mode and cast its outputs back to fp32; in eval mode, and on an input (its first argument, a
     tensor [N, C, *spatial]) of fewer than `min_positions` positions N * prod(spatial), they do
-    nothing (inference, fad-test and the evaluation after training stay fp32)."""
+    nothing (inference, fad-test and the evaluation after training stay fp32). The open
+    autocast is kept per thread: the head's levels may run the same module on two threads at
+    once (SOLVER.PARALLEL_HEAD_LEVELS)."""
 
     def __init__(self, device_type: str, dtype: torch.dtype, min_positions: int = 0):
         self.device_type, self.dtype, self.min_positions = device_type, dtype, min_positions
-        self._active: torch.autocast | None = None
+        self._local = threading.local()
 
     def attach(self, module: nn.Module) -> None:
         """Register the hooks on `module` (the exit hook also runs when its forward raises)."""
@@ -62,14 +65,15 @@ class ModuleAutocast:
     def _enter(self, module: nn.Module, args: tuple) -> None:
         if module.training and (self.min_positions == 0
                                 or args[0].numel() // args[0].shape[1] >= self.min_positions):
-            self._active = torch.autocast(self.device_type, dtype=self.dtype)
-            self._active.__enter__()
+            self._local.active = torch.autocast(self.device_type, dtype=self.dtype)
+            self._local.active.__enter__()
 
     def _exit(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        if self._active is None:
+        active = getattr(self._local, "active", None)
+        if active is None:
             return None
-        self._active.__exit__(None, None, None)
-        self._active = None
+        active.__exit__(None, None, None)
+        self._local.active = None
         return to_float32(output)
 
 

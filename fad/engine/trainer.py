@@ -27,6 +27,7 @@ from yacs.config import CfgNode
 
 from fad.data import make_train_loader
 from fad.errors import DataError
+from fad.modeling.fcos.parallel_levels import enable_parallel_levels
 from fad.modeling.hooks import ModelHooks
 from fad.ops.gn_relu import fuse_group_norm_relu
 
@@ -169,6 +170,8 @@ class DetectorStep(TrainStep):
             fuse_group_norm_relu(model)  # NHWC GroupNorm + ReLU pairs: one CPU kernel each
         super().__init__(cfg, model, build_optimizer(cfg, model), amp_policy(cfg, device), device)
         self.amp.attach(model)  # SOLVER.AMP_CPU_SCOPE backbone|towers: bf16 in parts only
+        if cfg.SOLVER.PARALLEL_HEAD_LEVELS:
+            enable_parallel_levels(model, get_world_size())
         self.net = maybe_compile(cfg, wrap_ddp(model, device))
 
     def run(self, batch: tuple[list, list[dict]]) -> StepOutput:

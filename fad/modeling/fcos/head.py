@@ -12,6 +12,8 @@ from torch import Tensor, nn
 
 from fad.modeling.layers import group_norm, prior_bias
 
+from .parallel_levels import map_levels
+
 
 class Scale(nn.Module):
     """A learnable scalar multiplier (one per FPN level)."""
@@ -59,16 +61,21 @@ class FCOSHead(nn.Module):
         init_predictor(self.bbox_pred)
         init_predictor(self.centerness)
         self.scales = nn.ModuleList(Scale() for _ in range(num_levels))
+        self.parallel_levels = False  # training on two CPU threads by level (parallel_levels.py)
+
+    def level(self, index: int, feat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Level `index`'s (logits [N, K, H, W], regression [N, 4, H, W], centerness
+        [N, 1, H, W]) from its FPN map feat [N, C, H, W]."""
+        box_feat = self.bbox_tower(feat)
+        logits = self.cls_logits(self.cls_tower(feat))
+        return (logits, torch.relu(self.scales[index](self.bbox_pred(box_feat))),
+                self.centerness(box_feat))
 
     def forward(self, features: list[Tensor]) -> dict[str, Tensor]:
-        logits, regs, ctrs = [], [], []
-        for feat, scale in zip(features, self.scales):
-            box_feat = self.bbox_tower(feat)
-            logits.append(self.cls_logits(self.cls_tower(feat)))
-            regs.append(torch.relu(scale(self.bbox_pred(box_feat))))
-            ctrs.append(self.centerness(box_feat))
+        logits, regs, ctrs = zip(*map_levels(self.level, features[:len(self.scales)],
+                                             self.parallel_levels))
         return {
-            "cls_logits": flatten_level_outputs(logits),
-            "bbox_regression": flatten_level_outputs(regs),
-            "bbox_ctrness": flatten_level_outputs(ctrs),
+            "cls_logits": flatten_level_outputs(list(logits)),
+            "bbox_regression": flatten_level_outputs(list(regs)),
+            "bbox_ctrness": flatten_level_outputs(list(ctrs)),
         }

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from fad.modeling.layers import prior_bias
 
 from .head import Scale, flatten_level_outputs, init_predictor
+from .parallel_levels import map_levels
 
 
 class TowerHead(nn.Module):
@@ -36,20 +37,23 @@ class TowerHead(nn.Module):
             init_predictor(conv)
         init_predictor(self.cls_logits, prior_bias(prior_prob))
         self.scales = nn.ModuleList(Scale() for _ in range(num_levels))
+        self.parallel_levels = False  # training on two CPU threads by level (parallel_levels.py)
+
+    def level(self, index: int, feat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Level `index`'s (logits [N, K, H, W], regression [N, 4, H, W], centerness
+        [N, 1, H, W]) from its FPN map feat [N, C, H, W]."""
+        bf = self.box_reduce(self.box_tower(feat, feat))
+        logits = self.cls_logits(self.cls_reduce(self.cls_tower(bf, feat)))
+        return logits, self.scales[index](self.bbox_pred(bf)).relu(), self.centerness(bf)
 
     def forward(self, features: list[Tensor]) -> dict[str, Tensor]:
         if len(features) > len(self.scales):
             raise ValueError(f"the head has {len(self.scales)} per-level scales but got "
                              f"{len(features)} feature maps")
-        logits, regs, ctrs = [], [], []
-        for feat, scale in zip(features, self.scales):
-            bf = self.box_reduce(self.box_tower(feat, feat))
-            regs.append(scale(self.bbox_pred(bf)).relu())
-            ctrs.append(self.centerness(bf))
-            logits.append(self.cls_logits(self.cls_reduce(self.cls_tower(bf, feat))))
+        logits, regs, ctrs = zip(*map_levels(self.level, features, self.parallel_levels))
         return {
-            "cls_logits": flatten_level_outputs(logits),
-            "bbox_regression": flatten_level_outputs(regs),
-            "bbox_ctrness": flatten_level_outputs(ctrs),
+            "cls_logits": flatten_level_outputs(list(logits)),
+            "bbox_regression": flatten_level_outputs(list(regs)),
+            "bbox_ctrness": flatten_level_outputs(list(ctrs)),
         }
 

@@ -1,0 +1,140 @@
+"""A head's per-level work on two CPU threads at once (training; SOLVER.PARALLEL_HEAD_LEVELS).
+
+An FCOS head runs the same towers on every FPN level, one level after the other. On a CPU the
+fine level (P3) is large enough for the intra-op threads to share its convolutions, while P4-P7
+are made of small operator calls that run on one thread whatever the thread count: at 2 threads
+one core idles through them. `map_levels` runs the finest level on the calling thread and the
+others on one worker thread, each with half the intra-op threads, in the forward and again in
+the backward:
+
+    outputs = map_levels(self.level, features, parallel=self.parallel_levels)
+    # level(i, Tensor[N, C, H_i, W_i]) -> tuple of Tensor; outputs[i] is level i's tuple
+
+The backward runs inside one autograd node: the head's graph is built on detached copies of the
+features, the node's backward runs the two groups' backward passes on the two threads (their
+parameter gradients accumulate into `.grad`, shared parameters under autograd's own lock) and
+returns the features' gradients to the backbone. Values equal the sequential path's up to the
+order of float sums. Only `loss.backward()` sees the head's parameter gradients this way (not
+`torch.autograd.grad(loss, params)`, and not double backward), so it serves the training step
+of one process; inference, evaluation, grad-disabled and non-CPU calls take the plain loop.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from torch import Tensor, nn
+
+from fad.errors import ConfigError
+
+LevelFn = Callable[[int, Tensor], tuple[Tensor, ...]]
+
+
+def map_levels(level: LevelFn, features: Sequence[Tensor], parallel: bool
+               ) -> list[tuple[Tensor, ...]]:
+    """`[level(i, f) for i, f in enumerate(features)]`, on two threads when `parallel` applies
+    (grad enabled, >= 2 levels, CPU features of which one needs a gradient (the node's
+    gradient reaches the parameters inside only through them), >= 2 intra-op threads, not under
+    torch.compile)."""
+    if not (parallel and torch.is_grad_enabled() and len(features) >= 2
+            and any(f.requires_grad for f in features)
+            and torch.get_num_threads() >= 2 and not torch.compiler.is_compiling()
+            and all(f.device.type == "cpu" for f in features)):
+        return [level(i, f) for i, f in enumerate(features)]
+    sizes: list[int] = []
+    flat = _ParallelLevels.apply(level, sizes, *features)
+    out, start = [], 0
+    for n in sizes:
+        out.append(tuple(flat[start:start + n]))
+        start += n
+    return out
+
+
+def enable_parallel_levels(model: nn.Module, world_size: int) -> None:
+    """Turn on `map_levels`'s two threads in `model.head` (SOLVER.PARALLEL_HEAD_LEVELS)."""
+    head = getattr(model, "head", None)
+    if not hasattr(head, "parallel_levels"):
+        raise ConfigError("SOLVER.PARALLEL_HEAD_LEVELS needs an FCOS detector (plain or searched "
+                          f"head), not {type(model).__name__}; set it False")
+    if world_size > 1:
+        raise ConfigError("SOLVER.PARALLEL_HEAD_LEVELS is for one process (its backward runs "
+                          "inside one autograd node, which DDP's gradient hooks do not expect); "
+                          "set it False under torchrun")
+    head.parallel_levels = True
+
+
+@functools.cache
+def _worker() -> ThreadPoolExecutor:
+    """The one worker thread (started on first use, reused by every step)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="fad-levels")
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """Intra-op threads of the calling thread set to `n` inside the block, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _on_two_threads(work: Callable[[Sequence[int]], list], levels: int) -> list:
+    """`work(range(1, levels))` on the worker while `work([0])` runs here; both results, level
+    order. Each side gets half the intra-op threads; the caller's autocast state goes along."""
+    total = torch.get_num_threads()
+    mine, theirs = total - total // 2, total // 2
+    autocast = torch.is_autocast_enabled("cpu")
+    dtype = torch.get_autocast_dtype("cpu")
+
+    def remote() -> list:
+        with _threads(theirs), torch.autocast("cpu", dtype=dtype, enabled=autocast):
+            return work(range(1, levels))
+
+    future = _worker().submit(remote)
+    try:
+        with _threads(mine):
+            first = work([0])
+    finally:
+        rest = future.result()
+    return first + rest
+
+
+class _ParallelLevels(torch.autograd.Function):
+    """forward(level, sizes, *features) -> every level's outputs, flat (`sizes` receives each
+    level's output count); backward on two threads."""
+
+    @staticmethod
+    def forward(ctx, level: LevelFn, sizes: list[int], *features: Tensor) -> tuple[Tensor, ...]:
+        leaves = [f.detach().requires_grad_(f.requires_grad) for f in features]
+
+        def work(idx: Sequence[int]) -> list[tuple[Tensor, ...]]:
+            with torch.enable_grad():
+                return [level(i, leaves[i]) for i in idx]
+
+        outs = _on_two_threads(work, len(leaves))
+        ctx.leaves, ctx.outs = leaves, outs
+        sizes.extend(len(o) for o in outs)
+        return tuple(t.detach() for o in outs for t in o)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        per_level, start = [], 0
+        for o in ctx.outs:
+            per_level.append([(t, g) for t, g in zip(o, grads[start:start + len(o)])
+                              if g is not None and t.requires_grad])
+            start += len(o)
+
+        def work(idx: Sequence[int]) -> list:
+            pairs = [p for i in idx for p in per_level[i]]
+            if pairs:
+                torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+            return []
+
+        _on_two_threads(work, len(per_level))
+        leaves, ctx.leaves, ctx.outs = ctx.leaves, None, None
+        return (None, None, *(leaf.grad for leaf in leaves))

@@ -1,0 +1,163 @@
+"""SOLVER.PARALLEL_HEAD_LEVELS: the FCOS head's P3 and P4-P7 on two threads (forward and
+backward inside one autograd node) give the sequential loop's outputs and gradients; a detector
+step with it equals one without; it stays out of inference, one-thread runs and DDP."""
+import os
+import threading
+
+import pytest
+import torch
+from conftest import REPO, tiny_fcos_cfg
+
+from fad.config import get_cfg_defaults
+from fad.data import build_dataset, make_train_loader
+from fad.engine import amp as amp_module
+from fad.engine.amp import tower_convs
+from fad.engine.trainer import DetectorStep
+from fad.errors import ConfigError
+from fad.modeling import build_detector
+from fad.modeling.fcos import build_fad_head
+from fad.modeling.fcos.head import FCOSHead
+from fad.modeling.fcos.parallel_levels import enable_parallel_levels, map_levels
+from fad.nas.genotype import read_genotype_file
+
+PAPER = os.path.join(REPO, "configs", "fad", "genotypes", "fad_paper.log")
+SIZES = ((16, 12), (8, 6), (4, 3), (2, 2), (1, 1))
+
+
+@pytest.fixture
+def two_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _searched_head(dtype=torch.float32):
+    cfg = get_cfg_defaults()
+    cfg.merge_from_list(["MODEL.FPN.OUT_CHANNELS", 32, "MODEL.FAD.TOWER_CHANNELS", 32,
+                         "MODEL.FAD.EDGE_CHANNELS", 16])
+    box, cls = read_genotype_file(PAPER, num_nodes=3)
+    return build_fad_head(cfg, 5, box, cls).to(dtype)
+
+
+def _plain_head(dtype=torch.float32):
+    return FCOSHead(32, 5, num_convs=2).to(dtype)
+
+
+def _grads(head, features, weights, parallel: bool):
+    """Outputs and the gradients of sum(weights * outputs) w.r.t. the features and parameters."""
+    head.parallel_levels = parallel
+    head.zero_grad(set_to_none=True)
+    feats = [f.clone().requires_grad_() for f in features]
+    out = head(feats)
+    sum((out[k] * weights[k]).sum() for k in out).backward()
+    return ({k: v.detach() for k, v in out.items()}, [f.grad for f in feats],
+            {n: p.grad.clone() for n, p in head.named_parameters()})
+
+
+@pytest.mark.parametrize("make_head", [_searched_head, _plain_head], ids=["searched", "plain"])
+def test_two_threads_give_the_loops_outputs_and_gradients(make_head, two_threads):
+    torch.manual_seed(0)
+    head = make_head(torch.float64).train()
+    features = [torch.randn(2, 32, h, w, dtype=torch.float64) for h, w in SIZES]
+    with torch.no_grad():
+        probe = head(features)
+    weights = {k: torch.randn_like(v) for k, v in probe.items()}
+    out_a, feat_a, par_a = _grads(head, features, weights, parallel=False)
+    out_b, feat_b, par_b = _grads(head, features, weights, parallel=True)
+    for k in out_a:
+        torch.testing.assert_close(out_b[k], out_a[k], rtol=1e-12, atol=1e-12)
+    for a, b in zip(feat_a, feat_b):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+    assert par_a.keys() == par_b.keys()
+    for name in par_a:  # shared weights: the two threads' sums add in another order
+        torch.testing.assert_close(par_b[name], par_a[name], rtol=1e-10, atol=1e-12)
+    assert torch.get_num_threads() == 2
+
+
+def test_the_node_appears_only_where_it_applies(two_threads):
+    head = _searched_head().train()
+    head.parallel_levels = True
+    feats = [torch.randn(1, 32, h, w, requires_grad=True) for h, w in SIZES]
+    names = lambda out: {n.name() for n in _graph(out["cls_logits"].grad_fn)}  # noqa: E731
+    assert "_ParallelLevelsBackward" in names(head(feats))
+    with torch.no_grad():
+        assert head(feats)["cls_logits"].grad_fn is None
+    frozen = [f.detach() for f in feats]  # the parameters' gradients come by the plain loop
+    assert "_ParallelLevelsBackward" not in names(head(frozen))
+    head(frozen)["cls_logits"].sum().backward()
+    assert head.cls_logits.weight.grad is not None
+    torch.set_num_threads(1)
+    assert "_ParallelLevelsBackward" not in names(head(feats))
+
+
+def _graph(node):
+    seen, stack = [], [node]
+    while stack:
+        n = stack.pop()
+        if n is not None and n not in seen:
+            seen.append(n)
+            stack.extend(f for f, _ in n.next_functions)
+    return seen
+
+
+def test_an_error_on_the_worker_reaches_the_caller_and_threads_are_restored(two_threads):
+    feats = [torch.randn(1, 4, 2, 2, requires_grad=True) for _ in range(3)]
+
+    def level(i, x):
+        if i == 2:
+            raise ValueError("level 2 failed")
+        return (x * 2,)
+
+    with pytest.raises(ValueError, match="level 2 failed"):
+        map_levels(level, feats, parallel=True)
+    assert torch.get_num_threads() == 2
+    out = map_levels(lambda i, x: (x * (i + 1),), feats, parallel=True)
+    assert [o[0].shape for o in out] == [f.shape for f in feats]
+    sum(o[0].sum() for o in out).backward()
+    for i, f in enumerate(feats):
+        torch.testing.assert_close(f.grad, torch.full_like(f, i + 1.0))
+
+
+@pytest.mark.parametrize("scope", ["off", "towers"])
+def test_a_detector_step_equals_the_sequential_one(synthetic_root, tmp_path, two_threads, scope,
+                                                   monkeypatch):
+    cfg = tiny_fcos_cfg(synthetic_root, str(tmp_path))
+    cfg.merge_from_list(["MODEL.META_ARCHITECTURE", "FCOS", "MODEL.FAD.GENOTYPE", PAPER,
+                         "MODEL.FAD.TOWER_CHANNELS", 32, "MODEL.FAD.EDGE_CHANNELS", 16])
+    if scope == "towers":  # bf16 on the towers' convs of >= 8 positions: on both threads
+        cfg.merge_from_list(["SOLVER.AMP_CPU", True, "SOLVER.AMP_CPU_SCOPE", "towers"])
+        monkeypatch.setattr(amp_module, "TOWER_MIN_POSITIONS", 8)
+    dataset = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
+    batch = next(iter(make_train_loader(cfg, dataset)))
+    results, seen = [], set()
+    for parallel in (False, True):
+        cfg.defrost()
+        cfg.SOLVER.PARALLEL_HEAD_LEVELS = parallel
+        torch.manual_seed(0)
+        model = build_detector(cfg, dataset.num_classes).train()
+        step = DetectorStep(cfg, model, torch.device("cpu"))
+        assert model.head.parallel_levels is parallel
+        for conv in tower_convs(model):  # after the AMP hooks: sees their autocast
+            conv.register_forward_pre_hook(lambda m, a: seen.add(
+                (threading.current_thread().name[:10], torch.is_autocast_enabled("cpu"))))
+        losses = step.run(batch).losses
+        results.append((losses, [p.detach().clone() for p in model.parameters()]))
+    (loss_a, par_a), (loss_b, par_b) = results
+    tol = {"rtol": 1e-4, "atol": 1e-6} if scope == "off" else {"rtol": 2e-2, "atol": 1e-4}
+    for k in loss_a:
+        torch.testing.assert_close(loss_b[k], loss_a[k], **tol)
+    for a, b in zip(par_a, par_b):
+        torch.testing.assert_close(b, a, **tol)
+    assert torch.get_num_threads() == 2
+    assert ("fad-levels", scope == "towers") in seen and ("MainThread", scope == "towers") in seen
+
+
+def test_it_needs_an_fcos_head_and_one_process():
+    model = build_detector(get_cfg_defaults(), 3)
+    with pytest.raises(ConfigError, match="under torchrun"):
+        enable_parallel_levels(model, world_size=2)
+    with pytest.raises(ConfigError, match="needs an FCOS detector"):
+        enable_parallel_levels(torch.nn.Linear(2, 2), world_size=1)
+    enable_parallel_levels(model, world_size=1)
+    assert model.head.parallel_levels
