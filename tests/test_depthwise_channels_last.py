@@ -1,7 +1,6 @@
 """Channels-last training of the searched FCOS (SOLVER.CHANNELS_LAST): its depthwise units run
-oneDNN's NHWC convolution, not the NCHW kernel (only 1x1 maps, where both layouts are one, still
-take the kernel), and one step equals the NCHW step (which runs the kernel) to float32
-rounding."""
+the kernel on NHWC maps (its NHWC path), as the NCHW step runs it on NCHW maps, and one step
+equals the NCHW step to float32 rounding."""
 import os
 
 import torch
@@ -24,7 +23,7 @@ def _batch() -> tuple[list[torch.Tensor], list[dict]]:
              {"boxes": torch.tensor([[30.0, 20.0, 120.0, 90.0]]), "labels": torch.tensor([0])}])
 
 
-def test_searched_fcos_channels_last_step_skips_the_kernel_with_equal_values(synthetic_root,
+def test_searched_fcos_channels_last_step_runs_the_kernel_with_equal_values(synthetic_root,
                                                                              tmp_path, monkeypatch):
     monkeypatch.setenv("FAD_DEPTHWISE_BACKEND", "cpp")  # a build failure fails the test
     assert kernel_runs(torch.zeros(1, 1, 1, 1))
@@ -44,7 +43,7 @@ def test_searched_fcos_channels_last_step_skips_the_kernel_with_equal_values(syn
             e.count for e in prof.key_averages(group_by_input_shape=True)
             if e.key.startswith("fad_dw::") and e.input_shapes[0][2] * e.input_shapes[0][3] > 1)
         states[channels_last] = model.state_dict()
-    assert kernel_calls[True] == 0 and kernel_calls[False] > 0
+    assert kernel_calls[True] == kernel_calls[False] > 0
     for key, value in losses[False].items():
         torch.testing.assert_close(losses[True][key], value, rtol=1e-4, atol=1e-5)
     for key, value in states[False].items():

@@ -1,6 +1,6 @@
 // Depthwise 3x3 convolution on the CPU (stride 1, padding = dilation, so the output has the
 // input's H x W): the forward and the weight gradient. The input gradient is the forward with
-// the kernel rotated by 180 degrees (the Python side passes the flipped weight).
+// the kernel rotated by 180 degrees (the backward passes the flipped weight).
 //
 // x, grad: [N, C, H, W] contiguous; weight: [C, 1, 3, 3]; float32 or float64.
 // y[n, c, h, w] = sum_{ky, kx} weight[c, 0, ky, kx] * x[n, c, h + (ky - 1) d, w + (kx - 1) d]
@@ -12,6 +12,8 @@
 // of at least kGrainElements elements.
 // PyTorch's own CPU path for this op (oneDNN / slow_conv2d) is an order of magnitude below its
 // dense 3x3 throughput, most of all in the backward and with dilation.
+// A channels-last x (and its gradients) goes to the NHWC kernel (depthwise_nhwc_cpu.cpp) behind
+// the same ops: the output keeps x's layout.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -27,6 +29,7 @@
 #include <vector>
 
 #include "../common/cpu_dispatch.h"
+#include "depthwise_nhwc.h"
 
 namespace fad_dw {
 namespace {
@@ -203,6 +206,7 @@ void check(const at::Tensor& x, const at::Tensor& weight, int64_t dilation) {
 
 at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight_in, int64_t dilation) {
   check(x_in, weight_in, dilation);
+  if (is_nhwc(x_in)) return forward_nhwc(x_in, weight_in, dilation);
   const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous();
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   at::Tensor y = at::empty_like(x);
@@ -224,6 +228,7 @@ at::Tensor forward_cpu(const at::Tensor& x_in, const at::Tensor& weight_in, int6
 at::Tensor grad_weight_cpu(const at::Tensor& grad_in, const at::Tensor& x_in, int64_t dilation) {
   TORCH_CHECK(grad_in.sizes() == x_in.sizes(), "fad depthwise: grad ", grad_in.sizes(),
               " and x ", x_in.sizes(), " differ");
+  if (is_nhwc(x_in)) return grad_weight_nhwc(grad_in, x_in, dilation);
   const at::Tensor grad = grad_in.contiguous(), x = x_in.contiguous();
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   at::Tensor out = at::empty({c, 1, 3, 3}, x.options());
@@ -290,7 +295,7 @@ class DepthwiseConv : public torch::autograd::Function<DepthwiseConv> {
       if (need_w) grad_w = g[need_x ? 1 : 0];
       return {grad_x, grad_w, at::Tensor()};
     }
-    const at::Tensor grad = grads[0].contiguous();
+    const at::Tensor grad = grads[0].contiguous(layout_of(x));
     // correlation transposed = correlation with the kernel rotated by 180 degrees
     if (need_x) grad_x = call_forward(grad, weight.flip({2, 3}), d);
     if (need_w) grad_w = call_grad_weight(grad, x, d);
