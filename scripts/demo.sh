@@ -29,10 +29,11 @@ amp=()
 if grep -qw amx_bf16 /proc/cpuinfo 2>/dev/null; then
     amp=(SOLVER.AMP_CPU True SOLVER.AMP_CPU_SCOPE towers)
 fi
+# SOLVER.PARALLEL_HEAD_LEVELS: the head's P3 and its P4-P7 run on two threads (docs/ops.md).
 $py tools/train_net.py --config-file configs/fad/augment/fad-fcos_tiny_synthetic.yaml \
     --genotype-file "$out/search/genotype.log" --overwrite \
     SOLVER.MAX_ITER 200 SOLVER.STEPS "(160,)" SOLVER.CHECKPOINT_PERIOD 100 SOLVER.CHECKPOINT_KEEP 1 \
-    OUTPUT_DIR "$out/augment" ${amp[@]+"${amp[@]}"}
+    SOLVER.PARALLEL_HEAD_LEVELS True OUTPUT_DIR "$out/augment" ${amp[@]+"${amp[@]}"}
 wait "$draw" && cat "$out/diagrams/visualize.log" || { cat "$out/diagrams/visualize.log"; exit 1; }
 $py tools/demo.py --config-file configs/fad/augment/fad-fcos_tiny_synthetic.yaml \
     MODEL.WEIGHT "$out/augment/model_final.pth" --input datasets/synthetic_coco/images/val \

@@ -162,7 +162,9 @@ class DetectorStep(TrainStep):
     so the convolutions run and return NHWC (oneDNN on the CPU, tensor cores on a GPU), and
     each GroupNorm + ReLU pair becomes one `GroupNormReLU` (`fad.ops.gn_relu`: one compiled pass
     on an NHWC CPU float map, else the same two ops; the state dict keeps its keys).
-    The AMP policy's autocast wraps the forward, or only the backbone (`AmpPolicy.attach`)."""
+    The AMP policy's autocast wraps the forward, or only the backbone (`AmpPolicy.attach`).
+    With SOLVER.PARALLEL_HEAD_LEVELS an FCOS head's P3 and P4-P7 run on two CPU threads
+    (`fad.modeling.fcos.parallel_levels`)."""
 
     def __init__(self, cfg: CfgNode, model: nn.Module, device: torch.device):
         if cfg.SOLVER.CHANNELS_LAST:
