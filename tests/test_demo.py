@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, tiny_fcos_cfg, voc_fixture
+from conftest import REPO, randomized_detector, tiny_fcos_cfg, voc_fixture
 
 from fad.cli.trained_model import with_stored_genotype
 from fad.config import get_cfg_defaults
 from fad.config.catalog import VOC_CLASSES
 from fad.data.image import read_image
-from fad.engine.demo import class_name, draw_detections, list_images
+from fad.data.transforms import build_transforms
+from fad.engine.demo import class_name, draw_detections, list_images, predict, predict_by_size
 from fad.errors import DataError
 from fad.modeling import build_detector
 
@@ -107,3 +108,20 @@ def test_demo_on_real_voc_images(tmp_path):
         # boxes are drawn: the JPEG differs from the input far beyond compression noise
         assert (drawn.int() - image.int()).abs().amax() > 100
     assert "drew" in (out / "log.txt").read_text()
+
+
+def test_equally_sized_images_detected_together_match_one_at_a_time(tmp_path):
+    cfg = tiny_fcos_cfg(str(tmp_path), str(tmp_path))
+    cfg.merge_from_list(SMALL)
+    model = randomized_detector(cfg, 4)
+    transforms = build_transforms(cfg, is_train=False)
+    torch.manual_seed(0)
+    sizes = [(80, 100), (120, 90), (80, 100), (80, 100), (120, 90)]
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for h, w in sizes]
+    together = predict_by_size(model, images, transforms, torch.device("cpu"))
+    for image, got in zip(images, together):
+        alone = predict(model, [image], transforms, torch.device("cpu"))[0]
+        assert len(alone["scores"]) > 0
+        for key in ("boxes", "scores"):
+            torch.testing.assert_close(got[key], alone[key], rtol=1e-4, atol=1e-4)
+        assert torch.equal(got["labels"], alone["labels"])

@@ -2,7 +2,7 @@
 
     images = list_images("photos/")                        # one file or a folder of images
     detections = run_demo(model, classes, build_transforms(cfg, is_train=False), images,
-                          "out/", score_threshold=0.3, device=device)
+                          "out/", score_threshold=0.3, device=device, batch_size=8)
 
 Writes `out/<name>.jpg|png` (the image with its boxes drawn by torchvision's
 `draw_bounding_boxes`) and `out/detections.json`:
@@ -51,20 +51,40 @@ def list_images(path: str) -> list[Path]:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, image: Tensor, transforms: Transforms,
-            device: torch.device) -> dict[str, Tensor]:
-    """Detections of `model` (in eval mode) on one uint8 image [3, H, W].
+def predict(model: nn.Module, images: Sequence[Tensor], transforms: Transforms,
+            device: torch.device) -> list[dict[str, Tensor]]:
+    """Detections of `model` (in eval mode) on uint8 images [3, H, W], in one forward.
 
-    Returns `boxes` float [K, 4] xyxy in the image's own pixel frame, `scores` [K] and `labels`
-    [K] (0-based class indices), on the CPU, best score first.
+    Give it images of one size: each then gets the canvas it would get alone, so its detections
+    do not depend on the others (up to float summation order). Returns per image `boxes` float
+    [K, 4] xyxy in the image's own pixel frame, `scores` [K] and `labels` [K] (0-based class
+    indices), on the CPU, best score first.
     """
-    resized, _, _ = transforms(image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
-    output = model([resized.to(device)])[0]
-    boxes = rescale_boxes(output["boxes"], resized.shape[-2:], image.shape[-2:]).float()
-    scores = output["scores"].detach().cpu().float()
-    order = scores.argsort(descending=True)
-    return {"boxes": boxes[order], "scores": scores[order],
-            "labels": output["labels"].detach().cpu()[order]}
+    empty_boxes, empty_labels = torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
+    resized = [transforms(image, empty_boxes, empty_labels)[0] for image in images]
+    outputs = model([r.to(device) for r in resized])
+    results = []
+    for image, r, output in zip(images, resized, outputs):
+        boxes = rescale_boxes(output["boxes"], r.shape[-2:], image.shape[-2:]).float()
+        scores = output["scores"].detach().cpu().float()
+        order = scores.argsort(descending=True)
+        results.append({"boxes": boxes[order], "scores": scores[order],
+                        "labels": output["labels"].detach().cpu()[order]})
+    return results
+
+
+def predict_by_size(model: nn.Module, images: Sequence[Tensor], transforms: Transforms,
+                    device: torch.device) -> list[dict[str, Tensor]]:
+    """`predict` on every group of equally sized images of `images`; results in input order."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(i)
+    results: list[dict[str, Tensor]] = [{} for _ in images]
+    for indices in groups.values():
+        for i, dets in zip(indices, predict(model, [images[i] for i in indices], transforms,
+                                            device)):
+            results[i] = dets
+    return results
 
 
 def class_color(index: int) -> tuple[int, int, int]:
@@ -118,40 +138,57 @@ def _output_path(source: Path, output_dir: str, taken: set[str]) -> str:
     return os.path.join(output_dir, name)
 
 
+def _read_readable(paths: Sequence[Path]) -> list[tuple[Path, Tensor]]:
+    """(path, uint8 image [3, H, W]) of each file of `paths` that reads; a warning line for
+    each that does not."""
+    loaded = []
+    for path in paths:
+        try:
+            loaded.append((path, read_image(path)))
+        except DataError as exc:
+            logger.warning("skipped: %s", exc)
+    return loaded
+
+
 def run_demo(model: nn.Module, classes: Sequence[str], transforms: Transforms,
              images: Sequence[Path], output_dir: str, score_threshold: float,
-             device: torch.device) -> list[dict]:
+             device: torch.device, batch_size: int = 1) -> list[dict]:
     """Detect, draw and write every image of `images`; returns what detections.json holds.
 
-    Only detections scoring >= `score_threshold` are drawn and listed. An image that cannot
-    be read gets one warning line and is left out; the others go on (a DataError when none is
-    left).
+    Images are read `batch_size` at a time and the equally sized ones among them detected in
+    one forward (`predict_by_size`). Only detections scoring >= `score_threshold` are drawn and
+    listed. An image that cannot be read gets one warning line and is left out; the others go on
+    (a DataError when none is left).
     """
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"score threshold must be in [0, 1], got {score_threshold}")
     os.makedirs(output_dir, exist_ok=True)
     model.eval()
     records, taken = [], set()
-    for path in images:
-        try:
-            image = read_image(path)
-        except DataError as exc:
-            logger.warning("skipped: %s", exc)
-            continue
-        dets = predict(model, image, transforms, device)
-        keep = dets["scores"] >= score_threshold
-        dets = {k: v[keep] for k, v in dets.items()}
-        out = _output_path(path, output_dir, taken)
-        _write_image(draw_detections(image, dets, classes), out)
-        records.append({
-            "file": str(path), "output": out,
-            "height": int(image.shape[1]), "width": int(image.shape[2]),
-            "detections": [{"label": class_name(classes, int(i)), "label_id": int(i),
-                            "score": round(float(s), 4), "box": [round(float(v), 1) for v in b]}
-                           for b, s, i in zip(dets["boxes"], dets["scores"], dets["labels"])]})
-        logger.info("%s: %d detections >= %.2f -> %s", path, int(keep.sum()), score_threshold, out)
+    for start in range(0, len(images), batch_size):
+        loaded = _read_readable(images[start:start + batch_size])
+        found = predict_by_size(model, [image for _, image in loaded], transforms, device)
+        for (path, image), dets in zip(loaded, found):
+            keep = dets["scores"] >= score_threshold
+            dets = {k: v[keep] for k, v in dets.items()}
+            out = _output_path(path, output_dir, taken)
+            _write_image(draw_detections(image, dets, classes), out)
+            records.append(_record(path, out, image, dets, classes))
+            logger.info("%s: %d detections >= %.2f -> %s", path, int(keep.sum()),
+                        score_threshold, out)
     if images and not records:
         raise DataError(f"none of the {len(images)} input images could be read (warnings above); "
                         "replace the files")
     write_json(os.path.join(output_dir, DETECTIONS_FILE), records)
     return records
+
+
+def _record(path: Path, out: str, image: Tensor, dets: dict[str, Tensor],
+            classes: Sequence[str]) -> dict:
+    """One image's entry of detections.json."""
+    return {
+        "file": str(path), "output": out,
+        "height": int(image.shape[1]), "width": int(image.shape[2]),
+        "detections": [{"label": class_name(classes, int(i)), "label_id": int(i),
+                        "score": round(float(s), 4), "box": [round(float(v), 1) for v in b]}
+                       for b, s, i in zip(dets["boxes"], dets["scores"], dets["labels"])]}
