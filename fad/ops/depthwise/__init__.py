@@ -3,10 +3,10 @@
 `DepthwiseConv3x3(channels, dilation)` is an `nn.Conv2d(C, C, 3, padding=d, dilation=d,
 groups=C, bias=False)` (same parameters and state_dict) whose forward on CPU float32/float64
 tensors, NCHW or channels-last (csrc/depthwise/depthwise_nhwc_cpu.cpp), runs `torch.ops.fad_dw`
-kernels: PyTorch's CPU depthwise path runs far below its dense
-3x3 throughput (several times slower fwd+bwd than this kernel, most of all with dilation), and
-the FAD supernet and sinSep / dilated units are full of these convolutions. Everywhere else it
-is plain `F.conv2d`. Laid out as every op in `fad.ops`:
+kernels: PyTorch's CPU depthwise path runs far below its dense 3x3 throughput (several times
+slower fwd+bwd than this kernel, most of all with dilation), and the FAD supernet and sinSep /
+dilated units are full of these convolutions. Everywhere else it is plain `F.conv2d`. Laid out
+as every op in `fad.ops`:
 
     schema.py     kernel schemas `fad_dw` (`conv`: forward + autograd in C++), FLOP formula
     reference.py  `F.conv2d`
