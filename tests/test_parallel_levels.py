@@ -44,7 +44,7 @@ def _plain_head(dtype=torch.float32):
     return FCOSHead(32, 5, num_convs=2).to(dtype)
 
 
-def _grads(head, features, weights, parallel: bool):
+def _grads(head, features, weights, parallel: int):
     """Outputs and the gradients of sum(weights * outputs) w.r.t. the features and parameters."""
     head.parallel_levels = parallel
     head.zero_grad(set_to_none=True)
@@ -56,15 +56,16 @@ def _grads(head, features, weights, parallel: bool):
 
 
 @pytest.mark.parametrize("make_head", [_searched_head, _plain_head], ids=["searched", "plain"])
-def test_two_threads_give_the_loops_outputs_and_gradients(make_head, two_threads):
+@pytest.mark.parametrize("first", [1, 3])
+def test_two_threads_give_the_loops_outputs_and_gradients(make_head, first, two_threads):
     torch.manual_seed(0)
     head = make_head(torch.float64).train()
     features = [torch.randn(2, 32, h, w, dtype=torch.float64) for h, w in SIZES]
     with torch.no_grad():
         probe = head(features)
     weights = {k: torch.randn_like(v) for k, v in probe.items()}
-    out_a, feat_a, par_a = _grads(head, features, weights, parallel=False)
-    out_b, feat_b, par_b = _grads(head, features, weights, parallel=True)
+    out_a, feat_a, par_a = _grads(head, features, weights, parallel=0)
+    out_b, feat_b, par_b = _grads(head, features, weights, parallel=first)
     for k in out_a:
         torch.testing.assert_close(out_b[k], out_a[k], rtol=1e-12, atol=1e-12)
     for a, b in zip(feat_a, feat_b):
@@ -77,7 +78,7 @@ def test_two_threads_give_the_loops_outputs_and_gradients(make_head, two_threads
 
 def test_the_node_appears_only_where_it_applies(two_threads):
     head = _searched_head().train()
-    head.parallel_levels = True
+    head.parallel_levels = 1
     feats = [torch.randn(1, 32, h, w, requires_grad=True) for h, w in SIZES]
     names = lambda out: {n.name() for n in _graph(out["cls_logits"].grad_fn)}  # noqa: E731
     assert "_ParallelLevelsBackward" in names(head(feats))
@@ -110,9 +111,9 @@ def test_an_error_on_the_worker_reaches_the_caller_and_threads_are_restored(two_
         return (x * 2,)
 
     with pytest.raises(ValueError, match="level 2 failed"):
-        map_levels(level, feats, parallel=True)
+        map_levels(level, feats, 1)
     assert torch.get_num_threads() == 2
-    out = map_levels(lambda i, x: (x * (i + 1),), feats, parallel=True)
+    out = map_levels(lambda i, x: (x * (i + 1),), feats, 2)
     assert [o[0].shape for o in out] == [f.shape for f in feats]
     sum(o[0].sum() for o in out).backward()
     for i, f in enumerate(feats):
@@ -137,7 +138,7 @@ def test_a_detector_step_equals_the_sequential_one(synthetic_root, tmp_path, two
         torch.manual_seed(0)
         model = build_detector(cfg, dataset.num_classes).train()
         step = DetectorStep(cfg, model, torch.device("cpu"))
-        assert model.head.parallel_levels is parallel
+        assert model.head.parallel_levels == int(parallel)
         for conv in tower_convs(model):  # after the AMP hooks: sees their autocast
             conv.register_forward_pre_hook(lambda m, a: seen.add(
                 (threading.current_thread().name[:10], torch.is_autocast_enabled("cpu"))))
@@ -159,5 +160,5 @@ def test_it_needs_an_fcos_head_and_one_process():
         enable_parallel_levels(model, world_size=2)
     with pytest.raises(ConfigError, match="needs an FCOS detector"):
         enable_parallel_levels(torch.nn.Linear(2, 2), world_size=1)
-    enable_parallel_levels(model, world_size=1)
-    assert model.head.parallel_levels
+    enable_parallel_levels(model, world_size=1, first=2)
+    assert model.head.parallel_levels == 2

@@ -7,8 +7,9 @@ one core idles through them. `map_levels` runs the finest level on the calling t
 others on one worker thread, each with half the intra-op threads, in the forward and again in
 the backward:
 
-    outputs = map_levels(self.level, features, parallel=self.parallel_levels)
+    outputs = map_levels(self.level, features, self.parallel_levels)
     # level(i, Tensor[N, C, H_i, W_i]) -> tuple of Tensor; outputs[i] is level i's tuple
+    # parallel_levels = k > 0: levels [0, k) on the calling thread, the others on the worker
 
 The backward runs inside one autograd node: the head's graph is built on detached copies of the
 features, the node's backward runs the two groups' backward passes on the two threads (their
@@ -33,19 +34,19 @@ from fad.errors import ConfigError
 LevelFn = Callable[[int, Tensor], tuple[Tensor, ...]]
 
 
-def map_levels(level: LevelFn, features: Sequence[Tensor], parallel: bool
+def map_levels(level: LevelFn, features: Sequence[Tensor], first: int
                ) -> list[tuple[Tensor, ...]]:
-    """`[level(i, f) for i, f in enumerate(features)]`, on two threads when `parallel` applies
-    (grad enabled, >= 2 levels, CPU features of which one needs a gradient (the node's
-    gradient reaches the parameters inside only through them), >= 2 intra-op threads, not under
-    torch.compile)."""
-    if not (parallel and torch.is_grad_enabled() and len(features) >= 2
+    """`[level(i, f) for i, f in enumerate(features)]`; with `first` = k > 0, levels [0, k) on
+    this thread and the others on the worker thread, where that applies: grad enabled, more
+    than k levels, CPU features of which one needs a gradient (the node's gradient reaches the
+    parameters inside only through them), >= 2 intra-op threads, not under torch.compile."""
+    if not (0 < first < len(features) and torch.is_grad_enabled()
             and any(f.requires_grad for f in features)
             and torch.get_num_threads() >= 2 and not torch.compiler.is_compiling()
             and all(f.device.type == "cpu" for f in features)):
         return [level(i, f) for i, f in enumerate(features)]
     sizes: list[int] = []
-    flat = _ParallelLevels.apply(level, sizes, *features)
+    flat = _ParallelLevels.apply(level, first, sizes, *features)
     out, start = [], 0
     for n in sizes:
         out.append(tuple(flat[start:start + n]))
@@ -53,8 +54,9 @@ def map_levels(level: LevelFn, features: Sequence[Tensor], parallel: bool
     return out
 
 
-def enable_parallel_levels(model: nn.Module, world_size: int) -> None:
-    """Turn on `map_levels`'s two threads in `model.head` (SOLVER.PARALLEL_HEAD_LEVELS)."""
+def enable_parallel_levels(model: nn.Module, world_size: int, first: int = 1) -> None:
+    """Turn on `map_levels`'s two threads in `model.head` (SOLVER.PARALLEL_HEAD_LEVELS): levels
+    [0, first) on the calling thread, the others on the worker."""
     head = getattr(model, "head", None)
     if not hasattr(head, "parallel_levels"):
         raise ConfigError("SOLVER.PARALLEL_HEAD_LEVELS needs an FCOS detector (plain or searched "
@@ -63,7 +65,7 @@ def enable_parallel_levels(model: nn.Module, world_size: int) -> None:
         raise ConfigError("SOLVER.PARALLEL_HEAD_LEVELS is for one process (its backward runs "
                           "inside one autograd node, which DDP's gradient hooks do not expect); "
                           "set it False under torchrun")
-    head.parallel_levels = True
+    head.parallel_levels = first
 
 
 @functools.cache
@@ -83,9 +85,10 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _on_two_threads(work: Callable[[Sequence[int]], list], levels: int) -> list:
-    """`work(range(1, levels))` on the worker while `work([0])` runs here; both results, level
-    order. Each side gets half the intra-op threads; the caller's autocast state goes along."""
+def _on_two_threads(work: Callable[[Sequence[int]], list], levels: int, first: int) -> list:
+    """`work(range(first, levels))` on the worker while `work(range(first))` runs here; both
+    results, level order. Each side gets half the intra-op threads; the caller's autocast
+    state goes along."""
     total = torch.get_num_threads()
     mine, theirs = total - total // 2, total // 2
     autocast = torch.is_autocast_enabled("cpu")
@@ -93,31 +96,32 @@ def _on_two_threads(work: Callable[[Sequence[int]], list], levels: int) -> list:
 
     def remote() -> list:
         with _threads(theirs), torch.autocast("cpu", dtype=dtype, enabled=autocast):
-            return work(range(1, levels))
+            return work(range(first, levels))
 
     future = _worker().submit(remote)
     try:
         with _threads(mine):
-            first = work([0])
+            mine_done = work(range(first))
     finally:
         rest = future.result()
-    return first + rest
+    return mine_done + rest
 
 
 class _ParallelLevels(torch.autograd.Function):
-    """forward(level, sizes, *features) -> every level's outputs, flat (`sizes` receives each
-    level's output count); backward on two threads."""
+    """forward(level, first, sizes, *features) -> every level's outputs, flat (`sizes` receives
+    each level's output count); backward on two threads, split as the forward."""
 
     @staticmethod
-    def forward(ctx, level: LevelFn, sizes: list[int], *features: Tensor) -> tuple[Tensor, ...]:
+    def forward(ctx, level: LevelFn, first: int, sizes: list[int], *features: Tensor
+                ) -> tuple[Tensor, ...]:
         leaves = [f.detach().requires_grad_(f.requires_grad) for f in features]
 
         def work(idx: Sequence[int]) -> list[tuple[Tensor, ...]]:
             with torch.enable_grad():
                 return [level(i, leaves[i]) for i in idx]
 
-        outs = _on_two_threads(work, len(leaves))
-        ctx.leaves, ctx.outs = leaves, outs
+        outs = _on_two_threads(work, len(leaves), first)
+        ctx.leaves, ctx.outs, ctx.first = leaves, outs, first
         sizes.extend(len(o) for o in outs)
         return tuple(t.detach() for o in outs for t in o)
 
@@ -135,6 +139,6 @@ class _ParallelLevels(torch.autograd.Function):
                 torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
             return []
 
-        _on_two_threads(work, len(per_level))
+        _on_two_threads(work, len(per_level), ctx.first)
         leaves, ctx.leaves, ctx.outs = ctx.leaves, None, None
-        return (None, None, *(leaf.grad for leaf in leaves))
+        return (None, None, None, *(leaf.grad for leaf in leaves))
