@@ -14,9 +14,11 @@ $py -c "from fad.ops.build import load_error
 for name in ('depthwise_cpu', 'mix_cpu', 'gn_relu_cpu'): load_error(name)" >/dev/null 2>&1 &
 build=$!
 $py tools/make_synthetic_data.py --out datasets --num-train 300 --num-val 60 --seed 0
+# SOLVER.PARALLEL_HEAD_LEVELS: the search's weight step and the augment's training step run the
+# head's FPN levels in two groups on two threads (docs/ops.md).
 $py tools/search_net.py --config-file configs/fad/search/fad-fcos_tiny_synthetic.yaml --overwrite \
     SOLVER.MAX_ITER 40 SOLVER.STEPS "(30,)" SOLVER.CHECKPOINT_PERIOD 20 SOLVER.CHECKPOINT_KEEP 1 \
-    OUTPUT_DIR "$out/search"
+    SOLVER.PARALLEL_HEAD_LEVELS True OUTPUT_DIR "$out/search"
 wait "$build" || true
 # The diagrams are drawn while the augment starts up (its log stays whole: theirs comes after).
 mkdir -p "$out/diagrams"
@@ -29,7 +31,6 @@ amp=()
 if grep -qw amx_bf16 /proc/cpuinfo 2>/dev/null; then
     amp=(SOLVER.AMP_CPU True SOLVER.AMP_CPU_SCOPE towers)
 fi
-# SOLVER.PARALLEL_HEAD_LEVELS: the head's P3 and its P4-P7 run on two threads (docs/ops.md).
 $py tools/train_net.py --config-file configs/fad/augment/fad-fcos_tiny_synthetic.yaml \
     --genotype-file "$out/search/genotype.log" --overwrite \
     SOLVER.MAX_ITER 200 SOLVER.STEPS "(160,)" SOLVER.CHECKPOINT_PERIOD 100 SOLVER.CHECKPOINT_KEEP 1 \
