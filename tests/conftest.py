@@ -53,6 +53,12 @@ def synthetic_root(tmp_path_factory) -> str:
     return root
 
 
+def run_python(code: str, env: dict, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """`python -c code` in the repository with os.environ plus `env`; output captured as text."""
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def tiny_fcos_cfg(root: str, out: str):
     """A tiny CPU FCOS config on the synthetic COCO-format data under `root`."""
     cfg = get_cfg_defaults()

@@ -1,17 +1,14 @@
 """The depthwise 3x3 kernel's NHWC path (channels-last input) against F.conv2d: outputs and both
 gradients (float32 and float64), gradcheck, layouts, thread counts, the baseline ISA path."""
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO, run_python
 
 from fad.ops.depthwise import depthwise_conv3x3, kernel_runs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CL = torch.channels_last
 
 
@@ -130,8 +127,6 @@ def test_baseline_isa_path_matches_conv2d():
             "                    torch.autograd.grad(ref, (x, w), out.detach())):\n"
             "        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)\n"
             "print(torch.backends.cpu.get_cpu_capability())")
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "PYTHONPATH": REPO,
-           "FAD_DEPTHWISE_BACKEND": "cpp", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=900)
+    proc = run_python(code, {"ATEN_CPU_CAPABILITY": "default", "PYTHONPATH": REPO,
+                             "FAD_DEPTHWISE_BACKEND": "cpp", "OMP_NUM_THREADS": "1"}, timeout=900)
     assert proc.returncode == 0 and "DEFAULT" in proc.stdout, proc.stderr[-3000:]

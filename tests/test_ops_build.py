@@ -4,20 +4,12 @@ import glob
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import REPO, run_python
 
 from fad.ops import build
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(code: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=1800)
 
 
 def _cuda_root() -> str | None:
@@ -39,7 +31,7 @@ def test_fresh_cpu_build(tmp_path):
             "from fad.ops import ms_deform_attn_reference as ref; "
             "a = random_msda_inputs(1, [(3, 4)], 2, 8, 5, 2); "
             "assert torch.allclose(torch.ops.fad_msda.forward(*a), ref(*a)); print('ok')")
-    proc = _run(code, {"TORCH_EXTENSIONS_DIR": str(tmp_path), "PYTHONPATH": REPO})
+    proc = run_python(code, {"TORCH_EXTENSIONS_DIR": str(tmp_path), "PYTHONPATH": REPO})
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
     assert glob.glob(str(tmp_path / "fad_msda_cpu*" / "*.so"))
 
@@ -56,7 +48,7 @@ def test_cuda_sources_compile(tmp_path):
             f"jit_build('msda_cuda', build_directory={str(tmp_path)!r}); print('ok')")
     env = {"CUDA_HOME": root, "PYTHONPATH": REPO,
            "TORCH_CUDA_ARCH_LIST": os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0")}
-    proc = _run(code, env)
+    proc = run_python(code, env)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
     assert glob.glob(str(tmp_path / "*.so"))
 
@@ -116,5 +108,5 @@ def test_baseline_isa_path_matches_reference():
             " edges=True)\n"
             "    torch.testing.assert_close(torch.ops.fad_msda.forward(*a), ref(*a))\n"
             "print(torch.backends.cpu.get_cpu_capability())")
-    proc = _run(code, {"ATEN_CPU_CAPABILITY": "default", "PYTHONPATH": REPO})
+    proc = run_python(code, {"ATEN_CPU_CAPABILITY": "default", "PYTHONPATH": REPO})
     assert proc.returncode == 0 and "DEFAULT" in proc.stdout, proc.stderr[-3000:]
