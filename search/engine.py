@@ -72,10 +72,9 @@ SEARCH_FIRST_LEVELS = 2
 class SearchStep(TrainStep):
     """One search iteration on a (train batch, val batch) pair: the architect's alpha step on
     the val batch (first or second order), then an SGD step of the weights on the train batch
-    (grads averaged over ranks, clipped; its forward records no alpha gradients, and with
-    SOLVER.PARALLEL_HEAD_LEVELS its head runs the first `SEARCH_FIRST_LEVELS` levels and the
-    others on two threads; the alpha step's `autograd.grad` keeps the plain loop). The val loss
-    is reported as `val_loss`."""
+    (grads averaged over ranks, clipped; its forward records no alpha gradients). With
+    SOLVER.PARALLEL_HEAD_LEVELS the head runs its first `SEARCH_FIRST_LEVELS` levels and the
+    others on two threads in both steps. The val loss is reported as `val_loss`."""
 
     fix = ("lower SOLVER.BASE_LR or SEARCH.ARCH_LR, or raise SOLVER.WARMUP_ITERS, "
            "then --resume")
@@ -85,10 +84,8 @@ class SearchStep(TrainStep):
         super().__init__(cfg, model, build_optimizer(cfg, model.weight_named_parameters()),
                          amp_policy(cfg, device, second_order=second_order), device)
         self.weights = model.weight_parameters()
-        self.head = model.detector.head
         if cfg.SOLVER.PARALLEL_HEAD_LEVELS:
             enable_parallel_levels(model.detector, get_world_size(), SEARCH_FIRST_LEVELS)
-        self.levels_first, self.head.parallel_levels = self.head.parallel_levels, 0
         self.net = maybe_compile(cfg, model)
         self.cost = SearchCost(cfg, model.tower_alphas, model.num_classes)
         self.architect = Architect(self.loss, self.weights, model.arch_parameters(),
@@ -105,12 +102,8 @@ class SearchStep(TrainStep):
     def run(self, batch: tuple[Batch, Batch]) -> StepOutput:
         train_batch, val_batch = (to_device(*b, self.device) for b in batch)
         val_loss = self.architect.step(val_batch, train_batch, self.optimizer)
-        self.head.parallel_levels = self.levels_first
-        try:
-            with frozen(self.model.arch_parameters()):
-                losses = forward_losses(self.net, *train_batch, self.amp)
-        finally:
-            self.head.parallel_levels = 0
+        with frozen(self.model.arch_parameters()):
+            losses = forward_losses(self.net, *train_batch, self.amp)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(sum(losses.values())).backward(inputs=self.weights)
         for p in self.weights:

@@ -80,16 +80,38 @@ def test_the_node_appears_only_where_it_applies(two_threads):
     head = _searched_head().train()
     head.parallel_levels = 1
     feats = [torch.randn(1, 32, h, w, requires_grad=True) for h, w in SIZES]
+    detached = [f.detach() for f in feats]
     names = lambda out: {n.name() for n in _graph(out["cls_logits"].grad_fn)}  # noqa: E731
     assert "_ParallelLevelsBackward" in names(head(feats))
+    assert "_ParallelLevelsBackward" in names(head(detached))  # the parameters' gradients
     with torch.no_grad():
         assert head(feats)["cls_logits"].grad_fn is None
-    frozen = [f.detach() for f in feats]  # the parameters' gradients come by the plain loop
-    assert "_ParallelLevelsBackward" not in names(head(frozen))
-    head(frozen)["cls_logits"].sum().backward()
-    assert head.cls_logits.weight.grad is not None
+    for p in head.parameters():
+        p.requires_grad_(False)
+    assert head(detached)["cls_logits"].grad_fn is None
     torch.set_num_threads(1)
     assert "_ParallelLevelsBackward" not in names(head(feats))
+
+
+def test_autograd_grad_of_some_parameters_equals_the_loops(two_threads):
+    """The search's alpha step: weights frozen, features without grad, `autograd.grad` of a
+    few parameters (nothing accumulates into `.grad`)."""
+    torch.manual_seed(0)
+    head = _searched_head(torch.float64).train()
+    wanted = [head.cls_logits.weight, head.box_tower.cells[0].edges[0][0].weight]
+    for p in head.parameters():
+        p.requires_grad_(any(p is w for w in wanted))
+    feats = [torch.randn(2, 32, h, w, dtype=torch.float64) for h, w in SIZES]
+    found = []
+    for first in (0, 2):
+        head.parallel_levels = first
+        out = head(feats)
+        loss = sum((v * torch.linspace(-1, 1, v.numel(), dtype=v.dtype).view_as(v)).sum()
+                   for v in out.values())
+        found.append(torch.autograd.grad(loss, wanted))
+    for a, b in zip(*found):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+    assert all(p.grad is None for p in head.parameters())
 
 
 def _graph(node):
@@ -111,9 +133,9 @@ def test_an_error_on_the_worker_reaches_the_caller_and_threads_are_restored(two_
         return (x * 2,)
 
     with pytest.raises(ValueError, match="level 2 failed"):
-        map_levels(level, feats, 1)
+        map_levels(level, feats, 1, torch.nn.Module())
     assert torch.get_num_threads() == 2
-    out = map_levels(lambda i, x: (x * (i + 1),), feats, 2)
+    out = map_levels(lambda i, x: (x * (i + 1),), feats, 2, torch.nn.Module())
     assert [o[0].shape for o in out] == [f.shape for f in feats]
     sum(o[0].sum() for o in out).backward()
     for i, f in enumerate(feats):
@@ -162,3 +184,36 @@ def test_it_needs_an_fcos_head_and_one_process():
         enable_parallel_levels(torch.nn.Linear(2, 2), world_size=1)
     enable_parallel_levels(model, world_size=1, first=2)
     assert model.head.parallel_levels == 2
+
+
+def test_a_search_step_equals_the_sequential_one(synthetic_root, two_threads):
+    """Alpha step (autograd.grad of the alphas, weights frozen) and weight step both split."""
+    from fad.config import load_config
+    from fad.search.engine import SearchStep
+    from fad.search.supernet import build_supernet
+
+    cfg = load_config(os.path.join(REPO, "configs", "fad", "search",
+                                   "fad-fcos_tiny_synthetic.yaml"),
+                      ["DATASETS.ROOT", synthetic_root, "MODEL.DEVICE", "cpu",
+                       "INPUT.MIN_SIZE_TRAIN", (96,), "INPUT.MAX_SIZE_TRAIN", 128])
+    dataset = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
+    batches = iter(make_train_loader(cfg, dataset))
+    pair = (next(batches), next(batches))
+    states = []
+    for parallel in (False, True):
+        cfg.defrost()
+        cfg.SOLVER.PARALLEL_HEAD_LEVELS = parallel
+        torch.manual_seed(0)
+        model = build_supernet(cfg, dataset.num_classes).train()
+        step = SearchStep(cfg, model, torch.device("cpu"))
+        assert model.detector.head.parallel_levels == (2 if parallel else 0)
+        out = step.run(pair)
+        states.append((out.losses, {k: v.clone() for k, v in model.state_dict().items()}))
+    (loss_a, state_a), (loss_b, state_b) = states
+    for k in loss_a:
+        torch.testing.assert_close(loss_b[k], loss_a[k], rtol=1e-5, atol=1e-6)
+    for k in state_a:
+        torch.testing.assert_close(state_b[k], state_a[k], rtol=1e-4, atol=1e-6, msg=k)
+    alphas = [k for k in state_a if "alpha" in k]
+    assert alphas and any(not torch.equal(state_a[k], torch.zeros_like(state_a[k]))
+                          for k in alphas)

@@ -73,7 +73,7 @@ class FCOSHead(nn.Module):
 
     def forward(self, features: list[Tensor]) -> dict[str, Tensor]:
         logits, regs, ctrs = zip(*map_levels(self.level, features[:len(self.scales)],
-                                             self.parallel_levels))
+                                             self.parallel_levels, self))
         return {
             "cls_logits": flatten_level_outputs(list(logits)),
             "bbox_regression": flatten_level_outputs(list(regs)),

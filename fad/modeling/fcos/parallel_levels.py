@@ -7,17 +7,18 @@ one core idles through them. `map_levels` runs the finest level on the calling t
 others on one worker thread, each with half the intra-op threads, in the forward and again in
 the backward:
 
-    outputs = map_levels(self.level, features, self.parallel_levels)
+    outputs = map_levels(self.level, features, self.parallel_levels, self)
     # level(i, Tensor[N, C, H_i, W_i]) -> tuple of Tensor; outputs[i] is level i's tuple
     # parallel_levels = k > 0: levels [0, k) on the calling thread, the others on the worker
 
-The backward runs inside one autograd node: the head's graph is built on detached copies of the
-features, the node's backward runs the two groups' backward passes on the two threads (their
-parameter gradients accumulate into `.grad`, shared parameters under autograd's own lock) and
-returns the features' gradients to the backbone. Values equal the sequential path's up to the
-order of float sums. Only `loss.backward()` sees the head's parameter gradients this way (not
-`torch.autograd.grad(loss, params)`, and not double backward), so it serves the training step
-of one process; inference, evaluation, grad-disabled and non-CPU calls take the plain loop.
+The backward runs inside one autograd node whose inputs are the features and the head's
+parameters: the head's graph is built on detached copies of the features, and the node's
+backward runs `torch.autograd.grad` of the two groups on the two threads, sums the two
+threads' parameter gradients and returns them with the features' gradients. So
+`loss.backward()`, `backward(inputs=...)` and `torch.autograd.grad(loss, alphas)` (the search's
+alpha step) all see the usual gradients; values equal the sequential loop's up to the order of
+float sums. Double backward is refused (`once_differentiable`). Inference, evaluation,
+grad-disabled and non-CPU calls take the plain loop.
 """
 from __future__ import annotations
 
@@ -28,25 +29,29 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from fad.errors import ConfigError
 
 LevelFn = Callable[[int, Tensor], tuple[Tensor, ...]]
 
 
-def map_levels(level: LevelFn, features: Sequence[Tensor], first: int
+def map_levels(level: LevelFn, features: Sequence[Tensor], first: int, module: nn.Module
                ) -> list[tuple[Tensor, ...]]:
     """`[level(i, f) for i, f in enumerate(features)]`; with `first` = k > 0, levels [0, k) on
     this thread and the others on the worker thread, where that applies: grad enabled, more
-    than k levels, CPU features of which one needs a gradient (the node's gradient reaches the
-    parameters inside only through them), >= 2 intra-op threads, not under torch.compile."""
-    if not (0 < first < len(features) and torch.is_grad_enabled()
-            and any(f.requires_grad for f in features)
+    than k levels, a feature or a parameter of `module` (the one `level` computes with: its
+    parameters' gradients come out of the node) needing a gradient, CPU features, >= 2 intra-op
+    threads, not under torch.compile."""
+    if not 0 < first < len(features):
+        return [level(i, f) for i, f in enumerate(features)]
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (*features, *params))
             and torch.get_num_threads() >= 2 and not torch.compiler.is_compiling()
             and all(f.device.type == "cpu" for f in features)):
         return [level(i, f) for i, f in enumerate(features)]
     sizes: list[int] = []
-    flat = _ParallelLevels.apply(level, first, sizes, *features)
+    flat = _ParallelLevels.apply(level, first, sizes, len(features), *features, *params)
     out, start = [], 0
     for n in sizes:
         out.append(tuple(flat[start:start + n]))
@@ -108,12 +113,15 @@ def _on_two_threads(work: Callable[[Sequence[int]], list], levels: int, first: i
 
 
 class _ParallelLevels(torch.autograd.Function):
-    """forward(level, first, sizes, *features) -> every level's outputs, flat (`sizes` receives
-    each level's output count); backward on two threads, split as the forward."""
+    """forward(level, first, sizes, n_features, *features, *params) -> every level's outputs,
+    flat (`sizes` receives each level's output count); backward on two threads, split as the
+    forward: each thread's `autograd.grad` w.r.t. the detached features and the parameters, the
+    two threads' parameter gradients summed (thread 0's first) and returned."""
 
     @staticmethod
-    def forward(ctx, level: LevelFn, first: int, sizes: list[int], *features: Tensor
-                ) -> tuple[Tensor, ...]:
+    def forward(ctx, level: LevelFn, first: int, sizes: list[int], n_features: int,
+                *tensors: Tensor) -> tuple[Tensor, ...]:
+        features, params = tensors[:n_features], tensors[n_features:]
         leaves = [f.detach().requires_grad_(f.requires_grad) for f in features]
 
         def work(idx: Sequence[int]) -> list[tuple[Tensor, ...]]:
@@ -121,24 +129,36 @@ class _ParallelLevels(torch.autograd.Function):
                 return [level(i, leaves[i]) for i in idx]
 
         outs = _on_two_threads(work, len(leaves), first)
-        ctx.leaves, ctx.outs, ctx.first = leaves, outs, first
+        ctx.leaves, ctx.params, ctx.outs, ctx.first = leaves, params, outs, first
         sizes.extend(len(o) for o in outs)
         return tuple(t.detach() for o in outs for t in o)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         per_level, start = [], 0
         for o in ctx.outs:
             per_level.append([(t, g) for t, g in zip(o, grads[start:start + len(o)])
                               if g is not None and t.requires_grad])
             start += len(o)
+        leaves, all_params = ctx.leaves, ctx.params
+        params = [p for p in all_params if p.requires_grad]
 
-        def work(idx: Sequence[int]) -> list:
+        def work(idx: Sequence[int]) -> list[dict[int, Tensor]]:
             pairs = [p for i in idx for p in per_level[i]]
-            if pairs:
-                torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
-            return []
+            wanted = [leaves[i] for i in idx if leaves[i].requires_grad] + params
+            if not pairs or not wanted:
+                return [{}]
+            found = torch.autograd.grad([t for t, _ in pairs], wanted, [g for _, g in pairs],
+                                        allow_unused=True)
+            return [{id(w): g for w, g in zip(wanted, found) if g is not None}]
 
-        _on_two_threads(work, len(per_level), ctx.first)
-        leaves, ctx.leaves, ctx.outs = ctx.leaves, None, None
-        return (None, None, None, *(leaf.grad for leaf in leaves))
+        mine, theirs = _on_two_threads(work, len(per_level), ctx.first)
+        ctx.leaves = ctx.params = ctx.outs = None
+
+        def summed(t: Tensor) -> Tensor | None:
+            a, b = mine.get(id(t)), theirs.get(id(t))
+            return b if a is None else a if b is None else a + b
+
+        return (None, None, None, None, *(summed(leaf) for leaf in leaves),
+                *(summed(p) if p.requires_grad else None for p in all_params))

@@ -50,7 +50,7 @@ class TowerHead(nn.Module):
         if len(features) > len(self.scales):
             raise ValueError(f"the head has {len(self.scales)} per-level scales but got "
                              f"{len(features)} feature maps")
-        logits, regs, ctrs = zip(*map_levels(self.level, features, self.parallel_levels))
+        logits, regs, ctrs = zip(*map_levels(self.level, features, self.parallel_levels, self))
         return {
             "cls_logits": flatten_level_outputs(list(logits)),
             "bbox_regression": flatten_level_outputs(list(regs)),
