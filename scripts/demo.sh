@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on the built-in synthetic data, on the CPU in 4-8 minutes (3 min 50 s on a quiet 2-core Xeon):
+# The main job on the built-in synthetic data, on the CPU in 3-7 minutes (2 min 46 s on a quiet 2-core Xeon):
 # synthetic data -> FAD search -> genotype.log + diagrams -> augment training -> COCO table.
 # A re-run starts again: --overwrite replaces the earlier demo's runs under $OUT.
 set -euo pipefail
