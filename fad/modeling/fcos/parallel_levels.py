@@ -3,9 +3,9 @@
 An FCOS head runs the same towers on every FPN level, one level after the other. On a CPU the
 fine level (P3) is large enough for the intra-op threads to share its convolutions, while P4-P7
 are made of small operator calls that run on one thread whatever the thread count: at 2 threads
-one core idles through them. `map_levels` runs the finest level on the calling thread and the
-others on one worker thread, each with half the intra-op threads, in the forward and again in
-the backward:
+one core idles through them. `map_levels` runs the first levels (P3, or P3-P4) on the calling
+thread and the others on one worker thread, each with half the intra-op threads, in the forward
+and again in the backward:
 
     outputs = map_levels(self.level, features, self.parallel_levels, self)
     # level(i, Tensor[N, C, H_i, W_i]) -> tuple of Tensor; outputs[i] is level i's tuple
@@ -67,8 +67,8 @@ def enable_parallel_levels(model: nn.Module, world_size: int, first: int = 1) ->
         raise ConfigError("SOLVER.PARALLEL_HEAD_LEVELS needs an FCOS detector (plain or searched "
                           f"head), not {type(model).__name__}; set it False")
     if world_size > 1:
-        raise ConfigError("SOLVER.PARALLEL_HEAD_LEVELS is for one process (its backward runs "
-                          "inside one autograd node, which DDP's gradient hooks do not expect); "
+        raise ConfigError("SOLVER.PARALLEL_HEAD_LEVELS is for one process (its threads share "
+                          "the cores torchrun gives each rank, and it is untested with DDP); "
                           "set it False under torchrun")
     head.parallel_levels = first
 
