@@ -153,26 +153,18 @@ def test_a_detector_step_equals_the_sequential_one(synthetic_root, tmp_path, two
         monkeypatch.setattr(amp_module, "TOWER_MIN_POSITIONS", 8)
     dataset = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
     batch = next(iter(make_train_loader(cfg, dataset)))
-    results, seen = [], set()
-    for parallel in (False, True):
-        cfg.defrost()
-        cfg.SOLVER.PARALLEL_HEAD_LEVELS = parallel
-        torch.manual_seed(0)
+    seen = set()
+
+    def build(cfg):
         model = build_detector(cfg, dataset.num_classes).train()
         step = DetectorStep(cfg, model, torch.device("cpu"))
-        assert model.head.parallel_levels == int(parallel)
         for conv in tower_convs(model):  # after the AMP hooks: sees their autocast
             conv.register_forward_pre_hook(lambda m, a: seen.add(
                 (threading.current_thread().name[:10], torch.is_autocast_enabled("cpu"))))
-        losses = step.run(batch).losses
-        results.append((losses, [p.detach().clone() for p in model.parameters()]))
-    (loss_a, par_a), (loss_b, par_b) = results
+        return model, model.head, step
+
     tol = {"rtol": 1e-4, "atol": 1e-6} if scope == "off" else {"rtol": 2e-2, "atol": 1e-4}
-    for k in loss_a:
-        torch.testing.assert_close(loss_b[k], loss_a[k], **tol)
-    for a, b in zip(par_a, par_b):
-        torch.testing.assert_close(b, a, **tol)
-    assert torch.get_num_threads() == 2
+    _assert_one_step_equal_each_way(cfg, build, batch, 1, tol)
     assert ("fad-levels", scope == "towers") in seen and ("MainThread", scope == "towers") in seen
 
 
@@ -199,21 +191,37 @@ def test_a_search_step_equals_the_sequential_one(synthetic_root, two_threads):
     dataset = build_dataset(cfg, cfg.DATASETS.TRAIN, is_train=True)
     batches = iter(make_train_loader(cfg, dataset))
     pair = (next(batches), next(batches))
-    states = []
+
+    def build(cfg):
+        model = build_supernet(cfg, dataset.num_classes).train()
+        return model, model.detector.head, SearchStep(cfg, model, torch.device("cpu"))
+
+    state_a = _assert_one_step_equal_each_way(cfg, build, pair, 2, {"rtol": 1e-4, "atol": 1e-6},
+                                              loss_tol={"rtol": 1e-5, "atol": 1e-6})
+    alphas = [k for k in state_a if "alpha" in k]
+    assert alphas and any(not torch.equal(state_a[k], torch.zeros_like(state_a[k]))
+                          for k in alphas)
+
+
+def _assert_one_step_equal_each_way(cfg, build, batch, first: int, tol: dict,
+                                    loss_tol: dict | None = None) -> dict:
+    """One step of `build(cfg) -> (model, head, step)` with SOLVER.PARALLEL_HEAD_LEVELS off and
+    on, from the same seed: the head splits at `first` only when on, and the losses and the
+    whole state dict after the step agree within `tol` (the losses within `loss_tol`, default
+    `tol`). Returns the sequential state dict."""
+    results = []
     for parallel in (False, True):
         cfg.defrost()
         cfg.SOLVER.PARALLEL_HEAD_LEVELS = parallel
         torch.manual_seed(0)
-        model = build_supernet(cfg, dataset.num_classes).train()
-        step = SearchStep(cfg, model, torch.device("cpu"))
-        assert model.detector.head.parallel_levels == (2 if parallel else 0)
-        out = step.run(pair)
-        states.append((out.losses, {k: v.clone() for k, v in model.state_dict().items()}))
-    (loss_a, state_a), (loss_b, state_b) = states
+        model, head, step = build(cfg)
+        assert head.parallel_levels == (first if parallel else 0)
+        losses = step.run(batch).losses
+        results.append((losses, {k: v.clone() for k, v in model.state_dict().items()}))
+    (loss_a, state_a), (loss_b, state_b) = results
     for k in loss_a:
-        torch.testing.assert_close(loss_b[k], loss_a[k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(loss_b[k], loss_a[k], **(loss_tol or tol))
     for k in state_a:
-        torch.testing.assert_close(state_b[k], state_a[k], rtol=1e-4, atol=1e-6, msg=k)
-    alphas = [k for k in state_a if "alpha" in k]
-    assert alphas and any(not torch.equal(state_a[k], torch.zeros_like(state_a[k]))
-                          for k in alphas)
+        torch.testing.assert_close(state_b[k], state_a[k], **tol, msg=k)
+    assert torch.get_num_threads() == 2
+    return state_a
