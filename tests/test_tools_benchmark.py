@@ -39,7 +39,8 @@ KEYS = {
     "fcos_step": {"ours_step_s", "ours_nchw_step_s", "torchvision_step_s", "time_ratio",
                   "time_ratio_nchw", "cpu_time_ratio"},
     "supernet": {"speedup", "peak_memory_ratio", "flop_ratio", "fraction_of_limit",
-                 "fraction_of_limit_cpu", "shared_step_s", "separate_step_s"},
+                 "fraction_of_limit_cpu", "fraction_of_limit_paired", "shared_step_s",
+                 "separate_step_s"},
     "msda": {"speedup", "speedup_cpp", "forward_speedup_cpp", "memory_ratio_cpp", "cpp_fwd_ms",
              "reference_fwd_bwd_ms", "cpp_peak_mb", "max_abs_diff_cpp"},
     "sparse_resnet": {"speedup_at_density_0.5", "speedup_vs_plain_at_density_0.5",
@@ -94,6 +95,34 @@ def test_sub_command_prints_one_json_line(monkeypatch, capsys, tmp_path, name):
         assert result["fraction_of_limit_at_density_0.5"] == pytest.approx(
             result["speedup_vs_plain_at_density_0.5"]
             / result["theory_speedup_vs_plain_at_density_0.5"], abs=2e-3)
+
+
+@pytest.mark.slow
+def test_supernet_also_times_the_heads_with_their_levels_on_two_threads(monkeypatch, capsys):
+    from fad.modeling.fcos import parallel_levels
+
+    split = []
+    apply = parallel_levels._ParallelLevels.apply
+    monkeypatch.setattr(parallel_levels._ParallelLevels, "apply",
+                        lambda level, first, *rest: split.append(first) or apply(level, first,
+                                                                                 *rest))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _benchmark(monkeypatch).main(["supernet", *TINY["supernet"], "--parallel-levels", "2"])
+    finally:
+        torch.set_num_threads(previous)
+    assert split == [2] * 4  # (warm-up + 1 round) x 2 heads; every other pass sequential
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["threads"] == 2 and result["parallel_levels_first"] == 2
+    for suffix in ("", "_parallel_levels"):
+        speedup = result[f"separate_step{suffix}_s"] / result[f"shared_step{suffix}_s"]
+        assert result[f"speedup{suffix}"] == pytest.approx(speedup, abs=2e-3)
+        assert result[f"fraction_of_limit{suffix}"] == pytest.approx(
+            speedup / result["flop_ratio"], abs=2e-3)
+    # one round (--repeats 1): the paired ratio is that round's, the same as the medians'
+    assert result["fraction_of_limit_paired_parallel_levels"] == pytest.approx(
+        result["fraction_of_limit_parallel_levels"], abs=2e-3)
 
 
 class _FakeClock:

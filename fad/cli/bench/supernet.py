@@ -7,10 +7,15 @@ as independent ops (`SeparateCandidates`), interleaved in one process, medians r
 step (CUDA: max allocated; CPU: bytes of tensors saved for backward); `flop_ratio` = separate /
 shared forward FLOPs (torch's FlopCounterMode: convolutions, matmuls and the compiled depthwise
 kernel, which registers the same count as a depthwise convolution), the limit of the speed-up;
-`fraction_of_limit` = speedup / flop_ratio; the `_cpu` keys are the same from the process CPU
+`fraction_of_limit` = speedup / flop_ratio (`fraction_of_limit_paired`: from the median of the
+rounds' own separate / shared ratios); the `_cpu` keys are the same from the process CPU
 time of each step (all threads: at 1 thread on a machine that other jobs load it leaves out the
-time the process waits for a core; with more threads it counts their spinning). Also times full
-iterations (alpha step + weight step) of the tiny search config on random data.
+time the process waits for a core; with more threads it counts their spinning). On a CPU with
+>= 2 threads the same two heads are also timed, in the same rounds, with their levels on two
+threads (`TowerHead.parallel_levels`, as SOLVER.PARALLEL_HEAD_LEVELS runs them in training:
+`--parallel-levels` K levels on the calling thread, the others on a worker, each thread with
+half the intra-op threads): the `*_parallel_levels` keys. Also times full iterations (alpha
+step + weight step) of the tiny search config on random data.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from fad.modeling.fcos import STRIDES
 from fad.search.engine import SearchStep
 from fad.search.supernet import build_search_head, build_supernet
 
-from .timing import time_rounds
+from .timing import Samples, time_rounds
 
 TINY_CONFIG = "configs/fad/search/fad-fcos_tiny_synthetic.yaml"
 
@@ -46,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny-config", default=TINY_CONFIG,
                         help="search config whose full iteration is timed ('' to skip)")
     parser.add_argument("--tiny-iters", type=int, default=3, help="timed tiny search iterations")
+    parser.add_argument("--parallel-levels", type=int, default=1, metavar="K",
+                        help="also time the heads with levels [0, K) on the calling thread and "
+                        "the others on a worker thread (CPU, >= 2 threads; 0 skips)")
 
 
 def _features(args, device) -> list[torch.Tensor]:
@@ -79,6 +87,40 @@ def _step(head: nn.Module, feats: list[torch.Tensor]) -> Callable[[], None]:
     return step
 
 
+def _parallel_step(head: nn.Module, feats: list[torch.Tensor], first: int
+                   ) -> Callable[[], None]:
+    """`_step` with the head's levels [0, first) on this thread and the others on the worker."""
+    step = _step(head, feats)
+
+    def parallel() -> None:
+        head.parallel_levels = first
+        try:
+            step()
+        finally:
+            head.parallel_levels = 0
+    return parallel
+
+
+def _ratios(samples: Samples, flop_ratio: float, suffix: str) -> dict:
+    """Step seconds (medians), speed-up and `fraction_of_limit` (wall and CPU) of the heads
+    `shared` + suffix and `separate` + suffix, and `fraction_of_limit_paired` (the median over
+    rounds of each round's separate / shared wall time, which a drift of the machine's speed
+    between rounds moves less); the keys carry the suffix."""
+    times, cpu = samples.medians(), samples.medians(cpu=True)
+    shared, separate = times["shared" + suffix], times["separate" + suffix]
+    paired = samples.median_ratio("separate" + suffix, "shared" + suffix)
+    return {
+        f"shared_step{suffix}_s": round(shared, 4), f"separate_step{suffix}_s": round(separate, 4),
+        f"speedup{suffix}": round(separate / shared, 3),
+        f"fraction_of_limit{suffix}": round(separate / shared / flop_ratio, 3),
+        f"fraction_of_limit_paired{suffix}": round(paired / flop_ratio, 3),
+        f"shared_step_cpu{suffix}_s": round(cpu["shared" + suffix], 4),
+        f"separate_step_cpu{suffix}_s": round(cpu["separate" + suffix], 4),
+        f"fraction_of_limit_cpu{suffix}": round(cpu["separate" + suffix] / cpu["shared" + suffix]
+                                                / flop_ratio, 3),
+    }
+
+
 def _peak_bytes(head: nn.Module, feats: list[torch.Tensor], device: torch.device) -> int:
     """Peak memory of one forward+backward: CUDA max allocated above the start, on the CPU the
     bytes of the tensors saved for backward."""
@@ -105,36 +147,38 @@ def _tower_benchmark(args, device: torch.device) -> dict:
         torch.manual_seed(0)
         heads[name] = build_search_head(cfg, args.classes, shared=shared).to(device).train()
     feats = _features(args, device)
-    samples = time_rounds({n: _step(h, feats) for n, h in heads.items()}, 1, args.repeats, device,
-                          grad=True)
-    times, cpu = samples.medians(), samples.medians(cpu=True)
+    steps = {n: _step(h, feats) for n, h in heads.items()}
+    parallel = (device.type == "cpu" and torch.get_num_threads() >= 2
+                and 0 < args.parallel_levels < len(feats))
+    if parallel:
+        steps.update({f"{n}_parallel_levels": _parallel_step(h, feats, args.parallel_levels)
+                      for n, h in heads.items()})
+    samples = time_rounds(steps, 1, args.repeats, device, grad=True)
     peaks = {n: _peak_bytes(h, feats, device) for n, h in heads.items()}
     flops = {}
     for name, head in heads.items():
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             head(feats)
         flops[name] = counter.get_total_flops()
-    shared_s, separate_s = times["shared"], times["separate"]
+    flop_ratio = flops["separate"] / flops["shared"]
     params = {n: sum(p.numel() for p in h.parameters()) for n, h in heads.items()}
-    return {
+    result = {
         "input": list(args.size), "batch": args.batch, "edge_channels": args.edge_channels,
         "tower_channels": args.tower_channels, "levels": [list(f.shape[-2:]) for f in feats],
-        "shared_step_s": round(shared_s, 4), "separate_step_s": round(separate_s, 4),
-        "speedup": round(separate_s / shared_s, 3), "target": ">= 2.0",
+        **_ratios(samples, flop_ratio, ""), "target": ">= 2.0",
         "memory": "cuda max allocated" if device.type == "cuda" else "bytes saved for backward",
         "shared_peak_mib": round(peaks["shared"] / 2**20, 1),
         "separate_peak_mib": round(peaks["separate"] / 2**20, 1),
         "peak_memory_ratio": round(peaks["separate"] / peaks["shared"], 3),
         "shared_forward_gflops": round(flops["shared"] / 1e9, 2),
         "separate_forward_gflops": round(flops["separate"] / 1e9, 2),
-        "flop_ratio": round(flops["separate"] / flops["shared"], 3),
-        "fraction_of_limit": round(separate_s / shared_s * flops["shared"] / flops["separate"], 3),
-        "shared_step_cpu_s": round(cpu["shared"], 4),
-        "separate_step_cpu_s": round(cpu["separate"], 4),
-        "fraction_of_limit_cpu": round(cpu["separate"] / cpu["shared"] * flops["shared"]
-                                       / flops["separate"], 3),
+        "flop_ratio": round(flop_ratio, 3),
         "shared_params": params["shared"], "separate_params": params["separate"],
     }
+    if parallel:
+        result.update(parallel_levels_first=args.parallel_levels,
+                      **_ratios(samples, flop_ratio, "_parallel_levels"))
+    return result
 
 
 def _random_batch(cfg, num_classes: int, device: torch.device, seed: int):
