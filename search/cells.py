@@ -14,9 +14,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fad.modeling.fcos.per_forward import once
 from fad.nas.pointwise import Pointwise, conv1x1
 from fad.nas.primitives import FAMILIES, preprocess, primitives
-from fad.nas.repshare import RepShare, SeparateCandidates, weighted_sum
+from fad.nas.repshare import RepShare, SeparateCandidates, fold, weighted_sum
 
 
 class MixedEdge(nn.Module):
@@ -35,9 +36,11 @@ class MixedEdge(nn.Module):
 
     def mix(self, h: Tensor, weights: Tensor) -> Tensor:
         """`sum_k w_k * out_k(h)` at the edge width: h Tensor[N, C, H, W] (squeezed input);
-        the last weight (`none`) multiplies zeros and is skipped."""
+        the last weight (`none`) multiplies zeros and is skipped. The weights' `fold` is made
+        once per head forward (`per_forward.once`: at the first level)."""
         terms = [term for family in self.families for term in family.terms(h)]
-        return weighted_sum(terms, weights[:-1])
+        w = weights[:-1]
+        return weighted_sum(terms, w, once(self, lambda: fold([tail for _, tail in terms], w)))
 
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
         return self.expand(self.mix(self.squeeze(x), weights))
@@ -110,7 +113,7 @@ class SearchTower(nn.Module):
         self.out_channels = c1
 
     def forward(self, s0: Tensor, s1: Tensor) -> Tensor:
-        weights = [a.softmax(-1) for a in self.alphas]
+        weights = once(self, lambda: [a.softmax(-1) for a in self.alphas])
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, weights)
         return s1

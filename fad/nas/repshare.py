@@ -19,6 +19,7 @@ GroupNorms, ReLUs and the sum in one pass over each term, and one op in autograd
 from __future__ import annotations
 
 from itertools import islice
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,8 @@ from fad.ops.mix import gn_relu_sum
 from .pointwise import Pointwise, conv1x1
 from .primitives import conv_unit, dil_unit
 
-Term = tuple[Tensor, "nn.Conv2d | nn.GroupNorm | None"]
+Tail = "nn.Conv2d | nn.GroupNorm | None"
+Term = tuple[Tensor, Tail]
 
 
 def _pending(unit: nn.Sequential, x: Tensor) -> Term:
@@ -39,32 +41,61 @@ def _pending(unit: nn.Sequential, x: Tensor) -> Term:
     return x, unit[-2]
 
 
-def weighted_sum(terms: list[Term], weights: Tensor) -> Tensor:
+class Fold(NamedTuple):
+    """The part of an edge's weighted sum that depends only on the weights and the tails'
+    parameters, so is the same at every FPN level: per term, in order, its 1x1 weight times
+    w_k (1x1-tailed), w_k (untailed) or None (GroupNorm-tailed); and the GroupNorm-tailed terms'
+    affines times their w_k, `scale` and `shift` Tensor[K, C] (None without such terms)."""
+
+    per_term: list[Tensor | None]
+    scale: Tensor | None
+    shift: Tensor | None
+
+
+def fold(tails: list[Tail], weights: Tensor) -> Fold:
+    """The `Fold` of the terms whose tails are `tails`, weights Tensor[len(tails)] (>= 0)."""
+    per_term: list[Tensor | None] = []
+    norms, norm_weights = [], []
+    for tail, w in zip(tails, weights):
+        if isinstance(tail, nn.GroupNorm):
+            norms.append(tail)
+            norm_weights.append(w)
+            per_term.append(None)
+        else:
+            per_term.append(w if tail is None else tail.weight * w)
+    if not norms:
+        return Fold(per_term, None, None)
+    if len({(gn.num_groups, gn.eps) for gn in norms}) > 1:
+        raise ValueError("the GroupNorm-tailed candidates of an edge differ in groups or eps")
+    w = torch.stack(norm_weights).unsqueeze(1)  # views: no host-made index
+    return Fold(per_term, torch.stack([gn.weight for gn in norms]) * w,
+                torch.stack([gn.bias for gn in norms]) * w)
+
+
+def weighted_sum(terms: list[Term], weights: Tensor, folded: Fold | None = None) -> Tensor:
     """`sum_k weights[k] * out_k` of the candidates' terms (tensors Tensor[N, C, H, W]);
     weights Tensor[len(terms)], each >= 0 (softmax weights: the fold into a ReLU needs it).
+    `folded`: their `fold(tails, weights)` when the caller has it (computed here otherwise).
 
     The 1x1-tailed and untailed terms are summed first; the GroupNorm-tailed ones (one shared
     GroupNorm layout) are added to that sum by one `gn_relu_sum` (a compiled kernel on the CPU).
     """
+    if folded is None:
+        folded = fold([tail for _, tail in terms], weights)
     base, norm_terms = None, []
-    for (t, tail), w in zip(terms, weights):
+    for (t, tail), f in zip(terms, folded.per_term):
         if isinstance(tail, nn.GroupNorm):
-            norm_terms.append((w, t, tail))
+            norm_terms.append((t, tail))
         elif tail is None:
-            base = t * w if base is None else torch.addcmul(base, t, w)
+            base = t * f if base is None else torch.addcmul(base, t, f)
         else:
-            out = conv1x1(t, tail.weight * w)
+            out = conv1x1(t, f)
             base = out if base is None else base + out
     if not norm_terms:
         return base
-    norms = [gn for _, _, gn in norm_terms]
-    if len({(gn.num_groups, gn.eps) for gn in norms}) > 1:
-        raise ValueError("the GroupNorm-tailed candidates of an edge differ in groups or eps")
-    w = torch.stack([wk for wk, _, _ in norm_terms]).unsqueeze(1)  # views: no host-made index
-    scale = torch.stack([gn.weight for gn in norms]) * w
-    shift = torch.stack([gn.bias for gn in norms]) * w
-    return gn_relu_sum([t for _, t, _ in norm_terms], scale, shift, norms[0].num_groups,
-                       norms[0].eps, base)
+    gn = norm_terms[0][1]
+    return gn_relu_sum([t for t, _ in norm_terms], folded.scale, folded.shift, gn.num_groups,
+                       gn.eps, base)
 
 
 def _outputs(terms: list[Term]) -> list[Tensor]:

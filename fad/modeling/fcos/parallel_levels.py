@@ -18,7 +18,9 @@ threads' parameter gradients and returns them with the features' gradients. So
 `loss.backward()`, `backward(inputs=...)` and `torch.autograd.grad(loss, alphas)` (the search's
 alpha step) all see the usual gradients; values equal the sequential loop's up to the order of
 float sums. Double backward is refused (`once_differentiable`). Inference, evaluation,
-grad-disabled and non-CPU calls take the plain loop.
+grad-disabled and non-CPU calls take the plain loop. Each thread's levels (all levels in the
+plain loop) run in one `per_forward.levels_scope`, so what is the same at every level is made
+once per thread.
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ from torch.autograd.function import once_differentiable
 
 from fad.errors import ConfigError
 
+from .per_forward import levels_scope
+
 LevelFn = Callable[[int, Tensor], tuple[Tensor, ...]]
 
 
@@ -44,12 +48,12 @@ def map_levels(level: LevelFn, features: Sequence[Tensor], first: int, module: n
     parameters' gradients come out of the node) needing a gradient, CPU features, >= 2 intra-op
     threads, not under torch.compile."""
     if not 0 < first < len(features):
-        return [level(i, f) for i, f in enumerate(features)]
+        return _levels(level, features, range(len(features)))
     params = [p for p in module.parameters() if p.requires_grad]
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (*features, *params))
             and torch.get_num_threads() >= 2 and not torch.compiler.is_compiling()
             and all(f.device.type == "cpu" for f in features)):
-        return [level(i, f) for i, f in enumerate(features)]
+        return _levels(level, features, range(len(features)))
     sizes: list[int] = []
     flat = _ParallelLevels.apply(level, first, sizes, len(features), *features, *params)
     out, start = [], 0
@@ -57,6 +61,16 @@ def map_levels(level: LevelFn, features: Sequence[Tensor], first: int, module: n
         out.append(tuple(flat[start:start + n]))
         start += n
     return out
+
+
+def _levels(level: LevelFn, features: Sequence[Tensor], idx: Sequence[int]
+            ) -> list[tuple[Tensor, ...]]:
+    """`[level(i, features[i]) for i in idx]` in one `levels_scope` (what is the same at every
+    level is computed once)."""
+    if torch.compiler.is_compiling():
+        return [level(i, features[i]) for i in idx]
+    with levels_scope():
+        return [level(i, features[i]) for i in idx]
 
 
 def enable_parallel_levels(model: nn.Module, world_size: int, first: int = 1) -> None:
@@ -126,7 +140,7 @@ class _ParallelLevels(torch.autograd.Function):
 
         def work(idx: Sequence[int]) -> list[tuple[Tensor, ...]]:
             with torch.enable_grad():
-                return [level(i, leaves[i]) for i in idx]
+                return _levels(level, leaves, idx)
 
         outs = _on_two_threads(work, len(leaves), first)
         ctx.leaves, ctx.params, ctx.outs, ctx.first = leaves, params, outs, first
