@@ -12,9 +12,12 @@ is the candidate's last step still to run: its bias-free 1x1 (decouple P, Q), th
 its last unit (then ReLU), or None (tensor is the output). `weighted_sum` folds each mixing
 weight into that step: `w * P(x1)` = `conv1x1(x1, w * P)`, and, as a softmax weight is > 0,
 `w * relu(GN(t))` = `relu(GN(t) with affine (w * gamma, w * beta))`, so no whole feature map is
-scaled and the sum's backward is free; the supernet mixes with it. The GroupNorm-tailed
-terms of an edge go through one `fad.ops.mix.gn_relu_sum` (on the CPU a compiled kernel: the
-GroupNorms, ReLUs and the sum in one pass over each term, and one op in autograd).
+scaled and the sum's backward is free; the supernet mixes with it. The 1x1-tailed terms of
+an edge are one 1x1 over their concatenated inputs (`P1 x1 + Q1 x2 + P2 x1' + Q2 x2'` =
+`[P1 Q1 P2 Q2] [x1; x2; x1'; x2']`), the GroupNorm-tailed terms one
+`fad.ops.mix.gn_relu_sum` (on the CPU a compiled kernel: the GroupNorms, ReLUs and the sum in
+one pass over each term, and one op in autograd). What depends only on the weights and
+parameters (`fold`) is the same at every FPN level: the supernet makes it once per forward.
 """
 from __future__ import annotations
 
@@ -43,32 +46,35 @@ def _pending(unit: nn.Sequential, x: Tensor) -> Term:
 
 class Fold(NamedTuple):
     """The part of an edge's weighted sum that depends only on the weights and the tails'
-    parameters, so is the same at every FPN level: per term, in order, its 1x1 weight times
-    w_k (1x1-tailed), w_k (untailed) or None (GroupNorm-tailed); and the GroupNorm-tailed terms'
-    affines times their w_k, `scale` and `shift` Tensor[K, C] (None without such terms)."""
+    parameters, so is the same at every FPN level: `pointwise` the 1x1-tailed terms' weights
+    times their w_k, concatenated over input channels in term order (Tensor[C, K1 * C, 1, 1]),
+    `scalars` the untailed terms' w_k, and `scale`, `shift` the GroupNorm-tailed terms' affines
+    times their w_k (Tensor[K, C]); None (or []) where an edge has no such term."""
 
-    per_term: list[Tensor | None]
+    pointwise: Tensor | None
+    scalars: list[Tensor]
     scale: Tensor | None
     shift: Tensor | None
 
 
 def fold(tails: list[Tail], weights: Tensor) -> Fold:
     """The `Fold` of the terms whose tails are `tails`, weights Tensor[len(tails)] (>= 0)."""
-    per_term: list[Tensor | None] = []
-    norms, norm_weights = [], []
+    pointwise, scalars, norms, norm_weights = [], [], [], []
     for tail, w in zip(tails, weights):
         if isinstance(tail, nn.GroupNorm):
             norms.append(tail)
             norm_weights.append(w)
-            per_term.append(None)
+        elif tail is None:
+            scalars.append(w)
         else:
-            per_term.append(w if tail is None else tail.weight * w)
+            pointwise.append(tail.weight * w)
+    folded_1x1 = torch.cat(pointwise, 1) if pointwise else None
     if not norms:
-        return Fold(per_term, None, None)
+        return Fold(folded_1x1, scalars, None, None)
     if len({(gn.num_groups, gn.eps) for gn in norms}) > 1:
         raise ValueError("the GroupNorm-tailed candidates of an edge differ in groups or eps")
     w = torch.stack(norm_weights).unsqueeze(1)  # views: no host-made index
-    return Fold(per_term, torch.stack([gn.weight for gn in norms]) * w,
+    return Fold(folded_1x1, scalars, torch.stack([gn.weight for gn in norms]) * w,
                 torch.stack([gn.bias for gn in norms]) * w)
 
 
@@ -77,20 +83,19 @@ def weighted_sum(terms: list[Term], weights: Tensor, folded: Fold | None = None)
     weights Tensor[len(terms)], each >= 0 (softmax weights: the fold into a ReLU needs it).
     `folded`: their `fold(tails, weights)` when the caller has it (computed here otherwise).
 
-    The 1x1-tailed and untailed terms are summed first; the GroupNorm-tailed ones (one shared
-    GroupNorm layout) are added to that sum by one `gn_relu_sum` (a compiled kernel on the CPU).
+    The 1x1-tailed terms are summed by one 1x1 over their concatenated inputs (`pointwise`),
+    the untailed ones added to that; the GroupNorm-tailed ones (one shared GroupNorm layout)
+    are added to the sum by one `gn_relu_sum` (a compiled kernel on the CPU).
     """
     if folded is None:
         folded = fold([tail for _, tail in terms], weights)
-    base, norm_terms = None, []
-    for (t, tail), f in zip(terms, folded.per_term):
-        if isinstance(tail, nn.GroupNorm):
-            norm_terms.append((t, tail))
-        elif tail is None:
-            base = t * f if base is None else torch.addcmul(base, t, f)
-        else:
-            out = conv1x1(t, f)
-            base = out if base is None else base + out
+    inputs = [t for t, tail in terms if tail is not None and not isinstance(tail, nn.GroupNorm)]
+    base = None
+    if inputs:
+        base = conv1x1(torch.cat(inputs, 1) if len(inputs) > 1 else inputs[0], folded.pointwise)
+    for t, w in zip([t for t, tail in terms if tail is None], folded.scalars):
+        base = t * w if base is None else torch.addcmul(base, t, w)
+    norm_terms = [(t, tail) for t, tail in terms if isinstance(tail, nn.GroupNorm)]
     if not norm_terms:
         return base
     gn = norm_terms[0][1]
