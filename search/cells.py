@@ -40,7 +40,7 @@ class MixedEdge(nn.Module):
         once per head forward (`per_forward.once`: at the first level)."""
         terms = [term for family in self.families for term in family.terms(h)]
         w = weights[:-1]
-        return weighted_sum(terms, w, once(self, lambda: fold([tail for _, tail in terms], w)))
+        return weighted_sum(terms, once(self, lambda: fold([tail for _, tail in terms], w)))
 
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
         return self.expand(self.mix(self.squeeze(x), weights))

@@ -8,8 +8,8 @@ With `dil3` (as the reference), a dilation-3 separable unit D3 on x1 adds a sixt
 second: `[P(x1), D3(x1), D1(x1), Q(x2), D2(x2), x3]`.
 
 Both modules also expose their candidates as `terms(x)`: (tensor, tail) pairs where the tail
-is the candidate's last step still to run: its bias-free 1x1 (decouple P, Q), the GroupNorm of
-its last unit (then ReLU), or None (tensor is the output). `weighted_sum` folds each mixing
+is the candidate's last step still to run: its bias-free 1x1 (decouple P, Q) or the GroupNorm
+of its last unit (then ReLU). `weighted_sum` folds each mixing
 weight into that step: `w * P(x1)` = `conv1x1(x1, w * P)`, and, as a softmax weight is > 0,
 `w * relu(GN(t))` = `relu(GN(t) with affine (w * gamma, w * beta))`, so no whole feature map is
 scaled and the sum's backward is free; the supernet mixes with it. The 1x1-tailed terms of
@@ -33,7 +33,7 @@ from fad.ops.mix import gn_relu_sum
 from .pointwise import Pointwise, conv1x1
 from .primitives import conv_unit, dil_unit
 
-Tail = "nn.Conv2d | nn.GroupNorm | None"
+Tail = "nn.Conv2d | nn.GroupNorm"
 Term = tuple[Tensor, Tail]
 
 
@@ -48,53 +48,46 @@ class Fold(NamedTuple):
     """The part of an edge's weighted sum that depends only on the weights and the tails'
     parameters, so is the same at every FPN level: `pointwise` the 1x1-tailed terms' weights
     times their w_k, concatenated over input channels in term order (Tensor[C, K1 * C, 1, 1]),
-    `scalars` the untailed terms' w_k, and `scale`, `shift` the GroupNorm-tailed terms' affines
-    times their w_k (Tensor[K, C]); None (or []) where an edge has no such term."""
+    and `scale`, `shift` the GroupNorm-tailed terms' affines times their w_k (Tensor[K, C]);
+    None where an edge has no such term."""
 
     pointwise: Tensor | None
-    scalars: list[Tensor]
     scale: Tensor | None
     shift: Tensor | None
 
 
 def fold(tails: list[Tail], weights: Tensor) -> Fold:
     """The `Fold` of the terms whose tails are `tails`, weights Tensor[len(tails)] (>= 0)."""
-    pointwise, scalars, norms, norm_weights = [], [], [], []
+    pointwise, norms, norm_weights = [], [], []
     for tail, w in zip(tails, weights):
         if isinstance(tail, nn.GroupNorm):
             norms.append(tail)
             norm_weights.append(w)
-        elif tail is None:
-            scalars.append(w)
         else:
             pointwise.append(tail.weight * w)
     folded_1x1 = torch.cat(pointwise, 1) if pointwise else None
     if not norms:
-        return Fold(folded_1x1, scalars, None, None)
+        return Fold(folded_1x1, None, None)
     if len({(gn.num_groups, gn.eps) for gn in norms}) > 1:
         raise ValueError("the GroupNorm-tailed candidates of an edge differ in groups or eps")
     w = torch.stack(norm_weights).unsqueeze(1)  # views: no host-made index
-    return Fold(folded_1x1, scalars, torch.stack([gn.weight for gn in norms]) * w,
+    return Fold(folded_1x1, torch.stack([gn.weight for gn in norms]) * w,
                 torch.stack([gn.bias for gn in norms]) * w)
 
 
-def weighted_sum(terms: list[Term], weights: Tensor, folded: Fold | None = None) -> Tensor:
-    """`sum_k weights[k] * out_k` of the candidates' terms (tensors Tensor[N, C, H, W]);
-    weights Tensor[len(terms)], each >= 0 (softmax weights: the fold into a ReLU needs it).
-    `folded`: their `fold(tails, weights)` when the caller has it (computed here otherwise).
+def weighted_sum(terms: list[Term], folded: Fold) -> Tensor:
+    """`sum_k w_k * out_k` of the candidates' terms (tensors Tensor[N, C, H, W]) whose
+    `fold(tails, w)` is `folded` (w Tensor[len(terms)], each >= 0: softmax weights, as the fold
+    into a ReLU needs).
 
-    The 1x1-tailed terms are summed by one 1x1 over their concatenated inputs (`pointwise`),
-    the untailed ones added to that; the GroupNorm-tailed ones (one shared GroupNorm layout)
-    are added to the sum by one `gn_relu_sum` (a compiled kernel on the CPU).
+    The 1x1-tailed terms are summed by one 1x1 over their concatenated inputs (`pointwise`);
+    the GroupNorm-tailed ones (one shared GroupNorm layout) are added to that sum by one
+    `gn_relu_sum` (a compiled kernel on the CPU).
     """
-    if folded is None:
-        folded = fold([tail for _, tail in terms], weights)
-    inputs = [t for t, tail in terms if tail is not None and not isinstance(tail, nn.GroupNorm)]
+    inputs = [t for t, tail in terms if not isinstance(tail, nn.GroupNorm)]
     base = None
     if inputs:
         base = conv1x1(torch.cat(inputs, 1) if len(inputs) > 1 else inputs[0], folded.pointwise)
-    for t, w in zip([t for t, tail in terms if tail is None], folded.scalars):
-        base = t * w if base is None else torch.addcmul(base, t, w)
     norm_terms = [(t, tail) for t, tail in terms if isinstance(tail, nn.GroupNorm)]
     if not norm_terms:
         return base
@@ -107,11 +100,7 @@ def _outputs(terms: list[Term]) -> list[Tensor]:
     """The candidates' outputs (unweighted) from their terms."""
     outs = []
     for t, tail in terms:
-        if isinstance(tail, nn.GroupNorm):
-            t = F.relu(tail(t), inplace=True)
-        elif tail is not None:
-            t = tail(t)
-        outs.append(t)
+        outs.append(F.relu(tail(t), inplace=True) if isinstance(tail, nn.GroupNorm) else tail(t))
     return outs
 
 
