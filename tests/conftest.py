@@ -3,6 +3,7 @@ configs, VOC folders written by hand, the real-VOC fixture, tools loaded as modu
 optimizer steps of the "a tiny model learns" tests."""
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -57,6 +58,18 @@ def run_python(code: str, env: dict, timeout: float = 1800) -> subprocess.Comple
     """`python -c code` in the repository with os.environ plus `env`; output captured as text."""
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, **env},
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_at_baseline_isa(code: str, env: dict | None = None, timeout: float = 1800) -> None:
+    """Run `code` with ATEN_CPU_CAPABILITY=default (the non-AVX2 copies of the compiled CPU
+    loops) and the repository on PYTHONPATH; it must exit 0 on that capability. Skips without a
+    C++ compiler."""
+    if shutil.which("c++") is None:
+        pytest.skip("no C++ compiler on PATH")
+    code += "\nimport torch; print(torch.backends.cpu.get_cpu_capability())"
+    proc = run_python(code, {"ATEN_CPU_CAPABILITY": "default", "PYTHONPATH": REPO, **(env or {})},
+                      timeout)
+    assert proc.returncode == 0 and "DEFAULT" in proc.stdout, proc.stderr[-3000:]
 
 
 def tiny_fcos_cfg(root: str, out: str):

@@ -1,11 +1,10 @@
 """The depthwise 3x3 kernel's NHWC path (channels-last input) against F.conv2d: outputs and both
 gradients (float32 and float64), gradcheck, layouts, thread counts, the baseline ISA path."""
-import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, run_python
+from conftest import run_at_baseline_isa
 
 from fad.ops.depthwise import depthwise_conv3x3, kernel_runs
 
@@ -112,21 +111,17 @@ def test_weight_gradient_does_not_depend_on_the_thread_count():
 
 def test_baseline_isa_path_matches_conv2d():
     """ATEN_CPU_CAPABILITY=default runs the non-AVX2 copy of the NHWC loops."""
-    if shutil.which("c++") is None:
-        pytest.skip("no C++ compiler on PATH")
-    code = ("import torch, torch.nn.functional as F\n"
-            "from fad.ops.depthwise import depthwise_conv3x3\n"
-            "for shape, d in (((2, 24, 9, 13), 1), ((1, 40, 4, 3), 2)):\n"
-            "    x = torch.randn(shape).to(memory_format=torch.channels_last).requires_grad_()\n"
-            "    w = torch.randn(shape[1], 1, 3, 3, requires_grad=True)\n"
-            "    out = depthwise_conv3x3(x, w, d)\n"
-            "    assert 'DepthwiseConv' in out.grad_fn.name()\n"
-            "    ref = F.conv2d(x, w, padding=d, dilation=d, groups=shape[1])\n"
-            "    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)\n"
-            "    for a, b in zip(torch.autograd.grad(out, (x, w), out.detach()),\n"
-            "                    torch.autograd.grad(ref, (x, w), out.detach())):\n"
-            "        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)\n"
-            "print(torch.backends.cpu.get_cpu_capability())")
-    proc = run_python(code, {"ATEN_CPU_CAPABILITY": "default", "PYTHONPATH": REPO,
-                             "FAD_DEPTHWISE_BACKEND": "cpp", "OMP_NUM_THREADS": "1"}, timeout=900)
-    assert proc.returncode == 0 and "DEFAULT" in proc.stdout, proc.stderr[-3000:]
+    run_at_baseline_isa(
+        "import torch, torch.nn.functional as F\n"
+        "from fad.ops.depthwise import depthwise_conv3x3\n"
+        "for shape, d in (((2, 24, 9, 13), 1), ((1, 40, 4, 3), 2)):\n"
+        "    x = torch.randn(shape).to(memory_format=torch.channels_last).requires_grad_()\n"
+        "    w = torch.randn(shape[1], 1, 3, 3, requires_grad=True)\n"
+        "    out = depthwise_conv3x3(x, w, d)\n"
+        "    assert 'DepthwiseConv' in out.grad_fn.name()\n"
+        "    ref = F.conv2d(x, w, padding=d, dilation=d, groups=shape[1])\n"
+        "    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)\n"
+        "    for a, b in zip(torch.autograd.grad(out, (x, w), out.detach()),\n"
+        "                    torch.autograd.grad(ref, (x, w), out.detach())):\n"
+        "        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)",
+        {"FAD_DEPTHWISE_BACKEND": "cpp", "OMP_NUM_THREADS": "1"}, timeout=900)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import REPO, run_python
+from conftest import REPO, run_at_baseline_isa, run_python
 
 from fad.ops import build
 
@@ -98,15 +98,11 @@ def test_every_op_schema_is_declared_in_python_and_implemented_in_cpp():
 
 def test_baseline_isa_path_matches_reference():
     """ATEN_CPU_CAPABILITY=default selects the non-AVX2 copy of the CPU loops; check it too."""
-    if shutil.which("c++") is None:
-        pytest.skip("no C++ compiler on PATH")
-    code = ("import torch; import fad.ops; from fad.ops.build import load; load('msda_cpu')\n"
-            "from fad.ops.msda.inputs import random_msda_inputs\n"
-            "from fad.ops import ms_deform_attn_reference as ref\n"
-            "for d in (32, 64, 71):\n"
-            "    a = random_msda_inputs(2, [(5, 4), (2, 3)], 2, d, 6, 3, dtype=torch.float32,"
-            " edges=True)\n"
-            "    torch.testing.assert_close(torch.ops.fad_msda.forward(*a), ref(*a))\n"
-            "print(torch.backends.cpu.get_cpu_capability())")
-    proc = run_python(code, {"ATEN_CPU_CAPABILITY": "default", "PYTHONPATH": REPO})
-    assert proc.returncode == 0 and "DEFAULT" in proc.stdout, proc.stderr[-3000:]
+    run_at_baseline_isa(
+        "import torch; import fad.ops; from fad.ops.build import load; load('msda_cpu')\n"
+        "from fad.ops.msda.inputs import random_msda_inputs\n"
+        "from fad.ops import ms_deform_attn_reference as ref\n"
+        "for d in (32, 64, 71):\n"
+        "    a = random_msda_inputs(2, [(5, 4), (2, 3)], 2, d, 6, 3, dtype=torch.float32,"
+        " edges=True)\n"
+        "    torch.testing.assert_close(torch.ops.fad_msda.forward(*a), ref(*a))")
