@@ -64,8 +64,9 @@ def mean_over_ranks(tensors: list[Tensor]) -> None:
         offset += t.numel()
 
 
-# SOLVER.PARALLEL_HEAD_LEVELS in the search's weight step: the first levels on the calling
-# thread, the others on the worker (the supernet's small maps cost about the same per level).
+# SOLVER.PARALLEL_HEAD_LEVELS in the search's forwards (alpha and weight step): the first
+# levels on the calling thread, the others on the worker (the supernet's small maps cost about
+# the same per level).
 SEARCH_FIRST_LEVELS = 2
 
 
