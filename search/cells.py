@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from fad.modeling.fcos.per_forward import once
+from fad.nas.batched import stacked
 from fad.nas.pointwise import Pointwise, conv1x1
 from fad.nas.primitives import FAMILIES, preprocess, primitives
 from fad.nas.repshare import RepShare, SeparateCandidates, fold, weighted_sum
@@ -35,15 +36,26 @@ class MixedEdge(nn.Module):
         self.expand = Pointwise(edge_channels, tower_channels, bias=False)
 
     def mix(self, h: Tensor, weights: Tensor) -> Tensor:
-        """`sum_k w_k * out_k(h)` at the edge width: h Tensor[N, C, H, W] (squeezed input);
-        the last weight (`none`) multiplies zeros and is skipped. The weights' `fold` is made
-        once per head forward (`per_forward.once`: at the first level)."""
-        terms = [term for family in self.families for term in family.terms(h)]
-        w = weights[:-1]
-        return weighted_sum(terms, once(self, lambda: fold([tail for _, tail in terms], w)))
+        """`sum_k w_k * out_k(h)` at the edge width: h Tensor[N, C, H, W] (squeezed input),
+        weights Tensor[11 or 13] (`mix_edges` of this edge alone)."""
+        return mix_edges([self], h, weights.unsqueeze(0))
 
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
         return self.expand(self.mix(self.squeeze(x), weights))
+
+
+def mix_edges(edges: list[MixedEdge], h: Tensor, weights: Tensor) -> Tensor:
+    """Each edge's `sum_k w_ek * out_ek(h_e)` at the edge width, the E edges run together
+    (`fad.nas.batched`): h = [h_0 | ... | h_{E-1}] Tensor[N, E * C, H, W] (their squeezed
+    inputs), weights Tensor[E, 11 or 13] -> Tensor[N, E * C, H, W], edge e's sum in channels
+    [e * C, (e + 1) * C). The last weight (`none`) multiplies zeros and is skipped. The weights'
+    `fold` is made once per head forward (`per_forward.once`: at the first level)."""
+    first, peers = edges[0], edges[1:]
+    terms = [term for k, family in enumerate(first.families)
+             for term in family.terms(h, [e.families[k] for e in peers])]
+    w = weights[:, :-1]
+    return weighted_sum(terms, once(tuple(edges),
+                                    lambda: fold([tails for _, tails in terms], w)))
 
 
 class SearchCell(nn.Module):
@@ -51,8 +63,9 @@ class SearchCell(nn.Module):
 
     Computes exactly `node_i = sum_j edge_ij(state_j, weights[i][j])`, with the edge 1x1s batched:
     one squeeze conv per state for all the edges that read it (the two inputs together when they
-    are the same tensor, as in the box tower) and one expand conv per node over the concatenated
-    mixed features of its edges (no per-edge expand or T-wide sums).
+    are the same tensor, as in the box tower), a node's edges mixed together (`mix_edges`: one
+    op per layer for all i + 2 edges) and one expand conv per node over the concatenated mixed
+    features of its edges (no per-edge expand or T-wide sums).
     """
 
     def __init__(self, num_nodes: int, in_channels: tuple[int, int], tower_channels: int,
@@ -73,7 +86,7 @@ class SearchCell(nn.Module):
         keys = [(i, j) for j in sources for i in range(max(j - 1, 0), self.num_nodes)]
         if not keys:
             return
-        weight = torch.cat([self._edge(i, j).squeeze.weight for i, j in keys])
+        weight = stacked([self._edge(i, j).squeeze for i, j in keys], "weight")
         for key, h in zip(keys, conv1x1(x, weight).chunk(len(keys), 1)):
             squeezed[key] = h
 
@@ -87,9 +100,9 @@ class SearchCell(nn.Module):
             self._squeeze(states[1], [1], squeezed)
         for i, w in enumerate(weights):
             edges = [self._edge(i, j) for j in range(i + 2)]
-            mixed = torch.cat([e.mix(squeezed.pop((i, j)), w[j]) for j, e in enumerate(edges)], 1)
-            expand = torch.cat([e.expand.weight for e in edges], 1)
-            states.append(conv1x1(mixed, expand))
+            h = torch.cat([squeezed.pop((i, j)) for j in range(i + 2)], 1)
+            expand = stacked([e.expand for e in edges], "weight", dim=1)
+            states.append(conv1x1(mix_edges(edges, h, w), expand))
             self._squeeze(states[-1], [i + 2], squeezed)
         return torch.cat(states[2:], 1)
 

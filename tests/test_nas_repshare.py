@@ -108,29 +108,35 @@ def test_repshare_shares_units():
     assert convs(SeparateCandidates("std", 32)) == 9 + 2
 
 
-def test_weighted_sum_of_both_tail_kinds_equals_the_plain_sum():
-    """1x1-tailed terms (one 1x1 over their concatenated inputs) and GroupNorm-tailed terms
-    (one gn_relu_sum), interleaved, against sum_k w_k * out_k: outputs and gradients."""
+@pytest.mark.parametrize("edges", [1, 3])
+def test_weighted_sum_of_both_tail_kinds_equals_the_plain_sum(edges):
+    """E edges' 1x1-tailed terms (one grouped 1x1 over their inputs) and GroupNorm-tailed terms
+    (one gn_relu_sum), interleaved, side by side over channels, against each edge's
+    sum_k w_ek * out_ek: outputs and gradients."""
     from fad.nas.pointwise import Pointwise
     from fad.nas.repshare import _outputs, fold, weighted_sum
 
     torch.manual_seed(0)
     c = 8
-    tails = [Pointwise(c, c, bias=False), nn.GroupNorm(4, c), Pointwise(c, c, bias=False),
-             nn.GroupNorm(4, c), Pointwise(c, c, bias=False)]
-    for gn in tails[1::2]:
+
+    def tail(k: int) -> nn.Module:
+        return Pointwise(c, c, bias=False) if k % 2 == 0 else nn.GroupNorm(4, c)
+    tails = [tuple(tail(k) for _ in range(edges)) for k in range(5)]
+    for gn in (m for t in tails[1::2] for m in t):
         torch.nn.init.normal_(gn.weight)
         torch.nn.init.normal_(gn.bias)
-    for m in tails:
-        m.double()
-    terms = [(torch.randn(2, c, 5, 6, dtype=torch.float64), t) for t in tails]
-    alphas = torch.randn(len(terms), dtype=torch.float64, requires_grad=True)
-    weights = alphas.softmax(0)
-    expected = sum(w * out for w, out in zip(weights, _outputs(terms)))
-    got = weighted_sum(terms, fold(tails, weights))
+    modules = [m.double() for t in tails for m in t]
+    terms = [(torch.randn(2, edges * c, 5, 6, dtype=torch.float64), t) for t in tails]
+    alphas = torch.randn(edges, len(terms), dtype=torch.float64, requires_grad=True)
+    weights = alphas.softmax(1)
+    expected = torch.cat([
+        sum(w * out for w, out in zip(weights[e], _outputs(
+            [(t[:, e * c:(e + 1) * c], (ts[e],)) for t, ts in terms])))
+        for e in range(edges)], 1)
+    got = weighted_sum(terms, fold([t for _, t in terms], weights))
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(got)
-    params = [alphas, *(p for m in tails for p in m.parameters())]
+    params = [alphas, *(p for m in modules for p in m.parameters())]
     for a, b in zip(torch.autograd.grad(got, params, g, retain_graph=True),
                     torch.autograd.grad(expected, params, g)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -98,18 +98,18 @@ def test_the_head_equals_its_level_by_level_definition(shared):
                                    msg=name)
 
 
-def test_the_head_folds_each_edge_once_per_forward(monkeypatch):
+def test_the_head_folds_each_node_once_per_forward(monkeypatch):
     head = _head(shared=True)
     folds = []
     fold = repshare.fold
     monkeypatch.setattr("fad.search.cells.fold",
                         lambda tails, weights: folds.append(1) or fold(tails, weights))
     feats = [torch.randn(1, 16, h, w, dtype=torch.float64) for h, w in SIZES]
-    edges = len(head.box_tower.cells[0].edges) + len(head.cls_tower.cells[0].edges)
+    nodes = head.box_tower.cells[0].num_nodes + head.cls_tower.cells[0].num_nodes
     head(feats)
-    assert len(folds) == edges
+    assert len(folds) == nodes  # a node's edges are mixed (and folded) together
     folds.clear()
     for i, f in enumerate(feats):  # level by level outside a scope: every level folds
         head.level(i, f)
-    assert len(folds) == edges * len(SIZES)
+    assert len(folds) == nodes * len(SIZES)
     assert getattr(per_forward._local, "values", None) is None  # no scope left open

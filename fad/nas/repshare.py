@@ -7,21 +7,24 @@ units); decouple 1x1s P, Q (no bias, no norm) on the emitted copies of x1 and x2
 With `dil3` (as the reference), a dilation-3 separable unit D3 on x1 adds a sixth output, emitted
 second: `[P(x1), D3(x1), D1(x1), Q(x2), D2(x2), x3]`.
 
-Both modules also expose their candidates as `terms(x)`: (tensor, tail) pairs where the tail
+Both modules also expose their candidates as `terms(x)`: (tensor, tails) pairs where the tail
 is the candidate's last step still to run: its bias-free 1x1 (decouple P, Q) or the GroupNorm
-of its last unit (then ReLU). `weighted_sum` folds each mixing
+of its last unit (then ReLU). `terms(x, peers)` runs the op together with `peers` (ops of the
+same structure: the other mixed edges of a search node) on their inputs concatenated over
+channels (`fad.nas.batched`): each tensor then holds the E ops' candidates side by side and the
+tails are the E ops' modules. `weighted_sum` folds each mixing
 weight into that step: `w * P(x1)` = `conv1x1(x1, w * P)`, and, as a softmax weight is > 0,
 `w * relu(GN(t))` = `relu(GN(t) with affine (w * gamma, w * beta))`, so no whole feature map is
 scaled and the sum's backward is free; the supernet mixes with it. The 1x1-tailed terms of
 an edge are one 1x1 over their concatenated inputs (`P1 x1 + Q1 x2 + P2 x1' + Q2 x2'` =
-`[P1 Q1 P2 Q2] [x1; x2; x1'; x2']`), the GroupNorm-tailed terms one
+`[P1 Q1 P2 Q2] [x1; x2; x1'; x2']`; for E ops one grouped 1x1), the GroupNorm-tailed terms one
 `fad.ops.mix.gn_relu_sum` (on the CPU a compiled kernel: the GroupNorms, ReLUs and the sum in
 one pass over each term, and one op in autograd). What depends only on the weights and
 parameters (`fold`) is the same at every FPN level: the supernet makes it once per forward.
 """
 from __future__ import annotations
 
-from itertools import islice
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -30,77 +33,89 @@ from torch import Tensor, nn
 
 from fad.ops.mix import gn_relu_sum
 
+from .batched import run
 from .pointwise import Pointwise, conv1x1
 from .primitives import conv_unit, dil_unit
 
-Tail = "nn.Conv2d | nn.GroupNorm"
-Term = tuple[Tensor, Tail]
+Tails = "tuple[nn.Conv2d, ...] | tuple[nn.GroupNorm, ...]"  # one per op run together
+Term = tuple[Tensor, Tails]
 
 
-def _pending(unit: nn.Sequential, x: Tensor) -> Term:
-    """A unit (..., GroupNorm, ReLU) run on `x` up to its GroupNorm: (GN input, the GN)."""
-    for layer in islice(unit, len(unit) - 2):
-        x = layer(x)
-    return x, unit[-2]
+def _pending(units: Sequence[nn.Sequential], x: Tensor) -> Term:
+    """Units (..., GroupNorm, ReLU) run together on `x` up to their GroupNorms: (GN input, the
+    GNs)."""
+    return run(units, x, stop=-2), tuple(u[-2] for u in units)
 
 
 class Fold(NamedTuple):
-    """The part of an edge's weighted sum that depends only on the weights and the tails'
+    """The part of E edges' weighted sums that depends only on the weights and the tails'
     parameters, so is the same at every FPN level: `pointwise` the 1x1-tailed terms' weights
-    times their w_k, concatenated over input channels in term order (Tensor[C, K1 * C, 1, 1]),
-    and `scale`, `shift` the GroupNorm-tailed terms' affines times their w_k (Tensor[K, C]);
-    None where an edge has no such term."""
+    times their w_ek as one grouped 1x1 (groups = E; group e's input channels are its K1 terms'
+    in term order: Tensor[E * C, K1 * C, 1, 1]), and `scale`, `shift` the GroupNorm-tailed terms'
+    affines times their w_ek, the E edges side by side (Tensor[K, E * C]); None where the
+    edges have no such term."""
 
     pointwise: Tensor | None
     scale: Tensor | None
     shift: Tensor | None
 
 
-def fold(tails: list[Tail], weights: Tensor) -> Fold:
-    """The `Fold` of the terms whose tails are `tails`, weights Tensor[len(tails)] (>= 0)."""
-    pointwise, norms, norm_weights = [], [], []
-    for tail, w in zip(tails, weights):
-        if isinstance(tail, nn.GroupNorm):
-            norms.append(tail)
-            norm_weights.append(w)
-        else:
-            pointwise.append(tail.weight * w)
-    folded_1x1 = torch.cat(pointwise, 1) if pointwise else None
+def fold(tails: list[Tails], weights: Tensor) -> Fold:
+    """The `Fold` of the terms whose tails are `tails` (each the E edges' modules), weights
+    Tensor[E, len(tails)] (>= 0)."""
+    is_norm = [isinstance(t[0], nn.GroupNorm) for t in tails]
+
+    def columns(norm: bool) -> Tensor:  # stacked column views: no host-made index tensor
+        return torch.stack([weights[:, k] for k, n in enumerate(is_norm) if n == norm], 1)
+    pointwise = [torch.stack([m.weight for m in t]) for t, n in zip(tails, is_norm) if not n]
+    folded_1x1 = None
+    if pointwise:
+        p = torch.stack(pointwise, 1) * columns(False)[..., None, None, None, None]
+        e, k1, c = p.shape[:3]
+        folded_1x1 = p.transpose(1, 2).reshape(e * c, k1 * c, 1, 1)
+    norms = [t for t, n in zip(tails, is_norm) if n]
     if not norms:
         return Fold(folded_1x1, None, None)
-    if len({(gn.num_groups, gn.eps) for gn in norms}) > 1:
+    if len({(gn.num_groups, gn.eps) for t in norms for gn in t}) > 1:
         raise ValueError("the GroupNorm-tailed candidates of an edge differ in groups or eps")
-    w = torch.stack(norm_weights).unsqueeze(1)  # views: no host-made index
-    return Fold(folded_1x1, torch.stack([gn.weight for gn in norms]) * w,
-                torch.stack([gn.bias for gn in norms]) * w)
+    w = columns(True).t().unsqueeze(2)  # [K, E, 1]
+
+    def affine(name: str) -> Tensor:
+        return (torch.stack([torch.stack([getattr(gn, name) for gn in t]) for t in norms])
+                * w).flatten(1)
+    return Fold(folded_1x1, affine("weight"), affine("bias"))
 
 
 def weighted_sum(terms: list[Term], folded: Fold) -> Tensor:
-    """`sum_k w_k * out_k` of the candidates' terms (tensors Tensor[N, C, H, W]) whose
-    `fold(tails, w)` is `folded` (w Tensor[len(terms)], each >= 0: softmax weights, as the fold
-    into a ReLU needs).
+    """`sum_k w_ek * out_ek` of E edges' candidates: terms' tensors Tensor[N, E * C, H, W] (the
+    edges side by side), `fold(tails, w)` = `folded` (w Tensor[E, len(terms)], each >= 0:
+    softmax weights, as the fold into a ReLU needs) -> Tensor[N, E * C, H, W].
 
-    The 1x1-tailed terms are summed by one 1x1 over their concatenated inputs (`pointwise`);
-    the GroupNorm-tailed ones (one shared GroupNorm layout) are added to that sum by one
-    `gn_relu_sum` (a compiled kernel on the CPU).
+    The 1x1-tailed terms are summed by one grouped 1x1 over their inputs interleaved per edge
+    (`pointwise`); the GroupNorm-tailed ones (one shared GroupNorm layout) are added to that sum
+    by one `gn_relu_sum` (a compiled kernel on the CPU) with E times the groups.
     """
-    inputs = [t for t, tail in terms if not isinstance(tail, nn.GroupNorm)]
+    edges = len(terms[0][1])
+    inputs = [t.unflatten(1, (edges, -1)) for t, tails in terms
+              if not isinstance(tails[0], nn.GroupNorm)]
     base = None
     if inputs:
-        base = conv1x1(torch.cat(inputs, 1) if len(inputs) > 1 else inputs[0], folded.pointwise)
-    norm_terms = [(t, tail) for t, tail in terms if isinstance(tail, nn.GroupNorm)]
+        x = torch.stack(inputs, 2).flatten(1, 3) if len(inputs) > 1 else inputs[0].flatten(1, 2)
+        base = conv1x1(x, folded.pointwise, groups=edges)
+    norm_terms = [(t, tails) for t, tails in terms if isinstance(tails[0], nn.GroupNorm)]
     if not norm_terms:
         return base
-    gn = norm_terms[0][1]
-    return gn_relu_sum([t for t, _ in norm_terms], folded.scale, folded.shift, gn.num_groups,
-                       gn.eps, base)
+    gn = norm_terms[0][1][0]
+    return gn_relu_sum([t for t, _ in norm_terms], folded.scale, folded.shift,
+                       edges * gn.num_groups, gn.eps, base)
 
 
 def _outputs(terms: list[Term]) -> list[Tensor]:
     """The candidates' outputs (unweighted) from their terms."""
     outs = []
-    for t, tail in terms:
-        outs.append(F.relu(tail(t), inplace=True) if isinstance(tail, nn.GroupNorm) else tail(t))
+    for t, tails in terms:
+        y = run(tails, t)
+        outs.append(F.relu(y, inplace=True) if isinstance(tails[0], nn.GroupNorm) else y)
     return outs
 
 
@@ -120,13 +135,20 @@ class RepShare(nn.Module):
         self.decouple = nn.ModuleList(Pointwise(channels, channels, bias=False)
                                       for _ in range(2))
 
-    def terms(self, x: Tensor) -> list[Term]:
-        """The candidates as (tensor, tail), in primitive order."""
-        x1 = self.chain[0](x)
-        x2 = self.chain[1](x1)
-        dil3 = [_pending(d3, x1) for d3 in self.dilated[2:]]
-        return [(x1, self.decouple[0]), *dil3, _pending(self.dilated[0], x1),
-                (x2, self.decouple[1]), _pending(self.dilated[1], x2), _pending(self.chain[2], x2)]
+    def terms(self, x: Tensor, peers: Sequence[RepShare] = ()) -> list[Term]:
+        """The candidates as (tensor, tails), in primitive order: of this op on x
+        Tensor[N, C, H, W], or of it and `peers` run together on their E inputs concatenated
+        over channels (Tensor[N, E * C, H, W]; module docstring)."""
+        ops = (self, *peers)
+
+        def each(name: str, k: int) -> tuple[nn.Module, ...]:
+            return tuple(getattr(op, name)[k] for op in ops)
+        x1 = run(each("chain", 0), x)
+        x2 = run(each("chain", 1), x1)
+        dil3 = [_pending(each("dilated", k), x1) for k in range(2, len(self.dilated))]
+        return [(x1, each("decouple", 0)), *dil3, _pending(each("dilated", 0), x1),
+                (x2, each("decouple", 1)), _pending(each("dilated", 1), x2),
+                _pending(each("chain", 2), x2)]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return _outputs(self.terms(x))
@@ -158,15 +180,17 @@ class SeparateCandidates(nn.Module):
             nn.Sequential(*chain(3)),
         ])
 
-    def terms(self, x: Tensor) -> list[Term]:
-        """The candidates as (tensor, tail), in primitive order."""
+    def terms(self, x: Tensor, peers: Sequence[SeparateCandidates] = ()) -> list[Term]:
+        """The candidates as (tensor, tails), in primitive order, alone or with `peers` (as
+        `RepShare.terms`)."""
         terms = []
-        for op in self.ops:
-            last = op[-1]
-            if isinstance(last, nn.Conv2d) and last.kernel_size == (1, 1) and last.bias is None:
-                terms.append((op[:-1](x), last))
+        for k in range(len(self.ops)):
+            ops = tuple(peer.ops[k] for peer in (self, *peers))
+            y, last = run(ops, x, stop=-1), tuple(o[-1] for o in ops)
+            if isinstance(last[0], Pointwise) and last[0].bias is None:
+                terms.append((y, last))
             else:
-                terms.append(_pending(op[-1], op[:-1](x)))
+                terms.append(_pending(last, y))
         return terms
 
     def forward(self, x: Tensor) -> list[Tensor]:
