@@ -1,8 +1,9 @@
 """Tensors that are the same at every FPN level, computed once per head forward.
 
 A head runs its towers on P3-P7 in turn, and a searched tower would recompute at every level
-tensors that depend only on its parameters and alphas (the alphas' softmax; each mixed edge's
-1x1 weights and GroupNorm affines times the mixing weights, `fad.nas.repshare.fold`): five times
+tensors that depend only on its parameters and alphas (the alphas' softmax; each node's mixed
+edges' 1x1 weights and GroupNorm affines times the mixing weights, `fad.nas.repshare.fold`; the
+edges' parameters concatenated to run them together, `fad.nas.batched.stacked`): five times
 the small ops, their autograd nodes and their backward passes. `map_levels` runs each thread's
 levels inside `levels_scope()`; there `once(key, make)` returns the first `make()` of `key`
 again (the value is in the autograd graph once; the levels' gradients meet in it):
@@ -39,8 +40,9 @@ def levels_scope() -> Iterator[None]:
 
 
 def once(key: object, make: Callable[[], T]) -> T:
-    """`make()` the first time `key` (a module: hashed by identity) is asked for in this
-    thread's scope, the same value after; `make()` each time outside a scope or compiling."""
+    """`make()` the first time `key` (a module, or a tuple of modules and names: modules hash
+    by identity) is asked for in this thread's scope, the same value after; `make()` each time
+    outside a scope or compiling."""
     if torch.compiler.is_compiling():
         return make()
     values = getattr(_local, "values", None)
