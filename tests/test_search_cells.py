@@ -56,3 +56,27 @@ def test_mixed_edge_is_the_weighted_sum_of_candidates():
     one_hot_none = torch.zeros(11)
     one_hot_none[-1] = 1.0
     assert edge(x, one_hot_none).abs().max() == 0
+
+
+def test_a_node_runs_its_edges_as_one_op_per_layer():
+    """The std family's three chain units are the cell's only dense 3x3 convolutions: one
+    grouped conv per unit and node (groups = the node's edges), not one per edge."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Convs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.groups = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.convolution.default and args[1].shape[-1] == 3:
+                self.groups.append(args[8])
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    cell = SearchCell(3, (32, 32), 32, 16)
+    weights = [torch.randn(i + 2, 11).softmax(-1) for i in range(3)]
+    s = torch.randn(1, 32, 6, 5)
+    with torch.no_grad(), Convs() as convs:
+        cell(s, s, weights)
+    assert sorted(convs.groups) == [2] * 3 + [3] * 3 + [4] * 3
