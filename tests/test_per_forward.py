@@ -1,5 +1,5 @@
 """`per_forward`: what is the same at every FPN level is made once per head forward and thread
-(the search head's alpha softmax and mixed-edge folds), and the head computes what its
+(the search head's alpha softmax and each node's fold), and the head computes what its
 level-by-level definition computes, outputs and gradients (alphas included)."""
 import threading
 
