@@ -44,6 +44,15 @@ def threads(request) -> int:
     torch.set_num_threads(previous)
 
 
+@pytest.fixture
+def float64_default():
+    """Models and images in float64 for the test (the default dtype restored after)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> str:
     """DATASETS.ROOT holding synthetic_voc/ and synthetic_coco/ (24 train, 8 val images)."""
@@ -86,6 +95,14 @@ def tiny_fcos_cfg(root: str, out: str):
         "TEST.IMS_PER_BATCH", 4,
     ])
     return cfg
+
+
+def two_image_batch() -> tuple[list[torch.Tensor], list[dict]]:
+    """Two 96x128 images (Tensor[3, 96, 128] in 0..255) with one box each."""
+    g = torch.Generator().manual_seed(1)
+    return ([torch.rand(3, 96, 128, generator=g) * 255 for _ in range(2)],
+            [{"boxes": torch.tensor([[8.0, 8.0, 60.0, 50.0]]), "labels": torch.tensor([1])},
+             {"boxes": torch.tensor([[30.0, 20.0, 120.0, 90.0]]), "labels": torch.tensor([0])}])
 
 
 def write_voc(root: Path, images: dict[str, list[tuple]], split: str = "test",

@@ -3,9 +3,8 @@ both ways), and a channels-last training step of the tiny searched FCOS with the
 to the unfused one."""
 import os
 
-import pytest
 import torch
-from conftest import REPO, tiny_fcos_cfg
+from conftest import REPO, tiny_fcos_cfg, two_image_batch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -61,23 +60,6 @@ def test_state_dict_unchanged_and_checkpoints_load_both_ways(tmp_path):
     torch.testing.assert_close(fused(x), reloaded(x), rtol=1e-5, atol=1e-5)
 
 
-def _batch() -> tuple[list[torch.Tensor], list[dict]]:
-    """Two 96x128 images (Tensor[3, 96, 128] in 0..255) with one box each."""
-    g = torch.Generator().manual_seed(1)
-    return ([torch.rand(3, 96, 128, generator=g) * 255 for _ in range(2)],
-            [{"boxes": torch.tensor([[8.0, 8.0, 60.0, 50.0]]), "labels": torch.tensor([1])},
-             {"boxes": torch.tensor([[30.0, 20.0, 120.0, 90.0]]), "labels": torch.tensor([0])}])
-
-
-@pytest.fixture
-def float64_default():
-    """Models and images in float64 for the test (the default dtype restored after)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def test_fused_searched_fcos_step_equals_the_unfused_one(synthetic_root, tmp_path, monkeypatch,
                                                          float64_default):
     """In float64, so the comparison is exact: in float32 the two steps' roundings, amplified by
@@ -101,7 +83,7 @@ def test_fused_searched_fcos_step_equals_the_unfused_one(synthetic_root, tmp_pat
         if fuse:
             fused = sum(isinstance(m, GroupNormReLU) for m in model.modules())
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            losses[fuse] = step.run(_batch()).losses
+            losses[fuse] = step.run(two_image_batch()).losses
         kernel_calls[fuse] = sum(e.count for e in prof.key_averages()
                                  if e.key == "fad_gn_relu::forward")
         grads[fuse] = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}

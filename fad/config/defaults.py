@@ -26,6 +26,8 @@ _C.MODEL.OPS.DEPTHWISE_BACKEND = choice("auto", ("auto", "reference", "cpp"))  #
 _C.MODEL.OPS.SPARSE_BACKEND = choice("auto", ("auto", "reference", "cpp"))  # SparseResNet execution
 _C.MODEL.OPS.MIX_BACKEND = choice("auto", ("auto", "reference", "cpp"))  # FAD supernet edge mixing
 _C.MODEL.OPS.GN_RELU_BACKEND = choice("auto", ("auto", "reference", "cpp"))  # GN + ReLU, NHWC
+# conv weight gradient: reference = aten's (oneDNN), gemm = one GEMM per tap, auto = gemm on AVX2
+_C.MODEL.OPS.CONV_WGRAD_BACKEND = choice("auto", ("auto", "reference", "gemm"))
 
 _C.MODEL.BACKBONE = CN()
 _C.MODEL.BACKBONE.NAME = choice("resnet", ("resnet", "sparse_resnet"))  # backbone body

@@ -29,6 +29,7 @@ from fad.data import make_train_loader
 from fad.errors import DataError
 from fad.modeling.fcos.parallel_levels import enable_parallel_levels
 from fad.modeling.hooks import ModelHooks
+from fad.ops.conv_wgrad import use_gemm_weight_grad
 from fad.ops.gn_relu import fuse_group_norm_relu
 
 from .amp import AmpPolicy, amp_policy
@@ -155,21 +156,32 @@ class TrainStep(ABC):
         self.scaler.load_state_dict(state["scaler"])
 
 
+def prepare_layers(cfg: CfgNode, model: nn.Module) -> None:
+    """The layer changes `DetectorStep` makes before training, in place (the state dict keeps
+    its keys and values): with SOLVER.CHANNELS_LAST the 4-D weights channels-last (NHWC) and
+    each GroupNorm + ReLU pair one `GroupNormReLU`; every stride-1 k x k `nn.Conv2d` a
+    `GemmWgradConv2d`, whose weight gradient runs as GEMMs where MODEL.OPS.CONV_WGRAD_BACKEND
+    says so (`fad.ops.conv_wgrad`)."""
+    if cfg.SOLVER.CHANNELS_LAST:
+        model.to(memory_format=torch.channels_last)  # 4-D weights; activations follow
+        fuse_group_norm_relu(model)  # NHWC GroupNorm + ReLU pairs: one CPU kernel each
+    use_gemm_weight_grad(model)
+
+
 class DetectorStep(TrainStep):
     """Detector training: the loss dict (+ aux losses) of the DDP-wrapped model, one backward,
     one step of the optimizer from `build_optimizer` (gradients averaged over ranks by DDP).
     With SOLVER.CHANNELS_LAST the model's 4-D weights are made channels-last (NHWC) in place,
     so the convolutions run and return NHWC (oneDNN on the CPU, tensor cores on a GPU), and
     each GroupNorm + ReLU pair becomes one `GroupNormReLU` (`fad.ops.gn_relu`: one compiled pass
-    on an NHWC CPU float map, else the same two ops; the state dict keeps its keys).
+    on an NHWC CPU float map, else the same two ops; the state dict keeps its keys); the k x k
+    convolutions take their weight gradient from GEMMs where that pays (`prepare_layers`).
     The AMP policy's autocast wraps the forward, or only the backbone (`AmpPolicy.attach`).
     With SOLVER.PARALLEL_HEAD_LEVELS an FCOS head's P3 and P4-P7 run on two CPU threads
     (`fad.modeling.fcos.parallel_levels`)."""
 
     def __init__(self, cfg: CfgNode, model: nn.Module, device: torch.device):
-        if cfg.SOLVER.CHANNELS_LAST:
-            model.to(memory_format=torch.channels_last)  # 4-D weights; activations follow
-            fuse_group_norm_relu(model)  # NHWC GroupNorm + ReLU pairs: one CPU kernel each
+        prepare_layers(cfg, model)
         super().__init__(cfg, model, build_optimizer(cfg, model), amp_policy(cfg, device), device)
         self.amp.attach(model)  # SOLVER.AMP_CPU_SCOPE backbone|towers: bf16 in parts only
         if cfg.SOLVER.PARALLEL_HEAD_LEVELS:

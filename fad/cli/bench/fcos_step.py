@@ -4,8 +4,11 @@ Both models are ResNet-50 (FrozenBN, stem+res2 frozen) + FPN P3-P7 + 4-conv GN t
 makes FrozenBN only with pretrained weights: its BatchNorm2d layers are swapped here); both get
 the same already-resized batch (torchvision's internal resize is switched off). Steps are
 interleaved, medians reported; `time_ratio` = median over rounds of ours / torchvision in the
-same round (issue #24's goal <= 0.85); `ours` trains in the default memory layout
-(SOLVER.CHANNELS_LAST: NHWC), `ours_nchw` in NCHW (`time_ratio_nchw`), side by side.
+same round (issue #24's goal <= 0.85); `ours` trains with the layers `DetectorStep` makes
+(`prepare_layers`: SOLVER.CHANNELS_LAST NHWC, GroupNorm + ReLU fused, the convolutions' weight
+gradient as GEMMs where MODEL.OPS.CONV_WGRAD_BACKEND says so), side by side with the same model
+and weights under the `reference` weight gradient (`time_ratio_reference_wgrad`) and one in NCHW
+(`ours_nchw`, `time_ratio_nchw`).
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FrozenBatchNorm2d
 
 from fad.config import get_cfg_defaults
+from fad.engine.trainer import prepare_layers
 from fad.modeling import build_detector
+from fad.ops.backends import get_backend, using
 
 from .timing import time_rounds
 
@@ -70,9 +75,11 @@ def run(args: argparse.Namespace) -> dict:
     for name, channels_last in (("ours", cfg.SOLVER.CHANNELS_LAST), ("ours_nchw", False)):
         torch.manual_seed(0)
         model = build_detector(cfg, args.classes).to(device).train()
-        if channels_last:  # as DetectorStep does with SOLVER.CHANNELS_LAST (the default)
-            model.to(memory_format=torch.channels_last)
+        layout = cfg.clone()
+        layout.SOLVER.CHANNELS_LAST = channels_last
+        prepare_layers(layout, model)  # as DetectorStep does
         steps[name] = _step(model, _sgd(model), images, targets)
+    steps["ours_reference_wgrad"] = _with_backend(steps["ours"], "conv_wgrad", "reference")
     torch.manual_seed(0)
     tv = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=args.classes)
     _freeze_batch_norms(tv.backbone.body)
@@ -90,9 +97,21 @@ def run(args: argparse.Namespace) -> dict:
             "ours_nchw_step_s": round(times["ours_nchw"], 4),
             "torchvision_step_s": round(times["torchvision"], 4),
             "time_ratio": round(samples.median_ratio("ours", "torchvision"), 4),
+            "ours_reference_wgrad_step_s": round(times["ours_reference_wgrad"], 4),
             "time_ratio_nchw": round(samples.median_ratio("ours_nchw", "torchvision"), 4),
+            "time_ratio_reference_wgrad": round(
+                samples.median_ratio("ours_reference_wgrad", "torchvision"), 4),
+            "conv_wgrad_backend": get_backend("conv_wgrad"),
             "cpu_time_ratio": round(samples.median_ratio("ours", "torchvision", cpu=True), 4),
             "target": "<= 0.85"}
+
+
+def _with_backend(step: Callable[[], None], op: str, backend: str) -> Callable[[], None]:
+    """`step` run with `op` on `backend` (`fad.ops.backends.using`)."""
+    def run() -> None:
+        with using(op, backend):
+            step()
+    return run
 
 
 def _freeze_batch_norms(module: nn.Module) -> None:

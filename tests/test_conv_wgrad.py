@@ -1,0 +1,232 @@
+"""`fad.ops.conv_wgrad`: the weight gradient of a stride-1 convolution as one GEMM per tap
+against a hand-written sum and aten's convolution backward (float64), the layer's autograd
+against nn.Conv2d, which layers `use_gemm_weight_grad` changes, when the GEMM path runs, and a
+DetectorStep training step with it equal to one without."""
+import pytest
+import torch
+from conftest import tiny_fcos_cfg, two_image_batch
+from torch import nn
+
+from fad.engine import trainer
+from fad.modeling import build_detector
+from fad.ops.backends import using
+from fad.ops.conv_wgrad import (
+    GemmWgradConv2d,
+    dispatch,
+    gemm_weight_grad_runs,
+    layer,
+    use_gemm_weight_grad,
+    weight_grad_gemm,
+)
+
+# (N, C, O, H, W, kernel, padding, dilation)
+CASES = [
+    (2, 3, 4, 9, 11, (3, 3), (1, 1), (1, 1)),
+    (1, 5, 2, 7, 6, (3, 3), (2, 2), (2, 2)),
+    (3, 4, 3, 8, 10, (3, 5), (1, 2), (1, 1)),
+    (2, 2, 6, 6, 9, (3, 3), (0, 0), (1, 1)),  # no padding: a smaller output
+    (1, 3, 3, 5, 12, (5, 3), (1, 0), (1, 2)),  # padding and dilation differ per side
+    (2, 4, 4, 1, 1, (3, 3), (1, 1), (1, 1)),  # a 1x1 map: all taps but the centre in padding
+    (2, 6, 5, 4, 7, (1, 1), (0, 0), (1, 1)),  # 1x1: one GEMM of the maps' own rows
+    (1, 3, 2, 4, 5, (1, 1), (1, 0), (1, 1)),  # a padded 1x1
+]
+
+
+def _tensors(case, channels_last: bool):
+    """x Tensor[N, C, H, W], weight Tensor[O, C, kh, kw], grad_out Tensor[N, O, Ho, Wo]."""
+    n, c, o, h, w, (kh, kw), (ph, pw), (dh, dw) = case
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64)
+    weight = torch.randn(o, c, kh, kw, generator=g, dtype=torch.float64)
+    ho, wo = h + 2 * ph - dh * (kh - 1), w + 2 * pw - dw * (kw - 1)
+    grad = torch.randn(n, o, ho, wo, generator=g, dtype=torch.float64)
+    if channels_last:
+        x, grad = (t.to(memory_format=torch.channels_last) for t in (x, grad))
+    return x, weight, grad
+
+
+def _aten_weight_grad(x, grad, weight, padding, dilation):
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, None, [1, 1], list(padding), list(dilation), False, [0, 0], 1,
+        [False, True, False])[1]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", CASES)
+def test_weight_grad_gemm_equals_aten(case, channels_last):
+    x, weight, grad = _tensors(case, channels_last)
+    kernel, padding, dilation = case[5:]
+    got = weight_grad_gemm(x, grad, kernel, padding, dilation)
+    assert got.shape == weight.shape and got.dtype == torch.float64
+    torch.testing.assert_close(got, _aten_weight_grad(x, grad, weight, padding, dilation),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_weight_grad_gemm_equals_the_sum_over_positions_by_hand():
+    """grad_w[o, c, i, j] = sum over n, y, x of
+    grad[n, o, y, x] * x_padded[n, c, y + i dh, x + j dw]."""
+    case = (2, 2, 3, 4, 5, (3, 2), (1, 1), (2, 1))
+    x, _, grad = _tensors(case, False)
+    (kh, kw), (ph, pw), (dh, dw) = case[5:]
+    padded = torch.nn.functional.pad(x, (pw, pw, ph, ph))
+    ho, wo = grad.shape[2:]
+    want = torch.zeros(3, 2, kh, kw, dtype=torch.float64)
+    for i in range(kh):
+        for j in range(kw):
+            window = padded[:, :, i * dh:i * dh + ho, j * dw:j * dw + wo]  # [N, C, Ho, Wo]
+            want[:, :, i, j] = torch.einsum("noyx,ncyx->oc", grad, window)
+    torch.testing.assert_close(weight_grad_gemm(x, grad, (kh, kw), (ph, pw), (dh, dw)), want,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_weight_grad_gemm_rejects_a_grad_of_another_size():
+    x, _, grad = _tensors(CASES[0], False)
+    with pytest.raises(ValueError, match="not the stride-1 output"):
+        weight_grad_gemm(x, grad[:, :, 1:], (3, 3), (1, 1), (1, 1))
+
+
+def _conv_pair(bias: bool = True, **kwargs) -> tuple[nn.Conv2d, nn.Conv2d]:
+    """A float64 nn.Conv2d(4, 6, 3, ...) and a GemmWgradConv2d copy of it."""
+    torch.manual_seed(0)
+    plain = nn.Conv2d(4, 6, 3, bias=bias, **kwargs).double()
+    gemm = nn.Conv2d(4, 6, 3, bias=bias, **kwargs).double()
+    gemm.load_state_dict(plain.state_dict())
+    assert use_gemm_weight_grad(gemm) == 1 and type(gemm) is GemmWgradConv2d
+    return plain, gemm
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("kwargs", [{"padding": 1}, {"padding": 2, "dilation": 2},
+                                    {"padding": (0, 1)}])
+def test_layer_output_and_gradients_equal_nn_conv2d(kwargs, bias, monkeypatch):
+    plain, gemm = _conv_pair(bias, **kwargs)
+    calls = []
+    monkeypatch.setattr(layer, "weight_grad_gemm",
+                        lambda *a: calls.append(a) or weight_grad_gemm(*a))
+    x = torch.randn(2, 4, 7, 9, dtype=torch.float64).to(memory_format=torch.channels_last)
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    with using("conv_wgrad", "gemm"):
+        outs = [plain(xs[0]), gemm(xs[1])]
+    assert type(outs[1].grad_fn).__name__ == "_Conv2dGemmWgradBackward"
+    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
+    grad = torch.randn_like(outs[0])
+    for out in outs:
+        out.backward(grad)
+    assert len(calls) == 1
+    torch.testing.assert_close(xs[1].grad, xs[0].grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gemm.weight.grad, plain.weight.grad, rtol=1e-12, atol=1e-12)
+    if bias:
+        torch.testing.assert_close(gemm.bias.grad, plain.bias.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_layer_gradcheck():
+    _, gemm = _conv_pair(padding=1)
+    x = torch.randn(1, 4, 4, 5, dtype=torch.float64, requires_grad=True)
+    with using("conv_wgrad", "gemm"):
+        assert torch.autograd.gradcheck(
+            lambda x, w, b: layer._Conv2dGemmWgrad.apply(x, w, b, (1, 1), (1, 1)),
+            (x, gemm.weight, gemm.bias))
+
+
+def test_frozen_weight_and_eval_take_the_plain_convolution(monkeypatch):
+    _, gemm = _conv_pair(padding=1)
+    monkeypatch.setattr(layer, "weight_grad_gemm", lambda *a: pytest.fail("GEMM path ran"))
+    x = torch.randn(1, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    with using("conv_wgrad", "gemm"):
+        with torch.no_grad():
+            assert gemm(x).grad_fn is None
+        gemm.weight.requires_grad_(False)
+        gemm(x).sum().backward()  # input gradient only: aten's convolution backward
+    assert x.grad is not None and gemm.weight.grad is None
+
+
+def test_use_gemm_weight_grad_changes_the_eligible_convs_only():
+    class MyConv(nn.Conv2d):
+        pass
+
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),  # 0: changed
+        nn.Sequential(nn.Conv2d(8, 8, 3, padding=2, dilation=2),  # 1.0: changed
+                      nn.Conv2d(8, 8, 3, stride=2, padding=1)),  # 1.1: strided
+        nn.Conv2d(8, 8, 1),  # 2: changed (1x1)
+        nn.Conv2d(8, 8, 3, padding=1, groups=2),  # 3: grouped
+        nn.Conv2d(8, 8, 3, padding="same"),  # 4: padding given as a string
+        nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"),  # 5: not zero padding
+        MyConv(8, 8, 3, padding=1))  # 6: another class
+    hooked = []
+    net[0].register_forward_hook(lambda m, i, o: hooked.append(m))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    modules = list(net.modules())
+    assert use_gemm_weight_grad(net) == 3
+    assert [type(m) is GemmWgradConv2d for m in net.modules()] == [
+        m is net[0] or m is net[1][0] or m is net[2] for m in modules]
+    assert list(net.modules()) == modules  # the same objects
+    after = net.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    net(torch.randn(1, 3, 8, 8))
+    assert hooked == [net[0]]
+    assert use_gemm_weight_grad(net) == 0
+
+
+def _call_runs(x: torch.Tensor, out_channels: int, out_hw: tuple[int, int]) -> bool:
+    weight = torch.zeros(out_channels, x.shape[1], 3, 3, dtype=x.dtype, device=x.device,
+                         requires_grad=True)
+    return gemm_weight_grad_runs(x, weight, out_hw)
+
+
+@pytest.mark.parametrize("capability", ["AVX2", "AVX512", "DEFAULT"])
+def test_auto_runs_on_avx2_at_large_layers_only(capability, monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    c, o, big = dispatch.MIN_CHANNELS, dispatch.MIN_OUT_CHANNELS, (16, dispatch.MIN_POSITIONS // 16)
+    x = torch.zeros(2, c, *big)
+    with using("conv_wgrad", "auto"):
+        assert _call_runs(x, o, big) == (capability == "AVX2")
+        assert not _call_runs(x, o, (big[0], big[1] - 1))  # too few positions
+        assert not _call_runs(x, o - 1, big)  # too few output channels
+        assert not _call_runs(torch.zeros(2, c - 1, *big), o, big)  # too few input channels
+    with using("conv_wgrad", "reference"):
+        assert not _call_runs(x, o, big)
+    with using("conv_wgrad", "gemm"):
+        assert _call_runs(torch.zeros(1, 2, 3, 3), 2, (3, 3))  # any size
+
+
+def test_gemm_backend_runs_only_eligible_calls():
+    x = torch.zeros(1, 2, 3, 3)
+    with using("conv_wgrad", "gemm"):
+        assert _call_runs(x, 2, (3, 3)) and _call_runs(x.double(), 2, (3, 3))
+        assert not _call_runs(x.bfloat16(), 2, (3, 3))
+        assert not _call_runs(x.to("meta"), 2, (3, 3))
+        with torch.no_grad():
+            assert not _call_runs(x, 2, (3, 3))
+        with torch.autocast("cpu", torch.bfloat16):
+            assert not _call_runs(x, 2, (3, 3))
+        assert not gemm_weight_grad_runs(x, torch.zeros(2, 2, 3, 3), (3, 3))  # frozen weight
+
+
+def test_detector_step_with_the_gemm_weight_grad_equals_the_reference(
+        synthetic_root, tmp_path, monkeypatch, float64_default):
+    """A training step of the tiny FCOS (channels-last, as trained) in float64: the same losses
+    and gradients with every eligible convolution's weight gradient from the GEMMs."""
+    calls = []
+    monkeypatch.setattr(layer, "weight_grad_gemm",
+                        lambda *a: calls.append(a) or weight_grad_gemm(*a))
+    losses, grads, calls_in = {}, {}, {}
+    for backend in ("reference", "gemm"):
+        monkeypatch.setenv("FAD_CONV_WGRAD_BACKEND", backend)
+        cfg = tiny_fcos_cfg(synthetic_root, str(tmp_path / backend))
+        torch.manual_seed(0)
+        model = build_detector(cfg, 3)
+        step = trainer.DetectorStep(cfg, model, torch.device("cpu"))
+        trainable = sum(type(m) is GemmWgradConv2d and m.weight.requires_grad
+                        for m in model.modules())
+        calls.clear()
+        losses[backend] = step.run(two_image_batch()).losses
+        calls_in[backend] = len(calls)
+        grads[backend] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert calls_in["reference"] == 0 and calls_in["gemm"] >= trainable > 0
+    for key, value in losses["reference"].items():
+        torch.testing.assert_close(losses["gemm"][key], value, rtol=1e-6, atol=1e-7)
+    assert list(grads["gemm"]) == list(grads["reference"])
+    for key, value in grads["reference"].items():
+        torch.testing.assert_close(grads["gemm"][key], value, rtol=1e-9, atol=1e-12, msg=key)
