@@ -178,7 +178,8 @@ def _call_runs(x: torch.Tensor, out_channels: int, out_hw: tuple[int, int]) -> b
 @pytest.mark.parametrize("capability", ["AVX2", "AVX512", "DEFAULT"])
 def test_auto_runs_on_avx2_at_large_layers_only(capability, monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    c, o, big = dispatch.MIN_CHANNELS, dispatch.MIN_OUT_CHANNELS, (16, dispatch.MIN_POSITIONS // 16)
+    c = o = dispatch.MIN_CHANNELS
+    big = (16, dispatch.MIN_POSITIONS // 16)
     x = torch.zeros(2, c, *big)
     with using("conv_wgrad", "auto"):
         assert _call_runs(x, o, big) == (capability == "AVX2")

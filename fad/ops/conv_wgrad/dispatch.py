@@ -4,8 +4,8 @@ aten's convolution backward (oneDNN on the CPU).
 MODEL.OPS.CONV_WGRAD_BACKEND / FAD_CONV_WGRAD_BACKEND (`fad.ops.backends`): "reference" never,
 "gemm" for every eligible call, "auto" for the eligible calls it pays for: on an AVX2 CPU
 (torch's CPU capability; oneDNN's weight gradient there is its `jit:avx2` / `jit_1x1:avx2`
-kernel), a layer with >= `MIN_POSITIONS` output positions per image, >= `MIN_CHANNELS` input
-and >= `MIN_OUT_CHANNELS` output channels (measured per shape on an AMD EPYC AVX2 host:
+kernel), a layer with >= `MIN_POSITIONS` output positions per image and >= `MIN_CHANNELS` input and
+output channels (measured per shape on an AMD EPYC AVX2 host:
 docs/ops.md). Eligible: a training forward (grad mode on, the weight requires grad, no
 autocast, not under torch.compile) of a float32/float64 CPU convolution with stride 1, groups 1
 and zero padding.
@@ -18,8 +18,7 @@ from torch import Tensor, nn
 from ..backends import get_backend
 
 MIN_POSITIONS = 512
-MIN_CHANNELS = 64  # input channels
-MIN_OUT_CHANNELS = 16
+MIN_CHANNELS = 128
 
 
 def shape_eligible(conv: nn.Conv2d) -> bool:
@@ -43,4 +42,4 @@ def gemm_weight_grad_runs(x: Tensor, weight: Tensor, out_hw: tuple[int, int]) ->
         return True
     return (torch.backends.cpu.get_cpu_capability() == "AVX2"
             and out_hw[0] * out_hw[1] >= MIN_POSITIONS
-            and x.shape[1] >= MIN_CHANNELS and weight.shape[0] >= MIN_OUT_CHANNELS)
+            and min(x.shape[1], weight.shape[0]) >= MIN_CHANNELS)
