@@ -180,12 +180,14 @@ def test_auto_runs_on_avx2_at_large_layers_only(capability, monkeypatch):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     c = o = dispatch.MIN_CHANNELS
     big = (16, dispatch.MIN_POSITIONS // 16)
-    x = torch.zeros(2, c, *big)
+    x = torch.zeros(2, c, *big).to(memory_format=torch.channels_last)
     with using("conv_wgrad", "auto"):
         assert _call_runs(x, o, big) == (capability == "AVX2")
+        assert not _call_runs(x.contiguous(), o, big)  # NCHW
         assert not _call_runs(x, o, (big[0], big[1] - 1))  # too few positions
         assert not _call_runs(x, o - 1, big)  # too few output channels
-        assert not _call_runs(torch.zeros(2, c - 1, *big), o, big)  # too few input channels
+        fewer = torch.zeros(2, c - 1, *big).to(memory_format=torch.channels_last)
+        assert not _call_runs(fewer, o, big)  # too few input channels
     with using("conv_wgrad", "reference"):
         assert not _call_runs(x, o, big)
     with using("conv_wgrad", "gemm"):

@@ -4,11 +4,11 @@ aten's convolution backward (oneDNN on the CPU).
 MODEL.OPS.CONV_WGRAD_BACKEND / FAD_CONV_WGRAD_BACKEND (`fad.ops.backends`): "reference" never,
 "gemm" for every eligible call, "auto" for the eligible calls it pays for: on an AVX2 CPU
 (torch's CPU capability; oneDNN's weight gradient there is its `jit:avx2` / `jit_1x1:avx2`
-kernel), a layer with >= `MIN_POSITIONS` output positions per image and >= `MIN_CHANNELS` input and
-output channels (measured per shape on an AMD EPYC AVX2 host:
-docs/ops.md). Eligible: a training forward (grad mode on, the weight requires grad, no
-autocast, not under torch.compile) of a float32/float64 CPU convolution with stride 1, groups 1
-and zero padding.
+kernel), a channels-last input (an NCHW step measured even), >= `MIN_POSITIONS` output
+positions per image and >= `MIN_CHANNELS` input and output channels (measured on an AMD EPYC
+AVX2 host: docs/ops.md). Eligible: a training forward (grad mode on, the weight requires grad,
+no autocast, not under torch.compile) of a float32/float64 CPU convolution with stride 1,
+groups 1 and zero padding.
 """
 from __future__ import annotations
 
@@ -41,5 +41,6 @@ def gemm_weight_grad_runs(x: Tensor, weight: Tensor, out_hw: tuple[int, int]) ->
     if backend == "gemm":
         return True
     return (torch.backends.cpu.get_cpu_capability() == "AVX2"
+            and x.is_contiguous(memory_format=torch.channels_last)
             and out_hw[0] * out_hw[1] >= MIN_POSITIONS
             and min(x.shape[1], weight.shape[0]) >= MIN_CHANNELS)
