@@ -159,9 +159,9 @@ class TrainStep(ABC):
 def prepare_layers(cfg: CfgNode, model: nn.Module) -> None:
     """The layer changes `DetectorStep` makes before training, in place (the state dict keeps
     its keys and values): with SOLVER.CHANNELS_LAST the 4-D weights channels-last (NHWC) and
-    each GroupNorm + ReLU pair one `GroupNormReLU`; every stride-1 k x k `nn.Conv2d` a
-    `GemmWgradConv2d`, whose weight gradient runs as GEMMs where MODEL.OPS.CONV_WGRAD_BACKEND
-    says so (`fad.ops.conv_wgrad`)."""
+    each GroupNorm + ReLU pair one `GroupNormReLU`; every stride-1, groups-1, zero-padded
+    `nn.Conv2d` a `GemmWgradConv2d`, whose weight gradient runs as GEMMs where
+    MODEL.OPS.CONV_WGRAD_BACKEND says so (`fad.ops.conv_wgrad`)."""
     if cfg.SOLVER.CHANNELS_LAST:
         model.to(memory_format=torch.channels_last)  # 4-D weights; activations follow
         fuse_group_norm_relu(model)  # NHWC GroupNorm + ReLU pairs: one CPU kernel each
@@ -174,7 +174,7 @@ class DetectorStep(TrainStep):
     With SOLVER.CHANNELS_LAST the model's 4-D weights are made channels-last (NHWC) in place,
     so the convolutions run and return NHWC (oneDNN on the CPU, tensor cores on a GPU), and
     each GroupNorm + ReLU pair becomes one `GroupNormReLU` (`fad.ops.gn_relu`: one compiled pass
-    on an NHWC CPU float map, else the same two ops; the state dict keeps its keys); the k x k
+    on an NHWC CPU float map, else the same two ops; the state dict keeps its keys); the stride-1
     convolutions take their weight gradient from GEMMs where that pays (`prepare_layers`).
     The AMP policy's autocast wraps the forward, or only the backbone (`AmpPolicy.attach`).
     With SOLVER.PARALLEL_HEAD_LEVELS an FCOS head's P3 and P4-P7 run on two CPU threads
