@@ -56,9 +56,15 @@ def test_kill_with_two_loader_workers_then_resume(ctx):
     """The campaign's `2 loader workers` row, one trial: the tool and its 2 DataLoader worker
     processes killed at once (SIGKILL of the process group) at a random instant after the
     start-up (the workers exist then), then --resume: finishes bit-identical to an
-    uninterrupted run with 2 workers."""
-    name = "random_train_workers"
-    trial = campaign.kill_at_random(ctx, "train", 2, random.Random(0), name, after_startup=True)
+    uninterrupted run with 2 workers. The instant is drawn over the reference run's duration, so
+    a trial that runs faster than its reference can end first (seed 0's first draw is 85 % into
+    the steps: flaky on two busy cores); such a draw tests no kill, and the next one is taken."""
+    rng = random.Random(0)
+    for draw in range(3):
+        name = f"random_train_workers_{draw}"
+        trial = campaign.kill_at_random(ctx, "train", 2, rng, name, after_startup=True)
+        if not trial.note.startswith("not killed"):
+            break
     _check(trial, ctx, name)
     assert trial.lost_steps <= 2
     assert trial.note.startswith(("killed in the steps", "killed after the last step")), trial

@@ -97,6 +97,7 @@ init_distributed()
 t = torch.ones(1) * (dist.get_rank() + 1)
 dist.all_reduce(t)
 print("sum", int(t.item()), flush=True)
+dist.destroy_process_group()  # else gloo's threads can abort the exit ("terminate called ...")
 """
 
 
