@@ -37,7 +37,8 @@ TINY = {
 # keys that docs/BENCHMARKS.md and the per-topic docs quote
 KEYS = {
     "fcos_step": {"ours_step_s", "ours_nchw_step_s", "torchvision_step_s", "time_ratio",
-                  "time_ratio_nchw", "cpu_time_ratio"},
+                  "time_ratio_nchw", "cpu_time_ratio", "ours_reference_wgrad_step_s",
+                  "time_ratio_reference_wgrad", "conv_wgrad_backend"},
     "supernet": {"speedup", "peak_memory_ratio", "flop_ratio", "fraction_of_limit",
                  "fraction_of_limit_cpu", "fraction_of_limit_paired", "shared_step_s",
                  "separate_step_s"},
