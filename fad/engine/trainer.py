@@ -27,6 +27,7 @@ from yacs.config import CfgNode
 
 from fad.data import make_train_loader
 from fad.errors import DataError
+from fad.modeling.backbone.fold_frozen_bn import fold_frozen_batch_norms
 from fad.modeling.fcos.parallel_levels import enable_parallel_levels
 from fad.modeling.hooks import ModelHooks
 from fad.ops.conv_wgrad import use_gemm_weight_grad
@@ -159,12 +160,14 @@ class TrainStep(ABC):
 def prepare_layers(cfg: CfgNode, model: nn.Module) -> None:
     """The layer changes `DetectorStep` makes before training, in place (the state dict keeps
     its keys and values): with SOLVER.CHANNELS_LAST the 4-D weights channels-last (NHWC) and
-    each GroupNorm + ReLU pair one `GroupNormReLU`; every stride-1, groups-1, zero-padded
+    each GroupNorm + ReLU pair one `GroupNormReLU`; each FrozenBatchNorm2d folded into the
+    convolution before it (`fold_frozen_batch_norms`); every groups-1, zero-padded
     `nn.Conv2d` a `GemmWgradConv2d`, whose weight gradient runs as GEMMs where
     MODEL.OPS.CONV_WGRAD_BACKEND says so (`fad.ops.conv_wgrad`)."""
     if cfg.SOLVER.CHANNELS_LAST:
         model.to(memory_format=torch.channels_last)  # 4-D weights; activations follow
         fuse_group_norm_relu(model)  # NHWC GroupNorm + ReLU pairs: one CPU kernel each
+    fold_frozen_batch_norms(model)
     use_gemm_weight_grad(model)
 
 

@@ -1,4 +1,4 @@
-"""A convolution's weight gradient as GEMMs, one per kernel tap (`weight_grad_gemm`), and the
+"""A convolution's weight gradient as GEMMs over blocks of its im2col (`weight_grad_gemm`), and the
 `nn.Conv2d` that uses it in training where it pays (`GemmWgradConv2d`, `use_gemm_weight_grad`;
 `MODEL.OPS.CONV_WGRAD_BACKEND`)."""
 from .dispatch import gemm_weight_grad_runs, shape_eligible

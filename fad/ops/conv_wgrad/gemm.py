@@ -1,51 +1,73 @@
-"""The weight gradient of a stride-1 convolution as one matrix product per kernel tap.
+"""The weight gradient of a convolution as GEMMs over column blocks of its input (im2col).
 
-For a convolution y = conv2d(x, w) with stride 1, groups 1, zero padding (ph, pw) and dilation
-(dh, dw), the gradient of w at tap (i, j) is a sum over the output positions p of
-grad_y[p] (outer) x_padded[p + (i * dh, j * dw)]. With x padded once to its grid
-(Hp, Wp) = (H + 2 ph, W + 2 pw), laid out as rows of channels (NHWC), and grad_y placed at the
-top-left of the same grid (zeros elsewhere), the shift of tap (i, j) is the same row offset
-s = i * dh * Wp + j * dw for every position, so each tap is one GEMM of two contiguous
-row blocks: grad_w[:, :, i, j] = grad_rows[:Q].T @ x_rows[s : s + Q]. A shifted row that
-crosses into the padding or the next image meets a zero row of grad_y. A 1x1 convolution
-without padding is one GEMM of the two maps' own rows (no copy of channels-last maps).
+For y = conv2d(x, w) with groups 1, stride (sh, sw), zero padding (ph, pw) and dilation
+(dh, dw), the weight gradient is grad_w[o, (i, j, c)] = sum over the output positions p of
+grad_y[p, o] * col[p, (i, j, c)], where col[p, (i, j, c)] = x_padded[sh * py + i * dh,
+sw * px + j * dw, c]: one GEMM grad_rows.T @ col, grad_rows = grad_y as rows of channels
+(NHWC). x is padded once as NHWC rows; col is a strided view of it (one `as_strided`), copied
+block by block into a buffer of at most `COL_BYTES` (whole images while one image's columns
+fit, else bands of output rows of one image), each block one GEMM accumulated into grad_w. The
+bounded buffer stays in cache; the whole col (kh * kw times the input) would not.
 
-On AVX2 CPUs oneDNN computes this gradient with its older direct kernel (`jit:avx2`), at about
-half the rate of its forward convolution; the GEMMs (MKL) run near it (docs/ops.md).
+On AVX2 CPUs oneDNN computes this gradient with its older direct kernels (`jit:avx2`,
+`jit_1x1:avx2`) at about half the rate of its forward convolution; the GEMMs (MKL) run near it
+(docs/ops.md).
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+COL_BYTES = 16 << 20
 
-def weight_grad_gemm(x: Tensor, grad_out: Tensor, kernel_size: tuple[int, int],
-                     padding: tuple[int, int], dilation: tuple[int, int]) -> Tensor:
-    """The weight gradient of `conv2d(x, w, stride=1, padding, dilation, groups=1)`.
+Pair = tuple[int, int]
+
+
+def conv_output_size(size: Pair, kernel_size: Pair, stride: Pair, padding: Pair,
+                     dilation: Pair) -> Pair:
+    """(Ho, Wo) of a convolution of a (H, W) map."""
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1  # type: ignore[return-value]
+                 for n, k, s, p, d in zip(size, kernel_size, stride, padding, dilation))
+
+
+def weight_grad_gemm(x: Tensor, grad_out: Tensor, kernel_size: Pair, stride: Pair,
+                     padding: Pair, dilation: Pair) -> Tensor:
+    """The weight gradient of `conv2d(x, w, stride, padding, dilation, groups=1)`.
 
     x Tensor[N, C, H, W], grad_out Tensor[N, O, Ho, Wo] (any memory layouts) ->
-    Tensor[O, C, kh, kw] of x's dtype (strides of the [kh, kw, O, C] buffer it is built in).
+    Tensor[O, C, kh, kw] of x's dtype (channels-last strides: the [O, kh, kw, C] buffer it is
+    built in).
     """
     n, c, h, w = x.shape
     o, ho, wo = grad_out.shape[1:]
-    (kh, kw), (ph, pw), (dh, dw) = kernel_size, padding, dilation
-    hp, wp = h + 2 * ph, w + 2 * pw
-    if (ho, wo) != (hp - (kh - 1) * dh, wp - (kw - 1) * dw):
-        raise ValueError(f"grad_out {tuple(grad_out.shape)} is not the stride-1 output of x "
-                         f"{tuple(x.shape)} with kernel {kernel_size}, padding {padding}, "
-                         f"dilation {dilation}")
-    x_rows, g_rows = x.permute(0, 2, 3, 1), grad_out.permute(0, 2, 3, 1)  # views when NHWC
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    if (ho, wo) != conv_output_size((h, w), kernel_size, stride, padding, dilation):
+        raise ValueError(f"grad_out {tuple(grad_out.shape)} is not the output of x "
+                         f"{tuple(x.shape)} with kernel {kernel_size}, stride {stride}, "
+                         f"padding {padding}, dilation {dilation}")
+    xp = x.permute(0, 2, 3, 1)  # a view when x is channels-last
     if ph or pw:
-        x_rows = F.pad(x_rows, (0, 0, pw, pw, ph, ph))
-    if (ho, wo) != (hp, wp):
-        g_rows = F.pad(g_rows, (0, 0, 0, wp - wo, 0, hp - ho))
-    x_rows, g_rows = x_rows.reshape(-1, c), g_rows.reshape(-1, o)
-    rows = x_rows.shape[0] - ((kh - 1) * dh * wp + (kw - 1) * dw)
-    g_t = g_rows[:rows].t()
-    taps = x.new_empty(kh, kw, o, c)
-    for i in range(kh):
-        for j in range(kw):
-            shift = i * dh * wp + j * dw
-            torch.mm(g_t, x_rows[shift:shift + rows], out=taps[i, j])
-    return taps.permute(2, 3, 0, 1)
+        xp = F.pad(xp, (0, 0, pw, pw, ph, ph))
+    xp = xp.contiguous()
+    hp, wp = xp.shape[1:3]
+    g_rows = grad_out.permute(0, 2, 3, 1).contiguous()  # [N, Ho, Wo, O]
+    k = kh * kw * c
+    strides = (hp * wp * c, sh * wp * c, sw * c, dh * wp * c, dw * c, 1)
+    row_bytes = wo * k * x.element_size()
+    images = max(1, COL_BYTES // (ho * row_bytes))  # images per block when one fits
+    band = ho if images > 1 or ho * row_bytes <= COL_BYTES else max(1, COL_BYTES // row_bytes)
+    buf = x.new_empty(min(images, n) * band * wo * k)
+    grad_w = x.new_empty(o, k)
+    first = True
+    for n0 in range(0, n, images):
+        nb = min(images, n - n0)
+        for y0 in range(0, ho, band):
+            yb = min(band, ho - y0)
+            view = xp.as_strided((nb, yb, wo, kh, kw, c), strides,
+                                 xp.storage_offset() + n0 * strides[0] + y0 * strides[1])
+            col = buf[:nb * yb * wo * k].view(nb, yb, wo, kh, kw, c)
+            col.copy_(view)
+            g_t = g_rows[n0:n0 + nb, y0:y0 + yb].reshape(-1, o).t()
+            grad_w.addmm_(g_t, col.view(-1, k), beta=0 if first else 1)
+            first = False
+    return grad_w.view(o, kh, kw, c).permute(0, 3, 1, 2)
