@@ -15,6 +15,8 @@ TOOLS = os.path.join(REPO, "tools")
 TINY = {
     "fcos_step": ["--size", "64", "64", "--batch", "1", "--classes", "3", "--repeats", "1",
                   "--device", "cpu"],
+    "demo_step": ["--size", "64", "64", "--batch", "1", "--classes", "3", "--repeats", "1",
+                  "--iterations", "7"],
     "supernet": ["--size", "64", "64", "--edge-channels", "8", "--tower-channels", "16",
                  "--classes", "3", "--repeats", "1", "--device", "cpu", "--tiny-config", ""],
     "msda": ["--device", "cpu", "--image", "64", "--batch", "1", "--heads", "2", "--dim", "8",
@@ -39,6 +41,8 @@ KEYS = {
     "fcos_step": {"ours_step_s", "ours_nchw_step_s", "torchvision_step_s", "time_ratio",
                   "time_ratio_nchw", "cpu_time_ratio", "ours_reference_wgrad_step_s",
                   "time_ratio_reference_wgrad", "conv_wgrad_backend"},
+    "demo_step": {"step_s", "step_gflop", "limit_step_s", "fraction_of_limit", "mm_gflops",
+                  "conv_gflops", "augment_floor_s", "augment_s"},
     "supernet": {"speedup", "peak_memory_ratio", "flop_ratio", "fraction_of_limit",
                  "fraction_of_limit_cpu", "fraction_of_limit_paired", "shared_step_s",
                  "separate_step_s"},
@@ -92,10 +96,34 @@ def test_sub_command_prints_one_json_line(monkeypatch, capsys, tmp_path, name):
         assert result["fraction_of_limit_cpu"] == pytest.approx(  # step times rounded to 0.1 ms
             result["separate_step_cpu_s"] / result["shared_step_cpu_s"] / result["flop_ratio"],
             rel=0.05)
+    if name == "demo_step":
+        limit = result["step_gflop"] / max(result["mm_gflops"], result["conv_gflops"])
+        assert result["limit_step_s"] == pytest.approx(limit, rel=0.01)
+        assert result["fraction_of_limit"] == pytest.approx(limit / result["step_s"], rel=0.01)
+        assert result["augment_floor_s"] == pytest.approx(7 * limit, abs=0.06)
     if name == "sparse_resnet":
         assert result["fraction_of_limit_at_density_0.5"] == pytest.approx(
             result["speedup_vs_plain_at_density_0.5"]
             / result["theory_speedup_vs_plain_at_density_0.5"], abs=2e-3)
+
+
+def test_demo_step_counts_a_convolution_s_forward_and_weight_gradient():
+    """One 3x3 convolution (the input needs no gradient): forward + weight gradient = twice
+    2 N Ho Wo O C k k FLOPs."""
+    from fad.cli.bench.demo_step import step_flops
+
+    class OneConv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 5, 3, padding=1)
+
+        def forward(self, images, targets):
+            return {"loss": self.conv(torch.stack(images)).sum()}
+
+    images = [torch.rand(3, 6, 7) for _ in range(2)]
+    model = OneConv()
+    assert step_flops(model, (images, [])) == 2 * (2 * 2 * 6 * 7 * 5 * 3 * 9)
+    assert model.conv.weight.grad is None  # cleared after counting
 
 
 @pytest.mark.slow

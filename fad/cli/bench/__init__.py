@@ -1,6 +1,7 @@
 """Benchmarks: `fad-bench NAME [--json FILE] [options]` (also `python tools/benchmark.py`).
 
   fcos_step      one FCOS training step: ours vs torchvision's fcos_resnet50_fpn
+  demo_step      the demo's augment training step vs the limit its FLOPs set on this machine
   supernet       FAD search towers: representation sharing vs the candidates as separate ops
   msda           MSDA forward+backward: every available backend vs the grid_sample reference
   sparse_resnet  SparseResNet: dense-masked vs sparse execution vs plain ResNet, and GMACs
@@ -30,8 +31,8 @@ from fad.utils.registry import Registry
 
 BENCHMARKS = Registry("benchmark", FadError, {
     name: f"{__name__}.{name}" for name in (
-        "fcos_step", "supernet", "msda", "sparse_resnet", "detr_flops", "op_latency", "asag",
-        "triton_resources", "export", "compile")})
+        "fcos_step", "demo_step", "supernet", "msda", "sparse_resnet", "detr_flops",
+        "op_latency", "asag", "triton_resources", "export", "compile")})
 
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:

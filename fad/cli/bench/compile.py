@@ -19,6 +19,7 @@ from torch import nn
 from fad.config import load_config
 from fad.modeling import build_detector
 
+from .batch import random_detection_batch
 from .timing import time_rounds
 
 TINY_CONFIG = "configs/fcos/fcos_tiny_synthetic.yaml"
@@ -33,19 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile backend (inductor; eager or aot_eager to test)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-
-
-def _batch(args: argparse.Namespace) -> tuple[list[torch.Tensor], list[dict]]:
-    g = torch.Generator().manual_seed(0)
-    h, w = args.size
-    images = [torch.rand(3, h, w, generator=g) for _ in range(args.batch)]
-    targets = []
-    for _ in range(args.batch):
-        xy = torch.rand(3, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
-        wh = 8 + torch.rand(3, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4])
-        targets.append({"boxes": torch.cat([xy, xy + wh], 1),
-                        "labels": torch.randint(0, args.classes, (3,), generator=g)})
-    return images, targets
 
 
 def _step(net: nn.Module, params: list[nn.Parameter], batch: tuple) -> Callable[[], float]:
@@ -63,7 +51,7 @@ def _step(net: nn.Module, params: list[nn.Parameter], batch: tuple) -> Callable[
 
 def run(args: argparse.Namespace) -> dict:
     cfg = load_config(args.config_file)
-    batch = _batch(args)
+    batch = random_detection_batch(args.size, args.batch, args.classes)
     models = {}
     for name in ("eager", "compiled"):
         torch.manual_seed(0)

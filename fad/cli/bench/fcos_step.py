@@ -26,6 +26,7 @@ from fad.engine.trainer import prepare_layers
 from fad.modeling import build_detector
 from fad.ops.backends import get_backend, using
 
+from .batch import random_detection_batch
 from .timing import time_rounds
 
 
@@ -40,19 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _batch(args, device):
-    g = torch.Generator().manual_seed(0)
-    h, w = args.size
-    images = [torch.rand(3, h, w, generator=g).to(device) for _ in range(args.batch)]
-    targets = []
-    for _ in range(args.batch):
-        xy = torch.rand(4, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
-        wh = 16 + torch.rand(4, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4])
-        targets.append({"boxes": torch.cat([xy, xy + wh], 1).to(device),
-                        "labels": torch.randint(0, args.classes, (4,), generator=g).to(device)})
-    return images, targets
 
 
 def _step(model: nn.Module, opt: torch.optim.Optimizer, images: list[torch.Tensor],
@@ -70,7 +58,8 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     cfg = get_cfg_defaults()
     cfg.merge_from_list(["MODEL.BACKBONE.DEPTH", 50, "MODEL.BACKBONE.FREEZE_AT", 2])
-    images, targets = _batch(args, device)  # torchvision's FCOS also takes 0-based labels
+    images, targets = random_detection_batch(args.size, args.batch, args.classes, device)
+    # torchvision's FCOS also takes 0-based labels
     steps = {}
     for name, channels_last in (("ours", cfg.SOLVER.CHANNELS_LAST), ("ours_nchw", False)):
         torch.manual_seed(0)

@@ -32,6 +32,7 @@ from fad.modeling.fcos import STRIDES
 from fad.search.engine import SearchStep
 from fad.search.supernet import build_search_head, build_supernet
 
+from .batch import random_detection_batch
 from .timing import Samples, time_rounds
 
 TINY_CONFIG = "configs/fad/search/fad-fcos_tiny_synthetic.yaml"
@@ -181,26 +182,15 @@ def _tower_benchmark(args, device: torch.device) -> dict:
     return result
 
 
-def _random_batch(cfg, num_classes: int, device: torch.device, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    h, w = cfg.INPUT.MIN_SIZE_TRAIN[0], cfg.INPUT.MAX_SIZE_TRAIN
-    images, targets = [], []
-    for _ in range(cfg.SOLVER.IMS_PER_BATCH):
-        xy = torch.rand(3, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
-        wh = 12 + torch.rand(3, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4])
-        images.append(torch.rand(3, h, w, generator=g).to(device))
-        targets.append({"boxes": torch.cat([xy, xy + wh], 1).to(device),
-                        "labels": torch.randint(0, num_classes, (3,), generator=g).to(device)})
-    return images, targets
-
-
 def _tiny_search_benchmark(args, device: torch.device) -> dict:
     cfg = load_config(args.tiny_config, ["MODEL.DEVICE", str(device)])
     torch.manual_seed(0)
     num_classes = 4
     model = build_supernet(cfg, num_classes).to(device).train()
     step = SearchStep(cfg, model, device)
-    train, val = (_random_batch(cfg, num_classes, device, s) for s in (1, 2))
+    size = (cfg.INPUT.MIN_SIZE_TRAIN[0], cfg.INPUT.MAX_SIZE_TRAIN)
+    train, val = (random_detection_batch(size, cfg.SOLVER.IMS_PER_BATCH, num_classes, device,
+                                         seed, boxes=3) for seed in (1, 2))
     iter_s = time_rounds({"iter": lambda: step.run((train, val))}, 1, args.tiny_iters, device,
                          grad=True).medians()["iter"]
     return {"tiny_config": args.tiny_config, "tiny_batch": cfg.SOLVER.IMS_PER_BATCH,
