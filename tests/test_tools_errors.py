@@ -83,3 +83,29 @@ def test_search_net_data_error_is_one_line(synthetic_root, tmp_path):
     assert run.returncode == 2, run.stderr[-2000:]
     assert "Traceback" not in run.stderr and xml.name in run.stderr
     assert run.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+@pytest.mark.parametrize("ending", ["finished", "bad input"])
+def test_run_tool_leaves_the_process_group_it_joined(tmp_path, ending):
+    """A tool run under torchrun leaves its process group however it ends (a gloo rank that
+    exits with its threads running can abort after its work is done)."""
+    import torch.distributed as dist
+
+    from fad.errors import ConfigError
+
+    def main():
+        if ending == "bad input":
+            raise ConfigError("bad")
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0,
+                            world_size=1)
+    try:
+        if ending == "bad input":
+            with pytest.raises(SystemExit):
+                run_tool(main)
+        else:
+            run_tool(main)
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -11,6 +11,7 @@ these.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from typing import Callable
@@ -55,7 +56,8 @@ def run_tool(main: Callable[[], object]) -> None:
     """Run a tool's `main`; bad input (any FadError) ends it with one line on stderr, also
     written to OUTPUT_DIR/log.txt once the logger is set up, and exit code 2. A run the trainer
     stopped on a signal (`Interrupted`, already logged with its checkpoint) exits 130 (SIGINT)
-    or 143 (SIGTERM); a Ctrl-C elsewhere (loading data, evaluating) exits 130 with one line."""
+    or 143 (SIGTERM); a Ctrl-C elsewhere (loading data, evaluating) exits 130 with one line.
+    However it ends, a process group the tool joined (torchrun) is left first."""
     try:
         main()
     except FadError as exc:
@@ -70,3 +72,16 @@ def run_tool(main: Callable[[], object]) -> None:
         _log_to_files(line)
         print(line, file=sys.stderr)
         sys.exit(EXIT_SIGINT)
+    finally:
+        with contextlib.suppress(Exception):  # never in place of the tool's own error
+            leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Destroy the default torch.distributed process group if this process joined one: its
+    backend's threads stop before the interpreter exits (a finished gloo rank that exits with
+    them running can abort, and torchrun then counts a failed worker and restarts the group).
+    Imports nothing: a tool that never loaded torch.distributed has no group."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
