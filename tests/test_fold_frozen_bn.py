@@ -17,7 +17,7 @@ from fad.modeling.backbone.fold_frozen_bn import (
     FoldedFrozenBatchNorm2d,
     FrozenBNFoldedConv2d,
     fold_frozen_batch_norms,
-    frozen_bn_affine,
+    norm_affine,
 )
 from fad.modeling.backbone.resnet import ResNetBody
 from fad.ops.backends import using
@@ -111,12 +111,15 @@ def test_only_conv_then_frozen_bn_pairs_fold(float64_default):
     torch.testing.assert_close(net(x), ref(x), rtol=1e-10, atol=1e-10)
 
 
-def test_frozen_bn_affine_is_the_norm(float64_default):
-    norm = FrozenBatchNorm2d(5)
-    _randomize_norms(norm)
+def test_norm_affine_is_the_norm(float64_default):
+    frozen, bn = FrozenBatchNorm2d(5), nn.BatchNorm2d(5).eval()
+    _randomize_norms(frozen)
+    bn.load_state_dict(frozen.state_dict(), strict=False)
     x = torch.randn(2, 5, 3, 4)
-    scale, shift = frozen_bn_affine(norm)
-    torch.testing.assert_close(x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1), norm(x))
+    for norm in (frozen, bn):
+        scale, shift = norm_affine(norm)
+        torch.testing.assert_close(x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1),
+                                   norm(x))
 
 
 def test_folded_conv_takes_the_gemm_weight_gradient(monkeypatch, float64_default):

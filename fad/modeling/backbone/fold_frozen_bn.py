@@ -40,13 +40,14 @@ class FrozenBNFoldedConv2d(GemmWgradConv2d):
     folded_norm: FrozenBatchNorm2d
 
     def forward(self, x: Tensor) -> Tensor:
-        scale, shift = frozen_bn_affine(self.folded_norm)
+        scale, shift = norm_affine(self.folded_norm)
         bias = shift if self.bias is None else self.bias * scale + shift
         return self._conv_forward(x, self.weight * scale.view(-1, 1, 1, 1), bias)
 
 
-def frozen_bn_affine(norm: FrozenBatchNorm2d) -> tuple[Tensor, Tensor]:
-    """(scale, shift), each Tensor[C]: norm(x) = x * scale + shift per channel."""
+def norm_affine(norm: nn.Module) -> tuple[Tensor, Tensor]:
+    """(scale, shift), each Tensor[C], of a batch norm applying its running statistics (a
+    FrozenBatchNorm2d, a BatchNorm2d in eval): norm(x) = x * scale + shift per channel."""
     scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
     return scale, norm.bias - norm.running_mean * scale
 

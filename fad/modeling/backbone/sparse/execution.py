@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from fad.ops import sparse as ops
 
+from ..fold_frozen_bn import norm_affine
 from .masks import mask_tap_weight
 
 # A conv computes densely when the density of its mask exceeds this: the crossover of the
@@ -162,9 +163,8 @@ def fold_bn(conv: nn.Conv2d, bn: nn.Module | None) -> Folded:
         if getattr(bn, "running_var", None) is None:
             raise ValueError("sparse execution needs BatchNorm running statistics "
                              "(MODEL.BACKBONE.NORM FrozenBN or BN with track_running_stats)")
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        scale, bias = norm_affine(bn)
         weight = weight * scale.view(-1, 1, 1, 1)
-        bias = bn.bias - bn.running_mean * scale
         if conv.bias is not None:
             bias = bias + conv.bias * scale
     gemm = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1).t().contiguous()
