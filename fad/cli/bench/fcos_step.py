@@ -7,9 +7,8 @@ interleaved, medians reported; `time_ratio` = median over rounds of ours / torch
 same round (issue #24's goal <= 0.85); `ours` trains with the layers `DetectorStep` makes
 (`prepare_layers`: SOLVER.CHANNELS_LAST NHWC, GroupNorm + ReLU fused, FrozenBN folded into the
 convolutions, their weight gradient as GEMMs where MODEL.OPS.CONV_WGRAD_BACKEND says so), side
-by side with the same model
-and weights under the `reference` weight gradient (`time_ratio_reference_wgrad`) and one in NCHW
-(`ours_nchw`, `time_ratio_nchw`).
+by side with the same model and weights under the `reference` weight gradient
+(`time_ratio_reference_wgrad`) and one in NCHW (`ours_nchw`, `time_ratio_nchw`).
 """
 from __future__ import annotations
 
