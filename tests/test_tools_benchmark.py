@@ -40,7 +40,8 @@ TINY = {
 KEYS = {
     "fcos_step": {"ours_step_s", "ours_nchw_step_s", "torchvision_step_s", "time_ratio",
                   "time_ratio_nchw", "cpu_time_ratio", "ours_reference_wgrad_step_s",
-                  "time_ratio_reference_wgrad", "conv_wgrad_backend"},
+                  "time_ratio_reference_wgrad", "conv_wgrad_backend", "limit_step_s",
+                  "fraction_of_limit", "fraction_of_limit_torchvision"},
     "demo_step": {"step_s", "step_gflop", "limit_step_s", "fraction_of_limit", "mm_gflops",
                   "conv_gflops", "augment_floor_s", "augment_s"},
     "supernet": {"speedup", "peak_memory_ratio", "flop_ratio", "fraction_of_limit",
@@ -96,10 +97,15 @@ def test_sub_command_prints_one_json_line(monkeypatch, capsys, tmp_path, name):
         assert result["fraction_of_limit_cpu"] == pytest.approx(  # step times rounded to 0.1 ms
             result["separate_step_cpu_s"] / result["shared_step_cpu_s"] / result["flop_ratio"],
             rel=0.05)
-    if name == "demo_step":
+    if name in ("demo_step", "fcos_step"):
         limit = result["step_gflop"] / max(result["mm_gflops"], result["conv_gflops"])
         assert result["limit_step_s"] == pytest.approx(limit, rel=0.01)
-        assert result["fraction_of_limit"] == pytest.approx(limit / result["step_s"], rel=0.01)
+        steps = {"demo_step": {"": "step_s"},
+                 "fcos_step": {"": "ours_step_s", "_torchvision": "torchvision_step_s"}}[name]
+        for suffix, key in steps.items():  # step times rounded to 0.1 ms
+            assert result[f"fraction_of_limit{suffix}"] == pytest.approx(
+                limit / result[key], rel=0.03)
+    if name == "demo_step":
         assert result["augment_floor_s"] == pytest.approx(7 * limit, abs=0.06)
     if name == "sparse_resnet":
         assert result["fraction_of_limit_at_density_0.5"] == pytest.approx(
@@ -107,10 +113,10 @@ def test_sub_command_prints_one_json_line(monkeypatch, capsys, tmp_path, name):
             / result["theory_speedup_vs_plain_at_density_0.5"], abs=2e-3)
 
 
-def test_demo_step_counts_a_convolution_s_forward_and_weight_gradient():
+def test_step_flops_counts_a_convolution_s_forward_and_weight_gradient():
     """One 3x3 convolution (the input needs no gradient): forward + weight gradient = twice
     2 N Ho Wo O C k k FLOPs."""
-    from fad.cli.bench.demo_step import step_flops
+    from fad.cli.bench.flop_limit import step_flops
 
     class OneConv(torch.nn.Module):
         def __init__(self):

@@ -6,28 +6,25 @@ of `--genotype-file`, on a random batch of the demo's padded size. Its FLOPs (fo
 backward) are counted once by torch's `FlopCounterMode` on the same model with plain PyTorch
 ops; the machine's rate is the faster of two dense products timed here, a float32 GEMM
 (`torch.mm`, 1024^3) and a channels-last 3x3 convolution (oneDNN, 256 -> 256 channels at 28x20,
-batch 8). `limit_step_s` = step FLOPs / that rate: no step of this model runs faster on this
-machine in float32; `fraction_of_limit` = limit_step_s / step_s (issue #24 asks for >= 0.9 of
-each speed-up's limit). `augment_floor_s` = `--iterations` x limit_step_s is the least time the
-demo's augment stage (200 iterations) can take here; `augment_s` the same at the measured
-speed.
+batch 8; `fad.cli.bench.flop_limit`). `limit_step_s` = step FLOPs / that rate: no step of this
+model runs faster on this machine in float32; `fraction_of_limit` = limit_step_s / step_s
+(issue #24 asks for >= 0.9 of each speed-up's limit). `augment_floor_s` = `--iterations` x
+limit_step_s is the least time the demo's augment stage (200 iterations) can take here;
+`augment_s` the same at the measured speed.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import torch
-import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from fad.config import load_config
 from fad.engine.trainer import DetectorStep
 from fad.modeling import build_detector
 from fad.modeling.fcos import resolve_genotype
-from fad.ops.backends import BACKENDS, using
 
 from .batch import random_detection_batch
+from .flop_limit import limit_keys, step_flops
 from .timing import time_rounds
 
 DEMO_CONFIG = "configs/fad/augment/fad-fcos_tiny_synthetic.yaml"
@@ -47,31 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=5)
 
 
-def step_flops(model: torch.nn.Module, batch: tuple) -> int:
-    """FLOPs of one forward + backward of `model` (train mode) on `batch`, every op backend on
-    `reference` (plain PyTorch ops, which FlopCounterMode counts)."""
-    with contextlib.ExitStack() as stack:
-        for op in BACKENDS:
-            stack.enter_context(using(op, "reference"))
-        with FlopCounterMode(display=False) as counter:
-            sum(model(*batch).values()).backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
-
-
-def dense_rates(repeats: int) -> dict[str, float]:
-    """GFLOP/s of a float32 GEMM (1024^3) and of an NHWC 3x3 convolution forward (8 x 256 x 28 x
-    20, 256 -> 256), medians of `repeats` rounds."""
-    g = torch.Generator().manual_seed(0)
-    a, b = (torch.randn(1024, 1024, generator=g) for _ in range(2))
-    x = torch.randn(8, 256, 28, 20, generator=g).to(memory_format=torch.channels_last)
-    w = torch.randn(256, 256, 3, 3, generator=g).to(memory_format=torch.channels_last)
-    times = time_rounds({"mm": lambda: a @ b, "conv": lambda: F.conv2d(x, w, padding=1)},
-                        2, repeats).medians()
-    flops = {"mm": 2 * 1024 ** 3, "conv": 2 * 8 * 28 * 20 * 256 * 256 * 9}
-    return {k: flops[k] / times[k] / 1e9 for k in flops}
-
-
 def run(args: argparse.Namespace) -> dict:
     cfg = load_config(args.config_file, ["MODEL.DEVICE", "cpu",
                                          "SOLVER.PARALLEL_HEAD_LEVELS", True])
@@ -85,17 +57,11 @@ def run(args: argparse.Namespace) -> dict:
     step = DetectorStep(cfg, build_detector(cfg, args.classes), torch.device("cpu"))
     step_s = time_rounds({"step": lambda: step.run(batch)}, 1, args.repeats,
                          grad=True).medians()["step"]
-    rates = dense_rates(args.repeats)
-    peak = max(rates.values())
-    limit_s = flops / peak / 1e9
+    limit = limit_keys(flops, {"": step_s}, args.repeats)
     return {"device": "cpu", "config": args.config_file, "genotype": args.genotype_file,
             "input": list(args.size), "batch": batch_size, "threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "step_s": round(step_s, 4), "step_gflop": round(flops / 1e9, 3),
-            "step_gflops": round(flops / step_s / 1e9, 1),
-            "mm_gflops": round(rates["mm"], 1), "conv_gflops": round(rates["conv"], 1),
-            "limit_step_s": round(limit_s, 4),
-            "fraction_of_limit": round(limit_s / step_s, 3),
+            "step_s": round(step_s, 4), "step_gflops": round(flops / step_s / 1e9, 1), **limit,
             "iterations": args.iterations,
-            "augment_floor_s": round(args.iterations * limit_s, 1),
+            "augment_floor_s": round(args.iterations * limit["limit_step_s"], 1),
             "augment_s": round(args.iterations * step_s, 1)}
