@@ -161,31 +161,36 @@ def resume_and_check(ctx: Context, tool: str, workers: int, out: str, reached: i
 
 
 def kill_at_random(ctx: Context, tool: str, workers: int, rng: random.Random, name: str,
-                   after_startup: bool = False) -> Trial:
+                   after_startup: bool = False, draws: int = 3) -> Trial:
     """SIGKILL the tool's whole process group (loader workers too) at a random instant, then
     resume. The instant is uniform over an uninterrupted run's duration (start-up, steps,
     checkpoint writes, evaluation), or with `after_startup` over the part after its start-up
-    (counted from the line before the first step: the loader workers exist then). The trial's
-    note says where the kill landed."""
+    (counted from the line before the first step: the loader workers exist then). A run faster
+    than the reference can end before its instant, which tests no kill: the run starts again
+    with the next instant, up to `draws` instants. The trial's note says where the kill
+    landed."""
     _, seconds, startup = reference(ctx, tool, workers)
     out = os.path.join(ctx.work, name)
-    shutil.rmtree(out, ignore_errors=True)
     log = os.path.join(ctx.work, f"{name}.log")
-    if after_startup:
-        delay = rng.uniform(0.05, seconds - startup)
-        proc, _ = run_logged(command(tool, out, ctx.root, workers), log)
-    else:
-        delay = rng.uniform(0.1, seconds)
-        with open(log, "w") as f:
-            proc = subprocess.Popen(command(tool, out, ctx.root, workers), stdout=f,
-                                    stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
-    try:
-        proc.wait(timeout=delay)
-        where = "not killed: the run ended first"
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        where = None
+    where = "not killed: the run ended first"
+    for _ in range(draws):
+        shutil.rmtree(out, ignore_errors=True)
+        if after_startup:
+            delay = rng.uniform(0.05, seconds - startup)
+            proc, _ = run_logged(command(tool, out, ctx.root, workers), log)
+        else:
+            delay = rng.uniform(0.1, seconds)
+            with open(log, "w") as f:
+                proc = subprocess.Popen(command(tool, out, ctx.root, workers), stdout=f,
+                                        stderr=subprocess.STDOUT, env=ENV,
+                                        start_new_session=True)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            where = None
+            break
     with open(log) as f:
         text = f.read()
     reached = finished_iterations(text)
