@@ -177,8 +177,9 @@ class DetectorStep(TrainStep):
     With SOLVER.CHANNELS_LAST the model's 4-D weights are made channels-last (NHWC) in place,
     so the convolutions run and return NHWC (oneDNN on the CPU, tensor cores on a GPU), and
     each GroupNorm + ReLU pair becomes one `GroupNormReLU` (`fad.ops.gn_relu`: one compiled pass
-    on an NHWC CPU float map, else the same two ops; the state dict keeps its keys); the stride-1
-    convolutions take their weight gradient from GEMMs where that pays (`prepare_layers`).
+    on an NHWC CPU float map, else the same two ops; the state dict keeps its keys); each
+    FrozenBatchNorm2d is folded into the convolution before it, and the convolutions take their
+    weight gradient from GEMMs where that pays (`prepare_layers`).
     The AMP policy's autocast wraps the forward, or only the backbone (`AmpPolicy.attach`).
     With SOLVER.PARALLEL_HEAD_LEVELS an FCOS head's P3 and P4-P7 run on two CPU threads
     (`fad.modeling.fcos.parallel_levels`)."""

@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     cfg = get_cfg_defaults()
     cfg.merge_from_list(["MODEL.BACKBONE.DEPTH", 50, "MODEL.BACKBONE.FREEZE_AT", 2])
+    # 0-based labels: torchvision's FCOS takes them too
     images, targets = random_detection_batch(args.size, args.batch, args.classes, device)
-    # torchvision's FCOS also takes 0-based labels
     steps = {}
     for name, channels_last in (("ours", cfg.SOLVER.CHANNELS_LAST), ("ours_nchw", False)):
         torch.manual_seed(0)

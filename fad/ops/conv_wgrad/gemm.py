@@ -53,9 +53,11 @@ def weight_grad_gemm(x: Tensor, grad_out: Tensor, kernel_size: Pair, stride: Pai
     g_rows = grad_out.permute(0, 2, 3, 1).contiguous()  # [N, Ho, Wo, O]
     k = kh * kw * c
     strides = (hp * wp * c, sh * wp * c, sw * c, dh * wp * c, dw * c, 1)
-    row_bytes = wo * k * x.element_size()
-    images = max(1, COL_BYTES // (ho * row_bytes))  # images per block when one fits
-    band = ho if images > 1 or ho * row_bytes <= COL_BYTES else max(1, COL_BYTES // row_bytes)
+    row_bytes = wo * k * x.element_size()  # one output row's columns
+    if ho * row_bytes <= COL_BYTES:  # blocks of whole images
+        images, band = COL_BYTES // (ho * row_bytes), ho
+    else:  # bands of rows of one image
+        images, band = 1, max(1, COL_BYTES // row_bytes)
     buf = x.new_empty(min(images, n) * band * wo * k)
     grad_w = x.new_empty(o, k)
     first = True
