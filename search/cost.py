@@ -36,10 +36,11 @@ import torch
 from torch import Tensor
 from yacs.config import CfgNode
 
+from fad.data.transforms import padded_size
 from fad.engine.distributed import is_main_process
 from fad.engine.trainer import HookBase, Trainer
 from fad.errors import ConfigError
-from fad.nas.flops import edge_flops, fixed_flops, head_flops, padded_size
+from fad.nas.flops import edge_flops, fixed_flops, head_flops
 from fad.nas.genotype import EDGES_PER_NODE, Genotype
 from fad.nas.primitives import primitives, primitives_for
 from fad.utils.io import atomic_write_text

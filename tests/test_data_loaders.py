@@ -1,13 +1,17 @@
-"""Loaders: exact resume, seeding, aspect grouping, sharding, splits and concatenations."""
+"""Loaders: exact resume, seeding, aspect and size grouping, sharding, splits and concatenations."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from fad.config import get_cfg_defaults
+from fad.config.validate import validate_config
 from fad.data import DataError, build_dataset, make_test_loader, make_train_loader, split_dataset
+from fad.data.build import batch_groups
 from fad.data.samplers import ShardSampler, TrainBatchSampler
 from fad.data.synthetic import generate
+from fad.data.transforms import padded_size, padded_train_size
+from fad.errors import ConfigError
 from fad.utils import dist as fad_dist
 
 
@@ -78,6 +82,63 @@ def test_aspect_grouped_batches_share_an_orientation(cfg):
     assert 0 < sum(landscape) < len(landscape)
     for _, targets in make_train_loader(cfg, dataset):
         assert len({int(t["orig_size"][1] > t["orig_size"][0]) for t in targets}) == 1
+
+
+class _Sizes:
+    """A dataset stand-in that has only image sizes."""
+
+    def __init__(self, sizes: list[tuple[int, int]]):
+        self.sizes = sizes
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        return self.sizes[index]
+
+
+def test_size_groups_are_the_padded_training_sizes_computed_by_hand():
+    cfg = get_cfg_defaults()
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (128, 160), 256
+    cfg.INPUT.SIZE_DIVISIBILITY = 32
+    # at short side 160: (300, 200) -> (240, 160) -> (256, 160); (320, 200) -> (256, 160) too;
+    # (200, 300) -> (160, 240) -> (160, 256); (250, 200) -> (200, 160) -> (224, 160);
+    # (600, 200) -> capped at 256 long: (256, 85) -> (256, 96)
+    sizes = [(300, 200), (200, 300), (320, 200), (250, 200), (600, 200), (250, 200)]
+    assert [padded_train_size(cfg, h, w) for h, w in sizes] == [
+        (256, 160), (160, 256), (256, 160), (224, 160), (256, 96), (224, 160)]
+    cfg.DATALOADER.SIZE_GROUPING = True
+    assert batch_groups(cfg, _Sizes(sizes)) == [0, 1, 0, 2, 3, 2]
+    cfg.DATALOADER.SIZE_GROUPING = False
+    assert batch_groups(cfg, _Sizes(sizes)) == [0, 1, 0, 0, 0, 0]  # portrait / landscape
+    cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
+    assert batch_groups(cfg, _Sizes(sizes)) == [0] * 6
+
+
+def test_size_grouped_batches_need_no_padding_beyond_the_divisibility(cfg):
+    grouped = cfg.clone()
+    grouped.INPUT.MIN_SIZE_TRAIN, grouped.INPUT.SIZE_DIVISIBILITY = (56,), 16
+    grouped.SOLVER.MAX_ITER = 12
+    dataset = build_dataset(grouped, ["synthetic_voc_train"], is_train=True)
+    keys = {padded_train_size(grouped, h, w)
+            for h, w in (dataset.image_size(i) for i in range(len(dataset)))}
+    assert len(keys) > 2  # more groups than the two orientations
+    padded = {}
+    for name, on in (("plain", False), ("grouped", True)):
+        grouped.DATALOADER.SIZE_GROUPING = on
+        batches = list(make_train_loader(grouped, dataset))
+        assert len(batches) == 12 and all(len(images) == 2 for images, _ in batches)
+        padded[name] = [{padded_size(grouped, image.shape[1:]) for image in images}
+                        for images, _ in batches]
+    assert all(len(sizes) == 1 for sizes in padded["grouped"])  # one padded size per batch
+    assert any(len(sizes) > 1 for sizes in padded["plain"])
+
+
+def test_size_grouping_with_the_random_crop_is_refused():
+    cfg = get_cfg_defaults()
+    cfg.DATALOADER.SIZE_GROUPING, cfg.INPUT.CROP.ENABLED = True, True
+    with pytest.raises(ConfigError, match="DATALOADER.SIZE_GROUPING .* INPUT.CROP.ENABLED"):
+        validate_config(cfg)
     grouped = TrainBatchSampler([0, 1] * 10, batch_size=2, seed=0, max_iter=50)
     ungrouped = TrainBatchSampler([0] * 20, batch_size=2, seed=0, max_iter=50)
     assert all(len({i % 2 for i, _ in batch}) == 1 for batch in grouped)

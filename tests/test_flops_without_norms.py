@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from fad.config import load_config
+from fad.data.transforms import padded_size
 from fad.modeling.fcos import build_fad_head
 from fad.nas import cells
 from fad.nas.flops import (
@@ -14,7 +15,6 @@ from fad.nas.flops import (
     edge_flops,
     head_flops,
     level_sizes,
-    padded_size,
     without_norms,
 )
 from fad.nas.genotype import read_genotype_file

@@ -82,6 +82,9 @@ _C.DATASETS.CHECK_WORKERS = non_negative(0)  # processes decoding that check; 0 
 _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = non_negative(2)  # loader worker processes per rank
 _C.DATALOADER.ASPECT_RATIO_GROUPING = True  # batch portrait and landscape images separately
+# Batch images of one padded training size together (size at max MIN_SIZE_TRAIN, padded to
+# SIZE_DIVISIBILITY): no padding beyond SIZE_DIVISIBILITY, so no compute spent on it (docs/data.md)
+_C.DATALOADER.SIZE_GROUPING = False
 
 _C.SOLVER = CN()
 _C.SOLVER.OPTIMIZER = choice("SGD", ("SGD", "AdamW"))  # "SGD" or "AdamW"

@@ -101,6 +101,9 @@ def _input_problems(cfg: CfgNode) -> Iterator[str]:
     low, high = cfg.INPUT.CROP.SIZE
     if low > high:
         yield f"INPUT.CROP.SIZE: {(low, high)} must be (min, max) with min <= max"
+    if cfg.DATALOADER.SIZE_GROUPING and cfg.INPUT.CROP.ENABLED:
+        yield ("DATALOADER.SIZE_GROUPING groups images by their training size, which "
+               "INPUT.CROP.ENABLED makes random; turn one of them off")
 
 
 def _backbone_problems(cfg: CfgNode) -> Iterator[str]:

@@ -15,7 +15,7 @@ from .check import check_images
 from .coco import COCODataset
 from .samplers import ShardSampler, TrainBatchSampler
 from .synthetic import ensure_synthetic
-from .transforms import build_transforms
+from .transforms import build_transforms, padded_train_size
 from .views import DetectionConcat
 from .voc import VOCDataset
 
@@ -80,19 +80,32 @@ def _per_rank(total: int, key: str, world: int) -> int:
     return total // world
 
 
+def batch_groups(cfg: CfgNode, dataset) -> list[int]:
+    """Each training image's batch group (a batch holds one group's images): its padded
+    training size (`padded_train_size`) with DATALOADER.SIZE_GROUPING, so a batch pads no
+    image beyond INPUT.SIZE_DIVISIBILITY; else portrait / landscape with
+    DATALOADER.ASPECT_RATIO_GROUPING; else one group."""
+    sizes = [dataset.image_size(i) for i in range(len(dataset))]
+    if cfg.DATALOADER.SIZE_GROUPING:
+        keys: list = [padded_train_size(cfg, h, w) for h, w in sizes]
+    elif cfg.DATALOADER.ASPECT_RATIO_GROUPING:
+        keys = [w > h for h, w in sizes]
+    else:
+        keys = [0] * len(sizes)
+    ids: dict = {}
+    return [ids.setdefault(key, len(ids)) for key in keys]
+
+
 def make_train_loader(cfg: CfgNode, dataset, start_iter: int = 0,
                       infinite: bool = False) -> DataLoader:
     """Batches ([images], [targets]) of SOLVER.IMS_PER_BATCH // world_size images for iterations
-    start_iter..SOLVER.MAX_ITER-1 (forever if `infinite`), seeded by cfg.SEED, aspect-ratio
-    grouped when DATALOADER.ASPECT_RATIO_GROUPING, a disjoint shard per rank; resuming at
-    `start_iter` gives exactly the batches of an uninterrupted run from there on."""
+    start_iter..SOLVER.MAX_ITER-1 (forever if `infinite`), seeded by cfg.SEED, grouped by
+    `batch_groups`, a disjoint shard per rank; resuming at `start_iter` gives exactly the batches
+    of an uninterrupted run from there on."""
     rank, world = get_rank(), get_world_size()
     batch_size = _per_rank(cfg.SOLVER.IMS_PER_BATCH, "SOLVER.IMS_PER_BATCH", world)
-    if cfg.DATALOADER.ASPECT_RATIO_GROUPING:
-        group_ids = [int(w > h) for h, w in (dataset.image_size(i) for i in range(len(dataset)))]
-    else:
-        group_ids = [0] * len(dataset)
-    sampler = TrainBatchSampler(group_ids, batch_size, cfg.SEED, start_iter=start_iter,
+    sampler = TrainBatchSampler(batch_groups(cfg, dataset), batch_size, cfg.SEED,
+                                start_iter=start_iter,
                                 max_iter=None if infinite else cfg.SOLVER.MAX_ITER,
                                 rank=rank, world_size=world)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,

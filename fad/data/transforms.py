@@ -7,6 +7,7 @@ function of its seed (exact resume); with no generator the global RNG is used.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -60,6 +61,21 @@ class ResizeShortSide:
             choice = int(torch.randint(len(self.min_sizes), (), generator=generator))
         size = self.output_size(*image.shape[-2:], self.min_sizes[choice])
         return v2.Resize(size, antialias=True)(image, target)
+
+
+def padded_size(cfg: CfgNode, input_size: Sequence[int]) -> tuple[int, int]:
+    """(H, W) of `input_size` padded up to a multiple of INPUT.SIZE_DIVISIBILITY."""
+    div = max(int(cfg.INPUT.SIZE_DIVISIBILITY), 1)
+    h, w = (int(math.ceil(s / div) * div) for s in input_size)
+    return h, w
+
+
+def padded_train_size(cfg: CfgNode, height: int, width: int) -> tuple[int, int]:
+    """(H, W) a (height, width) image takes in a training batch at the largest short side of
+    INPUT.MIN_SIZE_TRAIN: resized as `ResizeShortSide` does (long side <= MAX_SIZE_TRAIN), then
+    padded to INPUT.SIZE_DIVISIBILITY (the key of DATALOADER.SIZE_GROUPING)."""
+    resize = ResizeShortSide(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN)
+    return padded_size(cfg, resize.output_size(height, width, max(resize.min_sizes)))
 
 
 class RandomHorizontalFlip:

@@ -16,18 +16,12 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 from yacs.config import CfgNode
 
+from fad.data.transforms import padded_size
 from fad.modeling.fcos import STRIDES, TowerHead, build_fad_head
 
 from . import cells
 from .genotype import Genotype
 from .primitives import SEARCHABLE
-
-
-def padded_size(cfg: CfgNode, input_size: Sequence[int]) -> tuple[int, int]:
-    """(H, W) of `input_size` padded up to a multiple of INPUT.SIZE_DIVISIBILITY."""
-    div = max(int(cfg.INPUT.SIZE_DIVISIBILITY), 1)
-    h, w = (int(math.ceil(s / div) * div) for s in input_size)
-    return h, w
 
 
 def level_sizes(input_size: Sequence[int]) -> list[tuple[int, int]]:
