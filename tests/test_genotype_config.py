@@ -96,6 +96,10 @@ def test_a_checkpoint_written_before_the_key_still_loads(tmp_path):
     assert _is_searched(loaded.model) and loaded.iteration == 7
     for name, value in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[name], value), name
+    assert loaded.model.head.parallel_levels == 0
+    levels = load_config(AUGMENT, [*TINY, "MODEL.WEIGHT", str(path),
+                                   "SOLVER.PARALLEL_HEAD_LEVELS", "True"])
+    assert load_trained_model(levels).model.head.parallel_levels == 1  # evaluates on two threads
 
 
 def test_resolve_genotype_turns_a_path_into_the_text(tmp_path):

@@ -1,6 +1,7 @@
 """SOLVER.PARALLEL_HEAD_LEVELS: the FCOS head's P3 and P4-P7 on two threads (forward and
 backward inside one autograd node) give the sequential loop's outputs and gradients; a detector
-step with it equals one without; it stays out of inference, one-thread runs and DDP."""
+step with it equals one without; inference runs the later levels on the worker too (same
+outputs, no graph); it stays out of one-thread runs, dispatch modes and DDP."""
 import os
 import threading
 
@@ -85,12 +86,62 @@ def test_the_node_appears_only_where_it_applies(two_threads):
     assert "_ParallelLevelsBackward" in names(head(feats))
     assert "_ParallelLevelsBackward" in names(head(detached))  # the parameters' gradients
     with torch.no_grad():
-        assert head(feats)["cls_logits"].grad_fn is None
+        assert all(v.grad_fn is None for v in head(feats).values())  # the worker's too
     for p in head.parameters():
         p.requires_grad_(False)
     assert head(detached)["cls_logits"].grad_fn is None
     torch.set_num_threads(1)
     assert "_ParallelLevelsBackward" not in names(head(feats))
+
+
+def _thread_of_each_level(features, first: int, mode) -> tuple[list, list[str]]:
+    """map_levels of a level that records its thread, under `mode` (a context manager)."""
+    threads = {}
+
+    def level(i, x):
+        threads[i] = threading.current_thread().name
+        return (x * (i + 1), x.sum((2, 3)))
+
+    with mode():
+        out = map_levels(level, features, 2, torch.nn.Module())
+    return out, [threads[i] for i in range(len(features))]
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inf"])
+def test_inference_runs_the_later_levels_on_the_worker(mode, two_threads):
+    torch.manual_seed(0)
+    feats = [torch.randn(2, 4, h, w, requires_grad=True) for h, w in SIZES]
+    out, threads = _thread_of_each_level(feats, 2, mode)
+    main = threading.current_thread().name
+    assert threads[:2] == [main, main] and all(t.startswith("fad-levels") for t in threads[2:])
+    for i, (f, o) in enumerate(zip(feats, out)):
+        torch.testing.assert_close(o[0], f.detach() * (i + 1), rtol=0, atol=0)
+        assert all(t.grad_fn is None and not t.requires_grad for t in o)
+        assert all(t.is_inference() == (mode is torch.inference_mode) for t in o)
+
+
+def test_a_dispatch_mode_or_one_thread_keeps_every_level_here(two_threads):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    feats = [torch.randn(1, 4, h, w) for h, w in SIZES]
+    main = threading.current_thread().name
+    counter = FlopCounterMode(display=False)
+    assert set(_thread_of_each_level(feats, 2, lambda: counter)[1]) == {main}
+    torch.set_num_threads(1)
+    assert set(_thread_of_each_level(feats, 2, torch.no_grad)[1]) == {main}
+
+
+def test_an_evaluated_head_on_two_threads_gives_the_loops_detections(two_threads):
+    torch.manual_seed(0)
+    head = _searched_head(torch.float64).eval()
+    feats = [torch.randn(2, 32, h, w, dtype=torch.float64) for h, w in SIZES]
+    outs = []
+    for first in (0, 1):
+        head.parallel_levels = first
+        with torch.inference_mode():
+            outs.append(head(feats))
+    for k in outs[0]:  # the worker's convolutions sum on one intra-op thread: float64
+        torch.testing.assert_close(outs[1][k], outs[0][k], rtol=1e-12, atol=1e-12)
 
 
 def test_autograd_grad_of_some_parameters_equals_the_loops(two_threads):

@@ -5,7 +5,8 @@ its genotype: MODEL.FAD.GENOTYPE of the config it stores (checkpoints written be
 their top-level `genotype`). The stored genotype wins over this run's MODEL.FAD.GENOTYPE /
 `--genotype-file` (the weights were trained with it; a disagreeing one is reported in a warning
 line). The weights are checked against the model the config builds by `load_model_weights` (a
-one-line error when they do not fit).
+one-line error when they do not fit). With SOLVER.PARALLEL_HEAD_LEVELS an FCOS head evaluates
+its P3 and P4-P7 on two CPU threads, as in training.
 """
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from yacs.config import CfgNode
 
 from fad.data import build_dataset
 from fad.engine.checkpoint import Checkpointer, load_model_weights
+from fad.engine.distributed import get_world_size
 from fad.engine.mismatch import stored_genotype
 from fad.errors import ConfigError
 from fad.modeling import build_detector
+from fad.modeling.fcos.parallel_levels import enable_parallel_levels
 from fad.nas.genotype import parse_genotype_text
 
 logger = logging.getLogger("fad")
@@ -86,4 +89,6 @@ def load_trained_model(cfg: CfgNode) -> TrainedModel:
     load_model_weights(model, state, weight, cfg=cfg, classes=classes,
                        genotype=cfg.MODEL.FAD.GENOTYPE,
                        build=lambda c: build_detector(c, len(classes)))
+    if cfg.SOLVER.PARALLEL_HEAD_LEVELS:  # an FCOS head's P3 and P4-P7 on two CPU threads
+        enable_parallel_levels(model, get_world_size())
     return TrainedModel(model, list(classes), int(state.get("iteration", 0)), cfg)

@@ -108,7 +108,7 @@ _C.SOLVER.AMP_CPU = False  # with SOLVER.AMP: bf16 autocast on the CPU too (bf16
 _C.SOLVER.AMP_CPU_SCOPE = choice("model", ("model", "backbone", "towers"))
 _C.SOLVER.COMPILE = False  # torch.compile the model of the training step (docs/ops.md)
 _C.SOLVER.CHANNELS_LAST = True  # detector training in NHWC memory (faster convs; docs/ops.md)
-# CPU training, one process: the FCOS head's P3 and its P4-P7 on two threads (docs/ops.md)
+# CPU, one process: the FCOS head's P3 and its P4-P7 on two threads, training and eval (docs/ops.md)
 _C.SOLVER.PARALLEL_HEAD_LEVELS = False
 _C.SOLVER.LOG_PERIOD = positive(20)  # iterations between log lines
 

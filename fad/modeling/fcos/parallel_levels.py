@@ -1,4 +1,4 @@
-"""A head's per-level work on two CPU threads at once (training; SOLVER.PARALLEL_HEAD_LEVELS).
+"""A head's per-level work on two CPU threads at once (SOLVER.PARALLEL_HEAD_LEVELS).
 
 An FCOS head runs the same towers on every FPN level, one level after the other. On a CPU the
 fine level (P3) is large enough for the intra-op threads to share its convolutions, while P4-P7
@@ -17,8 +17,9 @@ backward runs `torch.autograd.grad` of the two groups on the two threads, sums t
 threads' parameter gradients and returns them with the features' gradients. So
 `loss.backward()`, `backward(inputs=...)` and `torch.autograd.grad(loss, alphas)` (the search's
 alpha step) all see the usual gradients; values equal the sequential loop's up to the order of
-float sums. Double backward is refused (`once_differentiable`). Inference, evaluation,
-grad-disabled and non-CPU calls take the plain loop. Each thread's levels (all levels in the
+float sums. Double backward is refused (`once_differentiable`). Inference and evaluation
+(grad-disabled calls) run the two groups' plain forwards on the two threads; non-CPU, traced,
+compiled and one-thread calls take the plain loop. Each thread's levels (all levels in the
 plain loop) run in one `per_forward.levels_scope`, so what is the same at every level is made
 once per thread.
 """
@@ -32,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from fad.errors import ConfigError
 
@@ -42,18 +44,18 @@ LevelFn = Callable[[int, Tensor], tuple[Tensor, ...]]
 
 def map_levels(level: LevelFn, features: Sequence[Tensor], first: int, module: nn.Module
                ) -> list[tuple[Tensor, ...]]:
-    """`[level(i, f) for i, f in enumerate(features)]`; with `first` = k > 0, levels [0, k) on
-    this thread and the others on the worker thread, where that applies: grad enabled, more
-    than k levels, a feature or a parameter of `module` (the one `level` computes with: its
-    parameters' gradients come out of the node) needing a gradient, CPU features, >= 2 intra-op
-    threads, not under torch.compile."""
-    if not 0 < first < len(features):
+    """`[level(i, f) for i, f in enumerate(features)]`; with `first` = k > 0 and more than k
+    levels, levels [0, k) on this thread and the others on the worker thread, where that
+    applies: CPU features, >= 2 intra-op threads, not under torch.compile, tracing or a
+    dispatch mode (a FakeTensorMode, a FLOP counter: they hold for the calling thread only).
+    With a feature or a parameter of `module` (the one `level` computes with: its parameters'
+    gradients come out of the node) needing a gradient, in one autograd node; else (inference)
+    the two groups' plain forwards."""
+    if not (0 < first < len(features) and _two_threads_apply(features)):
         return _levels(level, features, range(len(features)))
     params = [p for p in module.parameters() if p.requires_grad]
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (*features, *params))
-            and torch.get_num_threads() >= 2 and not torch.compiler.is_compiling()
-            and all(f.device.type == "cpu" for f in features)):
-        return _levels(level, features, range(len(features)))
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (*features, *params))):
+        return _on_two_threads(lambda idx: _levels(level, features, idx), len(features), first)
     sizes: list[int] = []
     flat = _ParallelLevels.apply(level, first, sizes, len(features), *features, *params)
     out, start = [], 0
@@ -61,6 +63,13 @@ def map_levels(level: LevelFn, features: Sequence[Tensor], first: int, module: n
         out.append(tuple(flat[start:start + n]))
         start += n
     return out
+
+
+def _two_threads_apply(features: Sequence[Tensor]) -> bool:
+    """Whether `map_levels` may use its worker thread for these features now."""
+    return (torch.get_num_threads() >= 2 and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing() and _get_current_dispatch_mode() is None
+            and all(f.device.type == "cpu" for f in features))
 
 
 def _levels(level: LevelFn, features: Sequence[Tensor], idx: Sequence[int]
@@ -106,16 +115,18 @@ def _threads(n: int) -> Iterator[None]:
 
 def _on_two_threads(work: Callable[[Sequence[int]], list], levels: int, first: int) -> list:
     """`work(range(first, levels))` on the worker while `work(range(first))` runs here; both
-    results, level order. Each side gets half the intra-op threads; the caller's autocast
-    state goes along."""
+    results, level order. Each side gets half the intra-op threads; the caller's grad mode,
+    inference mode and autocast state go along."""
     total = torch.get_num_threads()
     mine, theirs = total - total // 2, total // 2
     autocast = torch.is_autocast_enabled("cpu")
     dtype = torch.get_autocast_dtype("cpu")
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
     def remote() -> list:
         with _threads(theirs), torch.autocast("cpu", dtype=dtype, enabled=autocast):
-            return work(range(first, levels))
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                return work(range(first, levels))
 
     future = _worker().submit(remote)
     try:

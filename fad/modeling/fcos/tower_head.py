@@ -37,7 +37,7 @@ class TowerHead(nn.Module):
             init_predictor(conv)
         init_predictor(self.cls_logits, prior_bias(prior_prob))
         self.scales = nn.ModuleList(Scale() for _ in range(num_levels))
-        self.parallel_levels = 0  # > 0: training on two CPU threads by level (parallel_levels.py)
+        self.parallel_levels = 0  # > 0: on two CPU threads by level (parallel_levels.py)
 
     def level(self, index: int, feat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Level `index`'s (logits [N, K, H, W], regression [N, 4, H, W], centerness
