@@ -1,13 +1,15 @@
 """Loaders: exact resume, seeding, aspect and size grouping, sharding, splits and concatenations."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from fad.config import get_cfg_defaults
 from fad.config.validate import validate_config
 from fad.data import DataError, build_dataset, make_test_loader, make_train_loader, split_dataset
-from fad.data.build import batch_groups
+from fad.data.build import batch_groups, merge_small_groups
 from fad.data.samplers import ShardSampler, TrainBatchSampler
 from fad.data.synthetic import generate
 from fad.data.transforms import padded_size, padded_train_size
@@ -104,34 +106,53 @@ def test_size_groups_are_the_padded_training_sizes_computed_by_hand():
     # at short side 160: (300, 200) -> (240, 160) -> (256, 160); (320, 200) -> (256, 160) too;
     # (200, 300) -> (160, 240) -> (160, 256); (250, 200) -> (200, 160) -> (224, 160);
     # (600, 200) -> capped at 256 long: (256, 85) -> (256, 96)
-    sizes = [(300, 200), (200, 300), (320, 200), (250, 200), (600, 200), (250, 200)]
+    sizes = [(300, 200), (200, 300), (320, 200), (250, 200), (600, 200), (250, 200), (200, 320)]
     assert [padded_train_size(cfg, h, w) for h, w in sizes] == [
-        (256, 160), (160, 256), (256, 160), (224, 160), (256, 96), (224, 160)]
-    cfg.DATALOADER.SIZE_GROUPING = True
-    assert batch_groups(cfg, _Sizes(sizes)) == [0, 1, 0, 2, 3, 2]
+        (256, 160), (160, 256), (256, 160), (224, 160), (256, 96), (224, 160), (160, 256)]
+    cfg.DATALOADER.SIZE_GROUPING, cfg.SOLVER.IMS_PER_BATCH = True, 1
+    assert batch_groups(cfg, _Sizes(sizes)) == [0, 1, 0, 2, 3, 2, 1]
+    cfg.SOLVER.IMS_PER_BATCH = 2  # (256, 96) has one image: it joins (224, 160), the next area
+    assert batch_groups(cfg, _Sizes(sizes)) == [0, 1, 0, 2, 2, 2, 1]
+    cfg.SOLVER.IMS_PER_BATCH = 3  # portrait 1 + 2 -> (224, 160), then 2 + the landscape 2
+    assert batch_groups(cfg, _Sizes(sizes)) == [0, 0, 0, 1, 1, 1, 0]
+    cfg.SOLVER.IMS_PER_BATCH = 8  # fewer images than a batch: one group
+    assert batch_groups(cfg, _Sizes(sizes)) == [0] * 7
     cfg.DATALOADER.SIZE_GROUPING = False
-    assert batch_groups(cfg, _Sizes(sizes)) == [0, 1, 0, 0, 0, 0]  # portrait / landscape
+    assert batch_groups(cfg, _Sizes(sizes)) == [0, 1, 0, 0, 0, 0, 1]  # portrait / landscape
     cfg.DATALOADER.ASPECT_RATIO_GROUPING = False
-    assert batch_groups(cfg, _Sizes(sizes)) == [0] * 6
+    assert batch_groups(cfg, _Sizes(sizes)) == [0] * 7
 
 
-def test_size_grouped_batches_need_no_padding_beyond_the_divisibility(cfg):
+def test_small_size_groups_join_the_next_larger_one():
+    a, b, c, d = (64, 32), (96, 64), (128, 64), (32, 96)  # portrait by area, then landscape d
+    assert merge_small_groups([c, a, b, b, c, d, d], 2) == [c, b, b, b, c, d, d]
+    assert merge_small_groups([a, b, c, d], 2) == [b, b, d, d]  # c waits, closes with d
+    assert merge_small_groups([a, a, c, d], 2) == [a, a, d, d]
+    assert merge_small_groups([a, a, b, c, c], 2) == [a, a, c, c, c]
+    assert merge_small_groups([a, a, c], 2) == [a, a, a]  # the leftover joins the last group
+    assert merge_small_groups([], 4) == []
+
+
+def test_size_grouped_batches_hold_one_group_and_pad_less(cfg):
     grouped = cfg.clone()
     grouped.INPUT.MIN_SIZE_TRAIN, grouped.INPUT.SIZE_DIVISIBILITY = (56,), 16
     grouped.SOLVER.MAX_ITER = 12
     dataset = build_dataset(grouped, ["synthetic_voc_train"], is_train=True)
-    keys = {padded_train_size(grouped, h, w)
-            for h, w in (dataset.image_size(i) for i in range(len(dataset)))}
-    assert len(keys) > 2  # more groups than the two orientations
+    grouped.DATALOADER.SIZE_GROUPING = True
+    group = dict(zip((dataset.image_id(i) for i in range(len(dataset))),
+                     batch_groups(grouped, dataset)))
+    assert len(set(group.values())) > 2  # more groups than the two orientations
     padded = {}
     for name, on in (("plain", False), ("grouped", True)):
         grouped.DATALOADER.SIZE_GROUPING = on
         batches = list(make_train_loader(grouped, dataset))
         assert len(batches) == 12 and all(len(images) == 2 for images, _ in batches)
-        padded[name] = [{padded_size(grouped, image.shape[1:]) for image in images}
-                        for images, _ in batches]
-    assert all(len(sizes) == 1 for sizes in padded["grouped"])  # one padded size per batch
-    assert any(len(sizes) > 1 for sizes in padded["plain"])
+        if on:
+            assert all(len({group[t["image_id"]] for t in targets}) == 1 for _, targets in batches)
+        padded[name] = sum(len(images) * math.prod(padded_size(grouped, (
+            max(i.shape[1] for i in images), max(i.shape[2] for i in images))))
+            for images, _ in batches)
+    assert padded["grouped"] < padded["plain"]
 
 
 def test_size_grouping_with_the_random_crop_is_refused():

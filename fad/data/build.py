@@ -1,6 +1,7 @@
 """Datasets and loaders from the config: catalog names -> datasets -> iteration-based loaders."""
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
@@ -80,14 +81,41 @@ def _per_rank(total: int, key: str, world: int) -> int:
     return total // world
 
 
+def merge_small_groups(sizes: list[tuple[int, int]], least: int) -> list[tuple[int, int]]:
+    """`sizes` (an (H, W) per image) with every size that fewer than `least` images share merged
+    into the next larger one: sizes ordered portrait then landscape, each by area, and walked
+    from the smallest, a group closes once it holds `least` images (the sizes it took in map
+    to its largest); what is left at the end joins the last closed group. A group smaller than
+    a batch would otherwise fill its batches with repeats of its few images, drawn over several
+    epochs."""
+    if not sizes:
+        return []
+    counts = Counter(sizes)
+    order = sorted(counts, key=lambda s: (s[1] > s[0], s[0] * s[1], s))
+    target: dict[tuple[int, int], tuple[int, int]] = {}
+    pending: list[tuple[int, int]] = []
+    held = 0
+    for size in order:
+        pending.append(size)
+        held += counts[size]
+        if held >= least:
+            target.update((p, size) for p in pending)
+            pending, held = [], 0
+    last = order[-1] if not target else target[order[-len(pending) - 1]]
+    target.update((p, last) for p in pending)
+    return [target[s] for s in sizes]
+
+
 def batch_groups(cfg: CfgNode, dataset) -> list[int]:
     """Each training image's batch group (a batch holds one group's images): its padded
     training size (`padded_train_size`) with DATALOADER.SIZE_GROUPING, so a batch pads no
-    image beyond INPUT.SIZE_DIVISIBILITY; else portrait / landscape with
-    DATALOADER.ASPECT_RATIO_GROUPING; else one group."""
+    image beyond INPUT.SIZE_DIVISIBILITY (sizes with fewer images than a batch joined to the
+    next: `merge_small_groups`); else portrait / landscape with DATALOADER.ASPECT_RATIO_GROUPING;
+    else one group."""
     sizes = [dataset.image_size(i) for i in range(len(dataset))]
     if cfg.DATALOADER.SIZE_GROUPING:
-        keys: list = [padded_train_size(cfg, h, w) for h, w in sizes]
+        keys: list = merge_small_groups([padded_train_size(cfg, h, w) for h, w in sizes],
+                                        cfg.SOLVER.IMS_PER_BATCH)
     elif cfg.DATALOADER.ASPECT_RATIO_GROUPING:
         keys = [w > h for h, w in sizes]
     else:
