@@ -37,8 +37,8 @@ $py tools/train_net.py --config-file configs/fad/augment/fad-fcos_tiny_synthetic
     SOLVER.PARALLEL_HEAD_LEVELS True OUTPUT_DIR "$out/augment" ${amp[@]+"${amp[@]}"}
 wait "$draw" && cat "$out/diagrams/visualize.log" || { cat "$out/diagrams/visualize.log"; exit 1; }
 $py tools/demo.py --config-file configs/fad/augment/fad-fcos_tiny_synthetic.yaml \
-    MODEL.WEIGHT "$out/augment/model_final.pth" SOLVER.PARALLEL_HEAD_LEVELS True --input datasets/synthetic_coco/images/val \
-    --output "$out/detections"
+    MODEL.WEIGHT "$out/augment/model_final.pth" SOLVER.PARALLEL_HEAD_LEVELS True \
+    --input datasets/synthetic_coco/images/val --output "$out/detections"
 cat <<MSG
 
 Done. Outputs:

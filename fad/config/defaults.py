@@ -83,7 +83,8 @@ _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = non_negative(2)  # loader worker processes per rank
 _C.DATALOADER.ASPECT_RATIO_GROUPING = True  # batch portrait and landscape images separately
 # Batch images of one padded training size together (size at max MIN_SIZE_TRAIN, padded to
-# SIZE_DIVISIBILITY): no padding beyond SIZE_DIVISIBILITY, so no compute spent on it (docs/data.md)
+# SIZE_DIVISIBILITY; a size with fewer images than a batch joins the next): less padding to
+# compute (docs/data.md)
 _C.DATALOADER.SIZE_GROUPING = False
 
 _C.SOLVER = CN()

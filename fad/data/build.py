@@ -109,9 +109,9 @@ def merge_small_groups(sizes: list[tuple[int, int]], least: int) -> list[tuple[i
 def batch_groups(cfg: CfgNode, dataset) -> list[int]:
     """Each training image's batch group (a batch holds one group's images): its padded
     training size (`padded_train_size`) with DATALOADER.SIZE_GROUPING, so a batch pads no
-    image beyond INPUT.SIZE_DIVISIBILITY (sizes with fewer images than a batch joined to the
-    next: `merge_small_groups`); else portrait / landscape with DATALOADER.ASPECT_RATIO_GROUPING;
-    else one group."""
+    image beyond INPUT.SIZE_DIVISIBILITY, but for sizes with fewer images than a batch, which
+    join the next (`merge_small_groups`); else portrait / landscape with
+    DATALOADER.ASPECT_RATIO_GROUPING; else one group."""
     sizes = [dataset.image_size(i) for i in range(len(dataset))]
     if cfg.DATALOADER.SIZE_GROUPING:
         keys: list = merge_small_groups([padded_train_size(cfg, h, w) for h, w in sizes],
