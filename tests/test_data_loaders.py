@@ -149,6 +149,7 @@ def test_size_grouped_batches_hold_one_group_and_pad_less(cfg):
         assert len(batches) == 12 and all(len(images) == 2 for images, _ in batches)
         if on:
             assert all(len({group[t["image_id"]] for t in targets}) == 1 for _, targets in batches)
+            assert_same_batches(batches[5:], list(make_train_loader(grouped, dataset, 5)))
         padded[name] = sum(len(images) * math.prod(padded_size(grouped, (
             max(i.shape[1] for i in images), max(i.shape[2] for i in images))))
             for images, _ in batches)
