@@ -94,14 +94,13 @@ def merge_small_groups(sizes: list[tuple[int, int]], least: int) -> list[tuple[i
     order = sorted(counts, key=lambda s: (s[1] > s[0], s[0] * s[1], s))
     target: dict[tuple[int, int], tuple[int, int]] = {}
     pending: list[tuple[int, int]] = []
-    held = 0
+    held, last = 0, order[-1]  # last: the largest size of the last closed group
     for size in order:
         pending.append(size)
         held += counts[size]
         if held >= least:
             target.update((p, size) for p in pending)
-            pending, held = [], 0
-    last = order[-1] if not target else target[order[-len(pending) - 1]]
+            pending, held, last = [], 0, size
     target.update((p, last) for p in pending)
     return [target[s] for s in sizes]
 
