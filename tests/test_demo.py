@@ -110,18 +110,27 @@ def test_demo_on_real_voc_images(tmp_path):
     assert "drew" in (out / "log.txt").read_text()
 
 
-def test_equally_sized_images_detected_together_match_one_at_a_time(tmp_path):
+def test_images_of_one_canvas_detected_together_match_one_at_a_time(tmp_path):
     cfg = tiny_fcos_cfg(str(tmp_path), str(tmp_path))
-    cfg.merge_from_list(SMALL)
+    cfg.merge_from_list(SMALL)  # test images resized to short side 96 (long <= 128), padded to 32
     model = randomized_detector(cfg, 4)
     transforms = build_transforms(cfg, is_train=False)
+    forwards = []
+    model.register_forward_pre_hook(lambda _, args: forwards.append(len(args[0])))
     torch.manual_seed(0)
-    sizes = [(80, 100), (120, 90), (80, 100), (80, 100), (120, 90)]
+    # resized to 96x120, 128x96, 96x120, 96x128, 128x96, 96x103: canvases 96x128 (four images:
+    # three sizes among them) and 128x96 (two)
+    sizes = [(80, 100), (120, 90), (80, 100), (60, 80), (120, 90), (70, 75)]
     images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8) for h, w in sizes]
-    together = predict_by_size(model, images, transforms, torch.device("cpu"))
-    for image, got in zip(images, together):
+    together = predict_by_size(model, images, transforms, torch.device("cpu"),
+                               cfg.INPUT.SIZE_DIVISIBILITY)
+    assert sorted(forwards) == [2, 4]
+    by_exact_size = predict_by_size(model, images, transforms, torch.device("cpu"))
+    assert sorted(forwards[2:]) == [1, 1, 2, 2]  # divisibility 1: one canvas per resized size
+    for image, got, exact in zip(images, together, by_exact_size):
         alone = predict(model, [image], transforms, torch.device("cpu"))[0]
         assert len(alone["scores"]) > 0
         for key in ("boxes", "scores"):
             torch.testing.assert_close(got[key], alone[key], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(exact[key], alone[key], rtol=1e-4, atol=1e-4)
         assert torch.equal(got["labels"], alone["labels"])

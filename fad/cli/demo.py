@@ -9,8 +9,9 @@ DIR/detections.json (boxes in pixels of the original image), DIR/log.txt and
 DIR/config_demo.yaml (not config.yaml: a training run's own config stays when DIR is its folder).
 Class names and the genotype of a searched detector come from the checkpoint (`--genotype-file`,
 i.e. MODEL.FAD.GENOTYPE, only for weights that store none). Images are read TEST.IMS_PER_BATCH
-at a time; the equally sized ones among them go through the detector together (each gets the
-canvas it gets alone, so its detections do not depend on the others).
+at a time; those among them whose resized sizes pad to one canvas (INPUT.SIZE_DIVISIBILITY) go
+through the detector together (each gets the canvas it gets alone, so its detections do not
+depend on the others).
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     cfg, logger, device = setup(args, config_name="config_demo.yaml")
     model, classes = load_trained_model(cfg)[:2]
     records = run_demo(model.to(device), classes, build_transforms(cfg, is_train=False), images,
-                       args.output, args.score_threshold, device, cfg.TEST.IMS_PER_BATCH)
+                       args.output, args.score_threshold, device, cfg.TEST.IMS_PER_BATCH,
+                       cfg.INPUT.SIZE_DIVISIBILITY)
     total = sum(len(r["detections"]) for r in records)
     logger.info("drew %d detections on %d images in %s; all of them: %s", total, len(records),
                 args.output, os.path.join(args.output, DETECTIONS_FILE))

@@ -2,7 +2,8 @@
 
     images = list_images("photos/")                        # one file or a folder of images
     detections = run_demo(model, classes, build_transforms(cfg, is_train=False), images,
-                          "out/", score_threshold=0.3, device=device, batch_size=8)
+                          "out/", score_threshold=0.3, device=device, batch_size=8,
+                          size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY)
 
 Writes `out/<name>.jpg|png` (the image with its boxes drawn by torchvision's
 `draw_bounding_boxes`) and `out/detections.json`:
@@ -50,18 +51,46 @@ def list_images(path: str) -> list[Path]:
     return images
 
 
-@torch.no_grad()
 def predict(model: nn.Module, images: Sequence[Tensor], transforms: Transforms,
             device: torch.device) -> list[dict[str, Tensor]]:
     """Detections of `model` (in eval mode) on uint8 images [3, H, W], in one forward.
 
-    Give it images of one size: each then gets the canvas it would get alone, so its detections
-    do not depend on the others (up to float summation order). Returns per image `boxes` float
-    [K, 4] xyxy in the image's own pixel frame, `scores` [K] and `labels` [K] (0-based class
-    indices), on the CPU, best score first.
+    Give it images whose resized sizes pad to one canvas (`predict_by_size` groups them so):
+    each then gets the canvas it would get alone, so its detections do not depend on the others
+    (up to float summation order). Returns per image `boxes` float [K, 4] xyxy in the image's
+    own pixel frame, `scores` [K] and `labels` [K] (0-based class indices), on the CPU, best
+    score first.
     """
-    empty_boxes, empty_labels = torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)
-    resized = [transforms(image, empty_boxes, empty_labels)[0] for image in images]
+    return _detect(model, images, [_resized(transforms, image) for image in images], device)
+
+
+def predict_by_size(model: nn.Module, images: Sequence[Tensor], transforms: Transforms,
+                    device: torch.device, size_divisibility: int = 1) -> list[dict[str, Tensor]]:
+    """`predict` on every group of `images` whose resized sizes, padded up to a multiple of
+    `size_divisibility` (the detector's INPUT.SIZE_DIVISIBILITY), are equal: the canvas each
+    image gets alone, so grouping changes no detection. Results in input order."""
+    resized = [_resized(transforms, image) for image in images]
+    div = max(int(size_divisibility), 1)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, r in enumerate(resized):
+        groups.setdefault(tuple(-(-s // div) * div for s in r.shape[-2:]), []).append(i)
+    results: list[dict[str, Tensor]] = [{} for _ in images]
+    for indices in groups.values():
+        found = _detect(model, [images[i] for i in indices], [resized[i] for i in indices], device)
+        for i, dets in zip(indices, found):
+            results[i] = dets
+    return results
+
+
+def _resized(transforms: Transforms, image: Tensor) -> Tensor:
+    """`image` as the test transforms give it to the detector (float [3, h, w])."""
+    return transforms(image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))[0]
+
+
+@torch.no_grad()
+def _detect(model: nn.Module, images: Sequence[Tensor], resized: Sequence[Tensor],
+            device: torch.device) -> list[dict[str, Tensor]]:
+    """`predict`'s result for `images`, given each as the transforms resized it (`resized`)."""
     outputs = model([r.to(device) for r in resized])
     results = []
     for image, r, output in zip(images, resized, outputs):
@@ -70,20 +99,6 @@ def predict(model: nn.Module, images: Sequence[Tensor], transforms: Transforms,
         order = scores.argsort(descending=True)
         results.append({"boxes": boxes[order], "scores": scores[order],
                         "labels": output["labels"].detach().cpu()[order]})
-    return results
-
-
-def predict_by_size(model: nn.Module, images: Sequence[Tensor], transforms: Transforms,
-                    device: torch.device) -> list[dict[str, Tensor]]:
-    """`predict` on every group of equally sized images of `images`; results in input order."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, image in enumerate(images):
-        groups.setdefault(tuple(image.shape), []).append(i)
-    results: list[dict[str, Tensor]] = [{} for _ in images]
-    for indices in groups.values():
-        for i, dets in zip(indices, predict(model, [images[i] for i in indices], transforms,
-                                            device)):
-            results[i] = dets
     return results
 
 
@@ -152,11 +167,13 @@ def _read_readable(paths: Sequence[Path]) -> list[tuple[Path, Tensor]]:
 
 def run_demo(model: nn.Module, classes: Sequence[str], transforms: Transforms,
              images: Sequence[Path], output_dir: str, score_threshold: float,
-             device: torch.device, batch_size: int = 1) -> list[dict]:
+             device: torch.device, batch_size: int = 1,
+             size_divisibility: int = 1) -> list[dict]:
     """Detect, draw and write every image of `images`; returns what detections.json holds.
 
-    Images are read `batch_size` at a time and the equally sized ones among them detected in
-    one forward (`predict_by_size`). Only detections scoring >= `score_threshold` are drawn and
+    Images are read `batch_size` at a time and those among them that pad to one canvas
+    (`size_divisibility`: the detector's INPUT.SIZE_DIVISIBILITY) detected in one forward
+    (`predict_by_size`). Only detections scoring >= `score_threshold` are drawn and
     listed. An image that cannot be read gets one warning line and is left out; the others go on
     (a DataError when none is left).
     """
@@ -167,7 +184,8 @@ def run_demo(model: nn.Module, classes: Sequence[str], transforms: Transforms,
     records, taken = [], set()
     for start in range(0, len(images), batch_size):
         loaded = _read_readable(images[start:start + batch_size])
-        found = predict_by_size(model, [image for _, image in loaded], transforms, device)
+        found = predict_by_size(model, [image for _, image in loaded], transforms, device,
+                                size_divisibility)
         for (path, image), dets in zip(loaded, found):
             keep = dets["scores"] >= score_threshold
             dets = {k: v[keep] for k, v in dets.items()}
