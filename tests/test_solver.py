@@ -1,4 +1,6 @@
 """Warm-up multistep schedule and optimizer parameter rules."""
+import copy
+
 import pytest
 import torch
 
@@ -38,3 +40,38 @@ def test_frozen_parameters_are_left_out():
     opt = build_optimizer(cfg, model)
     params = [p for g in opt.param_groups for p in g["params"]]
     assert all(p is not model[0].weight for p in params) and len(params) == 3
+
+
+@pytest.mark.parametrize("name", ["SGD", "AdamW"])
+def test_fused_update_equals_the_for_loop_one(name):
+    """build_optimizer takes torch's fused kernel for CPU parameters; its steps give the plain
+    for-loop optimizer's parameters, also after loading the for-loop one's state dict (a
+    checkpoint written before the kernel was used)."""
+    cfg = get_cfg_defaults()
+    cfg.merge_from_list(["SOLVER.OPTIMIZER", name, "SOLVER.BASE_LR", 0.05])
+    torch.manual_seed(0)
+    fused_model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(6, 2)).double()
+    loop_model = copy.deepcopy(fused_model)
+    initial = [p.detach().clone() for p in fused_model.parameters()]
+    fused = build_optimizer(cfg, fused_model)
+    assert all(g["fused"] for g in fused.param_groups)
+    by_id = dict(zip(map(id, fused_model.parameters()), loop_model.parameters()))
+    loop = type(fused)([{**g, "params": [by_id[id(p)] for p in g["params"]], "fused": None,
+                         "foreach": False} for g in fused.param_groups])
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    for step in range(4):
+        if step == 2:  # resume from the for-loop optimizer's checkpoint
+            fused.load_state_dict(copy.deepcopy(loop.state_dict()))
+        for model, opt in ((fused_model, fused), (loop_model, loop)):
+            opt.zero_grad()
+            model(x).tanh().sum().backward()
+            opt.step()
+    for a, b, before in zip(fused_model.parameters(), loop_model.parameters(), initial):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        assert (a - before).abs().amax() > 1e-3  # the steps moved every parameter
+
+
+def test_meta_parameters_take_the_for_loop():
+    cfg = get_cfg_defaults()
+    opt = build_optimizer(cfg, torch.nn.Linear(2, 2, device="meta"))
+    assert not any(g["fused"] for g in opt.param_groups)

@@ -43,12 +43,22 @@ def build_optimizer(cfg: CfgNode, model_or_named) -> torch.optim.Optimizer:
     for g in groups:
         g.setdefault("lr", s.BASE_LR)
         g["initial_lr"] = g["lr"]
+    fused = _fused_kernel_fits(groups)
     if s.OPTIMIZER == "SGD":
         return torch.optim.SGD(groups, lr=s.BASE_LR, momentum=s.MOMENTUM,
-                               weight_decay=s.WEIGHT_DECAY)
+                               weight_decay=s.WEIGHT_DECAY, fused=fused)
     if s.OPTIMIZER == "AdamW":
-        return torch.optim.AdamW(groups, lr=s.BASE_LR, weight_decay=s.WEIGHT_DECAY)
+        return torch.optim.AdamW(groups, lr=s.BASE_LR, weight_decay=s.WEIGHT_DECAY, fused=fused)
     raise ConfigError(f"SOLVER.OPTIMIZER must be SGD or AdamW, got {s.OPTIMIZER!r}")
+
+
+def _fused_kernel_fits(groups: list[dict]) -> bool:
+    """Whether torch's fused optimizer kernel (one update over all tensors of a group) serves
+    these parameters: floating point, on the CPU or CUDA. It computes the for-loop's update
+    (SGD: equal bits on the CPU) in a fraction of its time: the demo's 435 tensors, 9.3 ms
+    against 18.5 ms a step (docs/BENCHMARKS.md)."""
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+               for g in groups for p in g["params"])
 
 
 def lr_factor(iteration: int, steps: tuple[int, ...], gamma: float, warmup_factor: float,
