@@ -20,7 +20,7 @@ from fad.data import build_dataset
 from fad.data.check import CheckReport, check_dataset_images
 from fad.engine.launch import default_argument_parser, parse_args
 from fad.engine.logger import setup_logger
-from fad.engine.tool import run_tool
+from fad.engine.tool import run_command
 from fad.errors import DataError
 
 logger = logging.getLogger("fad")
@@ -58,4 +58,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, CheckReport]:
 
 def run() -> None:
     """The `fad-check-data` console command (also `python tools/check_data.py`)."""
-    run_tool(main)
+    run_command(main)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from fad.config import load_config
 from fad.convert import CONVERTERS, Options, convert_checkpoint
 from fad.engine.launch import parse_args
-from fad.engine.tool import run_tool, tool_parser
+from fad.engine.tool import run_command, tool_parser
 from fad.utils.io import atomic_torch_save
 
 
@@ -55,4 +55,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run() -> None:
     """The `fad-convert` console command (also `python tools/convert_checkpoint.py`)."""
-    run_tool(main)
+    run_command(main)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from fad.data.transforms import build_transforms
 from fad.engine.demo import DETECTIONS_FILE, list_images, run_demo
 from fad.engine.launch import default_argument_parser, parse_args, setup
-from fad.engine.tool import run_tool
+from fad.engine.tool import run_command
 
 from .trained_model import load_trained_model
 
@@ -53,4 +53,4 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
 def run() -> None:
     """The `fad-demo` console command (also `python tools/demo.py`)."""
-    run_tool(main)
+    run_command(main)

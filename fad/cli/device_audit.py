@@ -24,7 +24,7 @@ from fad.config.build import load_config
 from fad.engine.amp import AmpPolicy, amp_policy
 from fad.engine.device_audit import DeviceAudit
 from fad.engine.launch import default_argument_parser, parse_args
-from fad.engine.tool import run_tool
+from fad.engine.tool import run_command
 from fad.engine.trainer import DetectorStep, forward_losses
 from fad.modeling import build_detector
 from fad.modeling.set_prediction import HungarianMatcher
@@ -150,5 +150,5 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run() -> None:
     """The `fad-device-audit` console command."""
-    run_tool(main)
+    run_command(main)
 

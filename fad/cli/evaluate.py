@@ -15,7 +15,7 @@ import json
 import sys
 
 from fad.data.base import quiet_coco
-from fad.engine.tool import add_verbose_flag, run_tool, tool_parser
+from fad.engine.tool import add_verbose_flag, run_command, tool_parser
 from fad.evaluation import EvalError, evaluate_coco, evaluate_voc, format_per_class, format_table
 from fad.evaluation.results import write_json
 from fad.evaluation.voc_io import read_classes
@@ -106,4 +106,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 def run() -> None:
     """The `fad-eval` console command (also `python tools/eval_detections.py`)."""
-    run_tool(main)
+    run_command(main)

@@ -22,7 +22,7 @@ import os
 from collections.abc import Sequence
 
 from fad.engine.launch import default_argument_parser, parse_args, setup
-from fad.engine.tool import run_tool
+from fad.engine.tool import run_command
 from fad.errors import ConfigError
 from fad.export import build_export_module
 from fad.export.base import ExportError
@@ -91,4 +91,4 @@ def main(argv: Sequence[str] | None = None) -> str:
 
 def run() -> None:
     """The `fad-export` console command (also `python tools/export_model.py`)."""
-    run_tool(main)
+    run_command(main)

@@ -14,7 +14,7 @@ from fad.data.synthetic import (
     DEFAULT_SEED,
     generate,
 )
-from fad.engine.tool import run_tool, tool_parser
+from fad.engine.tool import run_command, tool_parser
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,4 +39,4 @@ def main(argv: list[str] | None = None) -> None:
 
 def run() -> None:
     """The `fad-make-data` console command (also `python tools/make_synthetic_data.py`)."""
-    run_tool(main)
+    run_command(main)

@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 
 from fad.engine.launch import default_argument_parser, parse_args, setup
-from fad.engine.tool import run_tool
+from fad.engine.tool import run_command
 from fad.search import run_search
 
 
@@ -30,4 +30,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run() -> None:
     """The `fad-search` console command (also `python tools/search_net.py`)."""
-    run_tool(main)
+    run_command(main)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from fad.engine.evaluate import evaluate_all
 from fad.engine.launch import default_argument_parser, parse_args, setup
-from fad.engine.tool import run_tool
+from fad.engine.tool import run_command
 
 from .trained_model import load_trained_model
 
@@ -29,4 +29,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run() -> None:
     """The `fad-test` console command (also `python tools/test_net.py`)."""
-    run_tool(main)
+    run_command(main)

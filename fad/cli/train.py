@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from fad.data import build_dataset, check_num_classes
 from fad.engine.evaluate import evaluate_all
 from fad.engine.launch import default_argument_parser, parse_args, setup
-from fad.engine.tool import run_tool
+from fad.engine.tool import run_command
 from fad.engine.trainer import train
 from fad.modeling import build_detector
 
@@ -40,4 +40,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run() -> None:
     """The `fad-train` console command (also `python tools/train_net.py`)."""
-    run_tool(main)
+    run_command(main)

@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 
 from fad.config import load_config
-from fad.engine.tool import run_tool, tool_parser
+from fad.engine.tool import run_command, tool_parser
 from fad.nas.draw import DOT_HINT, FORMATS, dot_available, draw_genotype
 from fad.nas.flops import head_flops
 from fad.nas.genotype import Genotype, read_genotype_file
@@ -61,4 +61,4 @@ def print_head_gflops(args: argparse.Namespace, genotypes: tuple[Genotype, Genot
 
 def run() -> None:
     """The `fad-visualize` console command (also `python tools/visualize_genotype.py`)."""
-    run_tool(main)
+    run_command(main)

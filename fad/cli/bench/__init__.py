@@ -24,7 +24,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from fad.engine.tool import run_tool, tool_parser
+from fad.engine.tool import run_command, tool_parser
 from fad.errors import FadError
 from fad.utils.io import atomic_write_text
 from fad.utils.registry import Registry
@@ -66,4 +66,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run() -> None:
     """The `fad-bench` console command (also `python tools/benchmark.py`)."""
-    run_tool(main)
+    run_command(main)
