@@ -134,3 +134,15 @@ def test_images_of_one_canvas_detected_together_match_one_at_a_time(tmp_path):
             torch.testing.assert_close(got[key], alone[key], rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(exact[key], alone[key], rtol=1e-4, atol=1e-4)
         assert torch.equal(got["labels"], alone["labels"])
+
+
+def test_padded_canvas_by_hand():
+    from fad.modeling.image_batch import batch_images, padded_canvas
+
+    assert padded_canvas((96, 103), 32) == (96, 128)
+    assert padded_canvas((97, 128), 32) == (128, 128)
+    assert padded_canvas((5, 7), 1) == (5, 7) == padded_canvas((5, 7), 0)
+    batch, sizes, mask = batch_images([torch.rand(3, 40, 70), torch.rand(3, 65, 20)],
+                                      torch.zeros(3), torch.ones(3), 32)
+    assert batch.shape == (2, 3, 96, 96) and sizes == [(40, 70), (65, 20)]
+    assert mask[0, :40, :70].logical_not().all() and mask[0, 40:].all() and mask[1, :, 20:].all()

@@ -7,7 +7,6 @@ function of its seed (exact resume); with no generator the global RNG is used.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -17,6 +16,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 from torchvision.tv_tensors import BoundingBoxes
 from yacs.config import CfgNode
+
+from fad.modeling.image_batch import padded_canvas
 
 Target = dict[str, torch.Tensor]  # "boxes": BoundingBoxes [K, 4] XYXY, "labels": int64 [K]
 
@@ -65,9 +66,7 @@ class ResizeShortSide:
 
 def padded_size(cfg: CfgNode, input_size: Sequence[int]) -> tuple[int, int]:
     """(H, W) of `input_size` padded up to a multiple of INPUT.SIZE_DIVISIBILITY."""
-    div = max(int(cfg.INPUT.SIZE_DIVISIBILITY), 1)
-    h, w = (int(math.ceil(s / div) * div) for s in input_size)
-    return h, w
+    return padded_canvas(input_size, cfg.INPUT.SIZE_DIVISIBILITY)
 
 
 def padded_train_size(cfg: CfgNode, height: int, width: int) -> tuple[int, int]:

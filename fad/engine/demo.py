@@ -28,6 +28,7 @@ from torchvision.utils import draw_bounding_boxes
 from fad.data.image import read_image
 from fad.errors import DataError
 from fad.evaluation.results import rescale_boxes, write_json
+from fad.modeling.image_batch import padded_canvas
 
 logger = logging.getLogger("fad")
 
@@ -70,10 +71,9 @@ def predict_by_size(model: nn.Module, images: Sequence[Tensor], transforms: Tran
     `size_divisibility` (the detector's INPUT.SIZE_DIVISIBILITY), are equal: the canvas each
     image gets alone, so grouping changes no detection. Results in input order."""
     resized = [_resized(transforms, image) for image in images]
-    div = max(int(size_divisibility), 1)
-    groups: dict[tuple[int, ...], list[int]] = {}
+    groups: dict[tuple[int, int], list[int]] = {}
     for i, r in enumerate(resized):
-        groups.setdefault(tuple(-(-s // div) * div for s in r.shape[-2:]), []).append(i)
+        groups.setdefault(padded_canvas(r.shape[-2:], size_divisibility), []).append(i)
     results: list[dict[str, Tensor]] = [{} for _ in images]
     for indices in groups.values():
         found = _detect(model, [images[i] for i in indices], [resized[i] for i in indices], device)

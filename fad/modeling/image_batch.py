@@ -1,8 +1,18 @@
 """Normalise a list of images and pad them into one batch tensor."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
+
+
+def padded_canvas(size: Sequence[int], size_divisible: int) -> tuple[int, int]:
+    """(H, W) of `size` rounded up to multiples of `size_divisible` (taken as >= 1): the canvas
+    `batch_images` pads images of at most that size to."""
+    d = max(int(size_divisible), 1)
+    h, w = (-(-int(s) // d) * d for s in size)
+    return h, w
 
 
 def batch_images(images: list[Tensor], mean: Tensor, std: Tensor, size_divisible: int
@@ -19,9 +29,7 @@ def batch_images(images: list[Tensor], mean: Tensor, std: Tensor, size_divisible
             raise ValueError(f"images must be float [3, H, W] tensors, got {tuple(img.shape)} "
                              f"{img.dtype}")
     sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
-    d = size_divisible
-    h = -(-max(s[0] for s in sizes) // d) * d
-    w = -(-max(s[1] for s in sizes) // d) * d
+    h, w = padded_canvas((max(s[0] for s in sizes), max(s[1] for s in sizes)), size_divisible)
     batch = images[0].new_zeros((len(images), 3, h, w))
     mask = torch.ones((len(images), h, w), dtype=torch.bool, device=images[0].device)
     mean = mean.to(images[0])[:, None, None]
