@@ -43,3 +43,16 @@ def test_visualize_genotype_draws_both_towers(tmp_path):
         source = (tmp_path / f"{tower}_tower.gv").read_text()
         assert source.startswith("digraph") and "fad_paper.log" in source
         assert str(tmp_path / f"{tower}_tower.gv") in run.stdout
+
+
+def test_visualize_draws_without_torchvision(tmp_path):
+    """Drawing needs no detector: the command leaves torchvision (and its ~1.5 s import) to
+    `--input-size`, whose GFLOPs line builds the head (tests/test_search_cost.py checks it)."""
+    paper = os.path.join(REPO, "configs", "fad", "genotypes", "fad_paper.log")
+    code = ("import sys; from fad.cli.visualize import main; main(sys.argv[1:]); "
+            "print('torchvision loaded:', 'torchvision' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code, paper, "--out", str(tmp_path), "--format",
+                          "svg"], capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().endswith("torchvision loaded: False")
+    assert (tmp_path / "box_tower.gv").is_file() and (tmp_path / "cls_tower.gv").is_file()

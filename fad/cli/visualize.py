@@ -12,10 +12,8 @@ import argparse
 import os
 from collections.abc import Sequence
 
-from fad.config import load_config
 from fad.engine.tool import run_command, tool_parser
 from fad.nas.draw import DOT_HINT, FORMATS, dot_available, draw_genotype
-from fad.nas.flops import head_flops
 from fad.nas.genotype import Genotype, read_genotype_file
 
 TOWERS = ("box", "cls")
@@ -49,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def print_head_gflops(args: argparse.Namespace, genotypes: tuple[Genotype, Genotype]) -> None:
     """One line: the box tower, cls tower and whole-head GFLOPs at `args.input_size`."""
+    # imported here: building the head needs torchvision (~1.5 s), drawing does not
+    from fad.config import load_config
+    from fad.nas.flops import head_flops
+
     cfg = load_config(args.config_file or None, [])
     f, classes = cfg.MODEL.FAD, args.num_classes or cfg.MODEL.NUM_CLASSES or 80
     flops = head_flops(cfg, classes, *genotypes, args.input_size)
