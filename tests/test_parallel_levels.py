@@ -103,7 +103,7 @@ def _thread_of_each_level(features, first: int, mode) -> tuple[list, list[str]]:
         return (x * (i + 1), x.sum((2, 3)))
 
     with mode():
-        out = map_levels(level, features, 2, torch.nn.Module())
+        out = map_levels(level, features, first, torch.nn.Module())
     return out, [threads[i] for i in range(len(features))]
 
 
