@@ -3,10 +3,13 @@ against a hand-written sum and aten's convolution backward (float64; whole, in b
 and in bands of rows), the layer's autograd
 against nn.Conv2d, which layers `use_gemm_weight_grad` changes, when the GEMM path runs, and a
 DetectorStep training step with it equal to one without."""
+import collections
+
 import pytest
 import torch
 from conftest import tiny_fcos_cfg, two_image_batch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fad.engine import trainer
 from fad.modeling import build_detector
@@ -103,6 +106,37 @@ def test_weight_grad_gemm_equals_the_sum_over_positions_by_hand():
             want[:, :, i, j] = torch.einsum("noyx,ncyx->oc", grad, window)
     torch.testing.assert_close(weight_grad_gemm(x, grad, *case[5:]), want,
                                rtol=1e-12, atol=1e-12)
+
+
+class _CountOps(TorchDispatchMode):
+    """Counts the aten ops called under it by name (`copy_`, `addmm_`, ...)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("blocks", ["whole", "rows"])
+def test_a_1x1_stride_1_layer_takes_x_rows_without_a_copy(blocks, monkeypatch):
+    """On a channels-last x the columns of a 1x1 stride-1 layer are x's NHWC rows: one GEMM over
+    all images whatever COL_BYTES says, no copy; a strided 1x1 still copies its columns."""
+    case = CASES[6]
+    x, weight, grad = _tensors(case, channels_last=True)
+    monkeypatch.setattr(gemm, "COL_BYTES", _col_budget(blocks, grad, weight))
+    with _CountOps() as ops:
+        got = weight_grad_gemm(x, grad, *case[5:])
+    assert ops.counts["copy_"] == 0 and ops.counts["addmm_"] == 1
+    torch.testing.assert_close(got, _aten_weight_grad(x, grad, weight, *case[6:]),
+                               rtol=1e-12, atol=1e-12)
+    strided = CASES[9]
+    x, weight, grad = _tensors(strided, channels_last=True)
+    with _CountOps() as ops:
+        weight_grad_gemm(x, grad, *strided[5:])
+    assert ops.counts["copy_"] >= 1
 
 
 def test_weight_grad_gemm_rejects_a_grad_of_another_size():
