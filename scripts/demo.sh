@@ -14,8 +14,9 @@ $py -c "from fad.ops.build import load_error
 for name in ('depthwise_cpu', 'mix_cpu', 'gn_relu_cpu'): load_error(name)" >/dev/null 2>&1 &
 build=$!
 $py tools/make_synthetic_data.py --out datasets --num-train 300 --num-val 60 --seed 0
-# SOLVER.PARALLEL_HEAD_LEVELS: the search's steps, the augment's training step and its evaluation
-# (and fad-demo's) run the head's FPN levels in two groups on two threads (docs/ops.md).
+# SOLVER.PARALLEL_HEAD_LEVELS: the search's steps, the augment's evaluation (and fad-demo's) run
+# the head's FPN levels in two groups on two threads (docs/ops.md); SOLVER.MOSAIC_HEAD_LEVELS:
+# the augment's training step runs them packed in one map, the towers once (docs/fad.md).
 $py tools/search_net.py --config-file configs/fad/search/fad-fcos_tiny_synthetic.yaml --overwrite \
     SOLVER.MAX_ITER 40 SOLVER.STEPS "(30,)" SOLVER.CHECKPOINT_PERIOD 20 SOLVER.CHECKPOINT_KEEP 1 \
     SOLVER.PARALLEL_HEAD_LEVELS True OUTPUT_DIR "$out/search"
@@ -34,7 +35,8 @@ fi
 $py tools/train_net.py --config-file configs/fad/augment/fad-fcos_tiny_synthetic.yaml \
     --genotype-file "$out/search/genotype.log" --overwrite \
     SOLVER.MAX_ITER 200 SOLVER.STEPS "(160,)" SOLVER.CHECKPOINT_PERIOD 100 SOLVER.CHECKPOINT_KEEP 1 \
-    SOLVER.PARALLEL_HEAD_LEVELS True OUTPUT_DIR "$out/augment" ${amp[@]+"${amp[@]}"}
+    SOLVER.PARALLEL_HEAD_LEVELS True SOLVER.MOSAIC_HEAD_LEVELS True OUTPUT_DIR "$out/augment" \
+    ${amp[@]+"${amp[@]}"}
 wait "$draw" && cat "$out/diagrams/visualize.log" || { cat "$out/diagrams/visualize.log"; exit 1; }
 $py tools/demo.py --config-file configs/fad/augment/fad-fcos_tiny_synthetic.yaml \
     MODEL.WEIGHT "$out/augment/model_final.pth" SOLVER.PARALLEL_HEAD_LEVELS True \

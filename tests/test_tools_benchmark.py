@@ -43,7 +43,8 @@ KEYS = {
                   "time_ratio_reference_wgrad", "conv_wgrad_backend", "limit_step_s",
                   "fraction_of_limit", "fraction_of_limit_torchvision"},
     "demo_step": {"step_s", "step_gflop", "limit_step_s", "fraction_of_limit", "mm_gflops",
-                  "conv_gflops", "augment_floor_s", "augment_s"},
+                  "conv_gflops", "augment_floor_s", "augment_s", "levels_step_s",
+                  "mosaic_speedup"},
     "supernet": {"speedup", "peak_memory_ratio", "flop_ratio", "fraction_of_limit",
                  "fraction_of_limit_cpu", "fraction_of_limit_paired", "shared_step_s",
                  "separate_step_s"},
@@ -107,6 +108,7 @@ def test_sub_command_prints_one_json_line(monkeypatch, capsys, tmp_path, name):
                 limit / result[key], rel=0.03)
     if name == "demo_step":
         assert result["augment_floor_s"] == pytest.approx(7 * limit, abs=0.06)
+        assert result["mosaic_speedup"] > 0 and result["levels_step_s"] > 0
     if name == "sparse_resnet":
         assert result["fraction_of_limit_at_density_0.5"] == pytest.approx(
             result["speedup_vs_plain_at_density_0.5"]

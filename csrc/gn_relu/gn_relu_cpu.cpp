@@ -14,6 +14,13 @@
 // and the per-sample channel sums of dy (grad of bias) and dy * xhat (grad of weight), added
 // over the samples at the end. PyTorch's own CPU GroupNorm on channels-last input and the
 // separate ReLU / threshold_backward passes are several times slower (docs/ops.md).
+//
+// Segments (`forward_segments` / `backward_segments`): the H*W rows of every sample split into
+// runs [R, 3] (first row, row count, segment s >= 0, or -1 for rows outside every segment),
+// covering the rows in order. Each segment is normalized on its own (statistics per sample,
+// segment and group: mean, rstd [N, S, G]); rows of no segment give y = 0 and dx = 0. This is
+// GroupNorm + ReLU of the FPN levels packed side by side in one map (fad/modeling/fcos/
+// mosaic.py). The plain op is one segment of all rows.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -220,15 +227,50 @@ Shape check(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bia
   return {x.size(0), c, groups, c / groups, x.size(2) * x.size(3)};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x,
-                                                           const at::Tensor& weight_in,
-                                                           const at::Tensor& bias_in,
-                                                           int64_t groups, double eps) {
+// A run of rows of one segment (segment -1: rows outside every segment).
+struct Run {
+  int64_t first, rows, segment;
+};
+
+// The runs of a [R, 3] int64 tensor; they must cover rows 0..rows-1 in order, and each of the
+// `segments` segments must own at least one row. Also each segment's row count.
+std::vector<Run> read_runs(const at::Tensor& runs, int64_t rows, int64_t segments,
+                           std::vector<int64_t>& segment_rows) {
+  TORCH_CHECK(runs.dim() == 2 && runs.size(1) == 3 && runs.scalar_type() == at::kLong &&
+                  runs.device().is_cpu(),
+              "fad gn_relu: runs must be a [R, 3] int64 CPU tensor, got ", runs.sizes());
+  TORCH_CHECK(segments >= 1, "fad gn_relu: segments must be >= 1, got ", segments);
+  const at::Tensor r = runs.contiguous();
+  const int64_t* p = r.const_data_ptr<int64_t>();
+  std::vector<Run> out(r.size(0));
+  segment_rows.assign(segments, 0);
+  int64_t next = 0;
+  for (int64_t i = 0; i < r.size(0); ++i) {
+    out[i] = {p[3 * i], p[3 * i + 1], p[3 * i + 2]};
+    TORCH_CHECK(out[i].first == next && out[i].rows > 0 && out[i].segment >= -1 &&
+                    out[i].segment < segments,
+                "fad gn_relu: run ", i, " (", out[i].first, ", ", out[i].rows, ", ",
+                out[i].segment, ") must start at row ", next, ", hold rows and name a segment "
+                "in [-1, ", segments, ")");
+    if (out[i].segment >= 0) segment_rows[out[i].segment] += out[i].rows;
+    next += out[i].rows;
+  }
+  TORCH_CHECK(next == rows, "fad gn_relu: the runs cover ", next, " rows of ", rows);
+  for (int64_t s = 0; s < segments; ++s) {
+    TORCH_CHECK(segment_rows[s] > 0, "fad gn_relu: segment ", s, " has no rows");
+  }
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(
+    const at::Tensor& x, const at::Tensor& weight_in, const at::Tensor& bias_in, int64_t groups,
+    double eps, const std::vector<Run>& runs, const std::vector<int64_t>& segment_rows) {
   const Shape s = check(x, weight_in, bias_in, groups);
+  const int64_t segments = static_cast<int64_t>(segment_rows.size());
   const at::Tensor weight = weight_in.contiguous(), bias = bias_in.contiguous();
   at::Tensor y = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  at::Tensor mean = at::empty({s.n, s.groups}, x.options());
-  at::Tensor rstd = at::empty({s.n, s.groups}, x.options());
+  at::Tensor mean = at::empty({s.n, segments, s.groups}, x.options());
+  at::Tensor rstd = at::empty({s.n, segments, s.groups}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fad_gn_relu_forward", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* wp = weight.const_data_ptr<scalar_t>();
@@ -236,50 +278,69 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x,
     scalar_t* yp = y.mutable_data_ptr<scalar_t>();
     scalar_t* mp = mean.mutable_data_ptr<scalar_t>();
     scalar_t* rp = rstd.mutable_data_ptr<scalar_t>();
-    const double count = static_cast<double>(s.per_group * s.rows);
     at::parallel_for(0, s.n, s.grain(), [&](int64_t begin, int64_t end) {
-      std::vector<double> sum(s.c), sumsq(s.c);
-      std::vector<scalar_t> a(s.c), b(s.c);  // scratch of the sums, then the affine
+      std::vector<double> sum(segments * s.c), sumsq(segments * s.c);
+      // scratch of the sums, then the affine of each segment
+      std::vector<scalar_t> a(segments * s.c), b(segments * s.c);
       for (int64_t n = begin; n < end; ++n) {
         const int64_t offset = n * s.rows * s.c;
         std::fill(sum.begin(), sum.end(), 0.0);
         std::fill(sumsq.begin(), sumsq.end(), 0.0);
-        moments(xp + offset, s.rows, s.c, a.data(), b.data(), sum.data(), sumsq.data());
-        for (int64_t g = 0; g < s.groups; ++g) {
-          double gs = 0, gq = 0;
-          for (int64_t j = g * s.per_group; j < (g + 1) * s.per_group; ++j) {
-            gs += sum[j];
-            gq += sumsq[j];
-          }
-          const double mu = gs / count;
-          const double var = std::max(gq / count - mu * mu, 0.0);
-          const scalar_t m = static_cast<scalar_t>(mu);
-          const scalar_t r = static_cast<scalar_t>(1.0 / std::sqrt(var + eps));
-          mp[n * s.groups + g] = m;
-          rp[n * s.groups + g] = r;
-          for (int64_t j = g * s.per_group; j < (g + 1) * s.per_group; ++j) {
-            a[j] = wp[j] * r;
-            b[j] = bp[j] - m * a[j];
+        for (const Run& run : runs) {
+          if (run.segment < 0) continue;
+          const int64_t k = run.segment * s.c;
+          moments(xp + offset + run.first * s.c, run.rows, s.c, a.data(), b.data(),
+                  sum.data() + k, sumsq.data() + k);
+        }
+        for (int64_t seg = 0; seg < segments; ++seg) {
+          const double count = static_cast<double>(s.per_group * segment_rows[seg]);
+          const int64_t k = seg * s.c, stat = (n * segments + seg) * s.groups;
+          for (int64_t g = 0; g < s.groups; ++g) {
+            double gs = 0, gq = 0;
+            for (int64_t j = g * s.per_group; j < (g + 1) * s.per_group; ++j) {
+              gs += sum[k + j];
+              gq += sumsq[k + j];
+            }
+            const double mu = gs / count;
+            const double var = std::max(gq / count - mu * mu, 0.0);
+            const scalar_t m = static_cast<scalar_t>(mu);
+            const scalar_t r = static_cast<scalar_t>(1.0 / std::sqrt(var + eps));
+            mp[stat + g] = m;
+            rp[stat + g] = r;
+            for (int64_t j = g * s.per_group; j < (g + 1) * s.per_group; ++j) {
+              a[k + j] = wp[j] * r;
+              b[k + j] = bp[j] - m * a[k + j];
+            }
           }
         }
-        apply(xp + offset, a.data(), b.data(), yp + offset, s.rows, s.c);
+        for (const Run& run : runs) {
+          scalar_t* out = yp + offset + run.first * s.c;
+          if (run.segment < 0) {
+            std::fill(out, out + run.rows * s.c, scalar_t(0));
+          } else {
+            const int64_t k = run.segment * s.c;
+            apply(xp + offset + run.first * s.c, a.data() + k, b.data() + k, out, run.rows, s.c);
+          }
+        }
       }
     });
   });
   return {y, mean, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(
     const at::Tensor& grad_in, const at::Tensor& y, const at::Tensor& x,
     const at::Tensor& weight_in, const at::Tensor& mean_in, const at::Tensor& rstd_in,
-    int64_t groups) {
+    int64_t groups, const std::vector<Run>& runs, const std::vector<int64_t>& segment_rows) {
   const Shape s = check(x, weight_in, weight_in, groups);
+  const int64_t segments = static_cast<int64_t>(segment_rows.size());
   TORCH_CHECK(grad_in.sizes() == x.sizes() && y.sizes() == x.sizes() &&
                   y.is_contiguous(at::MemoryFormat::ChannelsLast),
               "fad gn_relu: grad ", grad_in.sizes(), " and y ", y.sizes(),
               " must match x ", x.sizes(), " (y channels-last)");
-  TORCH_CHECK(mean_in.numel() == s.n * s.groups && rstd_in.numel() == s.n * s.groups,
-              "fad gn_relu: mean and rstd must be [N, G]");
+  TORCH_CHECK(mean_in.numel() == s.n * segments * s.groups &&
+                  rstd_in.numel() == s.n * segments * s.groups,
+              "fad gn_relu: mean and rstd must be [N, G] ([N, S, G] with S segments)");
   const at::Tensor grad = grad_in.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor weight = weight_in.contiguous(), mean = mean_in.contiguous(),
                    rstd = rstd_in.contiguous();
@@ -297,38 +358,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     const scalar_t* mp = mean.const_data_ptr<scalar_t>();
     const scalar_t* rp = rstd.const_data_ptr<scalar_t>();
     scalar_t* dxp = grad_x_out.mutable_data_ptr<scalar_t>();
-    const double count = static_cast<double>(s.per_group * s.rows);
     at::parallel_for(0, s.n, s.grain(), [&](int64_t begin, int64_t end) {
-      std::vector<double> sum_g(s.c), sum_gx(s.c);
-      std::vector<scalar_t> p(s.c), q(s.c), r(s.c), acc_g(s.c), acc_gx(s.c);
+      std::vector<double> sum_g(segments * s.c), sum_gx(segments * s.c);
+      std::vector<scalar_t> p(segments * s.c), q(segments * s.c), r(segments * s.c);
+      std::vector<scalar_t> acc_g(s.c), acc_gx(s.c);
       for (int64_t n = begin; n < end; ++n) {
         const int64_t offset = n * s.rows * s.c;
         std::fill(sum_g.begin(), sum_g.end(), 0.0);
         std::fill(sum_gx.begin(), sum_gx.end(), 0.0);
-        masked_sums(xp + offset, yp + offset, gp + offset, s.rows, s.c, acc_g.data(),
-                    acc_gx.data(), sum_g.data(), sum_gx.data());
-        for (int64_t g = 0; g < s.groups; ++g) {
-          const double md = mp[n * s.groups + g], rd = rp[n * s.groups + g];
-          double ma = 0, mb = 0;  // sum_g(dy * w), sum_g(dy * w * xhat), then / M
-          for (int64_t j = g * s.per_group; j < (g + 1) * s.per_group; ++j) {
-            const double dy_xhat = rd * (sum_gx[j] - md * sum_g[j]);
-            part_w[n * s.c + j] = dy_xhat;
-            part_b[n * s.c + j] = sum_g[j];
-            ma += static_cast<double>(wp[j]) * sum_g[j];
-            mb += static_cast<double>(wp[j]) * dy_xhat;
-          }
-          ma /= count;
-          mb /= count;
-          const scalar_t qg = static_cast<scalar_t>(-rd * rd * mb);
-          const scalar_t rg = static_cast<scalar_t>(rd * (md * rd * mb - ma));
-          for (int64_t j = g * s.per_group; j < (g + 1) * s.per_group; ++j) {
-            p[j] = static_cast<scalar_t>(static_cast<double>(wp[j]) * rd);
-            q[j] = qg;
-            r[j] = rg;
+        std::fill(part_w.begin() + n * s.c, part_w.begin() + (n + 1) * s.c, 0.0);
+        std::fill(part_b.begin() + n * s.c, part_b.begin() + (n + 1) * s.c, 0.0);
+        for (const Run& run : runs) {
+          if (run.segment < 0) continue;
+          const int64_t k = run.segment * s.c, o = offset + run.first * s.c;
+          masked_sums(xp + o, yp + o, gp + o, run.rows, s.c, acc_g.data(), acc_gx.data(),
+                      sum_g.data() + k, sum_gx.data() + k);
+        }
+        for (int64_t seg = 0; seg < segments; ++seg) {
+          const double count = static_cast<double>(s.per_group * segment_rows[seg]);
+          const int64_t k = seg * s.c, stat = (n * segments + seg) * s.groups;
+          for (int64_t g = 0; g < s.groups; ++g) {
+            const double md = mp[stat + g], rd = rp[stat + g];
+            double ma = 0, mb = 0;  // sum_g(dy * w), sum_g(dy * w * xhat), then / M
+            for (int64_t j = g * s.per_group; j < (g + 1) * s.per_group; ++j) {
+              const double dy_xhat = rd * (sum_gx[k + j] - md * sum_g[k + j]);
+              part_w[n * s.c + j] += dy_xhat;
+              part_b[n * s.c + j] += sum_g[k + j];
+              ma += static_cast<double>(wp[j]) * sum_g[k + j];
+              mb += static_cast<double>(wp[j]) * dy_xhat;
+            }
+            ma /= count;
+            mb /= count;
+            const scalar_t qg = static_cast<scalar_t>(-rd * rd * mb);
+            const scalar_t rg = static_cast<scalar_t>(rd * (md * rd * mb - ma));
+            for (int64_t j = g * s.per_group; j < (g + 1) * s.per_group; ++j) {
+              p[k + j] = static_cast<scalar_t>(static_cast<double>(wp[j]) * rd);
+              q[k + j] = qg;
+              r[k + j] = rg;
+            }
           }
         }
-        grad_x(xp + offset, yp + offset, gp + offset, p.data(), q.data(), r.data(),
-               dxp + offset, s.rows, s.c);
+        for (const Run& run : runs) {
+          const int64_t o = offset + run.first * s.c;
+          if (run.segment < 0) {
+            std::fill(dxp + o, dxp + o + run.rows * s.c, scalar_t(0));
+          } else {
+            const int64_t k = run.segment * s.c;
+            grad_x(xp + o, yp + o, gp + o, p.data() + k, q.data() + k, r.data() + k, dxp + o,
+                   run.rows, s.c);
+          }
+        }
       }
     });
     scalar_t* gwp = grad_weight.mutable_data_ptr<scalar_t>();
@@ -344,6 +423,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
     }
   });
   return {grad_x_out, grad_weight, grad_bias};
+}
+
+// The plain op: one segment of all rows.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_cpu(const at::Tensor& x,
+                                                           const at::Tensor& weight,
+                                                           const at::Tensor& bias,
+                                                           int64_t groups, double eps) {
+  const int64_t rows = x.dim() == 4 ? x.size(2) * x.size(3) : 0;
+  auto [y, mean, rstd] = forward_impl(x, weight, bias, groups, eps, {{0, rows, 0}}, {rows});
+  return {y, mean.view({x.size(0), groups}), rstd.view({x.size(0), groups})};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cpu(
+    const at::Tensor& grad, const at::Tensor& y, const at::Tensor& x, const at::Tensor& weight,
+    const at::Tensor& mean, const at::Tensor& rstd, int64_t groups) {
+  const int64_t rows = x.dim() == 4 ? x.size(2) * x.size(3) : 0;
+  return backward_impl(grad, y, x, weight, mean, rstd, groups, {{0, rows, 0}}, {rows});
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_segments_cpu(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, int64_t groups,
+    double eps, const at::Tensor& runs, int64_t segments) {
+  TORCH_CHECK(x.dim() == 4, "fad gn_relu: x must be [N, C, H, W], got ", x.sizes());
+  std::vector<int64_t> segment_rows;
+  const std::vector<Run> parsed = read_runs(runs, x.size(2) * x.size(3), segments, segment_rows);
+  return forward_impl(x, weight, bias, groups, eps, parsed, segment_rows);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_segments_cpu(
+    const at::Tensor& grad, const at::Tensor& y, const at::Tensor& x, const at::Tensor& weight,
+    const at::Tensor& mean, const at::Tensor& rstd, int64_t groups, const at::Tensor& runs) {
+  TORCH_CHECK(x.dim() == 4 && mean.dim() == 3, "fad gn_relu: x must be [N, C, H, W] and mean "
+              "[N, S, G], got ", x.sizes(), " and ", mean.sizes());
+  std::vector<int64_t> segment_rows;
+  const std::vector<Run> parsed =
+      read_runs(runs, x.size(2) * x.size(3), mean.size(1), segment_rows);
+  return backward_impl(grad, y, x, weight, mean, rstd, groups, parsed, segment_rows);
 }
 
 at::Tensor gn_relu_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
@@ -429,6 +545,8 @@ TORCH_LIBRARY_IMPL(fad_gn_relu, CPU, m) {
   m.impl("forward", &fad_gn_relu::forward_cpu);
   m.impl("backward", &fad_gn_relu::backward_cpu);
   m.impl("gn_relu", &fad_gn_relu::gn_relu_cpu);
+  m.impl("forward_segments", &fad_gn_relu::forward_segments_cpu);
+  m.impl("backward_segments", &fad_gn_relu::backward_segments_cpu);
 }
 
 TORCH_LIBRARY_IMPL(fad_gn_relu, Autograd, m) { m.impl("gn_relu", &fad_gn_relu::gn_relu_autograd); }

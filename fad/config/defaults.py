@@ -111,6 +111,9 @@ _C.SOLVER.COMPILE = False  # torch.compile the model of the training step (docs/
 _C.SOLVER.CHANNELS_LAST = True  # detector training in NHWC memory (faster convs; docs/ops.md)
 # CPU, one process: the FCOS head's P3 and its P4-P7 on two threads, training and eval (docs/ops.md)
 _C.SOLVER.PARALLEL_HEAD_LEVELS = False
+# training (NHWC): the FCOS head's levels packed in one map, the towers run once (fad/modeling/
+# fcos/mosaic.py); in training it takes the place of PARALLEL_HEAD_LEVELS, which eval still uses
+_C.SOLVER.MOSAIC_HEAD_LEVELS = False
 _C.SOLVER.LOG_PERIOD = positive(20)  # iterations between log lines
 
 _C.TEST = CN()

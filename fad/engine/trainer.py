@@ -26,8 +26,9 @@ from torch import Tensor, nn
 from yacs.config import CfgNode
 
 from fad.data import make_train_loader
-from fad.errors import DataError
+from fad.errors import ConfigError, DataError
 from fad.modeling.backbone.fold_frozen_bn import fold_frozen_batch_norms
+from fad.modeling.fcos.mosaic import enable_mosaic_levels
 from fad.modeling.fcos.parallel_levels import enable_parallel_levels
 from fad.modeling.hooks import ModelHooks
 from fad.ops.conv_wgrad import use_gemm_weight_grad
@@ -182,7 +183,8 @@ class DetectorStep(TrainStep):
     weight gradient from GEMMs where that pays (`prepare_layers`).
     The AMP policy's autocast wraps the forward, or only the backbone (`AmpPolicy.attach`).
     With SOLVER.PARALLEL_HEAD_LEVELS an FCOS head's P3 and P4-P7 run on two CPU threads
-    (`fad.modeling.fcos.parallel_levels`)."""
+    (`fad.modeling.fcos.parallel_levels`); with SOLVER.MOSAIC_HEAD_LEVELS its levels run packed
+    in one map instead (`fad.modeling.fcos.mosaic`)."""
 
     def __init__(self, cfg: CfgNode, model: nn.Module, device: torch.device):
         prepare_layers(cfg, model)
@@ -190,6 +192,11 @@ class DetectorStep(TrainStep):
         self.amp.attach(model)  # SOLVER.AMP_CPU_SCOPE backbone|towers: bf16 in parts only
         if cfg.SOLVER.PARALLEL_HEAD_LEVELS:
             enable_parallel_levels(model, get_world_size())
+        if cfg.SOLVER.MOSAIC_HEAD_LEVELS:
+            if not cfg.SOLVER.CHANNELS_LAST:
+                raise ConfigError("SOLVER.MOSAIC_HEAD_LEVELS needs SOLVER.CHANNELS_LAST True "
+                                  "(its GroupNorm + ReLU layers fused); set one or the other")
+            enable_mosaic_levels(model)
         self.net = maybe_compile(cfg, wrap_ddp(model, device))
 
     def run(self, batch: tuple[list, list[dict]]) -> StepOutput:

@@ -29,7 +29,7 @@ from . import msda, sparse
 from .backends import using
 from .build import ExtensionUnavailable, load
 from .depthwise import depthwise_conv3x3
-from .gn_relu import group_norm_relu
+from .gn_relu import group_norm_relu, group_norm_relu_segments
 from .msda.inputs import random_msda_inputs
 
 TOLERANCE = 1e-4  # float32 inputs, errors relative to the reference magnitude
@@ -78,14 +78,21 @@ def _depthwise_run(device: str) -> list[Tensor]:
 
 
 def _gn_relu_run(device: str) -> list[Tensor]:
-    """Output and the input / weight / bias gradients of GroupNorm + ReLU, channels-last."""
+    """Outputs and input / weight / bias gradients of GroupNorm + ReLU, channels-last: on the
+    whole map, and per segment (`group_norm_relu_segments`: rows 0-1 and 3-4 of columns 0-5,
+    the other positions in none)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 12, 5, 7, generator=g).to(device, memory_format=torch.channels_last)
     weight, bias = (torch.randn(12, generator=g).to(device) for _ in range(2))
     leaves = [t.requires_grad_() for t in (x, weight, bias)]
-    out = group_norm_relu(x, 4, weight, bias)
-    grad = torch.randn(out.shape, generator=g).to(device)
-    return [out.detach(), *torch.autograd.grad(out, leaves, grad)]
+    runs = torch.tensor([[0, 6, 0], [6, 1, -1], [7, 6, 0], [13, 8, -1], [21, 6, 1],
+                         [27, 1, -1], [28, 6, 1], [34, 1, -1]])
+    results = []
+    for out in (group_norm_relu(x, 4, weight, bias),
+                group_norm_relu_segments(x, 4, weight, bias, 1e-5, runs, 2)):
+        grad = torch.randn(out.shape, generator=g).to(device)
+        results += [out.detach(), *torch.autograd.grad(out, leaves, grad)]
+    return results
 
 
 def _sparse_run(device: str) -> list[Tensor]:
@@ -164,7 +171,8 @@ def run_all() -> list[Result]:
             results.append(_check("sparse", "cpp", device, _sparse_run,
                                   _load_reason("sparse_cpu"), "; forward only (inference)"))
             results.append(_check("gn_relu", "cpp", device, _gn_relu_run,
-                                  _load_reason("gn_relu_cpu"), "; channels-last input"))
+                                  _load_reason("gn_relu_cpu"),
+                                  "; channels-last input, whole and per segment"))
     return results
 
 

@@ -1,8 +1,11 @@
 """The demo's augment training step against the limit its FLOPs set on this machine.
 
 The step is `DetectorStep`'s (as `tools/train_net.py` builds it in `scripts/demo.sh`: the layer
-changes of `prepare_layers`, SOLVER.PARALLEL_HEAD_LEVELS on) for `--config-file` with the towers
-of `--genotype-file`, on a random batch of the demo's padded size. Its FLOPs (forward +
+changes of `prepare_layers`, SOLVER.MOSAIC_HEAD_LEVELS on: the head's levels packed in one map)
+for `--config-file` with the towers of `--genotype-file`, on a random batch of the demo's padded
+size. The same step with the head's levels on two threads instead (SOLVER.PARALLEL_HEAD_LEVELS
+alone, the demo's step before the mosaic) is timed in the same rounds (`levels_step_s`;
+`mosaic_speedup` = the median over rounds of its time over the mosaic's). Its FLOPs (forward +
 backward) are counted once by torch's `FlopCounterMode` on the same model with plain PyTorch
 ops; the machine's rate is the faster of two dense products timed here, a float32 GEMM
 (`torch.mm`, 1024^3) and a channels-last 3x3 convolution (oneDNN, 256 -> 256 channels at 28x20,
@@ -45,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    cfg = load_config(args.config_file, ["MODEL.DEVICE", "cpu",
-                                         "SOLVER.PARALLEL_HEAD_LEVELS", True])
+    cfg = load_config(args.config_file, ["MODEL.DEVICE", "cpu", "SOLVER.PARALLEL_HEAD_LEVELS",
+                                         True, "SOLVER.MOSAIC_HEAD_LEVELS", True])
     cfg.defrost()
     resolve_genotype(cfg, args.genotype_file)
     batch_size = args.batch or cfg.SOLVER.IMS_PER_BATCH
@@ -54,14 +57,25 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     flops = step_flops(build_detector(cfg, args.classes).train(), batch)
     torch.manual_seed(0)
-    step = DetectorStep(cfg, build_detector(cfg, args.classes), torch.device("cpu"))
-    step_s = time_rounds({"step": lambda: step.run(batch)}, 1, args.repeats,
-                         grad=True).medians()["step"]
+    model = build_detector(cfg, args.classes)
+    step = DetectorStep(cfg, model, torch.device("cpu"))
+    gap = model.head.mosaic_gap
+
+    def run_step(mosaic_gap: int) -> None:
+        model.head.mosaic_gap = mosaic_gap  # 0: the levels on two threads
+        step.run(batch)
+
+    samples = time_rounds({"step": lambda: run_step(gap), "levels": lambda: run_step(0)}, 1,
+                          args.repeats, grad=True)
+    medians = samples.medians()
+    step_s = medians["step"]
     limit = limit_keys(flops, {"": step_s}, args.repeats)
     return {"device": "cpu", "config": args.config_file, "genotype": args.genotype_file,
             "input": list(args.size), "batch": batch_size, "threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "step_s": round(step_s, 4), "step_gflops": round(flops / step_s / 1e9, 1), **limit,
+            "step_s": round(step_s, 4), "step_gflops": round(flops / step_s / 1e9, 1),
+            "levels_step_s": round(medians["levels"], 4),
+            "mosaic_speedup": round(samples.median_ratio("levels", "step"), 3), **limit,
             "iterations": args.iterations,
             "augment_floor_s": round(args.iterations * limit["limit_step_s"], 1),
             "augment_s": round(args.iterations * step_s, 1)}

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from fad.modeling.layers import group_norm, prior_bias
 
+from .mosaic import mosaic_applies, run_packed
 from .parallel_levels import map_levels
 
 
@@ -62,18 +63,28 @@ class FCOSHead(nn.Module):
         init_predictor(self.centerness)
         self.scales = nn.ModuleList(Scale() for _ in range(num_levels))
         self.parallel_levels = 0  # > 0: on two CPU threads by level (parallel_levels.py)
+        self.mosaic_gap = 0  # > 0: the levels packed in one map (mosaic.py)
 
-    def level(self, index: int, feat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Level `index`'s (logits [N, K, H, W], regression [N, 4, H, W], centerness
-        [N, 1, H, W]) from its FPN map feat [N, C, H, W]."""
+    def maps(self, feat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(logits [N, K, H, W], regression before the level's scale [N, 4, H, W], centerness
+        [N, 1, H, W]) of an FPN map feat [N, C, H, W]."""
         box_feat = self.bbox_tower(feat)
         logits = self.cls_logits(self.cls_tower(feat))
-        return (logits, torch.relu(self.scales[index](self.bbox_pred(box_feat))),
-                self.centerness(box_feat))
+        return logits, self.bbox_pred(box_feat), self.centerness(box_feat)
+
+    def level(self, index: int, feat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Level `index`'s (logits, regression [N, 4, H, W], centerness) of its FPN map."""
+        logits, reg, ctr = self.maps(feat)
+        return logits, torch.relu(self.scales[index](reg)), ctr
 
     def forward(self, features: list[Tensor]) -> dict[str, Tensor]:
-        logits, regs, ctrs = zip(*map_levels(self.level, features[:len(self.scales)],
-                                             self.parallel_levels, self))
+        features = features[:len(self.scales)]
+        if self.mosaic_gap and mosaic_applies(features):
+            logits, regs, ctrs = zip(*run_packed(self.maps, features, self.mosaic_gap))
+            regs = tuple(torch.relu(self.scales[i](r)) for i, r in enumerate(regs))
+        else:
+            logits, regs, ctrs = zip(*map_levels(self.level, features, self.parallel_levels,
+                                                 self))
         return {
             "cls_logits": flatten_level_outputs(list(logits)),
             "bbox_regression": flatten_level_outputs(list(regs)),

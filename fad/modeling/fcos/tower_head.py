@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from fad.modeling.layers import prior_bias
 
 from .head import Scale, flatten_level_outputs, init_predictor
+from .mosaic import mosaic_applies, run_packed
 from .parallel_levels import map_levels
 
 
@@ -38,19 +39,30 @@ class TowerHead(nn.Module):
         init_predictor(self.cls_logits, prior_bias(prior_prob))
         self.scales = nn.ModuleList(Scale() for _ in range(num_levels))
         self.parallel_levels = 0  # > 0: on two CPU threads by level (parallel_levels.py)
+        self.mosaic_gap = 0  # > 0: the levels packed in one map (mosaic.py)
 
-    def level(self, index: int, feat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Level `index`'s (logits [N, K, H, W], regression [N, 4, H, W], centerness
-        [N, 1, H, W]) from its FPN map feat [N, C, H, W]."""
+    def maps(self, feat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(logits [N, K, H, W], regression before the level's scale [N, 4, H, W], centerness
+        [N, 1, H, W]) of an FPN map feat [N, C, H, W]."""
         bf = self.box_reduce(self.box_tower(feat, feat))
         logits = self.cls_logits(self.cls_reduce(self.cls_tower(bf, feat)))
-        return logits, self.scales[index](self.bbox_pred(bf)).relu(), self.centerness(bf)
+        return logits, self.bbox_pred(bf), self.centerness(bf)
+
+    def level(self, index: int, feat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Level `index`'s (logits, regression [N, 4, H, W], centerness) of its FPN map."""
+        logits, reg, ctr = self.maps(feat)
+        return logits, self.scales[index](reg).relu(), ctr
 
     def forward(self, features: list[Tensor]) -> dict[str, Tensor]:
         if len(features) > len(self.scales):
             raise ValueError(f"the head has {len(self.scales)} per-level scales but got "
                              f"{len(features)} feature maps")
-        logits, regs, ctrs = zip(*map_levels(self.level, features, self.parallel_levels, self))
+        if self.mosaic_gap and mosaic_applies(features):
+            logits, regs, ctrs = zip(*run_packed(self.maps, features, self.mosaic_gap))
+            regs = tuple(self.scales[i](r).relu() for i, r in enumerate(regs))
+        else:
+            logits, regs, ctrs = zip(*map_levels(self.level, features, self.parallel_levels,
+                                                 self))
         return {
             "cls_logits": flatten_level_outputs(list(logits)),
             "bbox_regression": flatten_level_outputs(list(regs)),

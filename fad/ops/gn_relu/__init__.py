@@ -13,10 +13,14 @@ nn.Sequential containers (same state dict). Laid out as every op in `fad.ops`:
     reference.py  `F.group_norm` + `F.relu`
     dispatch.py   the backend choice: `kernel_runs`, `group_norm_relu`
     layer.py      `GroupNormReLU`, `fuse_group_norm_relu`
+    segments.py   `group_norm_relu_segments`: each segment of a map's positions on its own
+                  (the packed FPN levels of fad/modeling/fcos/mosaic.py), `segments_scope`
 """
 from .dispatch import group_norm_relu, kernel_runs
 from .layer import GroupNormReLU, fuse_group_norm_relu
 from .reference import group_norm_relu_reference
+from .segments import group_norm_relu_segments, segments_scope
 
 __all__ = ["GroupNormReLU", "fuse_group_norm_relu", "group_norm_relu",
-           "group_norm_relu_reference", "kernel_runs"]
+           "group_norm_relu_reference", "group_norm_relu_segments", "kernel_runs",
+           "segments_scope"]

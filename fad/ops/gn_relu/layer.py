@@ -5,13 +5,19 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .dispatch import group_norm_relu
+from .segments import current_segments, group_norm_relu_segments
 
 
 class GroupNormReLU(nn.GroupNorm):
     """`forward(x: Tensor[N, C, H, W]) -> Tensor[N, C, H, W]` = relu(GroupNorm(x)); the
-    parameters and state dict of `nn.GroupNorm` (`weight`, `bias`)."""
+    parameters and state dict of `nn.GroupNorm` (`weight`, `bias`). Inside a `segments_scope`,
+    each segment of the map normalized on its own (`group_norm_relu_segments`)."""
 
     def forward(self, x: Tensor) -> Tensor:
+        segments = current_segments()
+        if segments is not None:
+            return group_norm_relu_segments(x, self.num_groups, self.weight, self.bias,
+                                            self.eps, *segments)
         return group_norm_relu(x, self.num_groups, self.weight, self.bias, self.eps)
 
 

@@ -1,7 +1,9 @@
 """The GroupNorm + ReLU kernel ops (C++ in csrc/gn_relu) and their fake impls (shapes for
 FakeTensorMode / torch.export): `fad_gn_relu::forward` (y, mean, rstd), `backward`, and
 `gn_relu`, the forward with its autograd registered in C++ (the backward runs `backward`; with
-create_graph it differentiates PyTorch's `group_norm` + `relu`).
+create_graph it differentiates PyTorch's `group_norm` + `relu`); `forward_segments` /
+`backward_segments`, the same per segment of rows (runs [R, 3]: first row, row count, segment
+or -1; mean / rstd [N, S, G]; `segments.py`).
 
 No FLOP formula: like PyTorch's GroupNorm and ReLU, FlopCounterMode counts none here.
 """
@@ -18,6 +20,10 @@ _KERNEL_LIB = define_library("fad_gn_relu", (
     "backward(Tensor grad, Tensor y, Tensor x, Tensor weight, Tensor mean, Tensor rstd, "
     "int groups) -> (Tensor, Tensor, Tensor)",
     "gn_relu(Tensor x, Tensor weight, Tensor bias, int groups, float eps) -> Tensor",
+    "forward_segments(Tensor x, Tensor weight, Tensor bias, int groups, float eps, Tensor runs, "
+    "int segments) -> (Tensor, Tensor, Tensor)",
+    "backward_segments(Tensor grad, Tensor y, Tensor x, Tensor weight, Tensor mean, "
+    "Tensor rstd, int groups, Tensor runs) -> (Tensor, Tensor, Tensor)",
 ))
 
 
@@ -38,3 +44,18 @@ def _backward_fake(grad: Tensor, y: Tensor, x: Tensor, weight: Tensor, mean: Ten
 @torch.library.register_fake("fad_gn_relu::gn_relu", lib=_KERNEL_LIB)
 def _gn_relu_fake(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float) -> Tensor:
     return torch.empty_like(x, memory_format=torch.channels_last)
+
+
+@torch.library.register_fake("fad_gn_relu::forward_segments", lib=_KERNEL_LIB)
+def _forward_segments_fake(x: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float,
+                           runs: Tensor, segments: int) -> tuple[Tensor, Tensor, Tensor]:
+    stats = x.new_empty((x.shape[0], segments, groups))
+    return torch.empty_like(x, memory_format=torch.channels_last), stats, stats.clone()
+
+
+@torch.library.register_fake("fad_gn_relu::backward_segments", lib=_KERNEL_LIB)
+def _backward_segments_fake(grad: Tensor, y: Tensor, x: Tensor, weight: Tensor, mean: Tensor,
+                            rstd: Tensor, groups: int, runs: Tensor
+                            ) -> tuple[Tensor, Tensor, Tensor]:
+    return (torch.empty_like(x, memory_format=torch.channels_last), torch.empty_like(weight),
+            torch.empty_like(weight))
