@@ -32,6 +32,18 @@ def flatten_level_outputs(maps: list[Tensor]) -> Tensor:
     return torch.cat([m.permute(0, 2, 3, 1).reshape(m.shape[0], -1, m.shape[1]) for m in maps], 1)
 
 
+def level_outputs(head: nn.Module, features: list[Tensor]
+                  ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """(logits, regressions, centerness), each a tuple over the levels, of an FCOS head (its
+    `maps`, `level`, `scales`, `parallel_levels`, `mosaic_gap`): the levels packed in one map
+    (`mosaic.run_packed`, each level's scale on its slice) where `head.mosaic_gap` is set and
+    `mosaic_applies`, else `map_levels` (one after the other, or on two threads)."""
+    if head.mosaic_gap and mosaic_applies(features):
+        logits, regs, ctrs = zip(*run_packed(head.maps, features, head.mosaic_gap))
+        return logits, tuple(head.scales[i](r).relu() for i, r in enumerate(regs)), ctrs
+    return tuple(zip(*map_levels(head.level, features, head.parallel_levels, head)))
+
+
 def init_predictor(conv: nn.Conv2d, bias: float = 0.0) -> None:
     """N(0, 0.01) weights and a constant bias, as for every FCOS predictor."""
     nn.init.normal_(conv.weight, std=0.01)
@@ -78,13 +90,7 @@ class FCOSHead(nn.Module):
         return logits, torch.relu(self.scales[index](reg)), ctr
 
     def forward(self, features: list[Tensor]) -> dict[str, Tensor]:
-        features = features[:len(self.scales)]
-        if self.mosaic_gap and mosaic_applies(features):
-            logits, regs, ctrs = zip(*run_packed(self.maps, features, self.mosaic_gap))
-            regs = tuple(torch.relu(self.scales[i](r)) for i, r in enumerate(regs))
-        else:
-            logits, regs, ctrs = zip(*map_levels(self.level, features, self.parallel_levels,
-                                                 self))
+        logits, regs, ctrs = level_outputs(self, features[:len(self.scales)])
         return {
             "cls_logits": flatten_level_outputs(list(logits)),
             "bbox_regression": flatten_level_outputs(list(regs)),

@@ -17,9 +17,7 @@ from torch import Tensor, nn
 
 from fad.modeling.layers import prior_bias
 
-from .head import Scale, flatten_level_outputs, init_predictor
-from .mosaic import mosaic_applies, run_packed
-from .parallel_levels import map_levels
+from .head import Scale, flatten_level_outputs, init_predictor, level_outputs
 
 
 class TowerHead(nn.Module):
@@ -57,12 +55,7 @@ class TowerHead(nn.Module):
         if len(features) > len(self.scales):
             raise ValueError(f"the head has {len(self.scales)} per-level scales but got "
                              f"{len(features)} feature maps")
-        if self.mosaic_gap and mosaic_applies(features):
-            logits, regs, ctrs = zip(*run_packed(self.maps, features, self.mosaic_gap))
-            regs = tuple(self.scales[i](r).relu() for i, r in enumerate(regs))
-        else:
-            logits, regs, ctrs = zip(*map_levels(self.level, features, self.parallel_levels,
-                                                 self))
+        logits, regs, ctrs = level_outputs(self, features)
         return {
             "cls_logits": flatten_level_outputs(list(logits)),
             "bbox_regression": flatten_level_outputs(list(regs)),
