@@ -97,6 +97,18 @@ def tiny_fcos_cfg(root: str, out: str):
     return cfg
 
 
+def head_grads(head: torch.nn.Module, features: list[torch.Tensor],
+               weights: dict[str, torch.Tensor]) -> tuple[dict, list, dict]:
+    """An FCOS head's outputs on copies of `features` and the gradients of
+    sum(weights * outputs) w.r.t. those copies and the head's parameters."""
+    head.zero_grad(set_to_none=True)
+    feats = [f.clone().requires_grad_() for f in features]
+    out = head(feats)
+    sum((out[k] * weights[k]).sum() for k in out).backward()
+    return ({k: v.detach() for k, v in out.items()}, [f.grad for f in feats],
+            {n: p.grad.clone() for n, p in head.named_parameters()})
+
+
 def two_image_batch() -> tuple[list[torch.Tensor], list[dict]]:
     """Two 96x128 images (Tensor[3, 96, 128] in 0..255) with one box each."""
     g = torch.Generator().manual_seed(1)

@@ -5,7 +5,7 @@ name each position's level; a detector step with it equals one without; the head
 run, and where it stands aside (FLOP counting)."""
 import pytest
 import torch
-from conftest import tiny_fcos_cfg, two_image_batch
+from conftest import head_grads, tiny_fcos_cfg, two_image_batch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fad.config import get_cfg_defaults
@@ -89,15 +89,6 @@ def _plain_head():
     return FCOSHead(32, 5, num_convs=2)
 
 
-def _grads(head, features, weights):
-    head.zero_grad(set_to_none=True)
-    feats = [f.clone().requires_grad_() for f in features]
-    out = head(feats)
-    sum((out[k] * weights[k]).sum() for k in out).backward()
-    return ({k: v.detach() for k, v in out.items()}, [f.grad for f in feats],
-            {n: p.grad.clone() for n, p in head.named_parameters()})
-
-
 @pytest.mark.parametrize("make_head,gap", [(_searched_head, 3), (_plain_head, 1)],
                          ids=["searched", "plain"])
 def test_packed_levels_give_the_loops_outputs_and_gradients(make_head, gap):
@@ -113,11 +104,11 @@ def test_packed_levels_give_the_loops_outputs_and_gradients(make_head, gap):
     with torch.no_grad():
         probe = head(features)
     weights = {k: torch.randn_like(v) for k, v in probe.items()}
-    out_a, feat_a, par_a = _grads(head, features, weights)
+    out_a, feat_a, par_a = head_grads(head, features, weights)
     model = torch.nn.Module()
     model.head = head
     assert enable_mosaic_levels(model) == gap == head.mosaic_gap
-    out_b, feat_b, par_b = _grads(head, features, weights)
+    out_b, feat_b, par_b = head_grads(head, features, weights)
     for k in out_a:
         torch.testing.assert_close(out_b[k], out_a[k], rtol=1e-11, atol=1e-11)
     for a, b in zip(feat_a, feat_b):

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 import torch
-from conftest import REPO, tiny_fcos_cfg
+from conftest import REPO, head_grads, tiny_fcos_cfg
 
 from fad.config import get_cfg_defaults
 from fad.data import build_dataset, make_train_loader
@@ -46,14 +46,9 @@ def _plain_head(dtype=torch.float32):
 
 
 def _grads(head, features, weights, parallel: int):
-    """Outputs and the gradients of sum(weights * outputs) w.r.t. the features and parameters."""
+    """`head_grads` with the head's levels split at `parallel` (0: one after the other)."""
     head.parallel_levels = parallel
-    head.zero_grad(set_to_none=True)
-    feats = [f.clone().requires_grad_() for f in features]
-    out = head(feats)
-    sum((out[k] * weights[k]).sum() for k in out).backward()
-    return ({k: v.detach() for k, v in out.items()}, [f.grad for f in feats],
-            {n: p.grad.clone() for n, p in head.named_parameters()})
+    return head_grads(head, features, weights)
 
 
 @pytest.mark.parametrize("make_head", [_searched_head, _plain_head], ids=["searched", "plain"])
