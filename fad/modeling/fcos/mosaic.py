@@ -25,6 +25,7 @@ gap and adds the hooks; the heads then take this path in `forward` where `mosaic
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -84,10 +85,11 @@ def _pack_offsets(sizes: Sequence[tuple[int, int]], limit: int, gap: int
     return min(options, key=lambda o: o[1] * o[2])
 
 
-def plan_mosaic(sizes: Sequence[tuple[int, int]], gap: int) -> Mosaic:
-    """The packed layout of levels of sizes [(H_l, W_l)] (the first the largest), `gap` zero
-    positions between any two levels."""
-    offsets, height, width = _pack_offsets(list(sizes), sizes[0][0], gap)
+@functools.lru_cache(maxsize=64)
+def plan_mosaic(sizes: tuple[tuple[int, int], ...], gap: int) -> Mosaic:
+    """The packed layout of levels of sizes ((H_l, W_l), ...) (the first the largest), `gap`
+    zero positions between any two levels (made once per sizes and gap)."""
+    offsets, height, width = _pack_offsets(sizes, sizes[0][0], gap)
     boxes = tuple((y, x, h, w) for (y, x), (h, w) in zip(offsets, sizes))
     owner = torch.full((height, width), -1, dtype=torch.long)
     for level, (y, x, h, w) in enumerate(boxes):
@@ -151,7 +153,7 @@ def run_packed(maps: Callable[[Tensor], tuple[Tensor, ...]], features: Sequence[
                gap: int) -> list[tuple[Tensor, ...]]:
     """`maps` (the towers and predictors: Tensor[N, C, H, W] -> tuple of Tensor[N, K, H, W])
     run once over the features packed; each level's tuple of outputs, level order."""
-    mosaic = plan_mosaic([tuple(f.shape[2:]) for f in features], gap)
+    mosaic = plan_mosaic(tuple((f.shape[2], f.shape[3]) for f in features), gap)
     with mosaic_scope(mosaic):
         outs = maps(pack(features, mosaic))
     return list(zip(*(unpack(o, mosaic) for o in outs)))
