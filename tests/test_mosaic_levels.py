@@ -54,6 +54,7 @@ def test_the_layout_keeps_the_levels_apart_and_its_runs_name_each_position(sizes
         grown = owner[max(0, y - gap):y + h + gap, max(0, x - gap):x + w + gap]
         assert (grown == -1).all()
         owner[y:y + h, x:x + w] = level
+    assert torch.equal(mosaic.owner, owner)
     runs = mosaic.runs.tolist()
     assert runs[0][0] == 0 and sum(count for _, count, _ in runs) == owner.numel()
     flat = owner.flatten().tolist()

@@ -43,12 +43,14 @@ _local = threading.local()
 
 @dataclass(frozen=True)
 class Mosaic:
-    """Where each level sits in the packed map: `boxes[l]` = (y, x, H_l, W_l); `runs` [R, 3]
-    int64 (first position, count, level or -1 between levels; row-major over height x width)."""
+    """Where each level sits in the packed map: `boxes[l]` = (y, x, H_l, W_l); `owner`
+    Tensor[height, width] int64, each position's level or -1 between levels; `runs` [R, 3]
+    int64, the same row-major as (first position, count, level or -1)."""
 
     height: int
     width: int
     boxes: tuple[Box, ...]
+    owner: Tensor
     runs: Tensor
     _masks: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -57,10 +59,7 @@ class Mosaic:
         between them (made once per dtype and device)."""
         key = (like.dtype, like.device)
         if key not in self._masks:
-            inside = torch.zeros(1, 1, self.height, self.width, dtype=like.dtype)
-            for y, x, h, w in self.boxes:
-                inside[:, :, y:y + h, x:x + w] = 1
-            self._masks[key] = inside.to(like.device)
+            self._masks[key] = self.owner.ge(0).to(like.device, like.dtype)[None, None]
         return self._masks[key]
 
 
@@ -98,7 +97,7 @@ def plan_mosaic(sizes: tuple[tuple[int, int], ...], gap: int) -> Mosaic:
     starts = torch.cat([torch.zeros(1, dtype=torch.long),
                         torch.nonzero(flat[1:] != flat[:-1]).flatten() + 1])
     counts = torch.diff(starts, append=torch.tensor([flat.numel()]))
-    return Mosaic(height, width, boxes, torch.stack([starts, counts, flat[starts]], 1))
+    return Mosaic(height, width, boxes, owner, torch.stack([starts, counts, flat[starts]], 1))
 
 
 def pack(features: Sequence[Tensor], mosaic: Mosaic) -> Tensor:
@@ -202,5 +201,5 @@ def enable_mosaic_levels(model: nn.Module) -> int:
                               f"{type(module).__name__}, which cannot run on packed levels "
                               "(only convolutions, GroupNorm + ReLU fused and ReLU can; "
                               "GroupNorms are fused before training); set it False")
-    head.mosaic_gap = max(gap, 1)
+    head.mosaic_gap = max(gap, 1)  # a head of 1x1 layers only still needs a gap > 0 (0: off)
     return head.mosaic_gap
