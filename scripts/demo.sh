@@ -8,10 +8,11 @@ py=.venv/bin/python
 out=${OUT:-output/demo}
 # The compiled CPU kernels build in the background (first run on a machine only, ~12 s each):
 # the search's (depthwise 3x3, edge mixing) while the data is drawn and the search starts up
-# (the search waits on each build's lock, then loads it), the augment's (GroupNorm + ReLU) while
-# the search runs. Without a compiler each tool falls back to PyTorch's ops and says so itself.
+# (the search waits on each build's lock, then loads it), the augment's (GroupNorm + ReLU, the
+# convolutions' weight gradient) while the search runs. Without a compiler each tool falls back
+# to PyTorch's ops and says so itself.
 $py -c "from fad.ops.build import load_error
-for name in ('depthwise_cpu', 'mix_cpu', 'gn_relu_cpu'): load_error(name)" >/dev/null 2>&1 &
+for name in ('depthwise_cpu', 'mix_cpu', 'gn_relu_cpu', 'conv_wgrad_cpu'): load_error(name)" >/dev/null 2>&1 &
 build=$!
 $py tools/make_synthetic_data.py --out datasets --num-train 300 --num-val 60 --seed 0
 # SOLVER.PARALLEL_HEAD_LEVELS: the search's steps, the augment's evaluation (and fad-demo's) run

@@ -1,28 +1,34 @@
 """`fad.ops.conv_wgrad`: the weight gradient of a convolution as GEMMs over blocks of its im2col
-against a hand-written sum and aten's convolution backward (float64; whole, in blocks of images
-and in bands of rows), the layer's autograd
-against nn.Conv2d, which layers `use_gemm_weight_grad` changes, when the GEMM path runs, and a
-DetectorStep training step with it equal to one without."""
+and from the direct kernel against a hand-written sum and aten's convolution backward (float64;
+GEMMs whole, in blocks of images and in bands of rows; the kernel's register blocks and tails,
+float32 on both CPU copies), the layer's autograd against nn.Conv2d, which layers
+`use_fast_weight_grad` changes, which path each call takes, and a DetectorStep training step
+with each equal to one without."""
 import collections
 
 import pytest
 import torch
-from conftest import tiny_fcos_cfg, two_image_batch
+from conftest import run_at_baseline_isa, tiny_fcos_cfg, two_image_batch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fad.engine import trainer
 from fad.modeling import build_detector
 from fad.ops.backends import using
+from fad.ops.build import ExtensionUnavailable, load_error
 from fad.ops.conv_wgrad import (
-    GemmWgradConv2d,
+    WgradConv2d,
     dispatch,
     gemm,
-    gemm_weight_grad_runs,
     layer,
-    use_gemm_weight_grad,
+    use_fast_weight_grad,
+    weight_grad_direct,
     weight_grad_gemm,
+    weight_grad_path,
 )
+
+needs_kernel = pytest.mark.skipif(load_error("conv_wgrad_cpu") is not None,
+                                  reason="the conv_wgrad_cpu kernel cannot be built here")
 
 # (N, C, O, H, W, kernel, stride, padding, dilation)
 CASES = [
@@ -90,6 +96,73 @@ def test_weight_grad_gemm_equals_aten(case, channels_last, blocks, monkeypatch):
                                rtol=1e-12, atol=1e-12)
 
 
+@needs_kernel
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("case", CASES)
+def test_weight_grad_direct_equals_aten(case, channels_last):
+    x, weight, grad = _tensors(case, channels_last)
+    got = weight_grad_direct(x, grad, *case[5:])
+    assert got.shape == weight.shape and got.dtype == torch.float64
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, _aten_weight_grad(x, grad, weight, *case[6:]),
+                               rtol=1e-12, atol=1e-12)
+
+
+# float32 register blocks: input channels in blocks of 16 (+ a tail), output channels in blocks
+# of 6 (a last 1-5; 7 and 8 left split 4 + 3 / 4 + 4).
+BLOCK_CASES = [
+    (2, 16, 6, 7, 9, (3, 3), (1, 1), (1, 1), (1, 1)),
+    (2, 32, 32, 6, 11, (3, 3), (1, 1), (1, 1), (1, 1)),  # 6 x 4 + 4 + 4 outputs
+    (1, 48, 13, 5, 8, (3, 3), (1, 1), (3, 3), (3, 3)),  # 6 + 7 -> 6 + 4 + 3
+    (2, 40, 11, 6, 7, (3, 3), (2, 1), (1, 1), (1, 1)),  # 16 + 16 + a tail of 8
+    (1, 64, 65, 4, 5, (1, 1), (1, 1), (0, 0), (1, 1)),
+    (1, 24, 1, 9, 6, (5, 3), (1, 2), (2, 1), (1, 1)),
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", BLOCK_CASES)
+def test_weight_grad_direct_float32_blocks_equal_float64_aten(case, threads):
+    x, weight, grad = _tensors(case, channels_last=True)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = weight_grad_direct(x.float(), grad.float(), *case[5:])
+    finally:
+        torch.set_num_threads(previous)
+    assert got.dtype == torch.float32
+    want = _aten_weight_grad(x, grad, weight, *case[6:])
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max())
+
+
+@needs_kernel
+def test_weight_grad_direct_rejects_bad_input():
+    x, _, grad = _tensors(CASES[0], False)
+    with pytest.raises(RuntimeError, match="is not the output of x"):
+        weight_grad_direct(x, grad[:, :, 1:], (3, 3), (1, 1), (1, 1), (1, 1))
+    with pytest.raises(RuntimeError, match="one dtype"):
+        weight_grad_direct(x, grad.float(), (3, 3), (1, 1), (1, 1), (1, 1))
+
+
+def test_baseline_isa_direct_kernel_equals_aten():
+    """ATEN_CPU_CAPABILITY=default runs the non-AVX2 copy of the kernel's loops."""
+    run_at_baseline_isa(
+        "import torch\n"
+        "from fad.ops.build import load; load('conv_wgrad_cpu')\n"
+        "from fad.ops.conv_wgrad import weight_grad_direct\n"
+        "cb = torch.ops.aten.convolution_backward\n"
+        "for c, o, d in ((40, 13, 1), (16, 8, 2)):\n"
+        "    x = torch.randn(2, c, 7, 9).to(memory_format=torch.channels_last)\n"
+        "    w = torch.randn(o, c, 3, 3)\n"
+        "    g = torch.randn(2, o, 7, 9).to(memory_format=torch.channels_last)\n"
+        "    got = weight_grad_direct(x, g, (3, 3), (1, 1), (d, d), (d, d))\n"
+        "    want = cb(g, x, w, None, [1, 1], [d, d], [d, d], False, [0, 0], 1,\n"
+        "              [False, True, False])[1]\n"
+        "    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)",
+        {"OMP_NUM_THREADS": "1"}, timeout=900)
+
+
 def test_weight_grad_gemm_equals_the_sum_over_positions_by_hand():
     """grad_w[o, c, i, j] = sum over n, y, x of
     grad[n, o, y, x] * x_padded[n, c, y sh + i dh, x sw + j dw]."""
@@ -106,6 +179,9 @@ def test_weight_grad_gemm_equals_the_sum_over_positions_by_hand():
             want[:, :, i, j] = torch.einsum("noyx,ncyx->oc", grad, window)
     torch.testing.assert_close(weight_grad_gemm(x, grad, *case[5:]), want,
                                rtol=1e-12, atol=1e-12)
+    if load_error("conv_wgrad_cpu") is None:
+        torch.testing.assert_close(weight_grad_direct(x, grad, *case[5:]), want,
+                                   rtol=1e-12, atol=1e-12)
 
 
 class _CountOps(TorchDispatchMode):
@@ -145,61 +221,78 @@ def test_weight_grad_gemm_rejects_a_grad_of_another_size():
         weight_grad_gemm(x, grad[:, :, 1:], (3, 3), (1, 1), (1, 1), (1, 1))
 
 
+# backend -> (the name of the function in `layer` that computes the weight gradient, the path)
+PATHS = {"gemm": ("weight_grad_gemm", "gemm"), "cpp": ("weight_grad_direct", "direct")}
+
+
+def _backend_params() -> list:
+    return ["gemm", pytest.param("cpp", marks=needs_kernel)]
+
+
+def _count_calls(monkeypatch, backend: str) -> list:
+    """Record the calls of the weight-gradient function `backend` runs (it still computes)."""
+    name = PATHS[backend][0]
+    real, calls = getattr(layer, name), []
+    monkeypatch.setattr(layer, name, lambda *a: calls.append(a) or real(*a))
+    return calls
+
+
 def _conv_pair(bias: bool = True, **kwargs) -> tuple[nn.Conv2d, nn.Conv2d]:
-    """A float64 nn.Conv2d(4, 6, 3, ...) and a GemmWgradConv2d copy of it."""
+    """A float64 nn.Conv2d(4, 6, 3, ...) and a WgradConv2d copy of it."""
     torch.manual_seed(0)
     plain = nn.Conv2d(4, 6, 3, bias=bias, **kwargs).double()
-    gemm = nn.Conv2d(4, 6, 3, bias=bias, **kwargs).double()
-    gemm.load_state_dict(plain.state_dict())
-    assert use_gemm_weight_grad(gemm) == 1 and type(gemm) is GemmWgradConv2d
-    return plain, gemm
+    fast = nn.Conv2d(4, 6, 3, bias=bias, **kwargs).double()
+    fast.load_state_dict(plain.state_dict())
+    assert use_fast_weight_grad(fast) == 1 and type(fast) is WgradConv2d
+    return plain, fast
 
 
+@pytest.mark.parametrize("backend", _backend_params())
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("kwargs", [{"padding": 1}, {"padding": 2, "dilation": 2},
                                     {"padding": (0, 1)}, {"padding": 1, "stride": 2}])
-def test_layer_output_and_gradients_equal_nn_conv2d(kwargs, bias, monkeypatch):
-    plain, gemm = _conv_pair(bias, **kwargs)
-    calls = []
-    monkeypatch.setattr(layer, "weight_grad_gemm",
-                        lambda *a: calls.append(a) or weight_grad_gemm(*a))
+def test_layer_output_and_gradients_equal_nn_conv2d(kwargs, bias, backend, monkeypatch):
+    plain, fast = _conv_pair(bias, **kwargs)
+    calls = _count_calls(monkeypatch, backend)
     x = torch.randn(2, 4, 7, 9, dtype=torch.float64).to(memory_format=torch.channels_last)
     xs = [x.clone().requires_grad_() for _ in range(2)]
-    with using("conv_wgrad", "gemm"):
-        outs = [plain(xs[0]), gemm(xs[1])]
-    assert type(outs[1].grad_fn).__name__ == "_Conv2dGemmWgradBackward"
+    with using("conv_wgrad", backend):
+        outs = [plain(xs[0]), fast(xs[1])]
+    assert type(outs[1].grad_fn).__name__ == "_Conv2dWgradBackward"
     torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=0)
     grad = torch.randn_like(outs[0])
     for out in outs:
         out.backward(grad)
     assert len(calls) == 1
     torch.testing.assert_close(xs[1].grad, xs[0].grad, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(gemm.weight.grad, plain.weight.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-12, atol=1e-12)
     if bias:
-        torch.testing.assert_close(gemm.bias.grad, plain.bias.grad, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(fast.bias.grad, plain.bias.grad, rtol=1e-12, atol=1e-12)
 
 
-def test_layer_gradcheck():
-    _, gemm = _conv_pair(padding=1)
+@pytest.mark.parametrize("path", ["gemm", pytest.param("direct", marks=needs_kernel)])
+def test_layer_gradcheck(path):
+    _, fast = _conv_pair(padding=1)
     x = torch.randn(1, 4, 4, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda x, w, b: layer._Conv2dGemmWgrad.apply(x, w, b, (2, 1), (1, 1), (1, 1)),
-        (x, gemm.weight, gemm.bias))
+        lambda x, w, b: layer._Conv2dWgrad.apply(x, w, b, (2, 1), (1, 1), (1, 1), path),
+        (x, fast.weight, fast.bias))
 
 
-def test_frozen_weight_and_eval_take_the_plain_convolution(monkeypatch):
-    _, gemm = _conv_pair(padding=1)
-    monkeypatch.setattr(layer, "weight_grad_gemm", lambda *a: pytest.fail("GEMM path ran"))
+@pytest.mark.parametrize("backend", _backend_params())
+def test_frozen_weight_and_eval_take_the_plain_convolution(backend, monkeypatch):
+    _, fast = _conv_pair(padding=1)
+    monkeypatch.setattr(layer, PATHS[backend][0], lambda *a: pytest.fail(f"{backend} ran"))
     x = torch.randn(1, 4, 6, 6, dtype=torch.float64, requires_grad=True)
-    with using("conv_wgrad", "gemm"):
+    with using("conv_wgrad", backend):
         with torch.no_grad():
-            assert gemm(x).grad_fn is None
-        gemm.weight.requires_grad_(False)
-        gemm(x).sum().backward()  # input gradient only: aten's convolution backward
-    assert x.grad is not None and gemm.weight.grad is None
+            assert fast(x).grad_fn is None
+        fast.weight.requires_grad_(False)
+        fast(x).sum().backward()  # input gradient only: aten's convolution backward
+    assert x.grad is not None and fast.weight.grad is None
 
 
-def test_use_gemm_weight_grad_changes_the_eligible_convs_only():
+def test_use_fast_weight_grad_changes_the_eligible_convs_only():
     class MyConv(nn.Conv2d):
         pass
 
@@ -216,8 +309,8 @@ def test_use_gemm_weight_grad_changes_the_eligible_convs_only():
     net[0].register_forward_hook(lambda m, i, o: hooked.append(m))
     before = {k: v.clone() for k, v in net.state_dict().items()}
     modules = list(net.modules())
-    assert use_gemm_weight_grad(net) == 4
-    assert [type(m) is GemmWgradConv2d for m in net.modules()] == [
+    assert use_fast_weight_grad(net) == 4
+    assert [type(m) is WgradConv2d for m in net.modules()] == [
         m is net[0] or m is net[1][0] or m is net[1][1] or m is net[2] for m in modules]
     assert list(net.modules()) == modules  # the same objects
     after = net.state_dict()
@@ -225,68 +318,88 @@ def test_use_gemm_weight_grad_changes_the_eligible_convs_only():
     assert all(torch.equal(after[k], v) for k, v in before.items())
     net(torch.randn(1, 3, 8, 8))
     assert hooked == [net[0]]
-    assert use_gemm_weight_grad(net) == 0
+    assert use_fast_weight_grad(net) == 0
 
 
-def _call_runs(x: torch.Tensor, out_channels: int, kernel: int = 3) -> bool:
+def _path(x: torch.Tensor, out_channels: int, kernel: int = 3) -> str | None:
     weight = torch.zeros(out_channels, x.shape[1], kernel, kernel, dtype=x.dtype,
                          device=x.device, requires_grad=True)
-    return gemm_weight_grad_runs(x, weight)
+    return weight_grad_path(x, weight)
 
 
 @pytest.mark.parametrize("capability", ["AVX2", "AVX512", "DEFAULT"])
-def test_auto_runs_on_avx2_with_enough_output_channels_only(capability, monkeypatch):
+def test_auto_picks_gemm_direct_or_aten_by_layer_on_avx2_only(capability, monkeypatch):
+    """auto on AVX2, channels-last: GEMMs from MIN_OUT_CHANNELS outputs (1x1:
+    MIN_OUT_CHANNELS_1X1), the direct kernel for the smaller float32 layers with a kernel > 1x1
+    and a multiple of 16 input channels, aten's for the rest; aten's on other CPUs and NCHW."""
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(dispatch, "use_cpu_kernel", lambda *a: True)
     o, o1 = dispatch.MIN_OUT_CHANNELS, dispatch.MIN_OUT_CHANNELS_1X1
-    x = torch.zeros(2, 3, 2, 2).to(memory_format=torch.channels_last)
+    x = torch.zeros(2, 32, 2, 2).to(memory_format=torch.channels_last)
+    avx2 = capability == "AVX2"
     with using("conv_wgrad", "auto"):
-        assert _call_runs(x, o) == (capability == "AVX2")
-        assert _call_runs(x, o1, kernel=1) == (capability == "AVX2")
-        assert not _call_runs(x.contiguous(), o)  # NCHW
-        assert not _call_runs(x, o - 1)  # too few output channels
-        assert not _call_runs(x, o1 - 1, kernel=1)  # too few for a 1x1
+        assert _path(x, o) == ("gemm" if avx2 else None)
+        assert _path(x, o1, kernel=1) == ("gemm" if avx2 else None)
+        assert _path(x, o - 1) == ("direct" if avx2 else None)
+        assert _path(x, o1 - 1, kernel=1) is None  # a small 1x1: aten's
+        assert _path(x.contiguous(), o) is None  # NCHW
+        assert _path(x.contiguous(), o - 1) is None
+        assert _path(x[:, :24].contiguous(memory_format=torch.channels_last), o - 1) is None
+        assert _path(x.double(), o - 1) is None  # the direct kernel pays in float32
+        monkeypatch.setattr(dispatch, "use_cpu_kernel", lambda *a: False)  # did not build
+        assert _path(x, o - 1) is None
+        assert _path(x, o) == ("gemm" if avx2 else None)
     with using("conv_wgrad", "reference"):
-        assert not _call_runs(x, o)
-    with using("conv_wgrad", "gemm"):
-        assert _call_runs(torch.zeros(1, 2, 3, 3), 2)  # any size
+        assert _path(x, o) is None and _path(x, o - 1) is None
 
 
-def test_gemm_backend_runs_only_eligible_calls():
+@pytest.mark.parametrize("backend", _backend_params())
+def test_a_named_backend_runs_every_eligible_call(backend):
     x = torch.zeros(1, 2, 3, 3)
-    with using("conv_wgrad", "gemm"):
-        assert _call_runs(x, 2) and _call_runs(x.double(), 2)
-        assert not _call_runs(x.bfloat16(), 2)
-        assert not _call_runs(x.to("meta"), 2)
+    want = PATHS[backend][1]
+    with using("conv_wgrad", backend):
+        assert _path(x, 2) == want and _path(x.double(), 2) == want
+        assert _path(x.bfloat16(), 2) is None
+        assert _path(x.to("meta"), 2) is None
         with torch.no_grad():
-            assert not _call_runs(x, 2)
+            assert _path(x, 2) is None
         with torch.autocast("cpu", torch.bfloat16):
-            assert not _call_runs(x, 2)
-        assert not gemm_weight_grad_runs(x, torch.zeros(2, 2, 3, 3))  # frozen weight
+            assert _path(x, 2) is None
+        assert weight_grad_path(x, torch.zeros(2, 2, 3, 3)) is None  # frozen weight
 
 
-def test_detector_step_with_the_gemm_weight_grad_equals_the_reference(
-        synthetic_root, tmp_path, monkeypatch, float64_default):
+def test_cpp_backend_that_cannot_build_is_an_error(monkeypatch):
+    def load(name):
+        raise ExtensionUnavailable("no compiler (test)")
+
+    monkeypatch.setattr("fad.ops.backends.load", load)
+    with using("conv_wgrad", "cpp"), pytest.raises(ExtensionUnavailable, match="no compiler"):
+        _path(torch.zeros(1, 2, 3, 3), 2)
+
+
+@pytest.mark.parametrize("backend", _backend_params())
+def test_detector_step_with_a_fast_weight_grad_equals_the_reference(
+        backend, synthetic_root, tmp_path, monkeypatch, float64_default):
     """A training step of the tiny FCOS (channels-last, as trained) in float64: the same losses
-    and gradients with every eligible convolution's weight gradient from the GEMMs."""
-    calls = []
-    monkeypatch.setattr(layer, "weight_grad_gemm",
-                        lambda *a: calls.append(a) or weight_grad_gemm(*a))
+    and gradients with every eligible convolution's weight gradient from the GEMMs / the direct
+    kernel."""
+    calls = _count_calls(monkeypatch, backend)
     losses, grads, calls_in = {}, {}, {}
-    for backend in ("reference", "gemm"):
-        monkeypatch.setenv("FAD_CONV_WGRAD_BACKEND", backend)
-        cfg = tiny_fcos_cfg(synthetic_root, str(tmp_path / backend))
+    for name in ("reference", backend):
+        monkeypatch.setenv("FAD_CONV_WGRAD_BACKEND", name)
+        cfg = tiny_fcos_cfg(synthetic_root, str(tmp_path / name))
         torch.manual_seed(0)
         model = build_detector(cfg, 3)
         step = trainer.DetectorStep(cfg, model, torch.device("cpu"))
-        trainable = sum(type(m) is GemmWgradConv2d and m.weight.requires_grad
+        trainable = sum(type(m) is WgradConv2d and m.weight.requires_grad
                         for m in model.modules())
         calls.clear()
-        losses[backend] = step.run(two_image_batch()).losses
-        calls_in[backend] = len(calls)
-        grads[backend] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-    assert calls_in["reference"] == 0 and calls_in["gemm"] >= trainable > 0
+        losses[name] = step.run(two_image_batch()).losses
+        calls_in[name] = len(calls)
+        grads[name] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert calls_in["reference"] == 0 and calls_in[backend] >= trainable > 0
     for key, value in losses["reference"].items():
-        torch.testing.assert_close(losses["gemm"][key], value, rtol=1e-6, atol=1e-7)
-    assert list(grads["gemm"]) == list(grads["reference"])
+        torch.testing.assert_close(losses[backend][key], value, rtol=1e-6, atol=1e-7)
+    assert list(grads[backend]) == list(grads["reference"])
     for key, value in grads["reference"].items():
-        torch.testing.assert_close(grads["gemm"][key], value, rtol=1e-9, atol=1e-12, msg=key)
+        torch.testing.assert_close(grads[backend][key], value, rtol=1e-9, atol=1e-12, msg=key)

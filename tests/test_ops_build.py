@@ -64,7 +64,8 @@ def test_setup_extensions_list_every_extension(monkeypatch):
 
     monkeypatch.setenv("FAD_BUILD_CUDA", "0")
     modules, cmdclass = build.setup_extensions()
-    cpu = ["msda_cpu", "depthwise_cpu", "sparse_cpu", "mix_cpu", "gn_relu_cpu"]
+    cpu = ["msda_cpu", "depthwise_cpu", "sparse_cpu", "mix_cpu", "gn_relu_cpu",
+           "conv_wgrad_cpu"]
     assert [m.name for m in modules] == [f"fad.ops._{name}" for name in cpu]
     for module, name in zip(modules, cpu):
         assert module.sources == [f"csrc/{s}" for s in build.EXTENSIONS[name].sources]
@@ -75,12 +76,14 @@ def test_setup_extensions_list_every_extension(monkeypatch):
         modules = build.setup_extensions()[0]
         assert [m.name for m in modules] == ["fad.ops._msda_cpu", "fad.ops._msda_cuda",
                                              "fad.ops._depthwise_cpu", "fad.ops._sparse_cpu",
-                                             "fad.ops._mix_cpu", "fad.ops._gn_relu_cpu"]
+                                             "fad.ops._mix_cpu", "fad.ops._gn_relu_cpu",
+                                             "fad.ops._conv_wgrad_cpu"]
         assert modules[1].sources == ["csrc/msda/cuda/msda_cuda.cu"]
 
 
 def test_every_op_schema_is_declared_in_python_and_implemented_in_cpp():
     """One way: Python declares each kernel op (define_library), C++ only registers build."""
+    import fad.ops.conv_wgrad  # noqa: F401  (declares fad_conv_wgrad)
     import fad.ops.depthwise  # noqa: F401  (declares fad_dw)
     import fad.ops.gn_relu  # noqa: F401  (declares fad_gn_relu)
     import fad.ops.mix  # noqa: F401  (declares fad_mix)

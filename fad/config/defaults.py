@@ -26,8 +26,9 @@ _C.MODEL.OPS.DEPTHWISE_BACKEND = choice("auto", ("auto", "reference", "cpp"))  #
 _C.MODEL.OPS.SPARSE_BACKEND = choice("auto", ("auto", "reference", "cpp"))  # SparseResNet execution
 _C.MODEL.OPS.MIX_BACKEND = choice("auto", ("auto", "reference", "cpp"))  # FAD supernet edge mixing
 _C.MODEL.OPS.GN_RELU_BACKEND = choice("auto", ("auto", "reference", "cpp"))  # GN + ReLU, NHWC
-# conv weight gradient: reference = aten's (oneDNN), gemm = one GEMM per tap, auto = gemm on AVX2
-_C.MODEL.OPS.CONV_WGRAD_BACKEND = choice("auto", ("auto", "reference", "gemm"))
+# conv weight gradient: reference = aten's (oneDNN), gemm = im2col GEMMs, cpp = the direct
+# kernel, auto = gemm or cpp by layer on AVX2 (fad/ops/conv_wgrad/dispatch.py)
+_C.MODEL.OPS.CONV_WGRAD_BACKEND = choice("auto", ("auto", "reference", "gemm", "cpp"))
 
 _C.MODEL.BACKBONE = CN()
 _C.MODEL.BACKBONE.NAME = choice("resnet", ("resnet", "sparse_resnet"))  # backbone body

@@ -31,7 +31,7 @@ from fad.modeling.backbone.fold_frozen_bn import fold_frozen_batch_norms
 from fad.modeling.fcos.mosaic import enable_mosaic_levels
 from fad.modeling.fcos.parallel_levels import enable_parallel_levels
 from fad.modeling.hooks import ModelHooks
-from fad.ops.conv_wgrad import use_gemm_weight_grad
+from fad.ops.conv_wgrad import use_fast_weight_grad
 from fad.ops.gn_relu import fuse_group_norm_relu
 
 from .amp import AmpPolicy, amp_policy
@@ -163,13 +163,13 @@ def prepare_layers(cfg: CfgNode, model: nn.Module) -> None:
     its keys and values): with SOLVER.CHANNELS_LAST the 4-D weights channels-last (NHWC) and
     each GroupNorm + ReLU pair one `GroupNormReLU`; each FrozenBatchNorm2d folded into the
     convolution before it (`fold_frozen_batch_norms`); every groups-1, zero-padded
-    `nn.Conv2d` a `GemmWgradConv2d`, whose weight gradient runs as GEMMs where
-    MODEL.OPS.CONV_WGRAD_BACKEND says so (`fad.ops.conv_wgrad`)."""
+    `nn.Conv2d` a `WgradConv2d`, whose weight gradient runs as GEMMs or the direct kernel
+    where MODEL.OPS.CONV_WGRAD_BACKEND says so (`fad.ops.conv_wgrad`)."""
     if cfg.SOLVER.CHANNELS_LAST:
         model.to(memory_format=torch.channels_last)  # 4-D weights; activations follow
         fuse_group_norm_relu(model)  # NHWC GroupNorm + ReLU pairs: one CPU kernel each
     fold_frozen_batch_norms(model)
-    use_gemm_weight_grad(model)
+    use_fast_weight_grad(model)
 
 
 class DetectorStep(TrainStep):
@@ -180,7 +180,7 @@ class DetectorStep(TrainStep):
     each GroupNorm + ReLU pair becomes one `GroupNormReLU` (`fad.ops.gn_relu`: one compiled pass
     on an NHWC CPU float map, else the same two ops; the state dict keeps its keys); each
     FrozenBatchNorm2d is folded into the convolution before it, and the convolutions take their
-    weight gradient from GEMMs where that pays (`prepare_layers`).
+    weight gradient from GEMMs or the direct kernel where that pays (`prepare_layers`).
     The AMP policy's autocast wraps the forward, or only the backbone (`AmpPolicy.attach`).
     With SOLVER.PARALLEL_HEAD_LEVELS an FCOS head's P3 and P4-P7 run on two CPU threads
     (`fad.modeling.fcos.parallel_levels`); with SOLVER.MOSAIC_HEAD_LEVELS its levels run packed

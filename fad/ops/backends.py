@@ -25,7 +25,7 @@ BACKENDS: dict[str, tuple[str, ...]] = {
     "sparse": ("auto", "reference", "cpp"),
     "mix": ("auto", "reference", "cpp"),
     "gn_relu": ("auto", "reference", "cpp"),
-    "conv_wgrad": ("auto", "reference", "gemm"),
+    "conv_wgrad": ("auto", "reference", "gemm", "cpp"),
 }
 
 _logger = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ Extensions (`EXTENSIONS`; sources under csrc/, one `torch.ops` namespace each):
     sparse_cpu     fad_sparse  SparseResNet interpolation, gathered convs, tap sums, CPU
     mix_cpu        fad_mix     FAD supernet edge mixing (GroupNorm + ReLU + sum), CPU
     gn_relu_cpu    fad_gn_relu GroupNorm + ReLU on channels-last maps, CPU
+    conv_wgrad_cpu fad_conv_wgrad a convolution's weight gradient on channels-last maps, CPU
 
 Each is imported from an ahead-of-time build (`FAD_BUILD_OPS=1 pip install -e .` puts
 `fad/ops/_<name>*.so` in place; `setup_extensions` is the list setup.py builds) or else
@@ -78,6 +79,8 @@ EXTENSIONS: dict[str, Extension] = {ext.name: ext for ext in (
               ("mix/gn_relu_sum_cpu.cpp",)),
     Extension("gn_relu_cpu", "GroupNorm + ReLU CPU kernel", "fad.ops.gn_relu.schema",
               ("gn_relu/gn_relu_cpu.cpp",)),
+    Extension("conv_wgrad_cpu", "convolution weight-gradient CPU kernel",
+              "fad.ops.conv_wgrad.schema", ("conv_wgrad/direct_cpu.cpp",)),
 )}
 
 

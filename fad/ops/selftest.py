@@ -1,10 +1,11 @@
 """`python -m fad.ops.selftest`: every backend of every op against the pure-PyTorch reference.
 
 The first command to run on a new machine. For each op (MSDA, depthwise 3x3, SparseResNet sparse
-execution, GroupNorm + ReLU), each non-reference backend and each device here (the CPU, and CUDA
-when torch sees a GPU) it builds or loads the kernel, runs small random float32 inputs forward
-and backward (sparse execution: forward only, its kernels serve inference) through the public op
-with that backend forced (`fad.ops.backends.using`), and compares with the reference backend.
+execution, GroupNorm + ReLU, a convolution's weight gradient), each non-reference backend and
+each device here (the CPU, and CUDA when torch sees a GPU) it builds or loads the kernel, runs
+small random float32 inputs forward and backward (sparse execution: forward only, its kernels
+serve inference) through the public op with that backend forced (`fad.ops.backends.using`), and
+compares with the reference backend.
 One line per backend:
 
     op         backend  device  result       detail
@@ -28,6 +29,7 @@ from torch import Tensor
 from . import msda, sparse
 from .backends import using
 from .build import ExtensionUnavailable, load
+from .conv_wgrad import use_fast_weight_grad
 from .depthwise import depthwise_conv3x3
 from .gn_relu import group_norm_relu, group_norm_relu_segments
 from .msda.inputs import random_msda_inputs
@@ -92,6 +94,23 @@ def _gn_relu_run(device: str) -> list[Tensor]:
                 group_norm_relu_segments(x, 4, weight, bias, 1e-5, runs, 2)):
         grad = torch.randn(out.shape, generator=g).to(device)
         results += [out.detach(), *torch.autograd.grad(out, leaves, grad)]
+    return results
+
+
+def _conv_wgrad_run(device: str) -> list[Tensor]:
+    """Output and input / weight / bias gradients of two channels-last training convolutions
+    (`WgradConv2d`): 3x3 with 40 input channels (two register blocks and a tail) and 13 outputs,
+    a strided, dilated 3x3 with 16."""
+    torch.manual_seed(0)
+    results = []
+    for conv, shape in ((torch.nn.Conv2d(40, 13, 3, padding=1), (2, 40, 6, 9)),
+                        (torch.nn.Conv2d(16, 7, 3, stride=2, padding=2, dilation=2),
+                         (1, 16, 9, 8))):
+        use_fast_weight_grad(conv.to(device))
+        x = torch.randn(shape).to(device, memory_format=torch.channels_last).requires_grad_()
+        out = conv(x)
+        grad = torch.randn(out.shape).to(device)
+        results += [out.detach(), *torch.autograd.grad(out, (x, conv.weight, conv.bias), grad)]
     return results
 
 
@@ -173,6 +192,8 @@ def run_all() -> list[Result]:
             results.append(_check("gn_relu", "cpp", device, _gn_relu_run,
                                   _load_reason("gn_relu_cpu"),
                                   "; channels-last input, whole and per segment"))
+            results.append(_check("conv_wgrad", "cpp", device, _conv_wgrad_run,
+                                  _load_reason("conv_wgrad_cpu"), "; training convolutions"))
     return results
 
 

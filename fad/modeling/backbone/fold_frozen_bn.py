@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.ops import FrozenBatchNorm2d
 
-from fad.ops.conv_wgrad import GemmWgradConv2d
+from fad.ops.conv_wgrad import WgradConv2d
 
 
 class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
@@ -31,7 +31,7 @@ class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
         return x
 
 
-class FrozenBNFoldedConv2d(GemmWgradConv2d):
+class FrozenBNFoldedConv2d(WgradConv2d):
     """conv2d followed by the FrozenBatchNorm2d `folded_norm`, as one convolution:
     `forward(x: Tensor[N, C, H, W]) -> Tensor[N, O, Ho, Wo]` with weight * scale and
     bias * scale + shift. `folded_norm` is a plain attribute (not a submodule: the norm stays
@@ -67,11 +67,11 @@ def _pairs(module: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
 
 def fold_frozen_batch_norms(model: nn.Module) -> int:
     """Fold every FrozenBatchNorm2d that directly follows an `nn.Conv2d` (exactly those
-    classes, or a `GemmWgradConv2d`) into it, in place; returns the number of pairs folded."""
+    classes, or a `WgradConv2d`) into it, in place; returns the number of pairs folded."""
     folded = 0
     for module in model.modules():
         for conv, norm in _pairs(module):
-            if (type(conv) in (nn.Conv2d, GemmWgradConv2d) and type(norm) is FrozenBatchNorm2d
+            if (type(conv) in (nn.Conv2d, WgradConv2d) and type(norm) is FrozenBatchNorm2d
                     and norm.weight.shape[0] == conv.out_channels):
                 conv.__class__ = FrozenBNFoldedConv2d
                 conv.__dict__["folded_norm"] = norm  # not registered: no new state-dict keys

@@ -1,9 +1,11 @@
-"""A convolution's weight gradient as GEMMs over blocks of its im2col (`weight_grad_gemm`), and the
-`nn.Conv2d` that uses it in training where it pays (`GemmWgradConv2d`, `use_gemm_weight_grad`;
+"""A convolution's weight gradient as GEMMs over blocks of its im2col (`weight_grad_gemm`) or
+summed directly by a compiled kernel (`weight_grad_direct`), and the `nn.Conv2d` that uses them
+in training where they pay (`WgradConv2d`, `use_fast_weight_grad`; `weight_grad_path`;
 `MODEL.OPS.CONV_WGRAD_BACKEND`)."""
-from .dispatch import gemm_weight_grad_runs, shape_eligible
+from .direct import weight_grad_direct
+from .dispatch import shape_eligible, weight_grad_path
 from .gemm import weight_grad_gemm
-from .layer import GemmWgradConv2d, use_gemm_weight_grad
+from .layer import WgradConv2d, use_fast_weight_grad
 
-__all__ = ["GemmWgradConv2d", "gemm_weight_grad_runs", "shape_eligible",
-           "use_gemm_weight_grad", "weight_grad_gemm"]
+__all__ = ["WgradConv2d", "shape_eligible", "use_fast_weight_grad", "weight_grad_direct",
+           "weight_grad_gemm", "weight_grad_path"]
