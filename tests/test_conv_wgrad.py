@@ -11,6 +11,7 @@ import torch
 from conftest import run_at_baseline_isa, tiny_fcos_cfg, two_image_batch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 from fad.engine import trainer
 from fad.modeling import build_detector
@@ -134,6 +135,19 @@ def test_weight_grad_direct_float32_blocks_equal_float64_aten(case, threads):
     assert got.dtype == torch.float32
     want = _aten_weight_grad(x, grad, weight, *case[6:])
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max())
+
+
+@needs_kernel
+@pytest.mark.parametrize("case", [CASES[0], CASES[4], CASES[10]])
+def test_weight_grad_direct_counts_the_flops_aten_counts(case):
+    x, weight, grad = _tensors(case, channels_last=True)
+    counts = []
+    for run in (lambda: weight_grad_direct(x, grad, *case[5:]),
+                lambda: _aten_weight_grad(x, grad, weight, *case[6:])):
+        with FlopCounterMode(display=False) as counter:
+            run()
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] > 0
 
 
 @needs_kernel
