@@ -10,16 +10,15 @@
 //
 // One task per output row (n, yo); each thread sums into its own [O, kh, kw, C] buffer, the
 // buffers are added at the end (in thread order: the same sums for the same thread count). For a
-// row, a tap (i, j) and a block of kBlockC input channels, a sweep over the row's valid output
-// positions keeps a block of KB output channels x kBlockC input channels in registers (KB = 6:
-// 12 accumulating vectors of float32, the two vectors of x loaded once per position, each grad_y
-// value broadcast once): FMA-bound. oneDNN's own weight gradient on AVX2 CPUs (its `jit:avx2`
+// row, a tap (i, j) and a block of block_c<T>() input channels (two vectors: 16 float32), a sweep
+// over the row's valid output positions keeps kBlockO = 6 output channels x that block in 12
+// accumulating vectors (the two vectors of x loaded once per position, each grad_y value
+// broadcast once): FMA-bound. oneDNN's own weight gradient on AVX2 CPUs (its `jit:avx2`
 // kernel) runs at about half its forward convolution's rate for the 32- and 64-channel layers of
 // the FAD head and ResNet's layer1; this runs near the forward's (docs/ops.md).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
