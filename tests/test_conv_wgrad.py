@@ -239,8 +239,7 @@ def test_weight_grad_gemm_rejects_a_grad_of_another_size():
 PATHS = {"gemm": ("weight_grad_gemm", "gemm"), "cpp": ("weight_grad_direct", "direct")}
 
 
-def _backend_params() -> list:
-    return ["gemm", pytest.param("cpp", marks=needs_kernel)]
+FAST_BACKENDS = ["gemm", pytest.param("cpp", marks=needs_kernel)]
 
 
 def _count_calls(monkeypatch, backend: str) -> list:
@@ -261,7 +260,7 @@ def _conv_pair(bias: bool = True, **kwargs) -> tuple[nn.Conv2d, nn.Conv2d]:
     return plain, fast
 
 
-@pytest.mark.parametrize("backend", _backend_params())
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("kwargs", [{"padding": 1}, {"padding": 2, "dilation": 2},
                                     {"padding": (0, 1)}, {"padding": 1, "stride": 2}])
@@ -293,7 +292,7 @@ def test_layer_gradcheck(path):
         (x, fast.weight, fast.bias))
 
 
-@pytest.mark.parametrize("backend", _backend_params())
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_frozen_weight_and_eval_take_the_plain_convolution(backend, monkeypatch):
     _, fast = _conv_pair(padding=1)
     monkeypatch.setattr(layer, PATHS[backend][0], lambda *a: pytest.fail(f"{backend} ran"))
@@ -367,7 +366,7 @@ def test_auto_picks_gemm_direct_or_aten_by_layer_on_avx2_only(capability, monkey
         assert _path(x, o) is None and _path(x, o - 1) is None
 
 
-@pytest.mark.parametrize("backend", _backend_params())
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_a_named_backend_runs_every_eligible_call(backend):
     x = torch.zeros(1, 2, 3, 3)
     want = PATHS[backend][1]
@@ -391,7 +390,7 @@ def test_cpp_backend_that_cannot_build_is_an_error(monkeypatch):
         _path(torch.zeros(1, 2, 3, 3), 2)
 
 
-@pytest.mark.parametrize("backend", _backend_params())
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_detector_step_with_a_fast_weight_grad_equals_the_reference(
         backend, synthetic_root, tmp_path, monkeypatch, float64_default):
     """A training step of the tiny FCOS (channels-last, as trained) in float64: the same losses

@@ -101,15 +101,17 @@ def _conv_wgrad_run(device: str) -> list[Tensor]:
     """Output and input / weight / bias gradients of two channels-last training convolutions
     (`WgradConv2d`): 3x3 with 40 input channels (two register blocks and a tail) and 13 outputs,
     a strided, dilated 3x3 with 16."""
-    torch.manual_seed(0)
     results = []
-    for conv, shape in ((torch.nn.Conv2d(40, 13, 3, padding=1), (2, 40, 6, 9)),
-                        (torch.nn.Conv2d(16, 7, 3, stride=2, padding=2, dilation=2),
-                         (1, 16, 9, 8))):
+    with torch.random.fork_rng():  # the layers' initialization, without moving the caller's RNG
+        torch.manual_seed(0)
+        convs = [(torch.nn.Conv2d(40, 13, 3, padding=1), (2, 40, 6, 9)),
+                 (torch.nn.Conv2d(16, 7, 3, stride=2, padding=2, dilation=2), (1, 16, 9, 8))]
+    g = torch.Generator().manual_seed(0)
+    for conv, shape in convs:
         use_fast_weight_grad(conv.to(device))
-        x = torch.randn(shape).to(device, memory_format=torch.channels_last).requires_grad_()
-        out = conv(x)
-        grad = torch.randn(out.shape).to(device)
+        x = torch.randn(shape, generator=g).to(device, memory_format=torch.channels_last)
+        out = conv(x.requires_grad_())
+        grad = torch.randn(out.shape, generator=g).to(device)
         results += [out.detach(), *torch.autograd.grad(out, (x, conv.weight, conv.bias), grad)]
     return results
 

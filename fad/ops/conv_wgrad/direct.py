@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..build import load
 from . import schema  # noqa: F401  (declares the fad_conv_wgrad op)
 from .gemm import Pair
 
@@ -16,8 +17,9 @@ def weight_grad_direct(x: Tensor, grad_out: Tensor, kernel_size: Pair, stride: P
 
     x Tensor[N, C, H, W], grad_out Tensor[N, O, Ho, Wo] (CPU float32/float64, any memory
     layouts; copied channels-last when they are not) -> Tensor[O, C, kh, kw] of x's dtype
-    (channels-last strides). The kernel must be loaded (`fad.ops.build.load("conv_wgrad_cpu")`,
-    as `dispatch.weight_grad_path` does before it picks it).
+    (channels-last strides). Builds or loads the kernel on first use (`ExtensionUnavailable`
+    when it cannot).
     """
+    load("conv_wgrad_cpu")  # once per process (cached)
     return torch.ops.fad_conv_wgrad.weight_grad(x, grad_out, list(kernel_size), list(stride),
                                                 list(padding), list(dilation))

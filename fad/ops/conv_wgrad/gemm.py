@@ -56,13 +56,14 @@ def weight_grad_gemm(x: Tensor, grad_out: Tensor, kernel_size: Pair, stride: Pai
     strides = (hp * wp * c, sh * wp * c, sw * c, dh * wp * c, dw * c, 1)
     whole = xp.as_strided((n, ho, wo, kh, kw, c), strides, xp.storage_offset())
     row_bytes = wo * k * x.element_size()  # one output row's columns
-    if whole.is_contiguous():  # 1x1, stride 1: x's rows are the columns, one block
+    rows_are_columns = whole.is_contiguous()  # 1x1, stride 1: x's rows, one block, no copy
+    if rows_are_columns:
         images, band = n, ho
     elif ho * row_bytes <= COL_BYTES:  # blocks of whole images
         images, band = COL_BYTES // (ho * row_bytes), ho
     else:  # bands of rows of one image
         images, band = 1, max(1, COL_BYTES // row_bytes)
-    if not whole.is_contiguous():
+    if not rows_are_columns:
         buf = x.new_empty(min(images, n) * band * wo * k)
     grad_w = x.new_empty(o, k)
     first = True
