@@ -1,6 +1,6 @@
 """The demo's augment training step against the limit its FLOPs set on this machine.
 
-The step is `DetectorStep`'s (as `tools/train_net.py` builds it in `scripts/demo.sh`: the layer
+The step is `DetectorStep`'s (as `fad-train` builds it in the demo, `scripts/demo.py`: the layer
 changes of `prepare_layers`, SOLVER.MOSAIC_HEAD_LEVELS on: the head's levels packed in one map)
 for `--config-file` with the towers of `--genotype-file`, on a random batch of the demo's padded
 size. The same step with the head's levels on two threads instead (SOLVER.PARALLEL_HEAD_LEVELS
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images per step (0: the config's SOLVER.IMS_PER_BATCH)")
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=200,
-                        help="the augment stage's iterations (scripts/demo.sh: 200)")
+                        help="the augment stage's iterations (scripts/demo.py: 200)")
     parser.add_argument("--repeats", type=int, default=5)
 
 

@@ -1,0 +1,177 @@
+"""Several commands (fad tools) run one after another, or side by side, from one Python process,
+each in a child process of its own forked from this one: torch, torchvision and fad are imported
+once instead of once per tool (~4 s each on a 2-core CPU), and each command still starts from a
+clean process state, exits with its own code and can be stopped on its own, as from a shell.
+
+    data = start(tool("fad-make-data", "--out", "datasets"))
+    kernels = start(Command("python -m fad.ops", "fad.ops.__main__:main"), log=os.devnull)
+    check(data.wait())
+    check(start(tool("fad-search", "--config-file", cfg)).wait())
+
+The parent imports a command's module before forking it (the first run of each tool pays the
+import) and runs no torch op itself: a child forked after the parent used OpenMP threads could
+hang. Where `os.fork` is missing, or FAD_PIPELINE_FORK=0, each command runs as
+`python -c "from <module> import <function>; <function>()" ARGS...` instead (argv[0] its name;
+same behaviour, the imports paid each time). A Ctrl-C reaches the running commands themselves (one process
+group): the parent keeps waiting for them (a trainer saves a checkpoint first) and their exit
+code (130) stops the pipeline; a SIGTERM sent to the parent is passed on to them.
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib
+import importlib.metadata
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from fad.errors import FadError
+
+_running: set[int] = set()  # the pids of the commands started and not yet waited for
+
+
+@dataclass(frozen=True)
+class Command:
+    """One run of a command: `name` (what a user would type, e.g. `fad-search`), the `target`
+    function ("module:function") that runs it reading its arguments from sys.argv, and its
+    `args`."""
+
+    name: str
+    target: str
+    args: tuple[str, ...] = ()
+
+    def line(self) -> str:
+        """The command as one shell command line (to copy, or to print before it runs)."""
+        return " ".join([self.name, *map(shlex.quote, self.args)])
+
+
+def tool(command: str, *args: str) -> Command:
+    """The run of console command `command` (an entry point of the installed fad, e.g.
+    `fad-train`) with `args`; shown as the script's path when it lies next to this Python
+    under the current folder (`.venv/bin/fad-train`: it runs without activating the venv)."""
+    found = importlib.metadata.entry_points(group="console_scripts", name=command)
+    if not found:
+        raise FadError(f"{command}: no such console command of the installed fad; reinstall it "
+                       "(pip install -e .) or use one of the fad-* commands")
+    script = os.path.relpath(Path(sys.executable).with_name(command))
+    shown = script if os.path.exists(script) and not script.startswith("..") else command
+    return Command(shown, next(iter(found)).value, tuple(args))
+
+
+def fork_enabled() -> bool:
+    """Whether commands are forked (else started as new interpreters): where os.fork exists and
+    FAD_PIPELINE_FORK is not 0."""
+    return hasattr(os, "fork") and os.environ.get("FAD_PIPELINE_FORK", "1") != "0"
+
+
+class Child:
+    """A started command: `wait()` returns its exit code (128 + N when signal N ended it)."""
+
+    def __init__(self, command: Command, log: str | None = None):
+        self.command = command
+        self._popen: subprocess.Popen | None = None
+        self._code: int | None = None
+        module, function = command.target.split(":")
+        if fork_enabled():
+            main = getattr(importlib.import_module(module), function)
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()  # else the child writes the parent's buffered text again
+            self.pid = os.fork()
+            if self.pid == 0:
+                _run_child(command, main, log)
+        else:
+            code = (f"import sys; sys.argv[0] = {command.name!r}; "
+                    f"from {module} import {function}; {function}()")
+            out = open(log, "ab") if log else None  # noqa: SIM115  (the child holds it)
+            try:
+                self._popen = subprocess.Popen([sys.executable, "-c", code, *command.args],
+                                               stdout=out, stderr=out)
+            finally:
+                if out is not None:
+                    out.close()
+            self.pid = self._popen.pid
+        _running.add(self.pid)
+
+    def wait(self) -> int:
+        """Block until the command ends (a Ctrl-C meanwhile does not stop the waiting: the
+        command received it too and ends on its own); its exit code."""
+        while self._code is None:
+            try:
+                if self._popen is not None:
+                    self._code = _exit_code(self._popen.wait())
+                else:
+                    status = os.waitpid(self.pid, 0)[1]
+                    self._code = _exit_code(os.waitstatus_to_exitcode(status))
+            except KeyboardInterrupt:
+                continue
+        _running.discard(self.pid)
+        return self._code
+
+
+def _exit_code(returncode: int) -> int:
+    """A return code (-N: killed by signal N) as a shell reports it (128 + N)."""
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def start(command: Command, log: str | None = None, echo: bool = True) -> Child:
+    """Start `command` and return at once; its output goes to file `log` (appended) when given,
+    else to this process's stdout / stderr. With `echo` its command line is printed first."""
+    if echo:
+        print(f"$ {command.line()}" + (f" > {log} 2>&1" if log else ""), flush=True)
+    signal.signal(signal.SIGTERM, _pass_on_sigterm)
+    return Child(command, log)
+
+
+def check(code: int) -> None:
+    """Leave this process with `code` when it is not 0 (a command failed or was stopped): the
+    commands still running are sent SIGTERM and waited for first."""
+    if code == 0:
+        return
+    for pid in list(_running):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for pid in list(_running):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    sys.exit(code)
+
+
+def _pass_on_sigterm(signum: int, frame) -> None:
+    """The parent's SIGTERM handler: every running command gets it (and ends as it would
+    alone)."""
+    for pid in list(_running):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def _run_child(command: Command, main, log: str | None) -> None:
+    """The forked child: run `main` as `command` (sys.argv = its command line), then
+    leave with its exit code. Never returns into the parent's code, whatever `main` raises."""
+    code = 1
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's pass-on handler
+        _running.clear()
+        if log:
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
+        sys.argv = [command.name, *command.args]
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            atexit._run_exitfuncs()  # as the interpreter's exit would: logs flushed and closed
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
