@@ -90,7 +90,8 @@ def run(out: str) -> None:
     check(start(s["detections"]).wait())
     print(f"""
 Done. Outputs:
-  search:    {out}/search/genotype.log (box line, cls line), checkpoints, tb/ (tensorboard --logdir {out})
+  search:    {out}/search/genotype.log (box line, cls line), checkpoints, tb/
+             (tensorboard --logdir {out})
   pictures:  {out}/search/alphas.png (architecture weights), winning_ops.png, genotype_history.log
   diagrams:  {out}/diagrams/*.png and *.gv
   augment:   {out}/augment/model_final.pth, log.txt

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from fad.cli.pipeline import Command, tool
+from fad.cli.pipeline import tool
 from fad.errors import FadError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,9 +12,9 @@ The parent imports a command's module before forking it (the first run of each t
 import) and runs no torch op itself: a child forked after the parent used OpenMP threads could
 hang. Where `os.fork` is missing, or FAD_PIPELINE_FORK=0, each command runs as
 `python -c "from <module> import <function>; <function>()" ARGS...` instead (argv[0] its name;
-same behaviour, the imports paid each time). A Ctrl-C reaches the running commands themselves (one process
-group): the parent keeps waiting for them (a trainer saves a checkpoint first) and their exit
-code (130) stops the pipeline; a SIGTERM sent to the parent is passed on to them.
+same behaviour, the imports paid each time). A Ctrl-C reaches the running commands themselves
+(one process group): the parent keeps waiting for them (a trainer saves a checkpoint first) and
+their exit code (130) stops the pipeline; a SIGTERM sent to the parent is passed on to them.
 """
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ from fad.ops.build import EXTENSIONS, load_error
 def main(argv: Sequence[str] | None = None) -> None:
     """Parse `argv` (default: sys.argv[1:]) and build each extension it names."""
     parser = argparse.ArgumentParser(prog="python -m fad.ops", description=__doc__)
-    parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"extensions to build (default: the CPU ones): {', '.join(EXTENSIONS)}")
+    parser.add_argument("names", nargs="*", metavar="NAME", help="extensions to build "
+                        f"(default: the CPU ones): {', '.join(EXTENSIONS)}")
     names = parser.parse_args(argv).names or [n for n, e in EXTENSIONS.items() if not e.cuda]
     unknown = [n for n in names if n not in EXTENSIONS]
     if unknown:
