@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from fad.cli.pipeline import Command, check, start, tool
+from fad.cli.pipeline import Command, check, preload, start, tool
 
 SEARCH_CONFIG = "configs/fad/search/fad-fcos_tiny_synthetic.yaml"
 AUGMENT_CONFIG = "configs/fad/augment/fad-fcos_tiny_synthetic.yaml"
@@ -76,6 +76,7 @@ def run(out: str) -> None:
     s = stages(out)
     data = start(s["data"])
     kernels = start(s["kernels"], log=os.devnull)
+    preload(*s.values())  # the tools' imports (torch, torchvision) while the data is drawn
     check(data.wait())
     check(start(s["search"]).wait())
     kernels.wait()  # its lines are only "ready" / "unavailable": each tool says it again

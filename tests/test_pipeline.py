@@ -49,7 +49,8 @@ def run_driver(tmp_path: Path, body: str, fork: bool = True, wait: bool = True):
     the targets module `targets`; the CompletedProcess, or the Popen when not `wait`."""
     (tmp_path / "targets.py").write_text(TARGETS)
     driver = tmp_path / "driver.py"
-    driver.write_text("import os, sys\nfrom fad.cli.pipeline import Command, check, start, tool\n"
+    driver.write_text("import os, sys\n"
+                      "from fad.cli.pipeline import Command, check, preload, start, tool\n"
                       "print('driver', os.getpid(), flush=True)\n" + textwrap.dedent(body))
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                FAD_PIPELINE_FORK="1" if fork else "0")
@@ -78,6 +79,8 @@ def test_stages_run_with_their_argv_codes_and_logs(tmp_path, fork):
     result = run_driver(tmp_path, """
         child = start(Command("my-echo", "targets:echo", ("x", "y z")), log="echo.log")
         print("echo", child.wait(), flush=True)
+        preload(tool("fad-visualize"))
+        print("preloaded", "fad.cli.visualize" in sys.modules, flush=True)
         data = start(tool("fad-make-data", "--out", "data", "--num-train", "2", "--num-val", "1"))
         print("data", data.wait(), flush=True)
         bad = start(tool("fad-make-data", "--out", "data", "--num-train", "-1"), log="bad.log")
@@ -91,7 +94,7 @@ def test_stages_run_with_their_argv_codes_and_logs(tmp_path, fork):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     driver_pid = out.split()[1]
-    for line in ("echo 0", "data 0", "bad 2", "missing 2", "boom 1", "three 3",
+    for line in ("echo 0", f"preloaded {fork}", "data 0", "bad 2", "missing 2", "boom 1", "three 3",
                  "driver still here"):
         assert line in out.splitlines(), out
     assert out.count("driver still here") == 1  # no child ran on into the driver's code

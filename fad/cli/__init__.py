@@ -20,4 +20,7 @@ Every module holds one tool: `main(argv)` parses and runs it (tests call it in-p
     fad-check-data fad.cli.check_data  tools/check_data.py
     fad-device-audit fad.cli.device_audit tools/device_audit.py
     fad-export     fad.cli.export      tools/export_model.py
+
+Besides the tools, `fad.cli.pipeline` runs several of them from one process (each forked from
+a parent that imports torch once): scripts/demo.py, the main job, is such a pipeline.
 """

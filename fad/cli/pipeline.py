@@ -119,6 +119,14 @@ def _exit_code(returncode: int) -> int:
     return returncode if returncode >= 0 else 128 - returncode
 
 
+def preload(*commands: Command) -> None:
+    """Import the modules of `commands` now, e.g. while an earlier command runs, so that their
+    start later pays no import (a no-op where commands are not forked)."""
+    if fork_enabled():
+        for command in commands:
+            importlib.import_module(command.target.split(":")[0])
+
+
 def start(command: Command, log: str | None = None, echo: bool = True) -> Child:
     """Start `command` and return at once; its output goes to file `log` (appended) when given,
     else to this process's stdout / stderr. With `echo` its command line is printed first."""
