@@ -59,8 +59,10 @@ def tool(command: str, *args: str) -> Command:
     if not found:
         raise FadError(f"{command}: no such console command of the installed fad; reinstall it "
                        "(pip install -e .) or use one of the fad-* commands")
-    script = os.path.relpath(Path(sys.executable).with_name(command))
-    shown = script if os.path.exists(script) and not script.startswith("..") else command
+    script = Path(sys.executable).with_name(command)
+    here = Path.cwd()
+    shown = str(script.relative_to(here)) if script.is_relative_to(here) and script.exists() \
+        else command
     return Command(shown, next(iter(found)).value, tuple(args))
 
 
