@@ -36,6 +36,12 @@ def boom():
 def exits_3():
     sys.exit(3)
 
+def shrugs():
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    open(sys.argv[1], "w").close()  # started
+    time.sleep(1)
+
 def sleepy():
     def body():
         open(sys.argv[1], "w").close()  # started
@@ -154,6 +160,23 @@ def test_ctrl_c_is_waited_out(tmp_path):
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert "stage ended 130" in out, (out, err)
+    assert proc.returncode == 130
+
+
+def test_ctrl_c_stops_the_pipeline_even_when_the_command_ends_well(tmp_path):
+    """A command that ignores the Ctrl-C and ends with 0: the driver's next `check` still
+    leaves (130) instead of starting the next command."""
+    proc = run_driver(tmp_path, """
+        code = start(Command("shrugs", "targets:shrugs", ("started",))).wait()
+        print("stage ended", code, flush=True)
+        check(code)
+        print("not reached", flush=True)
+    """, wait=False)
+    wait_for(tmp_path / "started")
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "stage ended 0" in out, (out, err)
+    assert "not reached" not in out
     assert proc.returncode == 130
 
 

@@ -27,10 +27,13 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from fad.engine.tool import EXIT_SIGINT
 from fad.errors import FadError
 
 _running: set[int] = set()  # the pids of the commands started and not yet waited for
@@ -101,19 +104,39 @@ class Child:
         _running.add(self.pid)
 
     def wait(self) -> int:
-        """Block until the command ends (a Ctrl-C meanwhile does not stop the waiting: the
-        command received it too and ends on its own); its exit code."""
-        while self._code is None:
-            try:
+        """Block until the command ends and return its exit code. A Ctrl-C meanwhile does not
+        stop the waiting (the command received it too and ends its own way); it is noted, and
+        the next `check` leaves even when the command ended with 0."""
+        if self._code is None:
+            with _ctrl_c_noted():
                 if self._popen is not None:
                     self._code = _exit_code(self._popen.wait())
                 else:
-                    status = os.waitpid(self.pid, 0)[1]
+                    status = os.waitpid(self.pid, 0)[1]  # retried after a signal (PEP 475)
                     self._code = _exit_code(os.waitstatus_to_exitcode(status))
-            except KeyboardInterrupt:
-                continue
-        _running.discard(self.pid)
+            _running.discard(self.pid)
         return self._code
+
+
+_ctrl_c = threading.Event()  # a Ctrl-C came while this process waited for a command
+
+
+def _note_ctrl_c(signum: int, frame) -> None:
+    _ctrl_c.set()
+
+
+@contextlib.contextmanager
+def _ctrl_c_noted() -> Iterator[None]:
+    """SIGINT only noted inside the block (on the main thread, where handlers are set): no
+    KeyboardInterrupt can land between a child's end and its exit code being kept."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _note_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _exit_code(returncode: int) -> int:
@@ -139,10 +162,12 @@ def start(command: Command, log: str | None = None, echo: bool = True) -> Child:
 
 
 def check(code: int) -> None:
-    """Leave this process with `code` when it is not 0 (a command failed or was stopped): the
-    commands still running are sent SIGTERM and waited for first."""
-    if code == 0:
+    """Leave this process with `code` when it is not 0 (a command failed or was stopped), or
+    with 130 after a Ctrl-C that came while waiting: the commands still running are sent
+    SIGTERM and waited for first."""
+    if code == 0 and not _ctrl_c.is_set():
         return
+    code = code or EXIT_SIGINT
     for pid in list(_running):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
