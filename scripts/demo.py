@@ -42,8 +42,8 @@ def stages(out: str) -> dict[str, Command]:
     # stay fp32.
     amp = ("SOLVER.AMP_CPU", "True", "SOLVER.AMP_CPU_SCOPE", "towers") if has_amx_bf16() else ()
     return {
-        "kernels": Command(f"{os.path.relpath(sys.executable)} -m fad.ops", "fad.ops.__main__:main",
-                         KERNELS),
+        "kernels": Command(f"{os.path.relpath(sys.executable)} -m fad.ops",
+                           "fad.ops.__main__:main", KERNELS),
         "data": tool("fad-make-data", "--out", "datasets", "--num-train", "300",
                      "--num-val", "60", "--seed", "0"),
         # SOLVER.PARALLEL_HEAD_LEVELS: the search's steps, the augment's evaluation (and
@@ -103,6 +103,7 @@ Re-evaluate: {tool("fad-test").name} --config-file {AUGMENT_CONFIG} \\
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parse `argv`; run the job, or with --dry-run print its commands."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true",
