@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +122,7 @@ _ctrl_c = threading.Event()  # a Ctrl-C came while this process waited for a com
 
 
 def _note_ctrl_c(signum: int, frame) -> None:
+    """The SIGINT handler while waiting: note it, raise nothing."""
     _ctrl_c.set()
 
 
@@ -185,7 +186,7 @@ def _pass_on_sigterm(signum: int, frame) -> None:
             os.kill(pid, signal.SIGTERM)
 
 
-def _run_child(command: Command, main, log: str | None) -> None:
+def _run_child(command: Command, main: Callable[[], object], log: str | None) -> None:
     """The forked child: run `main` as `command` (sys.argv = its command line), then
     leave with its exit code. Never returns into the parent's code, whatever `main` raises."""
     code = 1
@@ -207,6 +208,7 @@ def _run_child(command: Command, main, log: str | None) -> None:
     finally:
         with contextlib.suppress(BaseException):
             atexit._run_exitfuncs()  # as the interpreter's exit would: logs flushed and closed
-            sys.stdout.flush()
-            sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(BaseException):
+                stream.flush()
         os._exit(code)
