@@ -109,3 +109,26 @@ def test_baseline_isa_path_matches_reference():
         "    a = random_msda_inputs(2, [(5, 4), (2, 3)], 2, d, 6, 3, dtype=torch.float32,"
         " edges=True)\n"
         "    torch.testing.assert_close(torch.ops.fad_msda.forward(*a), ref(*a))")
+
+
+def test_build_command_reports_each_extension(monkeypatch, capsys):
+    """`python -m fad.ops`: one line per extension, `ready` or `unavailable (why)`; by default
+    every CPU extension and no CUDA one; an unknown name is a usage error (exit 2)."""
+    from fad.ops import __main__ as command
+
+    asked = []
+    reasons = {"mix_cpu": "no C++ compiler"}
+    monkeypatch.setattr(command, "load_error",
+                        lambda name: asked.append(name) or reasons.get(name))
+    command.main(["gn_relu_cpu", "mix_cpu"])
+    assert capsys.readouterr().out.splitlines() == [
+        "gn_relu_cpu: ready", "mix_cpu: unavailable (no C++ compiler)"]
+    asked.clear()
+    command.main([])
+    cpu = [n for n, ext in build.EXTENSIONS.items() if not ext.cuda]
+    assert asked == cpu and "msda_cuda" not in asked and len(cpu) >= 5
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        command.main(["gn_relu_cpu", "nonesuch"])
+    assert exc.value.code == 2
+    assert "no extension nonesuch" in capsys.readouterr().err

@@ -13,8 +13,9 @@ import) and runs no torch op itself: a child forked after the parent used OpenMP
 hang. Where `os.fork` is missing, or FAD_PIPELINE_FORK=0, each command runs as
 `python -c "from <module> import <function>; <function>()" ARGS...` instead (argv[0] its name;
 same behaviour, the imports paid each time). A Ctrl-C reaches the running commands themselves
-(one process group): the parent keeps waiting for them (a trainer saves a checkpoint first) and
-their exit code (130) stops the pipeline; a SIGTERM sent to the parent is passed on to them.
+(one process group): the parent only notes it and keeps waiting for them (a trainer saves a
+checkpoint first), and the next `check` stops the pipeline (130); a SIGTERM sent to the parent is
+passed on to them.
 """
 from __future__ import annotations
 
@@ -53,6 +54,11 @@ class Command:
         """The command as one shell command line (to copy, or to print before it runs)."""
         return " ".join([self.name, *map(shlex.quote, self.args)])
 
+    def resolve(self) -> Callable[[], object]:
+        """The `target` function, its module imported into this process."""
+        module, function = self.target.split(":")
+        return getattr(importlib.import_module(module), function)
+
 
 def tool(command: str, *args: str) -> Command:
     """The run of console command `command` (an entry point of the installed fad, e.g.
@@ -82,15 +88,15 @@ class Child:
         self.command = command
         self._popen: subprocess.Popen | None = None
         self._code: int | None = None
-        module, function = command.target.split(":")
         if fork_enabled():
-            main = getattr(importlib.import_module(module), function)
+            main = command.resolve()
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()  # else the child writes the parent's buffered text again
             self.pid = os.fork()
             if self.pid == 0:
                 _run_child(command, main, log)
         else:
+            module, function = command.target.split(":")
             code = (f"import sys; sys.argv[0] = {command.name!r}; "
                     f"from {module} import {function}; {function}()")
             out = open(log, "ab") if log else None  # noqa: SIM115  (the child holds it)
@@ -150,7 +156,7 @@ def preload(*commands: Command) -> None:
     start later pays no import (a no-op where commands are not forked)."""
     if fork_enabled():
         for command in commands:
-            importlib.import_module(command.target.split(":")[0])
+            command.resolve()
 
 
 def start(command: Command, log: str | None = None, echo: bool = True) -> Child:
