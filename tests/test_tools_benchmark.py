@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import shlex
 
 import pytest
 import torch
@@ -36,6 +37,8 @@ TINY = {
     "export": ["--models", "fcos", "--scales", "tiny", "--tiny-size", "64", "64", "--no-compile",
                "--warmup", "0", "--repeats", "1"],
 }
+TINY["limits"] = [a for n in ("sparse_resnet", "supernet", "msda", "fcos_step", "demo_step")
+                  for a in ("--set", f"{n}={shlex.join(TINY[n])}")]
 # keys that docs/BENCHMARKS.md and the per-topic docs quote
 KEYS = {
     "fcos_step": {"ours_step_s", "ours_nchw_step_s", "torchvision_step_s", "time_ratio",
@@ -48,7 +51,7 @@ KEYS = {
     "supernet": {"speedup", "peak_memory_ratio", "flop_ratio", "fraction_of_limit",
                  "fraction_of_limit_cpu", "fraction_of_limit_paired", "shared_step_s",
                  "separate_step_s"},
-    "msda": {"speedup", "speedup_cpp", "forward_speedup_cpp", "memory_ratio_cpp", "cpp_fwd_ms",
+    "msda": {"speedup", "speedup_cpp", "forward_speedup_cpp", "backward_speedup_cpp", "memory_ratio_cpp", "cpp_fwd_ms",
              "reference_fwd_bwd_ms", "cpp_peak_mb", "max_abs_diff_cpp"},
     "sparse_resnet": {"speedup_at_density_0.5", "speedup_vs_plain_at_density_0.5",
                       "cpu_time_speedup_vs_plain_at_density_0.5", "sparse_ms_at_density_0.5",
@@ -62,10 +65,11 @@ KEYS = {
     "compile": {"eager_step_s", "compiled_step_s", "time_ratio", "compile_s"},
     "export": {"rows", "threads"},
     "triton_resources": {"specializations", "max_registers", "spilling"},
+    "limits": {"rows", "goals_met", "goals", "arguments", "results"},
 }
 # C++ kernels may compile first (30-60 s on 2 CPUs); export writes ONNX and pt2 files (minutes);
 # triton_resources compiles a Triton kernel to a cubin
-SLOW = {"msda", "sparse_resnet", "supernet", "export", "triton_resources"}
+SLOW = {"msda", "sparse_resnet", "supernet", "export", "triton_resources", "limits"}
 
 
 def _benchmark(monkeypatch):
@@ -109,10 +113,52 @@ def test_sub_command_prints_one_json_line(monkeypatch, capsys, tmp_path, name):
     if name == "demo_step":
         assert result["augment_floor_s"] == pytest.approx(7 * limit, abs=0.06)
         assert result["mosaic_speedup"] > 0 and result["levels_step_s"] > 0
+    if name == "msda":
+        backward = {n: result[f"{n}_fwd_bwd_ms"] - result[f"{n}_fwd_ms"]
+                    for n in ("reference", "cpp")}
+        assert result["backward_speedup_cpp"] == pytest.approx(
+            backward["reference"] / backward["cpp"], rel=0.02)
+    if name == "limits":
+        _check_limits_rows(result)
     if name == "sparse_resnet":
         assert result["fraction_of_limit_at_density_0.5"] == pytest.approx(
             result["speedup_vs_plain_at_density_0.5"]
             / result["theory_speedup_vs_plain_at_density_0.5"], abs=2e-3)
+
+
+def _check_limits_rows(result: dict) -> None:
+    """The limits table: one row per density and thread count, supernet, two msda rows,
+    fcos_step and demo_step, each read from its benchmark's JSON and judged against its goal."""
+    rows, results = result["rows"], result["results"]
+    assert set(results) == {"sparse_resnet", "supernet", "msda", "fcos_step", "demo_step"}
+    sparse = results["sparse_resnet"]
+    assert [r["measured"] for r in rows[:2]] == [
+        sparse[f"speedup_vs_plain_at_density_0.5_threads_{t}"] for t in (2, 1)]
+    assert rows[0]["fraction_of_limit"] == sparse["fraction_of_limit_at_density_0.5_threads_2"]
+    assert rows[2]["measured"] == results["supernet"]["speedup"]
+    assert rows[2]["limit"] == results["supernet"]["flop_ratio"]
+    msda = results["msda"]
+    assert rows[3]["measured"] == msda["speedup"]
+    assert rows[4]["measured"] == pytest.approx(
+        msda["backward_speedup_cpp"] / msda["forward_speedup_cpp"], abs=1e-3)
+    assert rows[5]["measured"] == results["fcos_step"]["time_ratio"]
+    assert rows[6]["fraction_of_limit"] == results["demo_step"]["fraction_of_limit"]
+    assert len(rows) == 7 and all("->" in r["load"] for r in rows)
+    expected = [rows[0]["fraction_of_limit"] >= 0.9, rows[1]["fraction_of_limit"] >= 0.9,
+                rows[2]["fraction_of_limit"] >= 0.95, rows[3]["measured"] >= 15,
+                rows[4]["measured"] >= 1, rows[5]["measured"] <= 0.85, None]
+    assert [r["met"] for r in rows] == expected
+    assert result["goals"] == 6 and result["goals_met"] == sum(filter(None, expected))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--only", "msda,fast"], "unknown benchmark"),
+    (["--only", "msda", "--set", "fcos_step=--repeats 1"], "NAME=ARGS with NAME among msda"),
+    (["--set", "msda --repeats 1"], "must be NAME=ARGS"),
+])
+def test_limits_names_a_bad_choice(monkeypatch, argv, message):
+    with pytest.raises(FadError, match=message):
+        _benchmark(monkeypatch).main(["limits", *argv])
 
 
 def test_step_flops_counts_a_convolution_s_forward_and_weight_gradient():

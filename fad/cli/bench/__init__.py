@@ -11,6 +11,7 @@
   triton_resources  Triton MSDA kernels: registers, spills, occupancy per specialization (compiles)
   export         deployment formats (eager, torch.compile, ONNX Runtime, pt2): size, AP, latency
   compile        SOLVER.COMPILE: CPU training step time of FCOS, torch.compile'd vs eager
+  limits         issue #24's table: each speed-up against its FLOP limit and goal, in one run
 
 Each is a module of this package, `fad.cli.bench.NAME` (`add_arguments(parser)`,
 `run(args) -> dict`), imported only when it is the one run; it times its candidates side by side
@@ -32,7 +33,7 @@ from fad.utils.registry import Registry
 BENCHMARKS = Registry("benchmark", FadError, {
     name: f"{__name__}.{name}" for name in (
         "fcos_step", "demo_step", "supernet", "msda", "sparse_resnet", "detr_flops",
-        "op_latency", "asag", "triton_resources", "export", "compile")})
+        "op_latency", "asag", "triton_resources", "export", "compile", "limits")})
 
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:

@@ -3,7 +3,9 @@
 Backends timed: on CUDA `triton`, `cuda` (the C++ CUDA kernel) and `reference`; on the CPU
 `cpp` and `reference` (`--backends` picks others, e.g. `triton` on the CPU under
 TRITON_INTERPRET=1, which is far too slow to time). A backend that cannot run here is listed
-under `unavailable` with the reason. `speedup_<backend>` = reference / backend (fwd+bwd);
+under `unavailable` with the reason. `speedup_<backend>` = reference / backend (fwd+bwd),
+`forward_speedup_<backend>` and `backward_speedup_<backend>` the same of the forward alone and of
+the backward alone (median fwd+bwd less median fwd);
 `speedup` is that of the backend `auto` picks on the device (triton on CUDA, cpp on the CPU).
 
 Default size = a Deformable DETR encoder layer on a 640x640 input: batch 1, levels 80x80, 40x40,
@@ -220,6 +222,11 @@ def _peaks(impls: dict[str, Callable], problem: _Problem,
     return peaks
 
 
+def _backward(med: dict[str, float], name: str) -> float:
+    """The backward's time alone: median forward + backward less median forward."""
+    return med[f"{name}_fwd_bwd"] - med[f"{name}_fwd"]
+
+
 def _ratios(med: dict[str, float], peak: dict[str, int | None], kernel_names: list[str]) -> dict:
     """The JSON keys of the timings (ms, speed-ups) and memory (MB, ratios)."""
     main = kernel_names[0]
@@ -228,6 +235,8 @@ def _ratios(med: dict[str, float], peak: dict[str, int | None], kernel_names: li
         **{f"forward_speedup_{n}": round(med["reference_fwd"] / med[f"{n}_fwd"], 3)
            for n in kernel_names},
         **{f"speedup_{n}": round(med["reference_fwd_bwd"] / med[f"{n}_fwd_bwd"], 3)
+           for n in kernel_names},
+        **{f"backward_speedup_{n}": round(_backward(med, "reference") / _backward(med, n), 3)
            for n in kernel_names},
         "speedup": round(med["reference_fwd_bwd"] / med[f"{main}_fwd_bwd"], 3),
         **{f"{n}_peak_mb": _mb(p) for n, p in peak.items()},

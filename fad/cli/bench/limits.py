@@ -1,0 +1,139 @@
+"""Issue #24's table in one command: each speed-up against its goal, run side by side in turn.
+
+Runs `sparse_resnet`, `supernet`, `msda`, `fcos_step` and `demo_step` one after another in this
+process, each with the arguments its row in docs/BENCHMARKS.md names (`--set NAME=ARGS` replaces
+them, `--only` picks benchmarks), reads the load average before and after each, and turns their
+JSON into one row per measured ratio:
+
+- `sparse_resnet` per density and thread count: speed-up vs plain R-101, the limit its FLOPs set
+  (`theory_speedup_vs_plain_at_density_<d>`) and `fraction_of_limit`; goal fraction >= 0.9;
+- `supernet`: speed-up of representation sharing, the FLOP ratio, fraction; goal fraction >= 0.95;
+- `msda`: the CPU (C++) kernel vs reference, forward + backward, goal >= 15; and the backward's speed-up
+  over the forward's, goal >= 1 (the backward as fast, relative to the reference, as forward);
+- `fcos_step`: ours / torchvision step time, goal <= 0.85 (its `fraction_of_limit` informs);
+- `demo_step`: the demo's augment step at `fraction_of_limit` of its FLOP limit (no goal).
+
+Prints the rows as a markdown table, then (as every benchmark) one JSON line: `rows` (each with
+`row`, `measured`, `limit`, `fraction_of_limit`, `goal`, `met`, `load`), `goals_met` /
+`goals` and `results` (every benchmark's own JSON).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+from collections.abc import Callable
+
+import torch
+
+from fad.errors import FadError
+
+ARGS = {
+    "sparse_resnet": "--densities 0.3,0.5,0.2 --repeats 3",
+    "supernet": "--repeats 3 --tiny-config ''",
+    "msda": "--repeats 5",
+    "fcos_step": "--repeats 3",
+    "demo_step": "--repeats 5",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--only", default=",".join(ARGS),
+                        help=f"comma-separated benchmarks to run (default all: {', '.join(ARGS)})")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=ARGS",
+                        help="replace a benchmark's arguments, e.g. "
+                             "--set 'sparse_resnet=--size 320x512 --repeats 1' (repeatable)")
+
+
+def _arguments(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Each chosen benchmark's argument list, defaults replaced by `--set`."""
+    chosen = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in ARGS]
+    if unknown or not chosen:
+        raise FadError(f"--only: unknown benchmark(s) {unknown or args.only!r}; "
+                       f"choose among {', '.join(ARGS)}")
+    argv = {name: shlex.split(ARGS[name]) for name in chosen}
+    for item in args.set:
+        name, sep, text = item.partition("=")
+        if not sep or name not in argv:
+            raise FadError(f"--set {item!r}: must be NAME=ARGS with NAME among {', '.join(argv)}")
+        argv[name] = shlex.split(text)
+    return argv
+
+
+def _row(row: str, measured: float, goal: str, limit: float | None = None,
+         fraction: float | None = None) -> dict:
+    """One table row; `goal` is 'fraction >= X' (on the fraction of the limit), '>= X' or
+    '<= X' (on the measured value) or '' (none)."""
+    met = None
+    if goal:
+        *on, op, threshold = goal.split()
+        value = fraction if on == ["fraction"] else measured
+        met = value >= float(threshold) if op == ">=" else value <= float(threshold)
+    return {"row": row, "measured": measured, "limit": limit, "fraction_of_limit": fraction,
+            "goal": goal, "met": met}
+
+
+def _sparse_rows(r: dict) -> list[dict]:
+    densities = [k.rsplit("_", 1)[1] for k in r if k.startswith("theory_speedup_vs_plain_")]
+    return [_row(f"sparse_resnet vs plain R-{r['depth']}, density {d}, "
+                 f"{t} thread{'s' * (t > 1)}",
+                 r[f"speedup_vs_plain_at_density_{d}_threads_{t}"], "fraction >= 0.9",
+                 r[f"theory_speedup_vs_plain_at_density_{d}"],
+                 r[f"fraction_of_limit_at_density_{d}_threads_{t}"])
+            for d in densities for t in sorted(r["threads"], reverse=True)]
+
+
+def _msda_rows(r: dict) -> list[dict]:
+    backend = r["backends"][0]
+    return [_row(f"msda, {backend} kernel vs reference, forward + backward", r["speedup"],
+                 ">= 15"),
+            _row(f"msda, {backend} backward's speed-up / forward's",
+                 round(r[f"backward_speedup_{backend}"] / r[f"forward_speedup_{backend}"], 3),
+                 ">= 1")]
+
+
+ROWS: dict[str, Callable[[dict], list[dict]]] = {
+    "sparse_resnet": _sparse_rows,
+    "supernet": lambda r: [_row("supernet, shared vs separate candidates", r["speedup"],
+                                "fraction >= 0.95", r["flop_ratio"], r["fraction_of_limit"])],
+    "msda": _msda_rows,
+    "fcos_step": lambda r: [_row("fcos_step, ours / torchvision step time", r["time_ratio"],
+                                 "<= 0.85", None, r["fraction_of_limit"])],
+    "demo_step": lambda r: [_row("demo_step, the demo's augment step (s)", r["step_s"], "",
+                                 r["limit_step_s"], r["fraction_of_limit"])],
+}
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as a markdown table (limit and fraction '-' where there is none)."""
+    def cell(v: object) -> str:
+        return "-" if v is None or v == "" else str(v)
+
+    lines = ["| benchmark | measured | limit | fraction of limit | goal | met | load |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['row']} | {r['measured']} | {cell(r['limit'])} | "
+              f"{cell(r['fraction_of_limit'])} | {cell(r['goal'])} | "
+              f"{cell({True: 'yes', False: 'no'}.get(r['met']))} | {r['load']} |" for r in rows]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from . import build_parser  # the package imports its sub-commands' modules lazily
+
+    rows, results = [], {}
+    for name, argv in _arguments(args).items():
+        sub = build_parser(name).parse_args([name, *argv])
+        threads = torch.get_num_threads()
+        before = os.getloadavg()[0]
+        try:
+            results[name] = sub.run(sub)
+        finally:
+            torch.set_num_threads(threads)
+        load = f"{before:.1f} -> {os.getloadavg()[0]:.1f}"
+        rows += [row | {"load": load} for row in ROWS[name](results[name])]
+    print(markdown(rows), flush=True)
+    judged = [r["met"] for r in rows if r["met"] is not None]
+    return {"rows": rows, "goals_met": sum(judged), "goals": len(judged),
+            "arguments": {n: shlex.join(a) for n, a in _arguments(args).items()},
+            "results": results}
