@@ -7,9 +7,11 @@ JSON into one row per measured ratio:
 
 - `sparse_resnet` per density and thread count: speed-up vs plain R-101, the limit its FLOPs set
   (`theory_speedup_vs_plain_at_density_<d>`) and `fraction_of_limit`; goal fraction >= 0.9;
-- `supernet`: speed-up of representation sharing, the FLOP ratio, fraction; goal fraction >= 0.95;
-- `msda`: the CPU (C++) kernel vs reference, forward + backward, goal >= 15; and the backward's speed-up
-  over the forward's, goal >= 1 (the backward as fast, relative to the reference, as forward);
+- `supernet`: speed-up of representation sharing, the FLOP ratio, fraction; goal fraction
+  >= 0.95;
+- `msda`: the kernel (C++ on the CPU) vs reference, forward + backward, goal >= 15; and the
+  backward's speed-up over the forward's, goal >= 1 (the backward as fast, relative to the
+  reference, as the forward);
 - `fcos_step`: ours / torchvision step time, goal <= 0.85 (its `fraction_of_limit` informs);
 - `demo_step`: the demo's augment step at `fraction_of_limit` of its FLOP limit (no goal).
 
