@@ -110,6 +110,26 @@ def test_backward_float64_matches_reference(cpu_kernel, dim):
         torch.testing.assert_close(c, a, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dim", [32, 64, 30])
+def test_backward_float32_matches_reference_at_each_thread_count(cpu_kernel, dim, threads):
+    """The float32 loops (vectors for D = 32 / 64) and the task split: 2 images x 2 heads on 3
+    threads split the queries into groups, each with its own gradient buffer."""
+    args64 = _inputs(dim, kinks=False, seed=5)
+    grad64 = torch.randn(2, 8, 2 * dim, dtype=torch.float64)
+    expected = ms_deform_attn_reference_backward(grad64, *args64)
+    args = [a.float() if a.is_floating_point() else a for a in args64]
+    default = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = cpu_kernel.backward(grad64.float(), *args)
+    finally:
+        torch.set_num_threads(default)
+    for g, e in zip(got, expected):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["cpp", "reference"])
 @pytest.mark.parametrize("dim", [2, 30, 71])
 def test_gradcheck(cpu_kernel, backend, dim):

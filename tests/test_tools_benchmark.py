@@ -115,10 +115,11 @@ def test_sub_command_prints_one_json_line(monkeypatch, capsys, tmp_path, name):
         assert result["augment_floor_s"] == pytest.approx(7 * limit, abs=0.06)
         assert result["mosaic_speedup"] > 0 and result["levels_step_s"] > 0
     if name == "msda":
+        # the backward alone = fwd+bwd - fwd; the times are rounded to 0.01 ms, so +- 0.01
         backward = {n: result[f"{n}_fwd_bwd_ms"] - result[f"{n}_fwd_ms"]
                     for n in ("reference", "cpp")}
-        assert result["backward_speedup_cpp"] == pytest.approx(
-            backward["reference"] / backward["cpp"], rel=0.02)
+        assert (backward["reference"] - 0.01) / (backward["cpp"] + 0.01) <= result[
+            "backward_speedup_cpp"] <= (backward["reference"] + 0.01) / (backward["cpp"] - 0.01)
     if name == "limits":
         _check_limits_rows(result)
     if name == "sparse_resnet":

@@ -3,8 +3,12 @@
 // Forward: at::parallel_for over (n, q, m); each item accumulates its D output channels over the
 // L * P points, the four bilinear corners fused into one contiguous loop over D.
 // Backward: at::parallel_for over (query group g, n, m). A task owns the grad_value slice of head
-// m of image n in buffer g (no atomics) and zeroes it itself; with G > 1 groups the G buffers are
-// summed at the end. Every grad_loc / grad_attn element is written (no zero fills).
+// m of image n in buffer g (no atomics); with G > 1 groups the G buffers are summed at the end.
+// The task copies head m's value rows into a contiguous [S, D] scratch and sums its gradient in
+// another, written into the strided slice at the end: the random row accesses then stay within
+// two compact blocks (about 1 MB each for a 640x640 encoder layer) instead of touching a page
+// per few rows of the [S, M, D] tensors. Every grad_loc / grad_attn element is written (no
+// zero fills).
 // Both walk their items in order and build the taps of item i + 1 (corner rows and weights,
 // msda_cpu_taps.h), prefetching the rows, before they sum item i: the row loads, which miss the
 // cache, overlap the arithmetic of the item before.
@@ -140,24 +144,24 @@ FAD_ALWAYS_INLINE void forward_items(const Problem<scalar_t>& pr, int64_t begin,
   }
 }
 
-// Fill `taps` with the contributing points of query q of task (n, m) (grad_value rows in
-// `grad_value_g`, a `sink` row per corner for those outside the map) and prefetch their rows;
-// write zero grad_loc / grad_attn for the points that do not contribute; returns the count.
+// Fill `taps` with the contributing points of query q of task (n, m) (value and grad_value rows
+// in the task's [S, D] scratch `s.head_value` / `s.head_grad`, a `sink` row per corner for those
+// outside the map) and prefetch their rows; write zero grad_loc / grad_attn for the points that
+// do not contribute; returns the count.
 template <typename scalar_t, int kD>
 FAD_ALWAYS_INLINE int64_t backward_taps(const Problem<scalar_t>& pr, int64_t n, int64_t q,
-                                        int64_t m, at::opmath_type<scalar_t>* grad_value_g,
-                                        GradTap<scalar_t>* __restrict__ taps,
+                                        int64_t m, GradTap<scalar_t>* __restrict__ taps,
                                         Scratch<scalar_t>& s) {
   using acc_t = at::opmath_type<scalar_t>;
   const Sizes z = pr.z;
-  const int64_t i = (n * z.lq + q) * z.m + m, row = z.m * z.d, num = z.levels * z.points;
+  const int64_t i = (n * z.lq + q) * z.m + m, row = z.d, num = z.levels * z.points;
   const int64_t dim = kD > 0 ? kD : z.d, bytes = dim * static_cast<int64_t>(sizeof(scalar_t));
   const scalar_t* loc_i = pr.loc + i * num * 2;
   const scalar_t* attn_i = pr.attn + i * num;
   int64_t count = 0;
   for (int64_t l = 0; l < z.levels; ++l) {
     const int64_t height = pr.shapes[2 * l], width = pr.shapes[2 * l + 1];
-    const int64_t base = (n * z.s + pr.starts[l]) * row + m * z.d;
+    const int64_t base = pr.starts[l] * row;
     for (int64_t p = 0; p < z.points; ++p) {
       const int64_t j = l * z.points + p;
       GradTap<scalar_t>& t = taps[count];
@@ -173,8 +177,8 @@ FAD_ALWAYS_INLINE int64_t backward_taps(const Problem<scalar_t>& pr, int64_t n, 
       t.j = i * num + j;
       for (int k = 0; k < 4; ++k) {
         const bool inside = t.c.offset[k] >= 0;
-        t.v[k] = inside ? pr.value + base + t.c.offset[k] * row : s.zeros;
-        t.gv[k] = inside ? grad_value_g + base + t.c.offset[k] * row : s.sink + k * z.d;
+        t.v[k] = inside ? s.head_value + base + t.c.offset[k] * row : s.zeros;
+        t.gv[k] = inside ? s.head_grad + base + t.c.offset[k] * row : s.sink + k * z.d;
         t.w[k] = t.a * t.c.weight[k];
         prefetch_row<false>(t.v[k], bytes);
         prefetch_row<true>(t.gv[k], dim * static_cast<int64_t>(sizeof(acc_t)));
@@ -261,9 +265,10 @@ FAD_ALWAYS_INLINE void prefetch_query(const Problem<scalar_t>& pr, int64_t n, in
   prefetch_row<false>(pr.grad_out + i * z.d, z.d * size);
 }
 
-// Backward of tasks [begin, end) of (g, n, m): a task zeroes its grad_value slice, then walks its
-// queries, building the taps of query q + 1 (rows prefetched) before it handles query q. kD > 0:
-// float32 with D = kD on vectors (msda_cpu_vec.h).
+// Backward of tasks [begin, end) of (g, n, m): a task copies head m's value rows into its scratch
+// and zeroes the gradient scratch, walks its queries, building the taps of query q + 1 (rows
+// prefetched) before it handles query q, then writes the gradient scratch into its grad_value
+// slice. kD > 0: float32 with D = kD on vectors (msda_cpu_vec.h).
 template <typename scalar_t, int kD>
 FAD_ALWAYS_INLINE void backward_tasks(const Problem<scalar_t>& pr, int64_t begin, int64_t end,
                                       Scratch<scalar_t>& s) {
@@ -274,23 +279,26 @@ FAD_ALWAYS_INLINE void backward_tasks(const Problem<scalar_t>& pr, int64_t begin
   for (int64_t task = begin; task < end; ++task) {
     const int64_t g = task / (z.n * z.m), n = (task / z.m) % z.n, m = task % z.m;
     const int64_t q_begin = g * z.lq / pr.groups, q_end = (g + 1) * z.lq / pr.groups;
-    acc_t* grad_value_g = pr.grad_value + g * z.n * z.s * row;
-    for (int64_t t = 0; t < z.s; ++t) {
-      std::fill_n(grad_value_g + (n * z.s + t) * row + m * z.d, z.d, acc_t(0));
-    }
+    acc_t* grad_value_nm = pr.grad_value + (g * z.n + n) * z.s * row + m * z.d;
     if (q_begin >= q_end) {
+      for (int64_t t = 0; t < z.s; ++t) {
+        std::fill_n(grad_value_nm + t * row, z.d, acc_t(0));
+      }
       continue;
     }
-    int64_t count[2] = {
-        backward_taps<scalar_t, kD>(pr, n, q_begin, m, grad_value_g, taps[0], s), 0};
+    const scalar_t* value_nm = pr.value + n * z.s * row + m * z.d;
+    for (int64_t t = 0; t < z.s; ++t) {
+      std::copy_n(value_nm + t * row, z.d, s.head_value + t * z.d);
+    }
+    std::fill_n(s.head_grad, z.s * z.d, acc_t(0));
+    int64_t count[2] = {backward_taps<scalar_t, kD>(pr, n, q_begin, m, taps[0], s), 0};
     for (int64_t q = q_begin; q < q_end; ++q) {
       const int cur = (q - q_begin) & 1;
       if (q + 2 < q_end) {
         prefetch_query(pr, n, q + 2, m);
       }
       if (q + 1 < q_end) {
-        count[cur ^ 1] =
-            backward_taps<scalar_t, kD>(pr, n, q + 1, m, grad_value_g, taps[cur ^ 1], s);
+        count[cur ^ 1] = backward_taps<scalar_t, kD>(pr, n, q + 1, m, taps[cur ^ 1], s);
       }
       const scalar_t* go_row = pr.grad_out + ((n * z.lq + q) * z.m + m) * z.d;
       if constexpr (kD > 0) {
@@ -299,6 +307,9 @@ FAD_ALWAYS_INLINE void backward_tasks(const Problem<scalar_t>& pr, int64_t begin
         backward_taps_scalar(taps[cur], count[cur], z.d, go_row, s.acc, s.dots);
       }
       write_point_grads(pr, taps[cur], count[cur], s.dots);
+    }
+    for (int64_t t = 0; t < z.s; ++t) {
+      std::copy_n(s.head_grad + t * z.d, z.d, grad_value_nm + t * row);
     }
   }
 }
@@ -372,7 +383,7 @@ template <typename scalar_t>
 void run_backward(const Problem<scalar_t>& pr) {
   const BackwardFn<scalar_t> fn = pick<scalar_t>(pr.z.d).second;
   at::parallel_for(0, pr.groups * pr.z.n * pr.z.m, 1, [&](int64_t begin, int64_t end) {
-    Scratch<scalar_t> s(pr.z.d, pr.z.levels * pr.z.points, true);
+    Scratch<scalar_t> s(pr.z.d, pr.z.levels * pr.z.points, true, pr.z.s);
     fn(pr, begin, end, s);
   });
 }
