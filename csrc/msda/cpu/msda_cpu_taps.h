@@ -45,30 +45,30 @@ FAD_ALWAYS_INLINE void prefetch_row(const void* row, int64_t bytes) {
   }
 }
 
-// A 64-byte aligned buffer of at least `count` T owned by the calling thread and kept between
-// calls (slot tells two buffers of one type apart): a buffer allocated per call would be fresh
-// pages, a page fault per 4 KB written, and rows not aligned to the vectors split cache lines
-// (the backward took 1.4x as long with its gradient rows at 16 bytes past a line). Grows to the
-// largest size asked; not initialised.
-template <typename T, int kSlot>
-T* thread_buffer(int64_t count) {
+// A 64-byte aligned buffer of at least `bytes` owned by the calling thread and kept between
+// calls: a buffer allocated per call would be fresh pages, a page fault per 4 KB written. Grows
+// to the largest size asked; not initialised.
+inline char* thread_buffer(int64_t bytes) {
   constexpr int64_t kAlign = 64;
   thread_local std::unique_ptr<char[]> buf;
   thread_local int64_t size = 0;
-  thread_local T* aligned = nullptr;
-  if (size < count) {
-    buf.reset(new char[count * sizeof(T) + kAlign]);
+  thread_local char* aligned = nullptr;
+  if (size < bytes) {
+    buf.reset(new char[bytes + kAlign]);
     const auto address = reinterpret_cast<uintptr_t>(buf.get());
-    aligned = reinterpret_cast<T*>((address + kAlign - 1) / kAlign * kAlign);
-    size = count;
+    aligned = buf.get() + (kAlign - address % kAlign) % kAlign;
+    size = bytes;
   }
   return aligned;
 }
 
+constexpr int64_t round_up_64(int64_t bytes) { return (bytes + 63) / 64 * 64; }
+
 // Per-thread scratch of the item loops: D accumulators, a zero row, 4 sink rows for the
 // grad_value updates of corners outside the map, two sets of taps (current and next item), the
-// backward's four corner dot products per tap and its task's head as [S, D] rows of value and
-// of the value gradient (`tokens` = S; the thread's buffers, uninitialised: the task fills them).
+// backward's four corner dot products per tap and its task's head, token by token: the token's
+// D values, then its D value-gradient sums, each starting on a cache line (`tokens` = S; the
+// thread's buffer, uninitialised: the task fills it).
 template <typename scalar_t>
 struct Scratch {
   using acc_t = at::opmath_type<scalar_t>;
@@ -77,9 +77,15 @@ struct Scratch {
         tap_buf(backward ? 0 : 2 * num), grad_tap_buf(backward ? 2 * num : 0),
         dot_buf(backward ? 4 * num : 0), acc(acc_buf.data()), zeros(zero_buf.data()),
         sink(sink_buf.data()), taps(tap_buf.data()), grad_taps(grad_tap_buf.data()),
-        dots(dot_buf.data()),
-        head_value(backward ? thread_buffer<scalar_t, 0>(tokens * dim) : nullptr),
-        head_grad(backward ? thread_buffer<acc_t, 1>(tokens * dim) : nullptr) {}
+        dots(dot_buf.data()), grad_offset(round_up_64(dim * sizeof(scalar_t))),
+        token_bytes(grad_offset + round_up_64(dim * sizeof(acc_t))),
+        head(backward ? thread_buffer(tokens * token_bytes) : nullptr) {}
+  scalar_t* head_value(int64_t token) const {
+    return reinterpret_cast<scalar_t*>(head + token * token_bytes);
+  }
+  acc_t* head_grad(int64_t token) const {
+    return reinterpret_cast<acc_t*>(head + token * token_bytes + grad_offset);
+  }
   std::vector<acc_t> acc_buf;
   std::vector<scalar_t> zero_buf;
   std::vector<acc_t> sink_buf;
@@ -92,8 +98,8 @@ struct Scratch {
   Tap<scalar_t>* taps;
   GradTap<scalar_t>* grad_taps;
   acc_t* dots;
-  scalar_t* head_value;
-  acc_t* head_grad;
+  int64_t grad_offset, token_bytes;  // bytes
+  char* head;
 };
 
 }  // namespace fad_msda
