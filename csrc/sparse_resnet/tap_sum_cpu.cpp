@@ -21,20 +21,36 @@ void tap_sum_range(const float* __restrict__ y, const float* __restrict__ bias, 
                    int64_t start, int64_t o, int64_t in_h, int64_t in_w, int64_t out_h,
                    int64_t out_w, int64_t stride, int64_t begin, int64_t end,
                    float* __restrict__ out) {
+  const int64_t row = 9 * k;
   for (int64_t line = begin; line < end; ++line) {
     const int64_t n = line / out_h, oy = line % out_h;
+    // the window's rows inside the grid: ky in [ky_begin, ky_end)
+    const int64_t ky_begin = oy * stride - 1 < 0 ? 1 : 0;
+    const int64_t ky_end = std::min<int64_t>(3, in_h - (oy * stride - 1));
     for (int64_t ox = 0; ox < out_w; ++ox) {
       float* __restrict__ dst = out + (line * out_w + ox) * o;
+      const int64_t ix0 = ox * stride - 1;
+      const bool inner = ix0 >= 0 && ix0 + 2 < in_w;  // no column of the window outside
+      if (o == 1) {  // one mask conv: a scalar sum (the loop over outputs would cost more)
+        float acc = bias[0];
+        for (int64_t ky = ky_begin; ky < ky_end; ++ky) {
+          const float* src = y + ((n * in_h + oy * stride + ky - 1) * in_w + ix0) * row +
+                             3 * ky * k + start;
+          for (int64_t kx = 0; kx < 3; ++kx) {
+            if (inner || fad::inside(ix0 + kx, in_w)) acc += src[kx * (row + k)];
+          }
+        }
+        dst[0] = acc;
+        continue;
+      }
       std::copy(bias, bias + o, dst);
-      for (int64_t ky = 0; ky < 3; ++ky) {
-        const int64_t iy = oy * stride + ky - 1;
-        if (!fad::inside(iy, in_h)) continue;
+      for (int64_t ky = ky_begin; ky < ky_end; ++ky) {
+        const float* src =
+            y + ((n * in_h + oy * stride + ky - 1) * in_w + ix0) * row + 3 * ky * k + start;
         for (int64_t kx = 0; kx < 3; ++kx) {
-          const int64_t ix = ox * stride + kx - 1;
-          if (!fad::inside(ix, in_w)) continue;
-          const float* __restrict__ src =
-              y + ((n * in_h + iy) * in_w + ix) * 9 * k + (3 * ky + kx) * k + start;
-          for (int64_t i = 0; i < o; ++i) dst[i] += src[i];
+          if (!inner && !fad::inside(ix0 + kx, in_w)) continue;
+          const float* __restrict__ tap = src + kx * (row + k);
+          for (int64_t i = 0; i < o; ++i) dst[i] += tap[i];
         }
       }
     }
