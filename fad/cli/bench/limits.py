@@ -121,10 +121,12 @@ def markdown(rows: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
+    """Each chosen benchmark in turn, its rows judged; the markdown table printed."""
     from . import build_parser  # the package imports its sub-commands' modules lazily
 
+    arguments = _arguments(args)
     rows, results = [], {}
-    for name, argv in _arguments(args).items():
+    for name, argv in arguments.items():
         sub = build_parser(name).parse_args([name, *argv])
         threads = torch.get_num_threads()
         before = os.getloadavg()[0]
@@ -137,5 +139,5 @@ def run(args: argparse.Namespace) -> dict:
     print(markdown(rows), flush=True)
     judged = [r["met"] for r in rows if r["met"] is not None]
     return {"rows": rows, "goals_met": sum(judged), "goals": len(judged),
-            "arguments": {n: shlex.join(a) for n, a in _arguments(args).items()},
+            "arguments": {n: shlex.join(a) for n, a in arguments.items()},
             "results": results}
