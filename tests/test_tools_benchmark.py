@@ -131,8 +131,10 @@ def test_sub_command_prints_one_json_line(monkeypatch, capsys, tmp_path, name):
 def _check_limits_rows(result: dict) -> None:
     """The limits table: one row per density and thread count, supernet, two msda rows,
     fcos_step and demo_step, each read from its benchmark's JSON and judged against its goal."""
-    rows, results = result["rows"], result["results"]
-    assert set(results) == {"sparse_resnet", "supernet", "msda", "fcos_step", "demo_step"}
+    rows, rounds = result["rows"], result["results"]
+    assert set(rounds) == {"sparse_resnet", "supernet", "msda", "fcos_step", "demo_step"}
+    assert result["rounds"] == 1 and all(len(r) == 1 for r in rounds.values())
+    results = {name: runs[0] for name, runs in rounds.items()}
     sparse = results["sparse_resnet"]
     assert [r["measured"] for r in rows[:2]] == [
         sparse[f"speedup_vs_plain_at_density_0.5_threads_{t}"] for t in (2, 1)]
@@ -153,7 +155,27 @@ def _check_limits_rows(result: dict) -> None:
     assert result["goals"] == 6 and result["goals_met"] == sum(filter(None, expected))
 
 
+def test_limits_rows_over_rounds_take_medians_and_are_judged_again():
+    from fad.cli.bench.limits import _row, combine, markdown
+
+    runs = [_row("supernet", m, "fraction >= 0.95", 2.3, f) | {"load": load}
+            for m, f, load in ((2.0, 0.87, "1.0 -> 1.2"), (2.3, 1.0, "1.2 -> 1.1"),
+                               (2.2, 0.96, "1.1 -> 1.0"))]
+    assert [r["met"] for r in runs] == [False, True, True]
+    row = combine(runs)
+    assert (row["measured"], row["fraction_of_limit"], row["limit"]) == (2.2, 0.96, 2.3)
+    assert row["met"] is True and row["rounds_fraction"] == [0.87, 1.0, 0.96]
+    assert row["load"] == "1.0 -> 1.2, 1.2 -> 1.1, 1.1 -> 1.0"
+    even = combine(runs[:2])  # the mean of the two middle values
+    assert even["fraction_of_limit"] == 0.935 and even["met"] is False
+    no_fraction = combine([_row("fcos_step", v, "<= 0.85") | {"load": ""} for v in (0.9, 0.7)])
+    assert no_fraction["fraction_of_limit"] is None and no_fraction["met"] is True
+    table = markdown([row])
+    assert "| supernet | 2.2 (2.0-2.3) | 2.3 | 0.96 (0.87-1.0) | fraction >= 0.95 | yes |" in table
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--rounds", "0"], "--rounds must be >= 1"),
     (["--only", "msda,fast"], "unknown benchmark"),
     (["--only", "msda", "--set", "fcos_step=--repeats 1"], "NAME=ARGS with NAME among msda"),
     (["--set", "msda --repeats 1"], "must be NAME=ARGS"),

@@ -15,15 +15,22 @@ JSON into one row per measured ratio:
 - `fcos_step`: ours / torchvision step time, goal <= 0.85 (its `fraction_of_limit` informs);
 - `demo_step`: the demo's augment step at `fraction_of_limit` of its FLOP limit (no goal).
 
+`--rounds R` runs the whole sequence R times (the benchmarks alternate, so a slow phase of the
+machine touches every row alike); each row then reports the medians over the rounds, judged
+again, with every round's values. This host's speed drifts by 10-25 % within minutes, so one
+round can move a row across its goal.
+
 Prints the rows as a markdown table, then (as every benchmark) one JSON line: `rows` (each with
-`row`, `measured`, `limit`, `fraction_of_limit`, `goal`, `met`, `load`), `goals_met` /
-`goals` and `results` (every benchmark's own JSON).
+`row`, `measured`, `limit`, `fraction_of_limit`, `goal`, `met`, `rounds_measured`,
+`rounds_fraction`, `load`), `goals_met` / `goals`, `rounds` and `results` (every benchmark's own
+JSON, one per round).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shlex
+import statistics
 from collections.abc import Callable
 
 import torch
@@ -42,6 +49,9 @@ ARGS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", default=",".join(ARGS),
                         help=f"comma-separated benchmarks to run (default all: {', '.join(ARGS)})")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the whole sequence this many times; each row reports the "
+                             "medians and the rounds' range (default 1)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=ARGS",
                         help="replace a benchmark's arguments, e.g. "
                              "--set 'sparse_resnet=--size 320x512 --repeats 1' (repeatable)")
@@ -49,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _arguments(args: argparse.Namespace) -> dict[str, list[str]]:
     """Each chosen benchmark's argument list, defaults replaced by `--set`."""
+    if args.rounds < 1:
+        raise FadError(f"--rounds must be >= 1, got {args.rounds}")
     chosen = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in chosen if n not in ARGS]
     if unknown or not chosen:
@@ -63,17 +75,43 @@ def _arguments(args: argparse.Namespace) -> dict[str, list[str]]:
     return argv
 
 
+def _judge(goal: str, measured: float, fraction: float | None) -> bool | None:
+    """Whether a row meets `goal`: 'fraction >= X' (on the fraction of the limit), '>= X' or
+    '<= X' (on the measured value); None for no goal ('')."""
+    if not goal:
+        return None
+    *on, op, threshold = goal.split()
+    value = fraction if on == ["fraction"] else measured
+    return value >= float(threshold) if op == ">=" else value <= float(threshold)
+
+
 def _row(row: str, measured: float, goal: str, limit: float | None = None,
          fraction: float | None = None) -> dict:
-    """One table row; `goal` is 'fraction >= X' (on the fraction of the limit), '>= X' or
-    '<= X' (on the measured value) or '' (none)."""
-    met = None
-    if goal:
-        *on, op, threshold = goal.split()
-        value = fraction if on == ["fraction"] else measured
-        met = value >= float(threshold) if op == ">=" else value <= float(threshold)
+    """One table row of one run, judged against `goal` (`_judge`)."""
     return {"row": row, "measured": measured, "limit": limit, "fraction_of_limit": fraction,
-            "goal": goal, "met": met}
+            "goal": goal, "met": _judge(goal, measured, fraction)}
+
+
+def _median(values: list[float | None]) -> float | None:
+    """The median, rounded to 4 digits; None when any value is None."""
+    if any(v is None for v in values):
+        return None
+    return round(statistics.median(values), 4)
+
+
+def combine(runs: list[dict]) -> dict:
+    """One row from the same row of every round: median measured value, limit and fraction,
+    judged again; `rounds_measured` / `rounds_fraction` list each round's, `load` each round's
+    load before -> after."""
+    first = runs[0]
+    measured = _median([r["measured"] for r in runs])
+    fraction = _median([r["fraction_of_limit"] for r in runs])
+    return {"row": first["row"], "measured": measured,
+            "limit": _median([r["limit"] for r in runs]), "fraction_of_limit": fraction,
+            "goal": first["goal"], "met": _judge(first["goal"], measured, fraction),
+            "rounds_measured": [r["measured"] for r in runs],
+            "rounds_fraction": [r["fraction_of_limit"] for r in runs],
+            "load": ", ".join(r["load"] for r in runs)}
 
 
 def _sparse_rows(r: dict) -> list[dict]:
@@ -108,36 +146,48 @@ ROWS: dict[str, Callable[[dict], list[dict]]] = {
 
 
 def markdown(rows: list[dict]) -> str:
-    """The rows as a markdown table (limit and fraction '-' where there is none)."""
-    def cell(v: object) -> str:
-        return "-" if v is None or v == "" else str(v)
+    """The rows as a markdown table (limit and fraction '-' where there is none; with more than
+    one round, each median followed by the rounds' range)."""
+    def cell(value: object, rounds: list | None = None) -> str:
+        if value is None or value == "":
+            return "-"
+        if rounds and len(rounds) > 1:
+            return f"{value} ({min(rounds)}-{max(rounds)})"
+        return str(value)
 
     lines = ["| benchmark | measured | limit | fraction of limit | goal | met | load |",
              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['row']} | {r['measured']} | {cell(r['limit'])} | "
-              f"{cell(r['fraction_of_limit'])} | {cell(r['goal'])} | "
-              f"{cell({True: 'yes', False: 'no'}.get(r['met']))} | {r['load']} |" for r in rows]
+    lines += [f"| {r['row']} | {cell(r['measured'], r['rounds_measured'])} | "
+              f"{cell(r['limit'])} | {cell(r['fraction_of_limit'], r['rounds_fraction'])} | "
+              f"{cell(r['goal'])} | {cell({True: 'yes', False: 'no'}.get(r['met']))} | "
+              f"{r['load']} |" for r in rows]
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Each chosen benchmark in turn, its rows judged; the markdown table printed."""
+    """Each chosen benchmark in turn, `--rounds` times; its rows judged on the medians; the
+    markdown table printed."""
     from . import build_parser  # the package imports its sub-commands' modules lazily
 
     arguments = _arguments(args)
-    rows, results = [], {}
-    for name, argv in arguments.items():
-        sub = build_parser(name).parse_args([name, *argv])
-        threads = torch.get_num_threads()
-        before = os.getloadavg()[0]
-        try:
-            results[name] = sub.run(sub)
-        finally:
-            torch.set_num_threads(threads)
-        load = f"{before:.1f} -> {os.getloadavg()[0]:.1f}"
-        rows += [row | {"load": load} for row in ROWS[name](results[name])]
+    per_round: list[list[dict]] = []
+    results: dict[str, list[dict]] = {name: [] for name in arguments}
+    for _ in range(args.rounds):
+        rows = []
+        for name, argv in arguments.items():
+            sub = build_parser(name).parse_args([name, *argv])
+            threads = torch.get_num_threads()
+            before = os.getloadavg()[0]
+            try:
+                results[name].append(sub.run(sub))
+            finally:
+                torch.set_num_threads(threads)
+            load = f"{before:.1f} -> {os.getloadavg()[0]:.1f}"
+            rows += [row | {"load": load} for row in ROWS[name](results[name][-1])]
+        per_round.append(rows)
+    rows = [combine(list(same)) for same in zip(*per_round)]
     print(markdown(rows), flush=True)
     judged = [r["met"] for r in rows if r["met"] is not None]
-    return {"rows": rows, "goals_met": sum(judged), "goals": len(judged),
+    return {"rows": rows, "goals_met": sum(judged), "goals": len(judged), "rounds": args.rounds,
             "arguments": {n: shlex.join(a) for n, a in arguments.items()},
             "results": results}
