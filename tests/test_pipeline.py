@@ -55,7 +55,10 @@ def run_driver(tmp_path: Path, body: str, fork: bool = True, wait: bool = True):
     the targets module `targets`; the CompletedProcess, or the Popen when not `wait`."""
     (tmp_path / "targets.py").write_text(TARGETS)
     driver = tmp_path / "driver.py"
-    driver.write_text("import os, sys\n"
+    # SIGINT handled as in a terminal's foreground job, even where the test runner inherited it
+    # ignored (a job started in the background by a non-interactive shell)
+    driver.write_text("import os, signal, sys\n"
+                      "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
                       "from fad.cli.pipeline import Command, check, preload, start, tool\n"
                       "print('driver', os.getpid(), flush=True)\n" + textwrap.dedent(body))
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",

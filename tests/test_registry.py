@@ -58,8 +58,8 @@ def test_every_converter_and_benchmark_resolves():
         module = CONVERTERS.get(name)
         assert callable(module.convert) and module.STATE_KEY in ("model", "state_dict")
     assert BENCHMARKS.names() == ("asag", "compile", "demo_step", "detr_flops", "export",
-                                  "fcos_step", "msda", "op_latency", "sparse_resnet", "supernet",
-                                  "triton_resources")
+                                  "fcos_step", "limits", "msda", "op_latency", "sparse_resnet",
+                                  "supernet", "triton_resources")
     for name in BENCHMARKS.names():
         module = BENCHMARKS.get(name)
         assert callable(module.add_arguments) and callable(module.run) and module.__doc__
