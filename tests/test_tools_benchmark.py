@@ -185,6 +185,22 @@ def test_limits_names_a_bad_choice(monkeypatch, argv, message):
         _benchmark(monkeypatch).main(["limits", *argv])
 
 
+def test_limits_checks_every_argument_before_the_first_run(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exc:  # argparse's usage error, nothing run yet
+        _benchmark(monkeypatch).main(["limits", "--only", "fcos_step,msda",
+                                      "--set", "msda=--repeats many"])
+    assert exc.value.code == 2 and "--repeats" in capsys.readouterr().err
+
+
+def test_limits_names_a_benchmark_that_fails_in_its_process(monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is usable here: the CUDA benchmark runs instead of failing")
+    with pytest.raises(FadError, match=r"`fad-bench msda --device cuda` failed \(exit code 2"):
+        _benchmark(monkeypatch).main(["limits", "--only", "msda", "--set", "msda=--device cuda"])
+
+
 def test_step_flops_counts_a_convolution_s_forward_and_weight_gradient():
     """One 3x3 convolution (the input needs no gradient): forward + weight gradient = twice
     2 N Ho Wo O C k k FLOPs."""

@@ -1,9 +1,11 @@
 """Issue #24's table in one command: each speed-up against its goal, run side by side in turn.
 
-Runs `sparse_resnet`, `supernet`, `msda`, `fcos_step` and `demo_step` one after another in this
-process, each with the arguments its row in docs/BENCHMARKS.md names (`--set NAME=ARGS` replaces
-them, `--only` picks benchmarks), reads the load average before and after each, and turns their
-JSON into one row per measured ratio:
+Runs `sparse_resnet`, `supernet`, `msda`, `fcos_step` and `demo_step` one after another, each
+in a process of its own (`fad-bench NAME ... --json FILE`: no thread count, allocator policy,
+kernel buffer or cache of one benchmark reaches the next), with the arguments its row in
+docs/BENCHMARKS.md names (`--set NAME=ARGS` replaces them, all checked before the first run;
+`--only` picks benchmarks), reads the load average before and after each, and turns their JSON
+into one row per measured ratio:
 
 - `sparse_resnet` per density and thread count: speed-up vs plain R-101, the limit its FLOPs set
   (`theory_speedup_vs_plain_at_density_<d>`) and `fraction_of_limit`; goal fraction >= 0.9;
@@ -28,12 +30,14 @@ JSON, one per round).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import statistics
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
-
-import torch
 
 from fad.errors import FadError
 
@@ -164,24 +168,36 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _run_alone(name: str, argv: list[str]) -> dict:
+    """Benchmark `name` with `argv` in a new Python process; its JSON result (its stderr goes
+    to ours; a failure is a FadError naming its exit code)."""
+    with tempfile.TemporaryDirectory(prefix="fad-limits-") as folder:
+        out = os.path.join(folder, f"{name}.json")
+        command = [sys.executable, "-c", "from fad.cli.bench import run; run()",
+                   name, *argv, "--json", out]
+        code = subprocess.run(command, stdout=subprocess.DEVNULL).returncode
+        if code != 0:
+            raise FadError(f"limits: `fad-bench {name} {shlex.join(argv)}` failed "
+                           f"(exit code {code}; its error is above)")
+        with open(out) as f:
+            return json.load(f)
+
+
 def run(args: argparse.Namespace) -> dict:
     """Each chosen benchmark in turn, `--rounds` times; its rows judged on the medians; the
     markdown table printed."""
     from . import build_parser  # the package imports its sub-commands' modules lazily
 
     arguments = _arguments(args)
+    for name, argv in arguments.items():  # a bad argument fails now, not after minutes
+        build_parser(name).parse_args([name, *argv])
     per_round: list[list[dict]] = []
     results: dict[str, list[dict]] = {name: [] for name in arguments}
     for _ in range(args.rounds):
         rows = []
         for name, argv in arguments.items():
-            sub = build_parser(name).parse_args([name, *argv])
-            threads = torch.get_num_threads()
             before = os.getloadavg()[0]
-            try:
-                results[name].append(sub.run(sub))
-            finally:
-                torch.set_num_threads(threads)
+            results[name].append(_run_alone(name, argv))
             load = f"{before:.1f} -> {os.getloadavg()[0]:.1f}"
             rows += [row | {"load": load} for row in ROWS[name](results[name][-1])]
         per_round.append(rows)
